@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One entry point for newcomers and CI.
+#   ./dev.sh demo   set up, then de-identify the bundled example photos into out/
+#   ./dev.sh test   set up, then run the whole test suite
+# Set-up is idempotent: Debian packages are installed only when a tool is missing,
+# and the virtual environment is refreshed only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+
+need_apt=()
+command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+command -v Orthanc  >/dev/null 2>&1 || need_apt+=(orthanc)
+command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "dev.sh: installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+stamp="$VENV/.dicom-anon-installed"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "dev.sh: installing Python packages into $VENV (first run takes a few minutes)"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e '.[faces,dev]'
+    echo "$want" > "$stamp"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+
+case "${1:-}" in
+    demo)
+        rm -rf out
+        dicom-anon deid examples/ -o out/ --data-dir .demo-data
+        ;;
+    test)
+        shift
+        python -m pytest -q "$@"
+        ;;
+    *)
+        echo "usage: ./dev.sh demo|test [pytest args]" >&2
+        exit 2
+        ;;
+esac

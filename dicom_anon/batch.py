@@ -1,0 +1,81 @@
+"""De-identifying files from disk, one at a time: what ``dicom-anon deid`` runs per file.
+
+Kept apart from the CLI so that the command only presents results, and so that
+tests can check outcomes without parsing terminal output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .dicomio import looks_like_dicom, read_instance, write_instance
+from .headers.engine import Change, Profile, deidentify
+from .headers.errors import Refused
+from .headers.pseudonyms import SiteKey
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The files to process, and what a folder walk passed over (reported, never silently lost)."""
+
+    files: tuple[Path, ...]
+    skipped: tuple[Path, ...] = ()
+    missing: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one input file."""
+
+    source: Path
+    output: Path | None = None
+    refused: Refused | None = None
+    changes: tuple[Change, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return self.refused is None
+
+
+def collect_inputs(paths: Iterable[Path]) -> Inputs:
+    """Expand folders recursively. Files named explicitly are always tried; inside folders only
+    files that look like DICOM are taken, so a README next to the photos is not a failure."""
+    files: list[Path] = []
+    skipped: list[Path] = []
+    missing: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                (files if looks_like_dicom(child) else skipped).append(child)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append(path)
+    return Inputs(tuple(files), tuple(skipped), tuple(missing))
+
+
+def deid_file(
+    source: Path, key: SiteKey, profile: Profile, outdir: Path, *, dry_run: bool = False
+) -> Outcome:
+    """Read, de-identify and (unless dry_run) write one file as ``OUTDIR/<new SOP Instance UID>.dcm``.
+
+    The output is named by its new UID because original file names often carry
+    the patient's name or MRN.
+    """
+    try:
+        ds = read_instance(source)
+        result = deidentify(ds, key, profile)
+    except Refused as refused:
+        return Outcome(source, refused=refused)
+    except OSError as exc:
+        return Outcome(source, refused=Refused("unreadable", f"cannot read the file ({exc.strerror})"))
+    if dry_run:
+        return Outcome(source, changes=result.changes)
+    target = outdir / f"{result.dataset.SOPInstanceUID}.dcm"
+    try:
+        write_instance(result.dataset, target)
+    except Exception as exc:  # a dataset the writer rejects must not leave half a file or a traceback
+        return Outcome(source, refused=Refused("write-failed", f"cannot write the output ({exc})"))
+    return Outcome(source, output=target, changes=result.changes)

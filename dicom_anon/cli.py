@@ -1,0 +1,172 @@
+"""The ``dicom-anon`` command. Each subcommand only parses arguments and presents results;
+the work lives in the modules named after it."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .batch import Outcome, collect_inputs, deid_file
+from .config import ConfigError, load_settings
+from .headers.engine import Profile
+from .headers.errors import SiteKeyError
+from .headers.options import PIXEL_OPTIONS, Option, parse_options
+from .headers.pseudonyms import SiteKey
+
+app = typer.Typer(
+    name="dicom-anon",
+    help="De-identify clinical DICOM photographs and forward them to a teaching archive.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear error line and leave with ``code`` (2: usage or set-up problem)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"dicom-anon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """De-identify clinical DICOM photographs and forward them to a teaching archive."""
+
+
+def load_key(config: Path | None, data_dir: Path | None) -> tuple[SiteKey, frozenset[Option]]:
+    """The site secret and the configured default options, or a clean exit naming the problem."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    secret = settings.secret_path if data_dir is None else data_dir / "site.key"
+    try:
+        return SiteKey.load_or_create(secret), settings.deid.options
+    except SiteKeyError as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def deid(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="DICOM files or folders (searched recursively).", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder for the de-identified files (<new UID>.dcm).")
+    ],
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Settings YAML (default options, data dir).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder holding the site secret (site.key, created on first use, mode 0600)."),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="Annex E option, repeatable: "
+            + ", ".join(o.value for o in Option if o not in PIXEL_OPTIONS),
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would change in each file; write nothing.")
+    ] = False,
+) -> None:
+    """De-identify DICOM files with the PS3.15 Annex E profile (headers only).
+
+    Identifying attributes are removed or replaced by keyed pseudonyms, UIDs are
+    remapped consistently, and JPEG comment/EXIF segments are stripped. A file that
+    cannot be made safe (burned-in annotation, unsupported object, damaged file) is
+    refused and listed; the exit status is 1 if anything was refused.
+    """
+    key, default_options = load_key(config, data_dir)
+    try:
+        options = parse_options(option) if option else default_options
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    pixel = sorted(o.value for o in options & PIXEL_OPTIONS)
+    if pixel:
+        raise fail(f"{', '.join(pixel)} need the face pipeline; 'deid' de-identifies headers only")
+    found = collect_inputs(inputs)
+    for path in found.missing:
+        err.print(f"[red]{path}:[/] no such file or folder", highlight=False)
+    if not found.files:
+        raise fail("no DICOM files found in the given inputs")
+
+    profile = Profile(options=options)
+    outcomes: list[Outcome] = []
+    started = time.perf_counter()
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("de-identifying", total=len(found.files))
+        for path in found.files:
+            outcome = deid_file(path, key, profile, output, dry_run=dry_run)
+            outcomes.append(outcome)
+            if outcome.refused is not None:
+                progress.console.print(
+                    f"[red]{path}:[/] refused ({outcome.refused.code}): {outcome.refused.reason}",
+                    highlight=False,
+                )
+            elif dry_run:
+                _print_changes(outcome)
+            progress.advance(task)
+    elapsed = time.perf_counter() - started
+    _print_summary(outcomes, found.skipped, elapsed, dry_run, output)
+    if any(not o.ok for o in outcomes) or found.missing:
+        raise typer.Exit(1)
+
+
+def _print_changes(outcome: Outcome) -> None:
+    table = Table(title=str(outcome.source), title_justify="left", expand=False)
+    for column in ("attribute", "action", "old (masked)", "new"):
+        table.add_column(column, overflow="fold")
+    for change in outcome.changes:
+        table.add_row(change.location, change.action, change.old, change.new)
+    out.print(table)
+
+
+def _print_summary(
+    outcomes: list[Outcome], skipped: tuple[Path, ...], elapsed: float, dry_run: bool, output: Path
+) -> None:
+    done = [o for o in outcomes if o.ok]
+    refused = Counter(o.refused.code for o in outcomes if o.refused is not None)
+    table = Table(
+        title="dry run (nothing written)" if dry_run else f"written to {output}", title_justify="left"
+    )
+    table.add_column("result")
+    table.add_column("files", justify="right")
+    table.add_row("reviewed" if dry_run else "de-identified", str(len(done)))
+    for code, count in sorted(refused.items()):
+        table.add_row(f"refused: {code}", str(count), style="red")
+    if skipped:
+        table.add_row("skipped: not DICOM", str(len(skipped)), style="yellow")
+    rate = len(outcomes) / elapsed if elapsed > 0 else 0.0
+    table.add_row("time", f"{elapsed:.2f} s ({rate:.1f} files/s)")
+    out.print(table)
