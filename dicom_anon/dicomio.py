@@ -13,6 +13,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -31,8 +32,9 @@ def read_instance(source: Path | bytes) -> Dataset:
         raise Refused("empty-file", "the file is empty")
     try:
         ds = pydicom.dcmread(BytesIO(data))
-        for _ in ds.iterall():
-            pass
+        _check_complete(ds)
+    except Refused:
+        raise
     except InvalidDicomError:
         raise Refused("not-dicom", "not a DICOM file (no DICM preamble or readable file meta)") from None
     except Exception as exc:  # pydicom raises many types for damaged data; all mean the same to a user
@@ -45,6 +47,28 @@ def read_instance(source: Path | bytes) -> Dataset:
     if "SOPClassUID" not in ds:
         raise Refused("missing-sop-class", "the dataset has no SOP Class UID")
     return ds
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _check_complete(ds: Dataset) -> None:
+    """Parse every element, checking that each value is as long as its header says.
+
+    pydicom silently returns a short value when the file ends early; a truncated
+    transfer must be refused, not de-identified and forwarded as if whole.
+    """
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH and raw.value is not None:
+            if len(raw.value) != raw.length:
+                raise Refused(
+                    "corrupt-dicom", f"element {tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
+                )
+        element = ds[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _check_complete(item)
 
 
 def looks_like_dicom(path: Path) -> bool:
