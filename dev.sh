@@ -26,8 +26,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "dev.sh: installing Python packages into $VENV (first run takes a few minutes)"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e '.[faces,dev]'
+    # This machine's pip config lists local wheel folders that may be absent; hide that noise only.
+    quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+    quiet "$VENV/bin/pip" install -q --upgrade pip
+    quiet "$VENV/bin/pip" install -q -e '.[faces,dev]'
     echo "$want" > "$stamp"
 fi
 export PATH="$PWD/$VENV/bin:$PATH"

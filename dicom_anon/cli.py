@@ -34,7 +34,7 @@ err = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one clear error line and leave with ``code`` (2: usage or set-up problem)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -110,7 +110,7 @@ def deid(
         raise fail(f"{', '.join(pixel)} need the face pipeline; 'deid' de-identifies headers only")
     found = collect_inputs(inputs)
     for path in found.missing:
-        err.print(f"[red]{path}:[/] no such file or folder", highlight=False)
+        err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
     if not found.files:
         raise fail("no DICOM files found in the given inputs")
 
@@ -133,6 +133,7 @@ def deid(
                 progress.console.print(
                     f"[red]{path}:[/] refused ({outcome.refused.code}): {outcome.refused.reason}",
                     highlight=False,
+                    soft_wrap=True,
                 )
             elif dry_run:
                 _print_changes(outcome)
