@@ -1,0 +1,44 @@
+"""Free text: which attributes are prose, and what action C ("clean") leaves of them.
+
+Names, phone numbers and diagnoses hide in descriptions and comments in any
+wording ("husband John is emergency contact"). A cleaner that deletes the
+identifiers it can recognise would forward the ones it cannot, so cleaning here
+is honest rather than clever: the element stays present (its IOD type is
+respected) and its value becomes :data:`CLEANED_TEXT`. Coded content (code
+sequences, enumerated values) carries the clinical meaning a teaching archive
+needs and is not free text.
+
+The same rule covers free text the standard's table does not list (any ST, LT or
+UT value, and shorter text whose name says it is a description or note) and
+descriptions that an option would keep (Device Description under Retain Device
+Identity can name the doctor who owns the camera). Values that an option keeps
+for what they identify (Institution Address, Lens Serial Number) are kept: that is
+the option's point, whatever their VR.
+"""
+
+from __future__ import annotations
+
+from .dummies import base_vr
+
+CLEANED_TEXT = "CLEANED"
+
+# VRs that exist to hold prose.
+_PROSE_VRS = frozenset({"ST", "LT", "UT"})
+# Shorter text VRs that hold prose when the attribute says so by its name.
+_SHORT_TEXT_VRS = frozenset({"LO", "SH", "UC", "PN"})
+_PROSE_WORDS = ("Description", "Comment", "Note", "Remark", "History", "Reason")
+
+
+def is_free_text(vr: str, keyword: str) -> bool:
+    """True for prose: ST/LT/UT values, and text values whose keyword names a description or note."""
+    return base_vr(vr) in _PROSE_VRS or names_prose(vr, keyword)
+
+
+def names_prose(vr: str, keyword: str) -> bool:
+    """True for a text value whose keyword says it is a description, comment or note."""
+    return base_vr(vr) in _PROSE_VRS | _SHORT_TEXT_VRS and any(word in keyword for word in _PROSE_WORDS)
+
+
+def is_text(vr: str) -> bool:
+    """Character-string VRs that action C replaces with :data:`CLEANED_TEXT` (UI and dates apart)."""
+    return base_vr(vr) in _PROSE_VRS | _SHORT_TEXT_VRS | {"AE", "CS"}
