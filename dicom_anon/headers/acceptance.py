@@ -24,8 +24,12 @@ The profile can only vouch for what it can read. Refused, with a stable code:
     JPIP references, retired JPEG processes). Uncompressed, RLE, JPEG, JPEG-LS and
     JPEG 2000 (including HTJ2K) are accepted: their metadata segments are stripped.
 
-An absent Burned In Annotation is taken at its word (the sender did not say YES);
-routes that photograph screens or ultrasound should use the pixel stage.
+``burned-in-annotation-unknown``
+    Burned In Annotation is absent (or neither YES nor NO) on an ultrasound or secondary
+    capture image, where names and dates are usually burned into the pixels (the
+    deid-data ultrasound carries a patient name this way). Failing closed: the sender
+    must say NO, or the route must clean the pixels. On other image classes an absent
+    flag is taken at its word.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ from .options import Option
 STRIPPABLE_TRANSFER_SYNTAXES = frozenset(
     JPEGTransferSyntaxes + JPEGLSTransferSyntaxes + JPEG2000TransferSyntaxes + RLETransferSyntaxes
 )
+
+# SOP classes whose pixels usually carry burned-in text (screens, scanner overlays).
+_USUALLY_BURNED_IN = ("Ultrasound", "Secondary Capture")
 
 # SR-based IODs whose registered names do not contain "SR".
 _SR_LIKE_NAMES = frozenset(
@@ -105,6 +112,17 @@ def check_acceptable(ds: Dataset, options: frozenset[Option], pixels_cleaned: fr
             "burned-in-annotation",
             "Burned In Annotation is YES: text in the pixels would be forwarded; "
             "route it through the pixel stage (clean-pixel-data)",
+        )
+
+    if (
+        burned_in not in ("YES", "NO")
+        and any(word in name for word in _USUALLY_BURNED_IN)
+        and Option.CLEAN_PIXEL_DATA not in pixels_cleaned
+    ):
+        raise Refused(
+            "burned-in-annotation-unknown",
+            f"{name} without Burned In Annotation YES/NO: such images usually carry names in the pixels; "
+            "the sender must set it to NO, or route it through the pixel stage",
         )
 
     file_meta = getattr(ds, "file_meta", None)
