@@ -1,20 +1,42 @@
 """Settings and rules: the YAML a records officer edits, validated with pydantic.
 
 Errors name the file, the line and what to write instead, because the person who
-reads them edits YAML, not Python.
+reads them edits YAML, not Python. ``config/dicom-anon.yaml`` is the documented
+example of every section below.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydicom.datadict import keyword_dict, tag_for_keyword
+from pydicom.uid import UID
+from pynetdicom import sop_class
 
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 
 DEFAULT_DATA_DIR = Path("/var/lib/dicom-anon")
+DEFAULT_CONFIG = Path("/etc/dicom-anon/dicom-anon.yaml")
+
+# An AE title is 1-16 characters of the default repertoire without backslash (PS3.5 6.2);
+# leading/trailing spaces are not significant, so they are stripped.
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class ConfigError(Exception):
@@ -25,6 +47,108 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# --- small value types --------------------------------------------------------------------
+
+
+def _ae_title(value: Any) -> str:
+    text = str(value).strip()
+    if not _AE_RE.match(text):
+        raise ValueError(f"{value!r} is not an AE title; use 1 to 16 letters, digits or _ (e.g. DICOM_ANON)")
+    return text
+
+
+def _name(value: Any) -> str:
+    text = str(value)
+    if not _NAME_RE.match(text):
+        raise ValueError(
+            f"{value!r} is not a usable name; start with a letter or digit, then letters, digits, _ . or -"
+        )
+    return text
+
+
+def _pattern(value: Any) -> str:
+    text = str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(
+            f"{text!r} is not a valid regular expression ({exc.msg} at position {exc.pos}); "
+            "put a backslash before special characters such as ( ) [ ] . * + ?"
+        ) from None
+    return text
+
+
+def _listify(value: Any) -> Any:
+    """Let a records officer write ``modality: XC`` for a one-item list."""
+    if value is None:
+        return []
+    if isinstance(value, str | int | float):
+        return [value]
+    return value
+
+
+def _sop_class(value: Any) -> str:
+    """A SOP class by keyword (VLPhotographicImageStorage) or UID; stored as the UID."""
+    text = str(value).strip()
+    if re.fullmatch(r"[0-9.]+", text):
+        if not UID(text).is_valid:
+            raise ValueError(f"{text!r} is not a valid UID; check for a typing error or use the keyword")
+        return text
+    found = getattr(sop_class, text, None)
+    if isinstance(found, UID):
+        return str(found)
+    names = [n for n in dir(sop_class) if isinstance(getattr(sop_class, n), UID)]
+    close = difflib.get_close_matches(text, names, n=1)
+    hint = (
+        f"did you mean {close[0]}?" if close else "use a keyword such as VLPhotographicImageStorage or a UID"
+    )
+    raise ValueError(f"unknown SOP class {text!r}; {hint}")
+
+
+def _keyword(value: Any) -> str:
+    text = str(value)
+    if tag_for_keyword(text) is None:
+        close = difflib.get_close_matches(text, list(keyword_dict), n=1)
+        hint = f"did you mean {close[0]}?" if close else "use a keyword from DICOM PS3.6, e.g. Manufacturer"
+        raise ValueError(f"unknown attribute keyword {text!r}; {hint}")
+    return text
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as [::1]:PORT) -> (host, port); ValueError says what form is expected."""
+    match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", str(value).strip())
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT; write e.g. 0.0.0.0:11112 or 127.0.0.1:11112")
+    return match.group(1), int(match.group(2))
+
+
+def _listen(value: Any) -> str:
+    parse_host_port(str(value))
+    return str(value).strip()
+
+
+AETitle = Annotated[str, BeforeValidator(_ae_title)]
+Name = Annotated[str, BeforeValidator(_name)]
+Pattern = Annotated[str, AfterValidator(_pattern)]
+SopClassUID = Annotated[str, BeforeValidator(_sop_class)]
+Keyword = Annotated[str, AfterValidator(_keyword)]
+
+
+def _options(value: Any, where: str) -> frozenset[Option]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        value = [value]
+    opts = parse_options([str(v) for v in value])
+    pixel = sorted(o.value for o in opts & PIXEL_OPTIONS)
+    if pixel:
+        raise ValueError(f"{', '.join(pixel)} describe pixel work; {where}")
+    return opts
+
+
+# --- de-identification ---------------------------------------------------------------------
+
+
 class DeidSettings(_Strict):
     """Header de-identification used by ``dicom-anon deid`` when no --option is given."""
 
@@ -33,30 +157,358 @@ class DeidSettings(_Strict):
     @field_validator("options", mode="before")
     @classmethod
     def _parse(cls, value: Any) -> frozenset[Option]:
-        if value is None:
-            return frozenset()
-        if isinstance(value, str):
-            value = [value]
-        opts = parse_options([str(v) for v in value])
-        pixel = sorted(o.value for o in opts & PIXEL_OPTIONS)
-        if pixel:
+        return _options(value, "set them on a photo route, not in deid.options")
+
+
+class Box(_Strict):
+    """An explicit preserved rectangle in image pixels (e.g. a lesion), top-left origin."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
+class FaceBox(_Strict):
+    """A preserved rectangle relative to each face: fractions of the aligned 112x112 face frame
+    (0,0 top-left above the left brow, 1,1 below the chin on the right)."""
+
+    x: float = Field(ge=-1.0, le=2.0)
+    y: float = Field(ge=-1.0, le=2.0)
+    width: float = Field(gt=0.0, le=3.0)
+    height: float = Field(gt=0.0, le=3.0)
+
+
+class PixelSettings(_Strict):
+    """Pixel work on a photo route: what to keep exact, how to replace the face, what if none is found.
+
+    The face pipeline reads these. Until it is installed a photo route is validated,
+    recorded and audited with these settings but de-identifies headers only.
+    """
+
+    preserve: list[Literal["mouth", "lower-face", "nose", "eyes", "lesion-boxes"]] = Field(
+        default_factory=list
+    )
+    boxes: list[Box] = Field(default_factory=list)
+    method: Literal["surrogate", "gan"] = "surrogate"
+    # "forward" is for photos that are not expected to show a face (intraoral); anything else
+    # without a face found must not leave, so the default quarantines.
+    on_no_face: Literal["quarantine", "forward"] = "quarantine"
+    # The face pipeline's own settings (dicom_anon/faces, docs/faces.md).
+    face_boxes: list[FaceBox] = Field(default_factory=list)
+    surroundings: Literal["keep", "blur", "replace"] = "keep"
+    output: Literal["explicit-le", "rle", "jpeg2000-lossless", "jpeg-baseline", "jpeg2000"] = "explicit-le"
+    lossy_quality: int = Field(default=92, ge=50, le=100)
+    device: str = "auto"
+    max_identity_similarity: float = Field(default=0.30, gt=0.0, lt=1.0)
+    min_eye_distance: float = Field(default=24.0, ge=8.0)
+    max_yaw: float = Field(default=35.0, gt=0.0, le=90.0)
+    max_candidates: int = Field(default=6, ge=1, le=100)
+    pool: Path | None = None
+
+    @field_validator("preserve", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _listify(value)
+
+
+class ProfileSettings(_Strict):
+    """A named de-identification: Annex E options for the headers, pixel settings for photos."""
+
+    description: str = ""
+    options: frozenset[Option] = Field(default_factory=frozenset)
+    pixels: PixelSettings | None = None
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> frozenset[Option]:
+        return _options(value, "the pixel stage claims them when it has done the work; use 'pixels:' instead")
+
+
+PRESETS: dict[str, ProfileSettings] = {
+    "basic": ProfileSettings(description="PS3.15 Basic Application Confidentiality Profile, headers only"),
+    "orthodontic": ProfileSettings(
+        description="Orthodontic photos: mouth preserved exactly, face replaced, headers de-identified",
+        pixels=PixelSettings(preserve=["mouth"], method="surrogate", on_no_face="quarantine"),
+    ),
+}
+
+
+# --- ingress ------------------------------------------------------------------------------
+
+
+class Timeouts(_Strict):
+    """Seconds to wait: association set-up (acse), one DIMSE message (dimse), silence (network)."""
+
+    acse: float = Field(30.0, gt=0)
+    dimse: float = Field(60.0, gt=0)
+    network: float = Field(60.0, gt=0)
+
+
+class ServerTLS(_Strict):
+    """TLS for the Storage SCP. With client_ca set, senders must show a certificate it signed."""
+
+    certificate: Path
+    private_key: Path
+    client_ca: Path | None = None
+    require_client_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _needs_ca(self) -> ServerTLS:
+        if self.require_client_certificate and self.client_ca is None:
             raise ValueError(
-                f"{', '.join(pixel)} describe pixel work; set them on a photo route, not in deid.options"
+                "require_client_certificate needs client_ca: the CA file that signs client certificates"
             )
-        return opts
+        return self
+
+
+class Caller(_Strict):
+    """One sender that may store to us: its AE title and the addresses it connects from."""
+
+    ae_title: AETitle
+    addresses: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(min_length=1)
+
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> list[Any]:
+        result = []
+        for item in _listify(value):
+            try:
+                result.append(ipaddress.ip_network(str(item), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP address or network; write e.g. 10.1.2.3 or 10.1.0.0/16"
+                ) from None
+        return result
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return ae_title.strip() == self.ae_title and any(ip in net for net in self.addresses)
+
+
+class IngressSettings(_Strict):
+    """The Storage SCP the clinic PACS sends to."""
+
+    listen: Annotated[str, BeforeValidator(_listen)] = "0.0.0.0:11112"
+    ae_title: AETitle = "DICOM_ANON"
+    allowed_callers: list[Caller] = Field(default_factory=list)
+    max_associations: int = Field(10, ge=1, le=1000)
+    # 0 means no limit; the DICOM minimum for a non-zero maximum PDU is small, but tiny PDUs only slow things.
+    max_pdu_bytes: int = Field(262144, ge=0)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    tls: ServerTLS | None = None
+
+    @property
+    def host(self) -> str:
+        return parse_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_host_port(self.listen)[1]
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        return any(c.allows(ae_title, address) for c in self.allowed_callers)
+
+
+class SpoolSettings(_Strict):
+    """Where received instances wait. Above the high-water mark new associations are refused."""
+
+    high_water_mb: int = Field(10240, ge=1)
+    min_free_mb: int = Field(1024, ge=0)
+    # 0: delete the original once every destination has it (or it is quarantined with its own copy).
+    keep_days: int = Field(0, ge=0)
+
+
+# --- egress -------------------------------------------------------------------------------
+
+
+class ClientTLS(_Strict):
+    """TLS towards a destination: the CA that signs its certificate, and ours if it asks for one."""
+
+    ca: Path
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both certificate and private_key, or neither")
+        return self
+
+
+class Destination(_Strict):
+    """A teaching archive (AE title, host, port) or a local folder."""
+
+    ae_title: AETitle | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    folder: Path | None = None
+    calling_ae_title: AETitle | None = None
+    tls: ClientTLS | None = None
+    max_pdu_bytes: int = Field(262144, ge=0)
+
+    @model_validator(mode="after")
+    def _kind(self) -> Destination:
+        network = [self.ae_title, self.host, self.port]
+        if self.folder is not None:
+            if any(v is not None for v in network) or self.tls is not None:
+                raise ValueError(
+                    "a destination is either a folder or a DICOM node (ae_title, host, port), not both"
+                )
+        elif any(v is None for v in network):
+            missing = [n for n, v in zip(("ae_title", "host", "port"), network, strict=True) if v is None]
+            raise ValueError(f"a DICOM destination needs ae_title, host and port; add {', '.join(missing)}")
+        return self
+
+    @property
+    def is_folder(self) -> bool:
+        return self.folder is not None
+
+    def describe(self) -> str:
+        if self.folder is not None:
+            return f"folder {self.folder}"
+        tls = " (TLS)" if self.tls else ""
+        return f"{self.ae_title}@{self.host}:{self.port}{tls}"
+
+
+class RetrySettings(_Strict):
+    """Exponential backoff for a destination that is down or busy, with a cap and a last resort."""
+
+    first_delay_s: float = Field(2.0, gt=0)
+    max_delay_s: float = Field(300.0, gt=0)
+    # After this long undelivered, the instance goes to quarantine instead of waiting forever.
+    give_up_after_h: float = Field(168.0, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> RetrySettings:
+        if self.max_delay_s < self.first_delay_s:
+            raise ValueError("max_delay_s must be at least first_delay_s")
+        return self
+
+
+class EgressSettings(_Strict):
+    """How we send: retries, how long an idle association stays open, timeouts."""
+
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    idle_release_s: float = Field(5.0, ge=0)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+class Match(_Strict):
+    """What an instance must look like for a route to apply. Every condition given must hold;
+    within a list, any item may. An empty match applies to everything."""
+
+    calling_ae: list[AETitle] = Field(default_factory=list)
+    sop_class: list[SopClassUID] = Field(default_factory=list)
+    modality: list[str] = Field(default_factory=list)
+    body_part: list[str] = Field(default_factory=list)
+    study_description: Pattern | None = None
+    series_description: Pattern | None = None
+    institution: Pattern | None = None
+    attributes: dict[Keyword, Pattern] = Field(default_factory=dict)
+
+    @field_validator("calling_ae", "sop_class", "modality", "body_part", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _listify(value)
+
+
+class Route(_Strict):
+    """One rule: when it matches, drop, quarantine, or de-identify and forward."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: Name
+    match: Match = Field(default_factory=Match)
+    action: Literal["forward", "drop", "quarantine"] = "forward"
+    profile: str | None = None
+    destinations: list[str] = Field(default_factory=list)
+    # Like a mail filter: by default the first matching route is the only one applied.
+    continue_: bool = Field(False, alias="continue")
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _listify(value)
+
+    @model_validator(mode="after")
+    def _action_needs(self) -> Route:
+        if self.action == "forward":
+            if not self.profile:
+                raise ValueError(
+                    "a forward route needs 'profile:' (a name under profiles:, or basic, orthodontic)"
+                )
+            if not self.destinations:
+                raise ValueError(
+                    "a forward route needs 'destinations:' (one or more names under destinations:)"
+                )
+        elif self.profile or self.destinations:
+            raise ValueError(f"a {self.action} route sends nothing; remove 'profile:' and 'destinations:'")
+        return self
+
+
+# --- the rest -----------------------------------------------------------------------------
+
+
+class AuditSettings(_Strict):
+    """The hash-chained trail. fsync after each record unless a site accepts losing the last few."""
+
+    path: Path | None = None
+    fsync: bool = True
+
+
+class LoggingSettings(_Strict):
+    """Operational logs on stderr (journald under systemd). They never carry PHI."""
+
+    format: Literal["console", "json"] = "console"
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Settings(_Strict):
-    """The whole settings file. Sections are added as the service grows."""
+    """The whole settings file."""
 
     data_dir: Path = DEFAULT_DATA_DIR
     secret_file: Path | None = None
     deid: DeidSettings = Field(default_factory=DeidSettings)
+    ingress: IngressSettings = Field(default_factory=IngressSettings)
+    spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    egress: EgressSettings = Field(default_factory=EgressSettings)
+    destinations: dict[Name, Destination] = Field(default_factory=dict)
+    profiles: dict[Name, ProfileSettings] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+    unmatched: Literal["quarantine", "drop"] = "quarantine"
+    workers: int = Field(1, ge=1, le=32)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @property
     def secret_path(self) -> Path:
         """The site secret lives in the data dir unless the file says otherwise."""
         return self.secret_file if self.secret_file is not None else self.data_dir / "site.key"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path if self.audit.path is not None else self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state" / "state.sqlite"
+
+    def profile(self, name: str) -> ProfileSettings:
+        """A profile from the file, or a built-in preset of that name; KeyError if neither."""
+        if name in self.profiles:
+            return self.profiles[name]
+        return PRESETS[name]
+
+
+# --- YAML with line numbers ---------------------------------------------------------------
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -142,8 +594,158 @@ def validate(model: type[BaseModel], raw: Any, path: Path) -> Any:
         raise ConfigError("\n".join(lines)) from None
 
 
+def _problem(raw: Any, path: Path, loc: tuple[int | str, ...], message: str) -> str:
+    line = _line_of(raw, loc)
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {'.'.join(str(p) for p in loc)}: {message}"
+
+
+def check_references(settings: Settings, raw: Any, path: Path) -> None:
+    """What pydantic cannot see field by field: names that refer to other sections, and files that
+    must exist. Raises ConfigError with one 'file:line: where: what' per problem."""
+    problems: list[str] = []
+    known_profiles = sorted(set(settings.profiles) | set(PRESETS))
+    seen: dict[str, int] = {}
+    for i, route in enumerate(settings.routes):
+        if route.name in seen:
+            problems.append(
+                _problem(
+                    raw,
+                    path,
+                    ("routes", i, "name"),
+                    f"route name {route.name!r} is used twice (also route {seen[route.name] + 1}); "
+                    "give each route its own name",
+                )
+            )
+        seen.setdefault(route.name, i)
+        for j, dest in enumerate(route.destinations):
+            if dest not in settings.destinations:
+                known = ", ".join(sorted(settings.destinations)) or "none defined yet"
+                problems.append(
+                    _problem(
+                        raw,
+                        path,
+                        ("routes", i, "destinations", j),
+                        f"unknown destination {dest!r}; define it under destinations: (known: {known})",
+                    )
+                )
+        if route.profile is not None and route.profile not in known_profiles:
+            problems.append(
+                _problem(
+                    raw,
+                    path,
+                    ("routes", i, "profile"),
+                    f"unknown profile {route.profile!r}; define it under profiles: "
+                    f"or use one of: {', '.join(known_profiles)}",
+                )
+            )
+    files: list[tuple[tuple[int | str, ...], Path | None]] = []
+    if settings.ingress.tls is not None:
+        tls = settings.ingress.tls
+        for field in ("certificate", "private_key", "client_ca"):
+            files.append((("ingress", "tls", field), getattr(tls, field)))
+    for name, dest in settings.destinations.items():
+        if dest.tls is not None:
+            for field in ("ca", "certificate", "private_key"):
+                files.append((("destinations", name, "tls", field), getattr(dest.tls, field)))
+    for loc, file in files:
+        if file is not None and not file.is_file():
+            problems.append(
+                _problem(raw, path, loc, f"file {file} does not exist; give the path of a PEM file")
+            )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 def load_settings(path: Path | None) -> Settings:
     """Settings from ``path``, or the built-in defaults when no file is given."""
     if path is None:
         return Settings()
-    return validate(Settings, read_yaml(path), path)
+    raw = read_yaml(path)
+    settings = validate(Settings, raw, path)
+    check_references(settings, raw, path)
+    return settings
+
+
+def resolve_settings(config: Path | None, data_dir: Path | None = None) -> Settings:
+    """Settings for operator commands: the given file, else the installed one if present, else
+    the defaults; ``data_dir`` (--data-dir) wins over the file."""
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    settings = load_settings(config)
+    return apply_overrides(settings, data_dir=data_dir) if data_dir is not None else settings
+
+
+def advice(settings: Settings) -> list[str]:
+    """Things that are valid but probably not what was meant; ``rules check`` prints them."""
+    notes = []
+    if not settings.ingress.allowed_callers:
+        notes.append("ingress.allowed_callers is empty: every association will be rejected")
+    if not settings.routes:
+        fate = "dropped" if settings.unmatched == "drop" else "quarantined"
+        notes.append(f"no routes: every instance will be {fate}")
+    used = {d for r in settings.routes for d in r.destinations}
+    for name in sorted(set(settings.destinations) - used):
+        notes.append(f"destination {name!r} is not used by any route")
+    for route in settings.routes:
+        if route.action == "forward" and route.profile is not None:
+            pixels = settings.profile(route.profile).pixels
+            if pixels is not None:
+                notes.append(
+                    f"route {route.name!r}: profile {route.profile!r} has pixel settings; they are recorded "
+                    "in the audit, and only headers are de-identified until the face pipeline is installed"
+                )
+    return notes
+
+
+# --- command-line overrides ---------------------------------------------------------------
+
+
+def parse_destination(text: str) -> tuple[str, Destination]:
+    """'NAME=AET@HOST:PORT' -> a named DICOM destination (for --destination)."""
+    match = re.fullmatch(r"([^=]+)=([^@]+)@(.+)", text.strip())
+    if not match:
+        raise ConfigError(
+            f"--destination {text!r}: write NAME=AET@HOST:PORT, e.g. teaching=TEACHING@127.0.0.1:11113"
+        )
+    name, aet, hostport = match.groups()
+    try:
+        host, port = parse_host_port(hostport)
+        return _name(name), Destination(ae_title=aet, host=host, port=port)
+    except (ValueError, ValidationError) as exc:
+        detail = (
+            exc.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(exc, ValidationError) else exc
+        )
+        raise ConfigError(f"--destination {text!r}: {detail}") from None
+
+
+def apply_overrides(
+    settings: Settings,
+    *,
+    listen: str | None = None,
+    data_dir: Path | None = None,
+    destinations: list[str] | None = None,
+) -> Settings:
+    """The settings with command-line overrides applied, so a second instance needs no edited file.
+
+    A --destination with an existing name replaces that destination (keeping its routes);
+    a new name adds one.
+    """
+    update: dict[str, Any] = {}
+    if listen is not None:
+        try:
+            _listen(listen)
+        except ValueError as exc:
+            raise ConfigError(f"--listen: {exc}") from None
+        update["ingress"] = settings.ingress.model_copy(update={"listen": listen.strip()})
+    if data_dir is not None:
+        update["data_dir"] = data_dir
+    if destinations:
+        merged = dict(settings.destinations)
+        for text in destinations:
+            name, dest = parse_destination(text)
+            if name in merged and merged[name].calling_ae_title is not None:
+                dest = dest.model_copy(update={"calling_ae_title": merged[name].calling_ae_title})
+            merged[name] = dest
+        update["destinations"] = merged
+    return settings.model_copy(update=update)

@@ -1,0 +1,1 @@
+"""The hash-chained audit trail: writing, verifying, searching and exporting it."""

@@ -1,0 +1,264 @@
+"""``dicom-anon audit verify|query|export``: the compliance reviewer's commands.
+
+Reading or exporting the trail is itself audited (who, which filters, how many records).
+Registered on the main app in ``dicom_anon/cli.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import DEFAULT_CONFIG, ConfigError, Settings, resolve_settings
+from ..headers.errors import SiteKeyError
+from ..headers.pseudonyms import SiteKey
+from .query import Filters, parse_time, query, to_csv, to_json
+from .trail import AuditTrail, operator, read_records, verify
+
+out = Console()
+err = Console(stderr=True)
+
+audit_app = typer.Typer(help="Verify, search and export the audit trail.", no_args_is_help=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DICOM_ANON_CONFIG",
+        help=f"Settings YAML (default: {DEFAULT_CONFIG} if present).",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data dir (overrides the settings file).")
+]
+TrailOption = Annotated[
+    Path | None, typer.Option("--trail", help="The audit file itself, e.g. a copy under review.")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> Settings:
+    try:
+        return resolve_settings(config, data_dir)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _trail_path(settings: Settings, trail: Path | None) -> Path:
+    path = trail or settings.audit_path
+    if not path.is_file():
+        raise _fail(f"no audit trail at {path}; give --data-dir, --config or --trail")
+    return path
+
+
+def _record(settings: Settings, trail: Path | None, event: str, **fields: Any) -> None:
+    """Audit the reading itself, in the live trail (not in a copy under review)."""
+    if trail is not None and trail != settings.audit_path:
+        return
+    try:
+        audit = AuditTrail(settings.audit_path)
+    except OSError as exc:
+        raise _fail(
+            f"cannot write to the audit trail ({exc.strerror}); reading it must be recorded"
+        ) from None
+    audit.record(event, by=operator(), **fields)
+    audit.close()
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: ConfigOption = None, data_dir: DataDirOption = None, trail: TrailOption = None
+) -> None:
+    """Check the hash chain: report the first edited, deleted or reordered line (exit 1 if any)."""
+    settings = _settings(config, data_dir)
+    path = _trail_path(settings, trail)
+    result = verify(path)
+    _record(settings, trail, "audit_verified", records=result.records, ok=result.ok)
+    if result.ok:
+        out.print(f"[green]{path}: {result.records} records, chain intact[/]", highlight=False)
+        return
+    first, *rest = result.problems
+    err.print(f"[bold red]{path}: chain broken at {first}[/]", highlight=False, soft_wrap=True)
+    for problem in rest[:20]:
+        err.print(f"  also {problem}", highlight=False, soft_wrap=True)
+    if len(rest) > 20:
+        err.print(f"  ... and {len(rest) - 20} more", highlight=False)
+    raise typer.Exit(1)
+
+
+class Format(StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+def _filters(
+    since: str | None,
+    until: str | None,
+    event: list[str] | None,
+    route: str | None,
+    destination: str | None,
+    status: str | None,
+    patient: str | None,
+    sop_uid: str | None,
+) -> Filters:
+    try:
+        return Filters(
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            events=frozenset(event or ()),
+            route=route,
+            destination=destination,
+            status=status,
+            patient=patient,
+            sop_uid=sop_uid,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _select(settings: Settings, path: Path, filters: Filters) -> list[dict[str, Any]]:
+    key = None
+    if filters.sop_uid is not None:
+        if not settings.secret_path.is_file():
+            raise _fail(f"--sop-uid needs the site secret, which is not at {settings.secret_path}")
+        try:
+            key = SiteKey.load_or_create(settings.secret_path)
+        except SiteKeyError as exc:
+            raise _fail(str(exc)) from None
+    return query(read_records(path), filters, key)
+
+
+Since = Annotated[str | None, typer.Option(help="From this date/time (ISO, UTC unless an offset is given).")]
+Until = Annotated[str | None, typer.Option(help="Up to this date/time.")]
+EventOpt = Annotated[
+    list[str] | None, typer.Option("--event", help="Event name, repeatable (e.g. instance_forwarded).")
+]
+RouteOpt = Annotated[str | None, typer.Option(help="Route name.")]
+DestOpt = Annotated[str | None, typer.Option(help="Destination name.")]
+StatusOpt = Annotated[str | None, typer.Option(help="DIMSE status (0x0000) or quarantine code.")]
+PatientOpt = Annotated[str | None, typer.Option(help="Pseudonymous Patient ID (ANON...).")]
+SopOpt = Annotated[
+    str | None,
+    typer.Option(help="Original SOP Instance UID: all events of that instance (needs the site secret)."),
+]
+
+
+@audit_app.command("query")
+def audit_query(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    trail: TrailOption = None,
+    since: Since = None,
+    until: Until = None,
+    event: EventOpt = None,
+    route: RouteOpt = None,
+    destination: DestOpt = None,
+    status: StatusOpt = None,
+    patient: PatientOpt = None,
+    sop_uid: SopOpt = None,
+    limit: Annotated[int, typer.Option(help="Show at most this many (the newest).")] = 200,
+) -> None:
+    """Search the trail: what left, when, to whom, under which rule."""
+    settings = _settings(config, data_dir)
+    path = _trail_path(settings, trail)
+    filters = _filters(since, until, event, route, destination, status, patient, sop_uid)
+    found = _select(settings, path, filters)
+    _record(
+        settings,
+        trail,
+        "audit_read",
+        filters=filters.describe(),
+        by_sop_uid=sop_uid is not None,
+        records=len(found),
+    )
+    shown = found[-limit:] if limit > 0 else found
+    table = Table(
+        title=f"{len(found)} records" + (f", newest {len(shown)} shown" if len(shown) < len(found) else ""),
+        title_justify="left",
+    )
+    for column in (
+        "seq",
+        "time (UTC)",
+        "event",
+        "job",
+        "route",
+        "destination",
+        "status/code",
+        "patient",
+        "detail",
+    ):
+        # The event name is what a reviewer scans for: never broken across lines.
+        table.add_column(column, overflow="fold", no_wrap=column == "event")
+    for r in shown:
+        detail = r.get("reason") or r.get("error") or r.get("new_sop_uid") or r.get("calling_ae") or ""
+        table.add_row(
+            str(r.get("seq", "")),
+            _short_time(r.get("ts")),
+            str(r.get("event", "")),
+            str(r.get("job", "") or ""),
+            str(r.get("route", "") or ""),
+            str(r.get("destination", "") or ""),
+            str(r.get("status", "") or r.get("code", "") or ""),
+            str(r.get("patient", "") or ""),
+            str(detail),
+        )
+    out.print(table)
+
+
+def _short_time(ts: Any) -> str:
+    try:
+        return datetime.fromisoformat(str(ts)).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(ts)
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="csv or json.")] = Format.csv,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    trail: TrailOption = None,
+    since: Since = None,
+    until: Until = None,
+    event: EventOpt = None,
+    route: RouteOpt = None,
+    destination: DestOpt = None,
+    status: StatusOpt = None,
+    patient: PatientOpt = None,
+    sop_uid: SopOpt = None,
+) -> None:
+    """Export matching records as CSV (one row per event, the rest as JSON in 'details') or JSON."""
+    settings = _settings(config, data_dir)
+    path = _trail_path(settings, trail)
+    filters = _filters(since, until, event, route, destination, status, patient, sop_uid)
+    found = _select(settings, path, filters)
+    text = to_csv(found) if fmt is Format.csv else to_json(found)
+    _record(
+        settings,
+        trail,
+        "audit_exported",
+        filters=filters.describe(),
+        by_sop_uid=sop_uid is not None,
+        records=len(found),
+        format=fmt.value,
+        output=str(output) if output else "stdout",
+    )
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"{len(found)} records written to {output}", highlight=False)

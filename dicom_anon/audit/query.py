@@ -1,0 +1,136 @@
+"""Searching and exporting the trail for compliance reviewers.
+
+The questions are "what left the hospital, when, to whom, under which rule": so the
+filters are time, event, route, destination, status, pseudonymous patient, and an
+original SOP Instance UID, which is looked up through its keyed hash (only a holder of
+the site secret can ask about an original identifier).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..headers.pseudonyms import SiteKey
+
+# Columns of the CSV export, in the order a reviewer reads them; anything else goes to 'details'.
+CSV_COLUMNS = (
+    "seq",
+    "ts",
+    "event",
+    "job",
+    "route",
+    "profile",
+    "destination",
+    "status",
+    "code",
+    "reason",
+    "patient",
+    "sop_uid_hash",
+    "new_sop_uid",
+    "calling_ae",
+    "peer",
+    "by",
+)
+_CHAIN_FIELDS = ("hash", "prev")
+
+
+def parse_time(text: str) -> datetime:
+    """ISO date or date-time; naive values are taken as UTC (the trail is written in UTC)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a date or time; write e.g. 2025-01-31 or 2025-01-31T14:00"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: datetime | None = None
+    until: datetime | None = None
+    events: frozenset[str] = frozenset()
+    route: str | None = None
+    destination: str | None = None
+    status: str | None = None
+    patient: str | None = None
+    sop_uid: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The filters as given, for the audit_read event (the SOP UID only as its keyed hash)."""
+        result: dict[str, Any] = {}
+        for name in ("since", "until", "route", "destination", "status", "patient"):
+            value = getattr(self, name)
+            if value is not None:
+                result[name] = value.isoformat() if isinstance(value, datetime) else value
+        if self.events:
+            result["events"] = sorted(self.events)
+        return result
+
+
+def _matches(record: dict[str, Any], f: Filters, sop_hash: str | None, jobs: set[Any]) -> bool:
+    if f.since or f.until:
+        try:
+            ts = datetime.fromisoformat(str(record.get("ts")))
+        except ValueError:
+            return False
+        if f.since and ts < f.since:
+            return False
+        if f.until and ts > f.until:
+            return False
+    if f.events and record.get("event") not in f.events:
+        return False
+    for name in ("route", "destination", "patient"):
+        wanted = getattr(f, name)
+        if wanted is not None and record.get(name) != wanted:
+            return False
+    if f.status is not None and f.status.lower() not in {
+        str(record.get("status", "")).lower(),
+        str(record.get("code", "")).lower(),
+    }:
+        return False
+    if sop_hash is not None:
+        return record.get("sop_uid_hash") == sop_hash or (
+            record.get("job") is not None and record["job"] in jobs
+        )
+    return True
+
+
+def query(
+    records: Iterable[dict[str, Any]], filters: Filters, key: SiteKey | None = None
+) -> list[dict[str, Any]]:
+    """Records matching every filter. With ``sop_uid``, every event of the jobs that received that
+    instance is returned (routed, de-identified, forwarded...), found through the keyed hash."""
+    records = list(records)
+    sop_hash = None
+    jobs: set[Any] = set()
+    if filters.sop_uid is not None:
+        if key is None:
+            raise ValueError("looking up an original SOP Instance UID needs the site secret")
+        sop_hash = key.keyed_hash(filters.sop_uid.strip())
+        jobs = {
+            r.get("job") for r in records if r.get("sop_uid_hash") == sop_hash and r.get("job") is not None
+        }
+    return [r for r in records if _matches(r, filters, sop_hash, jobs)]
+
+
+def to_csv(records: Iterable[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow((*CSV_COLUMNS, "details"))
+    for r in records:
+        details = {k: v for k, v in r.items() if k not in CSV_COLUMNS and k not in _CHAIN_FIELDS}
+        writer.writerow(
+            (*(r.get(c, "") for c in CSV_COLUMNS), json.dumps(details, sort_keys=True, ensure_ascii=False))
+        )
+    return buf.getvalue()
+
+
+def to_json(records: Iterable[dict[str, Any]]) -> str:
+    return json.dumps(list(records), indent=1, ensure_ascii=False, sort_keys=True) + "\n"

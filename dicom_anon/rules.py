@@ -1,0 +1,102 @@
+"""Matching an instance to routes: the records officer's rules, applied in file order.
+
+Kept free of networking and de-identification so that ``rules test`` can show exactly
+what the service would decide, from the same code, without sending anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from .config import Match, ProfileSettings, Route, Settings
+
+
+def attribute_text(ds: Dataset, keyword: str) -> str:
+    """An attribute as text for matching: multiple values joined by a backslash, absent = ''."""
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One route that applies to an instance, with what the service will do for it."""
+
+    route: Route
+    profile: ProfileSettings | None
+
+    @property
+    def action(self) -> str:
+        return self.route.action
+
+
+class _CompiledMatch:
+    """A Match with its regular expressions compiled once per load, not once per instance."""
+
+    def __init__(self, match: Match) -> None:
+        self.match = match
+        self.calling_ae = {a.upper() for a in match.calling_ae}
+        self.sop_class = set(match.sop_class)
+        self.modality = {m.strip().upper() for m in match.modality}
+        self.body_part = {b.strip().upper() for b in match.body_part}
+        self.patterns: list[tuple[str, str, re.Pattern[str]]] = []
+        for keyword, label, pattern in (
+            ("StudyDescription", "study_description", match.study_description),
+            ("SeriesDescription", "series_description", match.series_description),
+            ("InstitutionName", "institution", match.institution),
+        ):
+            if pattern is not None:
+                self.patterns.append((keyword, label, re.compile(pattern)))
+        for keyword, pattern in match.attributes.items():
+            self.patterns.append((keyword, f"attributes.{keyword}", re.compile(pattern)))
+
+    def why_not(self, ds: Dataset, calling_ae: str) -> str | None:
+        """None when the instance matches, else the first condition that failed (for ``rules test``)."""
+        if self.calling_ae and calling_ae.strip().upper() not in self.calling_ae:
+            return f"calling AE {calling_ae!r} is not one of {sorted(self.calling_ae)}"
+        if self.sop_class and str(ds.get("SOPClassUID", "")) not in self.sop_class:
+            return f"SOP class {ds.get('SOPClassUID', '(none)')} is not listed"
+        for label, wanted, keyword in (
+            ("modality", self.modality, "Modality"),
+            ("body_part", self.body_part, "BodyPartExamined"),
+        ):
+            if wanted and attribute_text(ds, keyword).upper() not in wanted:
+                return f"{label} {attribute_text(ds, keyword)!r} is not one of {sorted(wanted)}"
+        for keyword, label, pattern in self.patterns:
+            if not pattern.search(attribute_text(ds, keyword)):
+                return f"{label} does not match {pattern.pattern!r}"
+        return None
+
+
+class Rules:
+    """The routes of one settings file, ready to apply. Replaced whole on reload, never edited."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._routes = [(route, _CompiledMatch(route.match)) for route in settings.routes]
+
+    @property
+    def unmatched(self) -> str:
+        return self.settings.unmatched
+
+    def decide(self, ds: Dataset, calling_ae: str) -> list[Decision]:
+        """The routes that apply, in file order; the first without ``continue: true`` ends the list."""
+        decisions = []
+        for route, compiled in self._routes:
+            if compiled.why_not(ds, calling_ae) is None:
+                profile = self.settings.profile(route.profile) if route.profile else None
+                decisions.append(Decision(route, profile))
+                if not route.continue_:
+                    break
+        return decisions
+
+    def explain(self, ds: Dataset, calling_ae: str) -> list[tuple[Route, str | None]]:
+        """Every route with the reason it did not match (None: it matched), for ``rules test``."""
+        return [(route, compiled.why_not(ds, calling_ae)) for route, compiled in self._routes]

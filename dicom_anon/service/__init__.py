@@ -1,0 +1,1 @@
+"""The service: ingress SCP, durable queue and state store, worker, egress SCU, quarantine."""

@@ -1,0 +1,339 @@
+"""The running service: ingress, workers and senders around one state store and one audit trail.
+
+``Service.start`` recovers from whatever a crash left (jobs mid-processing go back to
+the queue, half-written files are swept), then starts the senders, the workers and,
+last, the SCP, so nothing is accepted before it can be processed. SIGHUP reloads the
+settings file: routes, profiles, destinations, allow-lists and limits change at once;
+a file with errors leaves everything as it was and says why (log and audit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .. import __version__
+from ..audit.trail import AuditTrail
+from ..config import ConfigError, LoggingSettings, Settings, apply_overrides, load_settings
+from ..headers.pseudonyms import SiteKey
+from ..rules import Rules
+from .egress import Sender
+from .files import Layout
+from .ingress import Ingress
+from .store import StateStore
+from .worker import PixelStage, Runtime, Worker
+
+log = structlog.get_logger("dicom_anon.service")
+
+# Settings that only take effect when the service starts; a reload that changes them says so.
+_RESTART_ONLY = ("data_dir", "secret_file", "workers", "audit")
+_RESTART_ONLY_INGRESS = ("listen", "tls", "max_pdu_bytes", "timeouts")
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Operational logs on stderr. Tracebacks are printed without local variables: locals hold PHI."""
+    level = getattr(logging, settings.level.upper())
+    renderer: Any
+    if settings.format == "json":
+        renderer = structlog.processors.JSONRenderer()
+        exc = structlog.processors.format_exc_info
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.plain_traceback, colors=False
+        )
+        exc = None
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if exc is not None:
+        processors.append(exc)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    # pydicom's warnings quote the offending value ("Invalid value for VR PN: 'Doe^Jane'"): PHI.
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # pynetdicom logs through the standard library; at INFO and below it describes datasets.
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    pynetdicom_log.setLevel(max(level, logging.WARNING))
+    if not pynetdicom_log.handlers:
+        pynetdicom_log.addHandler(logging.StreamHandler(sys.stderr))
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) we are ready or stopping. Hand-written to avoid a dependency
+    on python-systemd for one datagram; a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("systemd notification failed", error=exc.strerror)
+
+
+def file_sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Service:
+    """One node: ingress, ``settings.workers`` pipeline threads, one sender per destination."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: Path | None = None,
+        overrides: dict[str, Any] | None = None,
+        pixel_stage: PixelStage | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.overrides = overrides or {}
+        self.pixel_stage = pixel_stage
+        self.layout = Layout(settings.data_dir)
+        self.store: StateStore | None = None
+        self.audit: AuditTrail | None = None
+        self.runtime: Runtime | None = None
+        self.ingress: Ingress | None = None
+        self.workers: list[Worker] = []
+        self.senders: dict[str, Sender] = {}
+        self._work = threading.Event()
+        self._lock = threading.Lock()
+
+    # --- start and stop ------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        self.layout.create()
+        key = SiteKey.load_or_create(s.secret_path)
+        self.store = store = StateStore(s.state_path)
+        self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync)
+        recovered = store.recover()
+        swept = self._sweep()
+        self.runtime = Runtime(
+            rules=Rules(s),
+            store=store,
+            layout=self.layout,
+            audit=audit,
+            key=key,
+            notify_destination=self._notify,
+            on_job_done=self._job_done,
+            pixel_stage=self.pixel_stage,
+        )
+        audit.record(
+            "service_started",
+            version=__version__,
+            pid=os.getpid(),
+            config=str(self.config_path),
+            config_sha256=file_sha256(self.config_path),
+            key=key.fingerprint(),
+            listen=s.ingress.listen,
+            ae_title=s.ingress.ae_title,
+            recovered_jobs=recovered,
+            swept_files=swept,
+        )
+        audit.record(
+            "config_loaded",
+            config=str(self.config_path),
+            config_sha256=file_sha256(self.config_path),
+            routes=[r.name for r in s.routes],
+            destinations={name: d.describe() for name, d in s.destinations.items()},
+            overrides={k: v for k, v in self.overrides.items() if v},
+        )
+        for name in s.destinations:
+            self._start_sender(name)
+        for name in sorted(store.pending_destinations() - set(s.destinations)):
+            log.warning("deliveries wait for a destination that is not configured", destination=name)
+        for i in range(s.workers):
+            worker = Worker(i, self.runtime, self._work)
+            worker.start()
+            self.workers.append(worker)
+        self.ingress = Ingress(s, store, self.layout, audit, key, self._work.set)
+        self.ingress.start()
+        sd_notify("READY=1")
+        log.info("service started", version=__version__, listen=s.ingress.listen, recovered_jobs=recovered)
+
+    def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        if self.ingress is not None:
+            self.ingress.stop()
+        for worker in self.workers:
+            worker.stop()
+        for sender in self.senders.values():
+            sender.stop()
+        for thread in [*self.workers, *self.senders.values()]:
+            thread.join(timeout=30)
+        if self.audit is not None:
+            self.audit.record("service_stopped", pid=os.getpid())
+            self.audit.close()
+        if self.store is not None:
+            self.store.close()
+        log.info("service stopped")
+
+    def _start_sender(self, name: str) -> None:
+        assert self.store is not None and self.audit is not None
+        s = self.settings
+        sender = Sender(
+            name,
+            s.destinations[name],
+            s.ingress.ae_title,
+            s.egress,
+            self.store,
+            self.layout,
+            self.audit,
+            self._job_done,
+        )
+        sender.start()
+        self.senders[name] = sender
+
+    def _notify(self, destination: str) -> None:
+        sender = self.senders.get(destination)
+        if sender is not None:
+            sender.wake.set()
+
+    def _job_done(self, job_id: int, spool_path: str) -> None:
+        """Spool retention: with keep_days 0 the original goes as soon as nothing needs it."""
+        assert self.store is not None
+        if self.settings.spool.keep_days == 0:
+            self.store.forget_spool(job_id)
+            self.layout.remove(spool_path)
+
+    def _sweep(self) -> int:
+        """Files a crash left behind: received but never recorded (not acknowledged either), or
+        outbox files of a job that will be processed again."""
+        assert self.store is not None
+        known = self.store.spool_paths()
+        outputs = self.store.output_paths()
+        removed = 0
+        for folder, keep in ((self.layout.spool, known), (self.layout.outbox, outputs)):
+            for path in folder.rglob("*"):
+                if path.is_file() and self.layout.rel(path) not in keep:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    def purge_spool(self) -> int:
+        """Originals kept under spool.keep_days whose time is up."""
+        assert self.store is not None
+        days = self.settings.spool.keep_days
+        if days == 0:
+            return 0
+        expired = self.store.expired_spool(time.time() - days * 86400)
+        for job_id, path in expired:
+            self.store.forget_spool(job_id)
+            self.layout.remove(path)
+        return len(expired)
+
+    def dead_threads(self) -> list[str]:
+        return [t.name for t in [*self.workers, *self.senders.values()] if not t.is_alive()]
+
+    # --- reload --------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the settings file (with the same command-line overrides). False: kept the old."""
+        assert self.audit is not None and self.runtime is not None and self.ingress is not None
+        with self._lock:
+            try:
+                if self.config_path is None:
+                    raise ConfigError("no settings file was given at start; nothing to reload")
+                new = apply_overrides(load_settings(self.config_path), **self.overrides)
+            except ConfigError as exc:
+                self.audit.record("config_reload_failed", config=str(self.config_path), error=str(exc)[:2000])
+                log.error("reload failed; keeping the rules in force", error=str(exc))
+                return False
+            old = self.settings
+            needs_restart = [f for f in _RESTART_ONLY if getattr(old, f) != getattr(new, f)]
+            needs_restart += [
+                f"ingress.{f}"
+                for f in _RESTART_ONLY_INGRESS
+                if getattr(old.ingress, f) != getattr(new.ingress, f)
+            ]
+            if needs_restart:
+                log.warning("these settings change only at restart", settings=needs_restart)
+            self.settings = new
+            self.runtime.rules = Rules(new)
+            self.ingress.settings = new
+            for name, sender in list(self.senders.items()):
+                if (
+                    name not in new.destinations
+                    or new.destinations[name] != old.destinations.get(name)
+                    or new.egress != old.egress
+                ):
+                    sender.stop()
+                    sender.join(timeout=30)
+                    del self.senders[name]
+            for name in new.destinations:
+                if name not in self.senders:
+                    self._start_sender(name)
+            self.audit.record(
+                "config_reloaded",
+                config=str(self.config_path),
+                config_sha256=file_sha256(self.config_path),
+                routes=[r.name for r in new.routes],
+                destinations=sorted(new.destinations),
+                restart_needed_for=needs_restart,
+            )
+            log.info("settings reloaded", routes=len(new.routes), destinations=len(new.destinations))
+            return True
+
+
+def run(service: Service) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads. Returns the exit status for the process."""
+    wake = threading.Event()
+    stop = threading.Event()
+    reload_requested = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+        wake.set()
+
+    def _hup(_signum: int, _frame: Any) -> None:
+        reload_requested.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _hup)
+    service.start()
+    status = 0
+    last_purge = 0.0
+    try:
+        while not stop.is_set():
+            wake.wait(1.0)
+            wake.clear()
+            if reload_requested.is_set():
+                reload_requested.clear()
+                service.reload()
+            dead = service.dead_threads()
+            if dead and not stop.is_set():
+                log.error("threads stopped unexpectedly; exiting for a restart", threads=dead)
+                status = 1
+                break
+            if time.monotonic() - last_purge > 60:
+                service.purge_spool()
+                last_purge = time.monotonic()
+    finally:
+        service.stop()
+    return status

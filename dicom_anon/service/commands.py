@@ -1,0 +1,337 @@
+"""The service's commands: ``serve``, ``rules check|test`` and ``quarantine list|release|delete``.
+
+They only parse arguments and present results; the work is in the modules beside them.
+Registered on the main ``dicom-anon`` app in ``dicom_anon/cli.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydicom.uid import UID
+from rich.console import Console
+from rich.table import Table
+
+from ..audit.trail import AuditTrail, operator
+from ..config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    Route,
+    Settings,
+    advice,
+    apply_overrides,
+    load_settings,
+    resolve_settings,
+)
+from ..dicomio import read_instance
+from ..headers.engine import Profile, deidentify
+from ..headers.errors import Refused, SiteKeyError
+from ..headers.pseudonyms import SiteKey
+from ..rules import Rules
+from .app import Service, configure_logging, run
+from .files import Layout
+from .quarantine import Quarantine, QuarantineError
+from .store import StateStore
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DICOM_ANON_CONFIG",
+        help=f"Settings YAML (default: {DEFAULT_CONFIG} if present).",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data dir (overrides the settings file).")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, data_dir: Path | None) -> Settings:
+    try:
+        return resolve_settings(config, data_dir)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+# --- serve ------------------------------------------------------------------------------
+
+
+def serve(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config", "-c", envvar="DICOM_ANON_CONFIG", help="Settings YAML (see config/dicom-anon.yaml)."
+        ),
+    ] = DEFAULT_CONFIG,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on, instead of ingress.listen.")
+    ] = None,
+    data_dir: DataDirOption = None,
+    destination: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=AET@HOST:PORT, repeatable: replaces or adds a destination."),
+    ] = None,
+) -> None:
+    """Run the service: receive (C-STORE), de-identify per the routes, forward, audit.
+
+    Stops cleanly on SIGTERM or Ctrl-C; SIGHUP re-reads the settings file (a file with
+    errors keeps the rules in force). Overrides let a second instance run without an
+    edited file.
+    """
+    overrides = {"listen": listen, "data_dir": data_dir, "destinations": destination or []}
+    try:
+        settings = apply_overrides(load_settings(config), **overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    configure_logging(settings.logging)
+    service = Service(settings, config, overrides)
+    try:
+        status = run(service)
+    except SiteKeyError as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise _fail(f"cannot listen on {settings.ingress.listen}: the address is in use") from None
+        raise _fail(f"cannot start: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})") from None
+    raise typer.Exit(status)
+
+
+# --- rules ------------------------------------------------------------------------------
+
+rules_app = typer.Typer(help="Check a routing rules file, and try it on sample files.", no_args_is_help=True)
+
+
+def _match_summary(route: Route) -> str:
+    parts = []
+    m = route.match
+    for label, value in (
+        ("calling AE", m.calling_ae),
+        ("SOP class", [_sop_name(u) for u in m.sop_class]),
+        ("modality", m.modality),
+        ("body part", m.body_part),
+    ):
+        if value:
+            parts.append(f"{label} in {', '.join(value)}")
+    for label, value in (
+        ("study description", m.study_description),
+        ("series description", m.series_description),
+        ("institution", m.institution),
+    ):
+        if value is not None:
+            parts.append(f"{label} ~ /{value}/")
+    for keyword, pattern in m.attributes.items():
+        parts.append(f"{keyword} ~ /{pattern}/")
+    return "; ".join(parts) or "everything"
+
+
+def _sop_name(uid: str) -> str:
+    name = UID(uid).keyword
+    return name or uid
+
+
+def _what(settings: Settings, route: Route) -> str:
+    if route.action != "forward":
+        return route.action
+    profile = settings.profile(route.profile)
+    pixels = ""
+    if profile.pixels is not None:
+        kept = ", ".join(profile.pixels.preserve) or "nothing"
+        pixels = (
+            f"; pixels: {profile.pixels.method}, keep {kept} (headers only until the face pipeline exists)"
+        )
+    options = ", ".join(sorted(o.value for o in profile.options)) or "no options"
+    return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}"
+
+
+@rules_app.command("check")
+def rules_check(file: Annotated[Path, typer.Argument(help="The settings YAML to check.")]) -> None:
+    """Validate a settings file: every problem with its line and the fix; then the routes in order."""
+    try:
+        settings = load_settings(file)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    table = Table(title=f"{file}: routes, applied in this order", title_justify="left")
+    for column in ("#", "route", "matches", "does", "then"):
+        table.add_column(column, overflow="fold")
+    for i, route in enumerate(settings.routes, start=1):
+        then = "later routes too" if route.continue_ else "stop"
+        table.add_row(str(i), route.name, _match_summary(route), _what(settings, route), then)
+    table.add_row("", "(no match)", "", settings.unmatched, "")
+    out.print(table)
+    dests = Table(title="destinations", title_justify="left")
+    dests.add_column("name")
+    dests.add_column("where")
+    for name, dest in settings.destinations.items():
+        dests.add_row(name, dest.describe())
+    out.print(dests)
+    for note in advice(settings):
+        out.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    out.print(f"[green]{file}: OK[/]", highlight=False)
+
+
+@rules_app.command("test")
+def rules_test(
+    file: Annotated[Path, typer.Argument(help="The settings YAML.")],
+    dicom: Annotated[list[Path], typer.Argument(help="DICOM files to try.", show_default=False)],
+    calling_ae: Annotated[
+        str | None,
+        typer.Option(
+            help="Calling AE title to pretend the file came from (default: the first allowed caller)."
+        ),
+    ] = None,
+) -> None:
+    """Show which route each file matches and what would happen to it. Nothing is sent or written.
+
+    De-identification is really run (in memory, with a throwaway key) so that a file the
+    profile would refuse shows up as 'quarantine' with the reason.
+    """
+    try:
+        settings = load_settings(file)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            err.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    rules = Rules(settings)
+    caller = calling_ae or (
+        settings.ingress.allowed_callers[0].ae_title if settings.ingress.allowed_callers else ""
+    )
+    key = SiteKey(secrets.token_bytes(32))
+    for path in dicom:
+        out.rule(str(path), align="left")
+        try:
+            ds = read_instance(path)
+        except Refused as refused:
+            out.print(f"  quarantine: cannot read it ({refused.code}): {refused.reason}", highlight=False)
+            continue
+        except OSError as exc:
+            out.print(f"  [red]cannot read the file ({exc.strerror})[/]", highlight=False)
+            continue
+        for route, why_not in rules.explain(ds, caller):
+            mark = "[green]matches[/]" if why_not is None else f"no: {why_not}"
+            out.print(f"  route {route.name}: {mark}", highlight=False, soft_wrap=True)
+        decisions = rules.decide(ds, caller)
+        if not decisions:
+            out.print(f"  => {settings.unmatched} (no route matches)", highlight=False)
+        for d in decisions:
+            if d.action != "forward":
+                out.print(f"  => route {d.route.name}: {d.action}", highlight=False)
+                continue
+            assert d.profile is not None
+            try:
+                deidentify(ds, key, Profile(options=d.profile.options))
+            except Refused as refused:
+                out.print(
+                    f"  => route {d.route.name}: [red]quarantine[/], the profile refuses it "
+                    f"({refused.code}): {refused.reason}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                continue
+            out.print(
+                f"  => route {d.route.name}: {_what(settings, d.route)}", highlight=False, soft_wrap=True
+            )
+
+
+# --- quarantine -------------------------------------------------------------------------
+
+quarantine_app = typer.Typer(
+    help="What the service held back, and the operator's decision on it.", no_args_is_help=True
+)
+
+
+def _quarantine(config: Path | None, data_dir: Path | None) -> Quarantine:
+    settings = _settings(config, data_dir)
+    if not settings.state_path.exists():
+        raise _fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
+    layout = Layout(settings.data_dir)
+    try:
+        return Quarantine(StateStore(settings.state_path), layout, AuditTrail(settings.audit_path))
+    except OSError as exc:
+        raise _fail(f"cannot open the service's data ({exc.strerror}: {exc.filename})") from None
+
+
+def _when(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include released and deleted items.")] = False,
+) -> None:
+    """Items held in quarantine, oldest first, with the reason."""
+    q = _quarantine(config, data_dir)
+    rows = q.list(include_resolved=all_)
+    table = Table(title=f"quarantine ({len(rows)} {'items' if all_ else 'held'})", title_justify="left")
+    for column in ("id", "since (UTC)", "job", "stage", "route", "destination", "code", "reason", "state"):
+        # id and code are what an operator types and searches for: never broken across lines.
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "code"))
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            _when(r.created_at),
+            str(r.job_id),
+            r.stage,
+            r.route or "",
+            r.destination or "",
+            r.code,
+            r.reason,
+            r.state if r.resolved_by is None else f"{r.state} by {r.resolved_by}",
+        )
+    out.print(table)
+
+
+@quarantine_app.command("release")
+def quarantine_release(
+    item: Annotated[int, typer.Argument(help="The id from 'quarantine list'.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Send an item back on its way: processed again under the current rules, or offered to its
+    destination again. De-identification is never skipped."""
+    q = _quarantine(config, data_dir)
+    try:
+        row = q.release(item, operator())
+    except QuarantineError as exc:
+        raise _fail(str(exc), 1) from None
+    again = (
+        f"offered to {row.destination} again"
+        if row.delivery_id is not None
+        else "queued for processing again"
+    )
+    out.print(f"released quarantine item {item}: {again}", highlight=False)
+
+
+@quarantine_app.command("delete")
+def quarantine_delete(
+    item: Annotated[int, typer.Argument(help="The id from 'quarantine list'.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a held item and its files for good (the audit trail keeps the record)."""
+    q = _quarantine(config, data_dir)
+    if not yes and not typer.confirm(f"Delete quarantine item {item} and its files?"):
+        raise typer.Exit(1)
+    try:
+        q.delete(item, operator())
+    except QuarantineError as exc:
+        raise _fail(str(exc), 1) from None
+    out.print(f"deleted quarantine item {item}", highlight=False)

@@ -1,0 +1,289 @@
+"""The worker: takes received jobs in order, routes them, de-identifies, and queues deliveries.
+
+For every route that applies: drop, quarantine, or (forward) run the pixel stage when
+the route's profile has pixel settings and a pixel stage is installed, then the header
+engine, write the result to the outbox and create one delivery per destination. All
+of a job's outcomes are committed in one transaction, so after a crash a job is either
+fully routed or processed again from the start (with the same keyed UIDs).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pynetdicom
+import structlog
+from pydicom.dataset import Dataset
+
+from .. import __version__
+from ..audit.trail import AuditTrail
+from ..config import PixelSettings, ProfileSettings
+from ..dicomio import read_instance
+from ..headers.engine import Profile, deidentify
+from ..headers.errors import Refused
+from ..headers.options import Option
+from ..headers.pseudonyms import SiteKey
+from ..rules import Decision, Rules
+from .files import Layout, link_or_copy, replace_durable, write_durable
+from .store import Job, NewOutput, NewQuarantine, StateStore
+
+log = structlog.get_logger("dicom_anon.worker")
+
+VERSIONS = {"dicom_anon": __version__, "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__}
+
+
+@dataclass(frozen=True)
+class PixelOutcome:
+    """What the pixel stage did: the new dataset, the Annex E pixel options it can claim, and the
+    figures for the audit (QA, model versions)."""
+
+    dataset: Dataset
+    cleaned: frozenset[Option]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+# The face pipeline plugs in here: (dataset, the route's pixel settings, site key) -> PixelOutcome,
+# raising Refused (no face, QA failed, undecodable) to quarantine.
+PixelStage = Callable[[Dataset, PixelSettings, SiteKey], PixelOutcome]
+
+
+def describe_exception(exc: BaseException) -> str:
+    """Type and place of an unexpected error, without its message: messages can quote PHI."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{where}"
+
+
+@dataclass
+class Runtime:
+    """What every thread of the service shares. ``rules`` is replaced whole on reload."""
+
+    rules: Rules
+    store: StateStore
+    layout: Layout
+    audit: AuditTrail
+    key: SiteKey
+    notify_destination: Callable[[str], None]
+    on_job_done: Callable[[int, str], None]
+    pixel_stage: PixelStage | None = None
+
+
+@dataclass
+class _Result:
+    outputs: list[NewOutput] = field(default_factory=list)
+    quarantines: list[NewQuarantine] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Worker(threading.Thread):
+    """One pipeline thread. Several may run; each claims the oldest waiting job."""
+
+    def __init__(self, index: int, runtime: Runtime, wake: threading.Event) -> None:
+        super().__init__(name=f"worker-{index}", daemon=True)
+        self.rt = runtime
+        self.wake = wake
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.wake.set()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            job = self.rt.store.claim_job()
+            if job is None:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            try:
+                self.process(job)
+            except Exception as exc:  # our side failed (disk full, I/O): keep the job, try again later
+                log.error("job failed, requeued", job=job.id, error=describe_exception(exc))
+                self.rt.store.requeue(job.id)
+                self._stop_event.wait(5.0)
+
+    # --- one job -------------------------------------------------------------------------
+
+    def process(self, job: Job) -> None:
+        rt = self.rt
+        rules = rt.rules
+        result = _Result()
+        ds = self._load(job, result)
+        if ds is not None:
+            decisions = rules.decide(ds, job.calling_ae)
+            if job.route_only is not None:
+                decisions = [d for d in decisions if d.route.name == job.route_only]
+                if not decisions:
+                    self._quarantine(
+                        job,
+                        result,
+                        "route",
+                        "route-gone",
+                        f"released for route {job.route_only!r}, which no longer applies",
+                        None,
+                    )
+            elif not decisions:
+                if rules.unmatched == "drop":
+                    result.events.append(
+                        {"event": "instance_dropped", "route": None, "reason": "no route matches"}
+                    )
+                else:
+                    self._quarantine(job, result, "route", "no-route", "no route matches this instance", None)
+            if decisions:
+                result.events.append(
+                    {
+                        "event": "instance_routed",
+                        "routes": [d.route.name for d in decisions],
+                        "actions": [d.action for d in decisions],
+                    }
+                )
+            for decision in decisions:
+                self._apply(job, ds, decision, result)
+        # One step, one fsync: the job's records are on disk before its deliveries can start.
+        with rt.audit.batch():
+            for event in result.events:
+                rt.audit.record(event.pop("event"), job=job.id, sop_uid_hash=job.sop_key, **event)
+        delivery_ids, quarantine_ids, done = rt.store.finish_routing(
+            job.id, result.outputs, result.quarantines
+        )
+        with rt.audit.batch():
+            self._audit_quarantined(job, result.quarantines, quarantine_ids)
+        for name in sorted({d for o in result.outputs for d in o.destinations}):
+            rt.notify_destination(name)
+        if done and job.spool_path is not None:
+            rt.on_job_done(job.id, job.spool_path)
+        log.debug("job routed", job=job.id, deliveries=len(delivery_ids), quarantined=len(quarantine_ids))
+
+    def _audit_quarantined(self, job: Job, quarantines: list[NewQuarantine], ids: list[int]) -> None:
+        for q, qid in zip(quarantines, ids, strict=True):
+            self.rt.audit.record(
+                "instance_quarantined",
+                job=job.id,
+                sop_uid_hash=job.sop_key,
+                route=q.route,
+                stage=q.stage,
+                code=q.code,
+                reason=q.reason,
+                quarantine=qid,
+            )
+            log.warning("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
+
+    def _load(self, job: Job, result: _Result) -> Dataset | None:
+        if job.spool_path is None:
+            self._quarantine(
+                job, result, "decode", "spool-missing", "the received file is no longer in the spool", None
+            )
+            return None
+        try:
+            return read_instance(self.rt.layout.abs(job.spool_path))
+        except Refused as refused:
+            self._quarantine(job, result, "decode", refused.code, refused.reason, None)
+        except OSError as exc:
+            self._quarantine(
+                job, result, "decode", "spool-unreadable", exc.strerror or type(exc).__name__, None
+            )
+        return None
+
+    def _apply(self, job: Job, ds: Dataset, decision: Decision, result: _Result) -> None:
+        route = decision.route
+        if decision.action == "drop":
+            result.events.append(
+                {"event": "instance_dropped", "route": route.name, "reason": "route says drop"}
+            )
+            return
+        if decision.action == "quarantine":
+            self._quarantine(
+                job, result, "route", "route-quarantine", f"route {route.name!r} says quarantine", route.name
+            )
+            return
+        profile = decision.profile
+        assert profile is not None and route.profile is not None
+        try:
+            dataset, cleaned, pixels = self._pixels(ds, profile)
+            deid = deidentify(dataset, self.rt.key, Profile(options=profile.options), pixels_cleaned=cleaned)
+        except Refused as refused:
+            self._quarantine(job, result, "deid", refused.code, refused.reason, route.name)
+            return
+        except Exception as exc:  # fail closed: whatever went wrong, this instance does not leave
+            reason = f"internal error ({describe_exception(exc)})"
+            log.error("de-identification failed", job=job.id, route=route.name, error=describe_exception(exc))
+            self._quarantine(job, result, "deid", "internal-error", reason, route.name)
+            return
+        out = deid.dataset
+        buf = BytesIO()
+        out.save_as(buf, enforce_file_format=True)
+        target = self.rt.layout.outbox / f"{job.id}-{route.name}.dcm"
+        # Only this job writes this name; a copy left by an attempt cut short is replaced whole.
+        target.unlink(missing_ok=True)
+        write_durable(target, buf.getvalue())
+        result.outputs.append(
+            NewOutput(
+                route=route.name,
+                path=self.rt.layout.rel(target),
+                sop_class=str(out.SOPClassUID),
+                sop_uid=str(out.SOPInstanceUID),
+                transfer_syntax=str(out.file_meta.TransferSyntaxUID),
+                patient_pseudonym=deid.patient_pseudonym,
+                destinations=tuple(route.destinations),
+            )
+        )
+        result.events.append(
+            {
+                "event": "instance_deidentified",
+                "route": route.name,
+                "profile": route.profile,
+                "options": sorted(o.value for o in deid.options),
+                "patient": deid.patient_pseudonym,
+                "patient_hash": deid.patient_hash,
+                "new_sop_uid": str(out.SOPInstanceUID),
+                "sop_class": str(out.SOPClassUID),
+                "changes": len(deid.changes),
+                "pixels": pixels,
+                "key": self.rt.key.fingerprint(),
+                "versions": VERSIONS,
+                "destinations": list(route.destinations),
+            }
+        )
+
+    def _pixels(
+        self, ds: Dataset, profile: ProfileSettings
+    ) -> tuple[Dataset, frozenset[Option], dict[str, Any]]:
+        """Run the pixel stage for a photo profile; say plainly in the audit when it did not run."""
+        if profile.pixels is None:
+            return ds, frozenset(), {"applied": False, "reason": "profile has no pixel settings"}
+        settings = profile.pixels.model_dump(mode="json")
+        if self.rt.pixel_stage is None:
+            return (
+                ds,
+                frozenset(),
+                {
+                    "applied": False,
+                    "reason": "face pipeline not installed: headers only",
+                    "settings": settings,
+                },
+            )
+        outcome = self.rt.pixel_stage(ds, profile.pixels, self.rt.key)
+        report = {"applied": True, "settings": settings, **outcome.report}
+        return outcome.dataset, outcome.cleaned, report
+
+    def _quarantine(
+        self, job: Job, result: _Result, stage: str, code: str, reason: str, route: str | None
+    ) -> None:
+        """Keep a copy of the original with a reason file; the row is written with the job's outcome."""
+        layout = self.rt.layout
+        folder = layout.quarantine / uuid.uuid4().hex
+        folder.mkdir(mode=0o700, parents=True)
+        if job.spool_path is not None and layout.abs(job.spool_path).exists():
+            link_or_copy(layout.abs(job.spool_path), folder / "instance.dcm")
+        note = {"job": job.id, "route": route, "stage": stage, "code": code, "reason": reason}
+        replace_durable(folder / "reason.json", json.dumps(note, indent=1).encode())
+        result.quarantines.append(NewQuarantine(stage, code, reason, layout.rel(folder), route))

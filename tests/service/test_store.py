@@ -1,0 +1,177 @@
+"""The state store's transactions: the queue's order, exactly-once bookkeeping, quarantine and release."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dicom_anon.service.store import (
+    DONE,
+    BusyError,
+    NewJob,
+    NewOutput,
+    NewQuarantine,
+    StateStore,
+)
+
+
+@pytest.fixture
+def store(tmp_path) -> StateStore:
+    s = StateStore(tmp_path / "state.sqlite")
+    yield s
+    s.close()
+
+
+def job(n: int, digest: str = "d") -> NewJob:
+    return NewJob(
+        "CLINIC",
+        "127.0.0.1",
+        "1.2.3",
+        f"key{n}",
+        f"{digest}{n}",
+        "1.2.840.10008.1.2.1",
+        100,
+        f"spool/{n}.dcm",
+    )
+
+
+def output(route: str = "photos", destinations: tuple[str, ...] = ("teaching",)) -> NewOutput:
+    return NewOutput(
+        route, f"outbox/{route}.dcm", "1.2.3", "2.25.1", "1.2.840.10008.1.2.1", "ANONX", destinations
+    )
+
+
+def test_same_instance_twice_is_one_job(store):
+    first, new = store.add_job(job(1))
+    again, new_again = store.add_job(job(1))
+    assert new and not new_again and first == again
+    other, new_other = store.add_job(job(1, digest="changed"))
+    assert new_other and other != first  # same UID, different bytes: a correction, a new job
+
+
+def test_jobs_are_claimed_oldest_first_once(store):
+    ids = [store.add_job(job(n))[0] for n in range(3)]
+    claimed = [store.claim_job().id for _ in range(3)]
+    assert claimed == ids
+    assert store.claim_job() is None
+
+
+def test_recover_puts_claimed_jobs_back(store):
+    store.add_job(job(1))
+    assert store.claim_job() is not None
+    assert store.claim_job() is None
+    assert store.recover() == 1
+    assert store.claim_job() is not None
+
+
+def test_routing_commits_outputs_deliveries_and_quarantine_together(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    quarantine = NewQuarantine("deid", "burned-in-annotation", "burned in", "quarantine/x", "other")
+    deliveries, quarantined, done = store.finish_routing(
+        job_id, [output(destinations=("a", "b"))], [quarantine]
+    )
+    assert len(deliveries) == 2 and len(quarantined) == 1 and not done
+    assert [d.id for d in store.due_deliveries("a", time.time())] == [deliveries[0]]
+    assert store.counts()["quarantine.held"] == 1
+
+
+def test_nothing_to_deliver_finishes_the_job(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    *_, done = store.finish_routing(job_id, [], [])
+    assert done and store.counts()["jobs.done"] == 1
+
+
+def test_delivery_completion_frees_outbox_then_spool(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (a, b), _, _ = store.finish_routing(job_id, [output(destinations=("a", "b"))], [])
+    first = store.mark_delivered(a, 0x0000)
+    assert first.output_path is None and first.spool_path is None and not first.job_done
+    second = store.mark_delivered(b, 0xB000)
+    assert (
+        second.output_path == "outbox/photos.dcm" and second.spool_path == "spool/1.dcm" and second.job_done
+    )
+    assert store.counts()["jobs.done"] == 1
+    assert len(store.latencies()) == 2
+
+
+def test_retry_at_hides_a_delivery_until_then(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (d,), _, _ = store.finish_routing(job_id, [output()], [])
+    attempts = store.retry_at(d, time.time() + 60, "connection refused")
+    assert attempts == 1
+    assert store.due_deliveries("teaching", time.time()) == []
+    assert store.due_deliveries("teaching", time.time() + 61)[0].attempts == 1
+    assert store.next_due("teaching") > time.time()
+
+
+def test_quarantined_delivery_can_be_released_to_try_again(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (d,), _, _ = store.finish_routing(job_id, [output()], [])
+    qid, completion = store.quarantine_delivery(
+        d, NewQuarantine("egress", "refused-0xA900", "no", "q/1", "photos", "teaching")
+    )
+    assert completion.job_done and completion.output_path == "outbox/photos.dcm"
+    store.release(qid, "officer", "outbox/again.dcm")
+    [again] = store.due_deliveries("teaching", time.time())
+    assert again.path == "outbox/again.dcm" and again.attempts == 0
+    assert (
+        store.quarantine_row(qid).state == "released" and store.quarantine_row(qid).resolved_by == "officer"
+    )
+    with pytest.raises(KeyError):
+        store.release(qid, "officer", "x")
+
+
+def test_released_pipeline_quarantine_reprocesses_only_that_route(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    _, (qid,), done = store.finish_routing(job_id, [], [NewQuarantine("deid", "c", "r", "q/1", "photos")])
+    assert done
+    store.forget_spool(job_id)
+    store.release(qid, "officer", "spool/restored.dcm")
+    again = store.claim_job()
+    assert again.id == job_id and again.route_only == "photos" and again.spool_path == "spool/restored.dcm"
+
+
+def test_release_waits_while_the_job_is_being_processed(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    held = [NewQuarantine("deid", "c", "r", "q/1", "photos"), NewQuarantine("deid", "c", "r", "q/2", "derm")]
+    _, (first, second), _ = store.finish_routing(job_id, [], held)
+    store.release(first, "officer", "spool/1.dcm")
+    assert store.claim_job().id == job_id  # the worker holds it again
+    with pytest.raises(BusyError):
+        store.release(second, "officer", "spool/1.dcm")
+    assert store.quarantine_row(second).state == "held"
+
+
+def test_delete_marks_and_refuses_twice(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    _, (qid,), _ = store.finish_routing(job_id, [], [NewQuarantine("route", "no-route", "r", "q/1")])
+    store.delete_quarantined(qid, "officer")
+    assert store.quarantine_row(qid).state == "deleted"
+    with pytest.raises(KeyError):
+        store.delete_quarantined(qid, "officer")
+
+
+def test_spool_bytes_counts_only_originals_still_held(store):
+    a, _ = store.add_job(job(1))
+    store.add_job(job(2))
+    assert store.spool_bytes() == 200
+    store.forget_spool(a)
+    assert store.spool_bytes() == 100
+
+
+def test_expired_spool_lists_done_jobs_only(store):
+    a, _ = store.add_job(job(1))
+    store.add_job(job(2))
+    store.claim_job()
+    store.finish_routing(a, [], [])
+    assert [j for j, _ in store.expired_spool(time.time() + 1)] == [a]
+    assert store.counts()["jobs.received"] == 1 and store.counts()["jobs." + DONE] == 1

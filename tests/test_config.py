@@ -1,0 +1,211 @@
+"""The settings schema as a records officer meets it: the example validates, mistakes name line and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicom_anon.config import (
+    PRESETS,
+    ConfigError,
+    Settings,
+    advice,
+    apply_overrides,
+    load_settings,
+    parse_host_port,
+)
+from dicom_anon.headers.options import Option
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "dicom-anon.yaml"
+
+GOOD = """\
+ingress:
+  listen: 127.0.0.1:11112
+  allowed_callers:
+    - ae_title: CLINIC
+      addresses: [127.0.0.1, 10.1.0.0/16]
+destinations:
+  teaching: {ae_title: TEACHING, host: 127.0.0.1, port: 11113}
+routes:
+  - name: photos
+    match: {sop_class: VLPhotographicImageStorage}
+    profile: orthodontic
+    destinations: [teaching]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_documented_example_is_valid_and_says_what_issue_3_asks():
+    settings = load_settings(EXAMPLE)
+    assert settings.ingress.ae_title == "DICOM_ANON"
+    assert settings.ingress.allows("CLINIC", "127.0.0.1")
+    assert not settings.ingress.allows("CLINIC", "10.9.9.9")
+    assert "teaching" in settings.destinations
+    photos = settings.routes[0]
+    assert photos.match.sop_class == ["1.2.840.10008.5.1.4.1.1.77.1.4", "1.2.840.10008.5.1.4.1.1.7"]
+    assert settings.profile(photos.profile).pixels.preserve == ["mouth"]
+    assert all("teaching" in r.destinations for r in settings.routes)
+
+
+def test_good_file_loads(tmp_path):
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.ingress.port == 11112
+    assert settings.ingress.allows("CLINIC", "10.1.200.3")
+    assert not settings.ingress.allows("OTHER", "127.0.0.1")
+
+
+def test_unknown_destination_names_line_and_known_ones(tmp_path):
+    text = GOOD.replace("destinations: [teaching]", "destinations: [teachng]")
+    msg = problems(tmp_path, text)
+    assert "settings.yaml:12:" in msg
+    assert "unknown destination 'teachng'" in msg and "known: teaching" in msg
+
+
+def test_unknown_profile_lists_the_choices(tmp_path):
+    msg = problems(tmp_path, GOOD.replace("profile: orthodontic", "profile: orthodontal"))
+    assert "settings.yaml:11:" in msg
+    assert "unknown profile 'orthodontal'" in msg and "basic, orthodontic" in msg
+
+
+def test_misspelt_sop_class_suggests_the_keyword(tmp_path):
+    msg = problems(tmp_path, GOOD.replace("VLPhotographicImageStorage", "VLPhotographicImageStorag"))
+    assert "settings.yaml:10:" in msg
+    assert "did you mean VLPhotographicImageStorage?" in msg
+
+
+def test_bad_regex_says_how_to_fix(tmp_path):
+    text = GOOD.replace(
+        "match: {sop_class: VLPhotographicImageStorage}", "match:\n      study_description: 'ortho (pre'"
+    )
+    msg = problems(tmp_path, text)
+    assert "settings.yaml:11:" in msg and "not a valid regular expression" in msg and "backslash" in msg
+
+
+def test_unknown_attribute_keyword_is_caught(tmp_path):
+    text = GOOD.replace(
+        "match: {sop_class: VLPhotographicImageStorage}", "match:\n      attributes: {Manufactrer: Canon}"
+    )
+    msg = problems(tmp_path, text)
+    assert "did you mean Manufacturer?" in msg
+
+
+def test_forward_route_without_destinations(tmp_path):
+    msg = problems(tmp_path, GOOD.replace("    destinations: [teaching]\n", ""))
+    assert "settings.yaml:9:" in msg and "needs 'destinations:'" in msg
+
+
+def test_drop_route_may_not_name_a_profile(tmp_path):
+    msg = problems(tmp_path, GOOD.replace("    match:", "    action: drop\n    match:"))
+    assert "sends nothing; remove 'profile:'" in msg
+
+
+def test_unknown_setting_and_bad_values_each_get_a_line(tmp_path):
+    text = GOOD.replace("  listen: 127.0.0.1:11112", "  listen: localhost\n  max_asociations: 3").replace(
+        "10.1.0.0/16", "10.1.0.0/33"
+    )
+    msg = problems(tmp_path, text)
+    lines = msg.splitlines()
+    assert any("settings.yaml:2:" in ln and "HOST:PORT" in ln for ln in lines)
+    assert any("settings.yaml:3:" in ln and "unknown setting 'max_asociations'" in ln for ln in lines)
+    assert any("settings.yaml:6:" in ln and "not an IP address or network" in ln for ln in lines)
+
+
+def test_ae_title_longer_than_16_is_refused(tmp_path):
+    msg = problems(tmp_path, GOOD.replace("ae_title: TEACHING", "ae_title: TEACHING_ARCHIVE_NODE"))
+    assert "not an AE title" in msg
+
+
+def test_destination_is_folder_or_node_not_both(tmp_path):
+    msg = problems(tmp_path, GOOD.replace("port: 11113}", "port: 11113, folder: /tmp/x}"))
+    assert "either a folder or a DICOM node" in msg
+
+
+def test_duplicate_route_names(tmp_path):
+    route = GOOD[GOOD.index("  - name: photos") :]
+    msg = problems(tmp_path, GOOD + route)
+    assert "route name 'photos' is used twice" in msg
+
+
+def test_missing_tls_file_is_named(tmp_path):
+    text = GOOD.replace(
+        "  listen: 127.0.0.1:11112",
+        f"  listen: 127.0.0.1:11112\n  tls: {{certificate: {tmp_path}/none.pem,"
+        f" private_key: {tmp_path}/none.key}}",
+    )
+    msg = problems(tmp_path, text)
+    assert "none.pem does not exist" in msg and "ingress.tls.certificate" in msg
+
+
+def test_pixel_options_belong_in_pixel_settings(tmp_path):
+    text = GOOD + "profiles:\n  p:\n    options: [clean-pixel-data]\n"
+    msg = problems(tmp_path, text)
+    assert "use 'pixels:' instead" in msg
+
+
+def test_profile_options_and_pixel_settings_are_parsed(tmp_path):
+    text = GOOD + (
+        "profiles:\n  derm:\n    options: [retain-patient-characteristics]\n"
+        "    pixels: {preserve: lower-face, on_no_face: forward,"
+        " boxes: [{x: 1, y: 2, width: 3, height: 4}]}\n"
+    )
+    settings = load_settings(write(tmp_path, text))
+    derm = settings.profile("derm")
+    assert derm.options == frozenset({Option.RETAIN_PATIENT_CHARACTERISTICS})
+    assert derm.pixels.preserve == ["lower-face"] and derm.pixels.on_no_face == "forward"
+    assert derm.pixels.boxes[0].width == 3
+    assert settings.profile("basic") is PRESETS["basic"]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    msg = problems(tmp_path, "ingress:\n  listen: [oops\n")
+    assert "settings.yaml:3" in msg and "YAML syntax error" in msg
+
+
+def test_overrides_replace_listen_data_dir_and_destination(tmp_path):
+    settings = load_settings(write(tmp_path, GOOD))
+    changed = apply_overrides(
+        settings,
+        listen="127.0.0.1:4000",
+        data_dir=tmp_path / "d",
+        destinations=["teaching=ARCHIVE@127.0.0.1:5000", "extra=X@10.0.0.1:104"],
+    )
+    assert changed.ingress.port == 4000
+    assert changed.data_dir == tmp_path / "d" and changed.secret_path == tmp_path / "d" / "site.key"
+    assert changed.destinations["teaching"].describe() == "ARCHIVE@127.0.0.1:5000"
+    assert changed.destinations["extra"].port == 104
+    assert settings.ingress.port == 11112  # the original is untouched
+
+
+@pytest.mark.parametrize("bad", ["teaching", "teaching=ARCHIVE@127.0.0.1", "t=WAY_TOO_LONG_AE_TITLE_X@h:1"])
+def test_bad_destination_override_is_one_clear_line(bad):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Settings(), destinations=[bad])
+    assert str(info.value).startswith("--destination")
+    assert "\n" not in str(info.value)
+
+
+def test_host_port_parsing():
+    assert parse_host_port("[::1]:104") == ("::1", 104)
+    with pytest.raises(ValueError):
+        parse_host_port("127.0.0.1:70000")
+
+
+def test_advice_points_out_likely_mistakes(tmp_path):
+    notes = advice(Settings())
+    assert any("every association will be rejected" in n for n in notes)
+    assert any("no routes" in n for n in notes)
+    notes = advice(load_settings(write(tmp_path, GOOD)))
+    assert any("face pipeline" in n for n in notes)
