@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for newcomers and CI.
-#   ./dev.sh demo   set up, then de-identify the bundled example photos into out/
+#   ./dev.sh demo   set up, then run the service on loopback: the example photos go from a
+#                   clinic PACS (storescu) through dicom-anon to a teaching archive (storescp) in out/
 #   ./dev.sh test   set up, then run the whole test suite
 # Set-up is idempotent: Debian packages are installed only when a tool is missing,
 # and the virtual environment is refreshed only when pyproject.toml changed.
@@ -32,16 +33,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     quiet "$VENV/bin/pip" install -q -e '.[faces,dev]'
     echo "$want" > "$stamp"
 fi
-export PATH="$PWD/$VENV/bin:$PATH"
+# Appended, not prepended: pynetdicom installs its own storescp/storescu scripts into the venv,
+# and the demo and tests must get dcmtk's.
+export PATH="$PATH:$PWD/$VENV/bin"
+export PYTHON="$PWD/$VENV/bin/python"
 
 case "${1:-}" in
     demo)
-        rm -rf out
-        dicom-anon deid examples/ -o out/ --data-dir .demo-data
+        examples/demo.sh
         ;;
     test)
         shift
-        python -m pytest -q "$@"
+        "$PYTHON" -m pytest -q "$@"
         ;;
     *)
         echo "usage: ./dev.sh demo|test [pytest args]" >&2

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The README's demo: the whole path on loopback with real DICOM peers.
+#   dcmtk storescp (the teaching archive)  <-  dicom-anon serve  <-  dcmtk storescu (the clinic PACS)
+# The example photos are sent, de-identified per config/dicom-anon.yaml, and land in out/archive/.
+# Everything started here is stopped on exit. Run through ./dev.sh demo (which sets up .venv first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {  # wait until something listens on 127.0.0.1:$1 (bounded)
+    for _ in $(seq 100); do
+        "$PYTHON" -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2).close()" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    echo "demo: nothing is listening on port $1" >&2
+    return 1
+}
+
+ARCHIVE_PORT=$(free_port)
+SERVICE_PORT=$(free_port)
+rm -rf out .demo-data
+mkdir -p out/archive
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
+
+storescp -aet TEACHING +xa -od out/archive -fe .dcm "$ARCHIVE_PORT" &
+pids+=($!)
+dicom-anon serve --config config/dicom-anon.yaml --listen "127.0.0.1:$SERVICE_PORT" --data-dir .demo-data \
+    --destination "teaching=TEACHING@127.0.0.1:$ARCHIVE_PORT" > out/service.log 2>&1 &
+pids+=($!)
+wait_port "$ARCHIVE_PORT"
+wait_port "$SERVICE_PORT"
+
+sent=(examples/*.dcm)
+echo "demo: the clinic PACS (storescu) sends ${#sent[@]} example photos to dicom-anon on port $SERVICE_PORT"
+TCP_NODELAY=1 storescu -aet CLINIC -aec DICOM_ANON -xy 127.0.0.1 "$SERVICE_PORT" "${sent[@]}"
+
+# Wait until every instance is either in the archive or in quarantine (bounded: 3 minutes).
+for _ in $(seq 360); do
+    arrived=$(find out/archive -name '*.dcm' | wc -l)
+    quarantined=$(find .demo-data/quarantine -name '*.dcm' 2>/dev/null | wc -l)
+    [ $((arrived + quarantined)) -ge ${#sent[@]} ] && break
+    sleep 0.5
+done
+
+echo
+echo "demo: what landed in the teaching archive (out/archive/):"
+"$PYTHON" - <<'PY'
+from pathlib import Path
+
+import pydicom
+
+for path in sorted(Path("out/archive").glob("*.dcm")):
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    print(
+        f"  {path.name[:40]:40}  {ds.SOPClassUID.name[:26]:26}  patient {ds.PatientID}  "
+        f"identity removed: {ds.get('PatientIdentityRemoved', '?')}  "
+        f"method: {' / '.join(ds.get('DeidentificationMethod', []))[:60]}"
+    )
+PY
+echo
+echo "demo: quarantine (not forwarded, with the reason):"
+dicom-anon quarantine list --config config/dicom-anon.yaml --data-dir .demo-data || true
+echo
+echo "demo: the audit trail (.demo-data/audit/), checked for tampering:"
+dicom-anon audit verify --config config/dicom-anon.yaml --data-dir .demo-data
+echo "demo: service log in out/service.log; query the trail with:"
+echo "      .venv/bin/dicom-anon audit query --config config/dicom-anon.yaml --data-dir .demo-data"
