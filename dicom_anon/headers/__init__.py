@@ -4,7 +4,7 @@ Nothing here knows about networking or pixels beyond the metadata segments insid
 encapsulated frames; callers hand in a pydicom Dataset and get a de-identified copy.
 """
 
-from .engine import DEFAULT_SAFE_PRIVATE, Change, DeidResult, Profile, deidentify
+from .engine import DEFAULT_SAFE_PRIVATE, Change, DeidResult, Profile, deidentify, patient_pseudonym
 from .errors import Refused, SiteKeyError
 from .options import PIXEL_OPTIONS, Option, parse_options
 from .pseudonyms import SiteKey
@@ -21,4 +21,5 @@ __all__ = [
     "SiteKeyError",
     "deidentify",
     "parse_options",
+    "patient_pseudonym",
 ]

@@ -134,7 +134,7 @@ def deidentify(
     applied = (profile.options - PIXEL_OPTIONS) | (pixels_cleaned & PIXEL_OPTIONS)
 
     out = copy.deepcopy(ds)
-    patient_key = _patient_key(out) or _fallback_patient_key(out)
+    patient_key = patient_key_of(out)
     shift = key.date_shift_days(patient_key) if Option.RETAIN_MODIFIED_DATES in applied else None
     walker = _Walker(key, profile, applied, patient_key, shift)
     walker.dataset(out, "")
@@ -157,6 +157,20 @@ def deidentify(
         date_shift_days=shift,
         options=applied,
     )
+
+
+def patient_key_of(ds: Dataset) -> str:
+    """The original identity that every pseudonym of this instance is keyed by.
+
+    Public so that the pixel stage keys the surrogate face by the same identity as the
+    header pseudonyms: one patient, one new name, one new face.
+    """
+    return _patient_key(ds) or _fallback_patient_key(ds)
+
+
+def patient_pseudonym(ds: Dataset, key: SiteKey) -> str:
+    """The pseudonymous Patient ID ``deidentify`` will write for ``ds``."""
+    return key.patient_id(patient_key_of(ds))
 
 
 def _patient_key(item: Dataset) -> str | None:

@@ -260,3 +260,10 @@ def test_the_same_name_in_two_character_sets_gives_one_pseudonym(site_key):
         return deidentify(pydicom.dcmread(io.BytesIO(to_bytes(ds))), site_key, Profile()).patient_pseudonym
 
     assert by_name("ISO_IR 192") == by_name("ISO_IR 100")
+
+
+def test_patient_pseudonym_is_what_deidentify_writes(site_key):
+    from dicom_anon.headers import patient_pseudonym
+
+    ds = photo()
+    assert patient_pseudonym(ds, site_key) == deidentify(ds, site_key, Profile()).dataset.PatientID
