@@ -350,7 +350,8 @@ def test_sighup_with_a_bad_file_keeps_the_rules(tmp_path, procs):
     data_dir = tmp_path / "data"
     wait_until(lambda: events(data_dir, "config_reload_failed"), 10, "the failed reload")
     assert "unknown profile 'orthodontal'" in events(data_dir, "config_reload_failed")[0]["error"]
-    assert "keeping the rules in force" in service.output()
+    # The audit record and the log line are written by different streams: wait for both.
+    wait_until(lambda: "keeping the rules in force" in service.output(), 10, "the reload log line")
     photos = write_photos(tmp_path / "in", 2)
     assert storescu(port, photos[:1]).returncode == 0
     wait_until(lambda: len(list(archive.glob("*.dcm"))) == 1, 20, "forwarded under the kept rules")
