@@ -20,8 +20,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The GAN backend reads the 64x64 DCGAN weights (weights.tar) that ship inside gan-face-generate and
+# imports none of its code. Its declared dependencies (wandb[media] -> moviepy) would pull in a
+# hundred packages and downgrade Pillow below 12, so it is installed without them.
+NO_DEPS="gan-face-generate==1.1.1"
 stamp="$VENV/.dicom-anon-installed"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$( (cat pyproject.toml; echo "$NO_DEPS") | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
@@ -31,6 +35,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
     quiet "$VENV/bin/pip" install -q --upgrade pip
     quiet "$VENV/bin/pip" install -q -e '.[faces,dev]'
+    quiet "$VENV/bin/pip" install -q --no-deps $NO_DEPS
     echo "$want" > "$stamp"
 fi
 # Appended, not prepended: pynetdicom installs its own storescp/storescu scripts into the venv,
