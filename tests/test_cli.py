@@ -5,50 +5,26 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from io import BytesIO
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from factories import camera_photo, write
 from typer.testing import CliRunner
 
 from dicom_anon.cli import app
 
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 runner = CliRunner()
 
 
 def photo(path: Path, *, patient_id: str = "MRN00482913", burned_in: str = "NO") -> Path:
     """A tiny VL Photographic instance with fake PHI."""
-    ds = Dataset()
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = "Doe-Mueller^Jane"
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = "19780314"
-    ds.StudyDate = "20240517"
-    ds.StudyDescription = "Dermatology photo of Jane Doe-Mueller"
-    ds.Modality = "XC"
-    ds.BurnedInAnnotation = burned_in
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 4, 4, 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = bytes(range(48))
-    ds["PixelData"].VR = "OB"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(buf.getvalue())
-    return path
+    ds = camera_photo(
+        PatientID=patient_id,
+        StudyDescription="Dermatology photo of Jane Doe-Mueller",
+        BurnedInAnnotation=burned_in,
+    )
+    return write(ds, path)
 
 
 def run(*args: str) -> tuple[int, str]:

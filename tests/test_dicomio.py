@@ -5,6 +5,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
+from factories import to_bytes
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -21,9 +22,7 @@ def make_instance(transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = transfer_syntax
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True, implicit_vr=False, little_endian=True)
-    return buf.getvalue()
+    return to_bytes(ds, implicit_vr=False, little_endian=True)
 
 
 def refusal(data: bytes) -> str:
@@ -86,10 +85,8 @@ def test_truncated_pixel_data_is_refused():
     ds.SamplesPerPixel, ds.PixelRepresentation, ds.PhotometricInterpretation = 1, 0, "MONOCHROME2"
     ds.PixelData = bytes(1000)
     ds["PixelData"].VR = "OB"
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     with pytest.raises(Refused, match="truncated"):
-        read_instance(buf.getvalue()[:-100])
+        read_instance(to_bytes(ds)[:-100])
 
 
 def test_truncated_inside_a_sequence_is_refused():
@@ -98,9 +95,7 @@ def test_truncated_inside_a_sequence_is_refused():
     item.PatientID = "MRN0001"
     item.IssuerOfPatientID = "HOSPITAL"
     ds.OtherPatientIDsSequence = [item]
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    data = buf.getvalue()
+    data = to_bytes(ds)
     cut = data.index(b"HOSPITAL") + 3
     with pytest.raises(Refused) as info:
         read_instance(data[:cut])

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from factories import VL_PHOTO, vl_photo, write
+from pydicom.dataset import Dataset
 from typer.testing import CliRunner
 
 from dicom_anon.cli import app
 from dicom_anon.config import PRESETS, Settings
 from dicom_anon.rules import Rules
 
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 SC = "1.2.840.10008.5.1.4.1.1.7"
 runner = CliRunner()
 
@@ -130,17 +129,9 @@ routes:
 
 
 def photo_file(path: Path, burned_in: str = "NO") -> Path:
-    ds = instance(BurnedInAnnotation=burned_in, PatientID="MRN1", PatientName="Doe^Jane")
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "XC"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write(
+        vl_photo(charset=None, BurnedInAnnotation=burned_in, PatientID="MRN1", PatientName="Doe^Jane"), path
+    )
 
 
 def test_rules_check_lists_routes_in_order(tmp_path):

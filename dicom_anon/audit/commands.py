@@ -1,4 +1,4 @@
-"""``dicom-anon audit verify|query|export``: the compliance reviewer's commands.
+"""``dicom-anon audit verify|query|export|chart``: the compliance reviewer's commands.
 
 Reading or exporting the trail is itself audited (who, which filters, how many records).
 Registered on the main app in ``dicom_anon/cli.py``.
@@ -6,7 +6,7 @@ Registered on the main app in ``dicom_anon/cli.py``.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +18,7 @@ from rich.table import Table
 from ..config import DEFAULT_CONFIG, ConfigError, Settings, resolve_settings
 from ..headers.errors import SiteKeyError
 from ..headers.pseudonyms import SiteKey
+from .chart import Bucket, draw, tally
 from .query import Filters, parse_time, query, to_csv, to_json
 from .trail import AuditTrail, operator, read_records, verify
 
@@ -262,3 +263,57 @@ def audit_export(
     else:
         output.write_text(text, encoding="utf-8")
         err.print(f"{len(found)} records written to {output}", highlight=False)
+
+
+@audit_app.command("chart")
+def audit_chart(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.", show_default=False)],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    trail: TrailOption = None,
+    since: Since = None,
+    until: Until = None,
+    route: RouteOpt = None,
+    destination: DestOpt = None,
+    bucket: Annotated[
+        Bucket, typer.Option(help="One bar per minute, hour or day; auto picks by the length of the range.")
+    ] = Bucket.auto,
+) -> None:
+    """Draw a PNG of instances received, forwarded (per destination), quarantined (per reason) and
+    associations rejected, per time bucket; the title says whether the hash chain verified, and a
+    broken chain also exits 1 (after writing the chart, which says so)."""
+    settings = _settings(config, data_dir)
+    path = _trail_path(settings, trail)
+    filters = _filters(since, until, None, route, destination, None, None, None)
+    if not out_path.parent.is_dir():
+        raise _fail(f"cannot write {out_path}: there is no folder {out_path.parent}")
+    result = verify(path)
+    try:
+        counts = tally(read_records(path), filters, bucket)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    _record(
+        settings,
+        trail,
+        "audit_read",
+        filters=filters.describe(),
+        view="chart",
+        bucket=counts.bucket.value,
+        records=counts.events,
+        chain_ok=result.ok,
+        output=str(out_path),
+    )
+    try:
+        drawn = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+        draw(counts, result, out_path, footnote=f"{path}, drawn {drawn} UTC by dicom-anon audit chart")
+    except OSError as exc:
+        raise _fail(f"cannot write {out_path}: {exc.strerror or exc}") from None
+    if result.ok:
+        out.print(f"{out_path}: {counts.events} events, chain intact", highlight=False, soft_wrap=True)
+        return
+    err.print(
+        f"[bold red]{path}: chain broken at {result.problems[0]}; the chart says so: {out_path}[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)

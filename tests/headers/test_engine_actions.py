@@ -2,83 +2,48 @@
 
 from __future__ import annotations
 
-import io
-
-import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from factories import JANE_DOE, VL_PHOTO, deid, item, pixel_module, roundtrip, to_bytes, vl_photo
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.text import CLEANED_TEXT
 
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 SOP_UID = "1.2.826.0.1.3680043.2.1125.7.1"
 
 
 def photo(**attrs) -> Dataset:
     """A small VL Photographic instance with the patient and study attributes filled in."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = VL_PHOTO
-    ds.file_meta.MediaStorageSOPInstanceUID = SOP_UID
+    ds = vl_photo(
+        sop_uid=SOP_UID,
+        **{
+            **JANE_DOE,
+            "StudyInstanceUID": "1.2.826.0.1.3680043.2.1125.7.2",
+            "SeriesInstanceUID": "1.2.826.0.1.3680043.2.1125.7.3",
+            "PatientSex": "F",
+            "StudyTime": "143012",
+            "AccessionNumber": "ACC2024051700731",
+            "StudyID": "DERM-77031",
+            **pixel_module(2, 2, b"\x01\x02\x03\x04", photometric="MONOCHROME2"),
+            **attrs,
+        },
+    )
     ds.file_meta.SourceApplicationEntityTitle = "DERMCAM03"
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = SOP_UID
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.7.2"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.7.3"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "MRN00482913"
-    ds.PatientBirthDate = "19780314"
-    ds.PatientSex = "F"
-    ds.StudyDate = "20240517"
-    ds.StudyTime = "143012"
-    ds.AccessionNumber = "ACC2024051700731"
-    ds.StudyID = "DERM-77031"
-    ds.Modality = "XC"
-    ds.Rows = ds.Columns = 2
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = b"\x01\x02\x03\x04"
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
     return ds
-
-
-def item(**attrs) -> Dataset:
-    ds = Dataset()
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def run(ds: Dataset, key, *options, **kwargs):
-    return deidentify(ds, key, Profile(options=frozenset(options)), **kwargs)
-
-
-def roundtrip(ds: Dataset) -> Dataset:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
 
 
 # --- single codes -----------------------------------------------------------------------
 
 
 def test_x_removes(site_key):
-    out = run(photo(PatientAddress="12 Rue des Lilas", Occupation="Teacher"), site_key).dataset
+    out = deid(photo(PatientAddress="12 Rue des Lilas", Occupation="Teacher"), site_key).dataset
     assert "PatientAddress" not in out
     assert "Occupation" not in out
 
 
 def test_z_keeps_the_element_empty(site_key):
-    out = run(photo(ReferringPhysicianName="Strangelove^Hubert"), site_key).dataset
+    out = deid(photo(ReferringPhysicianName="Strangelove^Hubert"), site_key).dataset
     assert "ReferringPhysicianName" in out and not out.ReferringPhysicianName
     assert "StudyDate" in out and not out.StudyDate
     assert "PatientBirthDate" in out and not out.PatientBirthDate
@@ -98,12 +63,12 @@ def test_z_keeps_the_element_empty(site_key):
     ],
 )
 def test_d_writes_a_vr_valid_dummy(site_key, keyword, value, dummy):
-    out = roundtrip(run(photo(**{keyword: value}), site_key).dataset)
+    out = roundtrip(deid(photo(**{keyword: value}), site_key).dataset)
     assert str(out[keyword].value) == dummy
 
 
 def test_d_on_a_uid_gives_a_keyed_uid(site_key):
-    out = run(photo(AnnotationGroupUID="1.2.3.4.5"), site_key).dataset
+    out = deid(photo(AnnotationGroupUID="1.2.3.4.5"), site_key).dataset
     assert out.AnnotationGroupUID == site_key.uid("1.2.3.4.5")
 
 
@@ -122,7 +87,7 @@ def test_d_on_a_sequence_keeps_its_structure_and_replaces_every_value(site_key):
     # Inside a kept sequence (Referenced Image Sequence is U), so the D row is reached.
     ref = item(ReferencedSOPClassUID=VL_PHOTO, ReferencedSOPInstanceUID="1.2.3.9")
     ref.PersonIdentificationCodeSequence = person.PersonIdentificationCodeSequence
-    out = run(photo(ReferencedImageSequence=Sequence([ref])), site_key).dataset
+    out = deid(photo(ReferencedImageSequence=Sequence([ref])), site_key).dataset
     code = out.ReferencedImageSequence[0].PersonIdentificationCodeSequence[0]
     assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("ANONYMIZED",) * 3
 
@@ -130,7 +95,7 @@ def test_d_on_a_sequence_keeps_its_structure_and_replaces_every_value(site_key):
 def test_k_keeps_under_an_option(site_key):
     from dicom_anon.headers.options import Option
 
-    out = run(photo(PatientWeight="61.5"), site_key, Option.RETAIN_PATIENT_CHARACTERISTICS).dataset
+    out = deid(photo(PatientWeight="61.5"), site_key, Option.RETAIN_PATIENT_CHARACTERISTICS).dataset
     assert out.PatientWeight == 61.5
     assert out.PatientSex == "F"
 
@@ -139,13 +104,13 @@ def test_c_cleans_prose_to_a_neutral_value(site_key):
     from dicom_anon.headers.options import Option
 
     ds = photo(StudyDescription="Dermatology follow-up photo of Jane Doe-Müller")
-    out = run(ds, site_key, Option.CLEAN_DESCRIPTORS).dataset
+    out = deid(ds, site_key, Option.CLEAN_DESCRIPTORS).dataset
     assert out.StudyDescription == CLEANED_TEXT
 
 
 def test_u_replaces_instance_uids_and_leaves_registered_ones(site_key):
     ref = item(ReferencedSOPClassUID=VL_PHOTO, ReferencedSOPInstanceUID="1.2.3.4.5.6")
-    out = run(
+    out = deid(
         photo(FrameOfReferenceUID="1.2.3.4.7", ReferencedImageSequence=Sequence([ref])), site_key
     ).dataset
     assert out.SOPInstanceUID == site_key.uid(SOP_UID)
@@ -156,7 +121,7 @@ def test_u_replaces_instance_uids_and_leaves_registered_ones(site_key):
 
 
 def test_multi_valued_uids_are_each_replaced(site_key):
-    out = run(photo(IrradiationEventUID=["1.2.3.98", "1.2.3.97"]), site_key).dataset
+    out = deid(photo(IrradiationEventUID=["1.2.3.98", "1.2.3.97"]), site_key).dataset
     assert list(out.IrradiationEventUID) == [site_key.uid("1.2.3.98"), site_key.uid("1.2.3.97")]
 
 
@@ -164,35 +129,35 @@ def test_multi_valued_uids_are_each_replaced(site_key):
 
 
 def test_x_z_on_an_element_empties_it(site_key):
-    out = run(photo(AcquisitionDate="20240517"), site_key).dataset
+    out = deid(photo(AcquisitionDate="20240517"), site_key).dataset
     assert "AcquisitionDate" in out and not out.AcquisitionDate
 
 
 def test_x_d_and_z_d_on_elements_write_dummies(site_key):
-    out = run(photo(SeriesDate="20240517", ContentDate="20240517", ContentTime="143027"), site_key).dataset
+    out = deid(photo(SeriesDate="20240517", ContentDate="20240517", ContentTime="143027"), site_key).dataset
     assert (out.SeriesDate, out.ContentDate, out.ContentTime) == ("19000101", "19000101", "000000")
 
 
 def test_x_z_d_on_an_element_writes_a_dummy(site_key):
-    out = run(photo(StationName="DERMCAM03-RM214", InstitutionName="St. Elsewhere"), site_key).dataset
+    out = deid(photo(StationName="DERMCAM03-RM214", InstitutionName="St. Elsewhere"), site_key).dataset
     assert (out.StationName, out.InstitutionName) == ("ANONYMIZED", "ANONYMIZED")
 
 
 def test_x_z_d_on_a_type_3_sequence_removes_it(site_key):
     codes = Sequence([item(CodeValue="STE", CodingSchemeDesignator="99X", CodeMeaning="St. Elsewhere")])
-    out = run(photo(InstitutionCodeSequence=codes), site_key).dataset
+    out = deid(photo(InstitutionCodeSequence=codes), site_key).dataset
     assert "InstitutionCodeSequence" not in out
 
 
 def test_x_z_on_a_type_2_sequence_leaves_it_empty(site_key):
     context = Sequence([item(ValueType="TEXT", TextValue="Jane prefers afternoons")])
-    out = run(photo(AcquisitionContextSequence=context), site_key).dataset
+    out = deid(photo(AcquisitionContextSequence=context), site_key).dataset
     assert "AcquisitionContextSequence" in out and len(out.AcquisitionContextSequence) == 0
 
 
 def test_x_z_u_star_keeps_references_with_new_uids(site_key):
     source = Sequence([item(ReferencedSOPClassUID=VL_PHOTO, ReferencedSOPInstanceUID="1.2.3.4.5.8")])
-    out = run(photo(SourceImageSequence=source), site_key).dataset
+    out = deid(photo(SourceImageSequence=source), site_key).dataset
     assert out.SourceImageSequence[0].ReferencedSOPInstanceUID == site_key.uid("1.2.3.4.5.8")
 
 
@@ -200,21 +165,21 @@ def test_x_z_u_star_keeps_references_with_new_uids(site_key):
 
 
 def test_public_attributes_outside_the_table_are_kept(site_key):
-    out = run(photo(Manufacturer="Canon", ImageLaterality="L"), site_key).dataset
+    out = deid(photo(Manufacturer="Canon", ImageLaterality="L"), site_key).dataset
     assert (out.Manufacturer, out.Modality, out.ImageLaterality) == ("Canon", "XC", "L")
 
 
 def test_public_prose_outside_the_table_is_cleaned(site_key):
     context = Sequence([item(TextValue="Jane prefers afternoons")])
     # Anatomic Region Sequence is outside the table, so its item is walked with the table.
-    out = run(photo(AnatomicRegionSequence=context), site_key).dataset
+    out = deid(photo(AnatomicRegionSequence=context), site_key).dataset
     assert out.AnatomicRegionSequence[0].TextValue == CLEANED_TEXT
 
 
 def test_unknown_even_group_elements_are_removed(site_key):
     ds = photo()
     ds.add_new(0x00089999, "LO", "who knows")
-    out = run(ds, site_key).dataset
+    out = deid(ds, site_key).dataset
     assert 0x00089999 not in out
 
 
@@ -233,7 +198,7 @@ def test_table_applies_at_every_depth(site_key):
     inner.add_new(0x00090010, "LO", "ACME")
     inner.add_new(0x00091001, "LO", "Doe Jane")
     middle = item(AnatomicRegionModifierSequence=Sequence([inner]))
-    out = run(photo(AnatomicRegionSequence=Sequence([middle])), site_key).dataset
+    out = deid(photo(AnatomicRegionSequence=Sequence([middle])), site_key).dataset
     deep = out.AnatomicRegionSequence[0].AnatomicRegionModifierSequence[0]
     assert deep.PatientName == site_key.patient_name("MRN00482913")
     assert deep.PatientID == site_key.patient_id("MRN00482913")
@@ -246,7 +211,7 @@ def test_table_applies_at_every_depth(site_key):
 
 def test_changes_name_the_nested_location(site_key):
     inner = item(OperatorsName="Ratched^Mildred")
-    result = run(photo(AnatomicRegionSequence=Sequence([inner])), site_key)
+    result = deid(photo(AnatomicRegionSequence=Sequence([inner])), site_key)
     locations = [c.location for c in result.changes]
     assert "AnatomicRegionSequence[0] > (0008,1070) OperatorsName" in locations
 
@@ -263,7 +228,7 @@ def _with_private(ds: Dataset) -> Dataset:
 
 
 def test_private_elements_and_creators_are_removed(site_key):
-    result = run(_with_private(photo()), site_key)
+    result = deid(_with_private(photo()), site_key)
     assert not [e for e in result.dataset if e.tag.is_private]
     assert {c.action for c in result.changes if c.location.startswith("(0033")} == {"remove-private"}
 
@@ -273,20 +238,14 @@ def test_private_elements_read_as_un_from_implicit_vr_are_removed(site_key):
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     reread = roundtrip(ds)
     assert reread[0x00331001].VR == "UN"
-    out = run(reread, site_key).dataset
+    out = deid(reread, site_key).dataset
     assert not [e for e in out if e.tag.is_private]
-    assert b"MRN00482913" not in _bytes(out)
-
-
-def _bytes(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    assert b"MRN00482913" not in to_bytes(out)
 
 
 def test_icon_image_sequence_is_removed(site_key):
     icon = Sequence([item(Rows=8, Columns=8, PixelData=b"\x00" * 64)])
-    result = run(photo(IconImageSequence=icon), site_key)
+    result = deid(photo(IconImageSequence=icon), site_key)
     assert "IconImageSequence" not in result.dataset
     assert any(c.action == "remove-icon" for c in result.changes)
 
@@ -298,7 +257,7 @@ def test_every_overlay_element_is_removed(site_key, group):
     ds.add_new((group << 16) | 0x0022, "LO", "Lesion outline for Jane Doe")
     ds.add_new((group << 16) | 0x1500, "LO", "J.DOE")
     ds.add_new((group << 16) | 0x3000, "OW", b"\xff\x00")
-    result = run(ds, site_key)
+    result = deid(ds, site_key)
     assert not [e for e in result.dataset if e.tag.group == group]
     assert [c.action for c in result.changes if c.location.startswith(f"({group:04X}")] == [
         "remove-overlay"
@@ -310,21 +269,21 @@ def test_curve_groups_are_removed(site_key):
     ds.add_new(0x50000005, "US", 2)
     ds.add_new(0x50003000, "OW", b"\x00\x01")
     ds.add_new(0x50002500, "LO", "Curve of Jane")
-    out = run(ds, site_key).dataset
+    out = deid(ds, site_key).dataset
     assert not [e for e in out if e.tag.group == 0x5000]
 
 
 def test_group_lengths_are_removed(site_key):
     ds = photo()
     ds.add_new(0x00080000, "UL", 100)
-    assert 0x00080000 not in run(ds, site_key).dataset
+    assert 0x00080000 not in deid(ds, site_key).dataset
 
 
 # --- markers and file meta ----------------------------------------------------------------
 
 
 def test_markers_are_written(site_key):
-    out = run(photo(), site_key).dataset
+    out = deid(photo(), site_key).dataset
     assert out.PatientIdentityRemoved == "YES"
     method = "\\".join(out.DeidentificationMethod)
     assert "dicom-anon" in method and site_key.fingerprint() in method
@@ -335,13 +294,13 @@ def test_markers_are_written(site_key):
 
 def test_stale_markers_from_the_input_are_replaced(site_key):
     old = Sequence([item(CodeValue="113106", CodingSchemeDesignator="DCM", CodeMeaning="Full dates")])
-    out = run(photo(DeidentificationMethodCodeSequence=old, PatientIdentityRemoved="NO"), site_key).dataset
+    out = deid(photo(DeidentificationMethodCodeSequence=old, PatientIdentityRemoved="NO"), site_key).dataset
     assert [i.CodeValue for i in out.DeidentificationMethodCodeSequence] == ["113100"]
     assert out.PatientIdentityRemoved == "YES"
 
 
 def test_file_meta_follows_the_new_uid_and_forgets_the_sender(site_key):
-    out = run(photo(), site_key).dataset
+    out = deid(photo(), site_key).dataset
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID == site_key.uid(SOP_UID)
     assert out.file_meta.MediaStorageSOPClassUID == VL_PHOTO
     assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
@@ -349,7 +308,7 @@ def test_file_meta_follows_the_new_uid_and_forgets_the_sender(site_key):
 
 
 def test_output_writes_and_reads_back(site_key):
-    out = roundtrip(run(_with_private(photo()), site_key).dataset)
+    out = roundtrip(deid(_with_private(photo()), site_key).dataset)
     assert out.PatientID == site_key.patient_id("MRN00482913")
 
 
@@ -358,7 +317,7 @@ def test_output_writes_and_reads_back(site_key):
 
 def test_review_never_shows_an_original_value(site_key):
     ds = photo(PatientAddress="12 Rue des Lilas", OperatorsName="Ratched^Mildred")
-    result = run(_with_private(ds), site_key)
+    result = deid(_with_private(ds), site_key)
     originals = ["Doe^Jane", "MRN00482913", "12 Rue des Lilas", "Ratched", "ACC2024051700731", "19780314"]
     for change in result.changes:
         for original in originals:
@@ -366,7 +325,7 @@ def test_review_never_shows_an_original_value(site_key):
 
 
 def test_review_lists_pseudonyms_and_removals(site_key):
-    result = run(photo(PatientAddress="12 Rue des Lilas"), site_key)
+    result = deid(photo(PatientAddress="12 Rue des Lilas"), site_key)
     by_location = {c.location: c for c in result.changes}
     patient_id = by_location["(0010,0020) PatientID"]
     assert (patient_id.action, patient_id.new) == ("pseudonym", site_key.patient_id("MRN00482913"))

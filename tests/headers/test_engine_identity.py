@@ -8,55 +8,37 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from factories import JANE_DOE, VL_PHOTO, item, roundtrip, to_bytes, vl_photo
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import MPEG2MPML, ExplicitVRLittleEndian
+from pydicom.uid import MPEG2MPML
 
 from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import Option
 from dicom_anon.headers.pseudonyms import SiteKey
 
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 STUDY = "1.2.826.0.1.3680043.2.1125.9.1"
 SERIES = "1.2.826.0.1.3680043.2.1125.9.2"
 
 
 def photo(sop_uid: str = "1.2.826.0.1.3680043.2.1125.9.10", **attrs) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = VL_PHOTO
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = STUDY
-    ds.SeriesInstanceUID = SERIES
-    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.2.1125.9.3"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "MRN00482913"
-    ds.PatientBirthDate = "19780314"
-    ds.StudyDate = "20240517"
-    ds.AccessionNumber = "ACC2024051700731"
-    ds.StudyID = "DERM-77031"
-    ds.Modality = "XC"
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
+    return vl_photo(
+        sop_uid=sop_uid,
+        **{
+            **JANE_DOE,
+            "StudyInstanceUID": STUDY,
+            "SeriesInstanceUID": SERIES,
+            "FrameOfReferenceUID": "1.2.826.0.1.3680043.2.1125.9.3",
+            "AccessionNumber": "ACC2024051700731",
+            "StudyID": "DERM-77031",
+            **attrs,
+        },
+    )
 
 
 def ref(uid: str) -> Sequence:
-    item = Dataset()
-    item.ReferencedSOPClassUID = VL_PHOTO
-    item.ReferencedSOPInstanceUID = uid
-    return Sequence([item])
-
-
-def to_bytes(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return Sequence([item(ReferencedSOPClassUID=VL_PHOTO, ReferencedSOPInstanceUID=uid)])
 
 
 DATES = Profile(options=frozenset({Option.RETAIN_MODIFIED_DATES}))
@@ -241,7 +223,7 @@ def test_non_ascii_names_are_gone_and_the_output_decodes(site_key, charset, enco
         OtherPatientNames=["Müller^Jane", "Doe-Müller^J"],
         OperatorsName="Çelik^Zoë",
     )
-    reread = pydicom.dcmread(io.BytesIO(to_bytes(ds)))
+    reread = roundtrip(ds)
     assert reread.PatientName.family_name == "Doe-Müller"
     assert [str(n) for n in reread.OtherPatientNames] == ["Müller^Jane", "Doe-Müller^J"]
     data = to_bytes(deidentify(reread, site_key, Profile()).dataset)
@@ -257,7 +239,7 @@ def test_non_ascii_names_are_gone_and_the_output_decodes(site_key, charset, enco
 def test_the_same_name_in_two_character_sets_gives_one_pseudonym(site_key):
     def by_name(charset: str) -> str:
         ds = photo(SpecificCharacterSet=charset, PatientName="Doe-Müller^Jane", PatientID="")
-        return deidentify(pydicom.dcmread(io.BytesIO(to_bytes(ds))), site_key, Profile()).patient_pseudonym
+        return deidentify(roundtrip(ds), site_key, Profile()).patient_pseudonym
 
     assert by_name("ISO_IR 192") == by_name("ISO_IR 100")
 

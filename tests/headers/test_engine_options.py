@@ -5,52 +5,34 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from factories import JANE_DOE, VL_PHOTO, deid, item, vl_photo
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import OPTION_INFO, Option
 from dicom_anon.headers.text import CLEANED_TEXT
 
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SOP_UID = "1.2.826.0.1.3680043.2.1125.8.1"
 
 
 def photo(**attrs) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = SOP_UID
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.2.1125.8.2"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.2.1125.8.3"
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "MRN00482913"
-    ds.PatientBirthDate = "19780314"
-    ds.PatientSex = "F"
-    ds.StudyDate = "20240517"
-    ds.StudyTime = "143012"
-    ds.Modality = "XC"
-    ds.BurnedInAnnotation = "NO"
-    ds.RecognizableVisualFeatures = "YES"
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def item(**attrs) -> Dataset:
-    ds = Dataset()
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def run(ds: Dataset, key, *options: Option, pixels_cleaned=frozenset()):
-    return deidentify(ds, key, Profile(options=frozenset(options)), pixels_cleaned=frozenset(pixels_cleaned))
+    return vl_photo(
+        sop_uid=SOP_UID,
+        media_storage=False,
+        **{
+            **JANE_DOE,
+            "StudyInstanceUID": "1.2.826.0.1.3680043.2.1125.8.2",
+            "SeriesInstanceUID": "1.2.826.0.1.3680043.2.1125.8.3",
+            "PatientSex": "F",
+            "StudyTime": "143012",
+            "BurnedInAnnotation": "NO",
+            "RecognizableVisualFeatures": "YES",
+            **attrs,
+        },
+    )
 
 
 def codes(ds: Dataset) -> set[str]:
@@ -61,7 +43,7 @@ def codes(ds: Dataset) -> set[str]:
     "option", sorted(set(Option) - {Option.CLEAN_PIXEL_DATA, Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES})
 )
 def test_each_header_option_is_applied_and_coded(site_key, option):
-    result = run(photo(), site_key, option)
+    result = deid(photo(), site_key, option)
     assert option in result.options
     assert codes(result.dataset) == {"113100", OPTION_INFO[option].code}
     assert f"option {option.value}" in list(result.dataset.DeidentificationMethod)
@@ -72,7 +54,7 @@ def test_each_header_option_is_applied_and_coded(site_key, option):
 
 def test_pixel_options_are_not_claimed_without_the_pixel_stage(site_key):
     both = (Option.CLEAN_PIXEL_DATA, Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES)
-    result = run(photo(), site_key, *both)
+    result = deid(photo(), site_key, *both)
     assert not set(both) & result.options
     assert codes(result.dataset) == {"113100"}
     assert result.dataset.RecognizableVisualFeatures == "YES"
@@ -81,8 +63,8 @@ def test_pixel_options_are_not_claimed_without_the_pixel_stage(site_key):
 def test_clean_pixel_data_from_the_pixel_stage_accepts_burned_in_and_says_no(site_key):
     ds = photo(BurnedInAnnotation="YES")
     with pytest.raises(Refused):
-        run(ds, site_key, Option.CLEAN_PIXEL_DATA)
-    result = run(ds, site_key, Option.CLEAN_PIXEL_DATA, pixels_cleaned={Option.CLEAN_PIXEL_DATA})
+        deid(ds, site_key, Option.CLEAN_PIXEL_DATA)
+    result = deid(ds, site_key, Option.CLEAN_PIXEL_DATA, pixels_cleaned={Option.CLEAN_PIXEL_DATA})
     assert Option.CLEAN_PIXEL_DATA in result.options
     assert result.dataset.BurnedInAnnotation == "NO"
     assert "113101" in codes(result.dataset)
@@ -90,7 +72,7 @@ def test_clean_pixel_data_from_the_pixel_stage_accepts_burned_in_and_says_no(sit
 
 def test_clean_recognizable_visual_features_from_the_pixel_stage_says_no(site_key):
     cleaned = {Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}
-    result = run(photo(), site_key, pixels_cleaned=cleaned)
+    result = deid(photo(), site_key, pixels_cleaned=cleaned)
     assert result.dataset.RecognizableVisualFeatures == "NO"
     assert "113102" in codes(result.dataset)
 
@@ -102,7 +84,7 @@ def test_clean_graphics_still_removes_overlays_and_says_so(site_key):
     ds = photo()
     ds.add_new(0x60003000, "OW", b"\xff\x00")
     ds.add_new(0x60004000, "LT", "Outline for Jane Doe")
-    result = run(ds, site_key, Option.CLEAN_GRAPHICS)
+    result = deid(ds, site_key, Option.CLEAN_GRAPHICS)
     assert 0x60003000 not in result.dataset and 0x60004000 not in result.dataset
     assert {c.action for c in result.changes if c.location.startswith("(6000")} == {"remove-overlay"}
 
@@ -124,7 +106,9 @@ def _context() -> Sequence:
 
 
 def test_clean_structured_content_keeps_the_tree_and_cleans_its_values(site_key):
-    out = run(photo(AcquisitionContextSequence=_context()), site_key, Option.CLEAN_STRUCTURED_CONTENT).dataset
+    out = deid(
+        photo(AcquisitionContextSequence=_context()), site_key, Option.CLEAN_STRUCTURED_CONTENT
+    ).dataset
     first, second = out.AcquisitionContextSequence
     assert first.ValueType == "PNAME" and first.ConceptNameCodeSequence[0].CodeValue == "121008"
     assert first.PersonName == "ANONYMIZED"
@@ -134,9 +118,9 @@ def test_clean_structured_content_keeps_the_tree_and_cleans_its_values(site_key)
 def test_structured_reports_need_clean_structured_content(site_key):
     sr = photo(SOPClassUID=BASIC_TEXT_SR, ContentSequence=_context())
     with pytest.raises(Refused) as refused:
-        run(sr, site_key)
+        deid(sr, site_key)
     assert refused.value.code == "structured-content"
-    out = run(sr, site_key, Option.CLEAN_STRUCTURED_CONTENT).dataset
+    out = deid(sr, site_key, Option.CLEAN_STRUCTURED_CONTENT).dataset
     assert out.ContentSequence[0].PersonName == "ANONYMIZED"
     assert out.ContentSequence[1].TextValue == CLEANED_TEXT
     assert "LongitudinalTemporalInformationModified" not in out  # an image attribute
@@ -151,15 +135,15 @@ def test_clean_descriptors_keeps_descriptions_present_but_cleaned(site_key):
         SeriesDescription="Face frontal - J. Doe",
         ImageComments="Consent signed by Jane Doe",
     )
-    without = run(ds, site_key).dataset
+    without = deid(ds, site_key).dataset
     assert "StudyDescription" not in without and "ImageComments" not in without
-    out = run(ds, site_key, Option.CLEAN_DESCRIPTORS).dataset
+    out = deid(ds, site_key, Option.CLEAN_DESCRIPTORS).dataset
     assert (out.StudyDescription, out.SeriesDescription, out.ImageComments) == (CLEANED_TEXT,) * 3
 
 
 def test_clean_descriptors_keeps_coded_descriptors(site_key):
     diagnosis = Sequence([item(CodeValue="254701007", CodingSchemeDesignator="SCT", CodeMeaning="BCC")])
-    out = run(photo(AdmittingDiagnosesCodeSequence=diagnosis), site_key, Option.CLEAN_DESCRIPTORS).dataset
+    out = deid(photo(AdmittingDiagnosesCodeSequence=diagnosis), site_key, Option.CLEAN_DESCRIPTORS).dataset
     assert out.AdmittingDiagnosesCodeSequence[0].CodeValue == "254701007"
 
 
@@ -167,7 +151,7 @@ def test_clean_descriptors_keeps_coded_descriptors(site_key):
 
 
 def test_basic_profile_removes_dates(site_key):
-    result = run(photo(AcquisitionDateTime="20240517143027.125+0200", ContentDate="20240517"), site_key)
+    result = deid(photo(AcquisitionDateTime="20240517143027.125+0200", ContentDate="20240517"), site_key)
     out = result.dataset
     assert not out.StudyDate and not out.PatientBirthDate
     assert out.ContentDate == "19000101"
@@ -176,7 +160,7 @@ def test_basic_profile_removes_dates(site_key):
 
 
 def test_retain_full_dates_keeps_them(site_key):
-    out = run(photo(ContentDate="20240517"), site_key, Option.RETAIN_FULL_DATES).dataset
+    out = deid(photo(ContentDate="20240517"), site_key, Option.RETAIN_FULL_DATES).dataset
     assert (out.StudyDate, out.ContentDate) == ("20240517", "20240517")
     assert not out.PatientBirthDate  # no option column in Table E.1-1: always Z
     assert out.StudyTime == "143012"
@@ -189,7 +173,7 @@ def _ordinal(text: str) -> int:
 
 def test_retain_modified_dates_shifts_by_the_patients_offset(site_key):
     ds = photo(AcquisitionDateTime="20240517143027.125+0200", ContentDate="20240517", ContentTime="143027")
-    result = run(ds, site_key, Option.RETAIN_MODIFIED_DATES)
+    result = deid(ds, site_key, Option.RETAIN_MODIFIED_DATES)
     out = result.dataset
     shift = site_key.date_shift_days("MRN00482913")
     assert result.date_shift_days == shift < 0
@@ -205,14 +189,14 @@ def test_retain_modified_dates_shifts_by_the_patients_offset(site_key):
 def test_retain_modified_dates_dummies_an_unreadable_date(site_key):
     with pytest.warns(UserWarning, match="Invalid value for VR DA"):
         ds = photo(ContentDate="17.05.2024")
-    out = run(ds, site_key, Option.RETAIN_MODIFIED_DATES).dataset
+    out = deid(ds, site_key, Option.RETAIN_MODIFIED_DATES).dataset
     assert out.ContentDate == "19000101"
 
 
 def test_dates_in_sequences_shift_too(site_key):
     context = Sequence([item(ValueType="DATE", Date="20240510")])
     opts = (Option.RETAIN_MODIFIED_DATES, Option.CLEAN_STRUCTURED_CONTENT)
-    out = run(photo(AcquisitionContextSequence=context), site_key, *opts).dataset
+    out = deid(photo(AcquisitionContextSequence=context), site_key, *opts).dataset
     shifted = out.AcquisitionContextSequence[0].Date
     assert _ordinal(shifted) - _ordinal("20240510") == site_key.date_shift_days("MRN00482913")
 
@@ -227,9 +211,9 @@ def test_full_and_modified_dates_exclude_each_other():
 
 def test_retain_patient_characteristics(site_key):
     ds = photo(PatientAge="046Y", PatientWeight="61.5", PatientSize="1.68", Allergies="Penicillin (Jane)")
-    without = run(ds, site_key).dataset
+    without = deid(ds, site_key).dataset
     assert "PatientAge" not in without and not without.PatientSex
-    out = run(ds, site_key, Option.RETAIN_PATIENT_CHARACTERISTICS).dataset
+    out = deid(ds, site_key, Option.RETAIN_PATIENT_CHARACTERISTICS).dataset
     assert (out.PatientAge, out.PatientSex, str(out.PatientWeight)) == ("046Y", "F", "61.5")
     assert out.Allergies == CLEANED_TEXT
 
@@ -242,9 +226,9 @@ def test_retain_device_identity(site_key):
         DeviceDescription="Camera registered to Dr. Hubert Strangelove",
         LensSerialNumber="LENS-8842-0071",
     )
-    without = run(ds, site_key).dataset
+    without = deid(ds, site_key).dataset
     assert without.DeviceSerialNumber == "ANONYMIZED" and "DeviceDescription" not in without
-    out = run(ds, site_key, Option.RETAIN_DEVICE_IDENTITY).dataset
+    out = deid(ds, site_key, Option.RETAIN_DEVICE_IDENTITY).dataset
     assert (out.DeviceSerialNumber, out.StationName) == ("SN-0429-7781-XZ", "DERMCAM03-RM214")
     assert out.LensSerialNumber == "LENS-8842-0071"  # UT, but an identifier the option keeps
     assert out.StationAETitle == CLEANED_TEXT  # C in the table
@@ -257,18 +241,18 @@ def test_retain_institution_identity(site_key):
         InstitutionalDepartmentName="Dermatology",
         InstitutionAddress="1 Hospital Plaza, Springfield",
     )
-    out = run(ds, site_key, Option.RETAIN_INSTITUTION_IDENTITY).dataset
+    out = deid(ds, site_key, Option.RETAIN_INSTITUTION_IDENTITY).dataset
     assert (out.InstitutionName, out.InstitutionalDepartmentName) == (
         "St. Elsewhere General Hospital",
         "Dermatology",
     )
     assert out.InstitutionAddress == "1 Hospital Plaza, Springfield"
-    assert run(ds, site_key).dataset.InstitutionName == "ANONYMIZED"
+    assert deid(ds, site_key).dataset.InstitutionName == "ANONYMIZED"
 
 
 def test_retain_uids(site_key):
     ref = Sequence([item(ReferencedSOPClassUID=VL_PHOTO, ReferencedSOPInstanceUID="1.2.3.4.5")])
-    out = run(photo(ReferencedImageSequence=ref), site_key, Option.RETAIN_UIDS).dataset
+    out = deid(photo(ReferencedImageSequence=ref), site_key, Option.RETAIN_UIDS).dataset
     assert out.SOPInstanceUID == SOP_UID
     assert out.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.8.2"
     assert out.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4.5"
@@ -288,7 +272,7 @@ def _mr_private(ds: Dataset) -> Dataset:
 
 
 def test_retain_safe_private_keeps_only_listed_elements_and_their_creator(site_key):
-    out = run(_mr_private(photo()), site_key, Option.RETAIN_SAFE_PRIVATE).dataset
+    out = deid(_mr_private(photo()), site_key, Option.RETAIN_SAFE_PRIVATE).dataset
     assert out[0x0019100C].value == 1000
     assert out[0x00190010].value == "SIEMENS MR HEADER"
     assert 0x00191099 not in out
@@ -296,7 +280,7 @@ def test_retain_safe_private_keeps_only_listed_elements_and_their_creator(site_k
 
 
 def test_without_retain_safe_private_even_safe_elements_go(site_key):
-    out = run(_mr_private(photo()), site_key).dataset
+    out = deid(_mr_private(photo()), site_key).dataset
     assert not [e for e in out if e.tag.is_private]
 
 

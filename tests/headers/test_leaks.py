@@ -21,20 +21,19 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from factories import pixel_module, roundtrip, to_bytes, vl_photo
 from PIL import Image
 from pydicom.charset import convert_encodings, encode_string
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pydicom.valuerep import PersonName
 
 from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import Option
 from dicom_anon.headers.pseudonyms import SiteKey
-
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 
 # Device *identity* values that the manifests file under "phi": Retain Device Identity
 # keeps Device Serial Number, Lens Serial Number and Station Name (K in Table E.1-1),
@@ -59,12 +58,6 @@ PROFILES = {
 
 def _deid(ds: Dataset, key: SiteKey, options: frozenset[Option] = frozenset()) -> Dataset:
     return deidentify(ds, key, Profile(options=options), pixels_cleaned=frozenset()).dataset
-
-
-def _to_bytes(ds: Dataset) -> bytes:
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _is_short(text: str) -> bool:
@@ -117,7 +110,7 @@ def find_leaks(
     original: Dataset, output: Dataset, strings: list[str], allowed: frozenset[str] = frozenset()
 ) -> list[str]:
     """Every string of ``strings`` (minus ``allowed``) that is still in ``output``, with how it was found."""
-    raw = _to_bytes(output)
+    raw = to_bytes(output)
     charset = original.get("SpecificCharacterSet")
     leaks = []
     for text in strings:
@@ -137,7 +130,7 @@ def find_leaks(
 
 def _without(ds: Dataset, keywords: tuple[str, ...]) -> Dataset:
     """A copy of ``ds`` without ``keywords`` at any depth."""
-    copy = pydicom.dcmread(io.BytesIO(_to_bytes(ds)))
+    copy = roundtrip(ds)
     for item in [copy, *(i for e in _walk(copy) if e.VR == "SQ" for i in e.value)]:
         for keyword in keywords:
             if keyword in item:
@@ -250,36 +243,16 @@ def test_burned_in_files_refused(testdata: Path, site_key: SiteKey) -> None:
 
 def _photo(charset: str | list[str] = "ISO_IR 192", transfer_syntax: str = ExplicitVRLittleEndian) -> Dataset:
     """A small valid VL Photographic instance with a name and an ID, no burned-in text."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = charset
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "XC"
-    ds.PatientName = "Plain^Patient"
-    ds.PatientID = "PID-0042-ADV"
-    ds.StudyDate = "20230102"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.BurnedInAnnotation = "NO"
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = 8, 8
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = bytes(range(192))
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = VL_PHOTO
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    return ds
-
-
-def _roundtrip(ds: Dataset) -> Dataset:
-    """Write and read back, as the engine would get the instance from disk or the network."""
-    return pydicom.dcmread(io.BytesIO(_to_bytes(ds)))
+    return vl_photo(
+        charset=charset,
+        transfer_syntax=transfer_syntax,
+        PatientName="Plain^Patient",
+        PatientID="PID-0042-ADV",
+        StudyDate="20230102",
+        ImageType=["ORIGINAL", "PRIMARY"],
+        BurnedInAnnotation="NO",
+        **pixel_module(8, 8, bytes(range(192))),
+    )
 
 
 def _assert_no_leak(original: Dataset, output: Dataset, strings: list[str]) -> None:
@@ -301,8 +274,8 @@ def test_names_in_private_sequences(site_key: SiteKey) -> None:
     ds.add_new(0x00190010, "LO", "ANOTHER CREATOR")
     ds.add_new(0x00191020, "UT", "Orphan private text for Hannelore Privseq")
     ds.add_new(0x00211010, "LO", "No creator at all: Ottokar Quist")  # private element without its creator
-    original = _roundtrip(ds)
-    output = _deid(_roundtrip(ds), site_key)
+    original = roundtrip(ds)
+    output = _deid(roundtrip(ds), site_key)
     _assert_no_leak(original, output, ["Privseq^Hannelore", "Hannelore", "Ottokar Quist", "Privseq"])
 
 
@@ -315,9 +288,9 @@ def test_private_elements_read_as_un_from_implicit_vr(site_key: SiteKey) -> None
     block.add_new(0x02, "SQ", Sequence([item]))
     block.add_new(0x03, "OB", b"blob Ulrike Vandermeer MRN-77812")
     ds.add_new(0x00431001, "LO", "stray Vandermeer note")  # no creator
-    original = _roundtrip(ds)
+    original = roundtrip(ds)
     assert original[0x00411001].VR == "UN"  # the dictionary does not know this private tag
-    output = _deid(_roundtrip(ds), site_key)
+    output = _deid(roundtrip(ds), site_key)
     _assert_no_leak(original, output, ["Vandermeer", "Ulrike", "MRN-77812"])
 
 
@@ -332,9 +305,9 @@ def test_public_element_encoded_as_un(
     del ds.PatientName
     ds.add_new(0x00100010, "UN", b"Unvr^Theodora ")
     ds.add_new(0x00081070, "UN", b"Operator^Unvr^Leopold ")  # Operators' Name
-    original = _roundtrip(ds)
+    original = roundtrip(ds)
     assert (original["PatientName"].VR == "UN") is not replace_un
-    output = _deid(_roundtrip(ds), site_key)
+    output = _deid(roundtrip(ds), site_key)
     _assert_no_leak(original, output, ["Unvr^Theodora", "Theodora", "Leopold"])
 
 
@@ -356,11 +329,11 @@ def test_exif_and_comment_inside_jpeg(site_key: SiteKey) -> None:
     ds.LossyImageCompression = "01"
     ds.PixelData = encapsulate([_jpeg_with_exif()])
     ds["PixelData"].is_undefined_length = True
-    original = _roundtrip(ds)
-    assert b"Wilhelmina" in _to_bytes(original)
-    output = _deid(_roundtrip(ds), site_key)
+    original = roundtrip(ds)
+    assert b"Wilhelmina" in to_bytes(original)
+    output = _deid(roundtrip(ds), site_key)
     _assert_no_leak(original, output, ["Wilhelmina", "Crane", "MRN-55201"])
-    assert np.array_equal(_roundtrip(output).pixel_array, original.pixel_array)
+    assert np.array_equal(roundtrip(output).pixel_array, original.pixel_array)
 
 
 @pytest.mark.parametrize(
@@ -387,9 +360,9 @@ def test_names_in_other_character_sets(
     ds.ImageComments = f"Photo of {name.split('=')[-1]}"
     block = ds.private_block(0x0033, "CHARSET VENDOR", create=True)
     block.add_new(0x01, "LO", parts[0])
-    original = _roundtrip(ds)
-    assert any(e in _to_bytes(original) for e in _encodings(parts[-1], charset))
-    output = _deid(_roundtrip(ds), site_key)
+    original = roundtrip(ds)
+    assert any(e in to_bytes(original) for e in _encodings(parts[-1], charset))
+    output = _deid(roundtrip(ds), site_key)
     _assert_no_leak(original, output, [name, *parts])
 
 
@@ -411,8 +384,8 @@ def test_phi_three_sequences_deep(site_key: SiteKey) -> None:
     level1.AnatomicRegionModifierSequence = Sequence([level2])
     ds = _photo()
     ds.AnatomicRegionSequence = Sequence([level1])
-    original = _roundtrip(ds)
-    output = _deid(_roundtrip(ds), site_key)
+    original = roundtrip(ds)
+    output = _deid(roundtrip(ds), site_key)
     _assert_no_leak(
         original, output, ["Deepnest^Cordelia", "Cordelia", "DEEP-ID-5531", "19610907", "Barnaby", "Deepnest"]
     )

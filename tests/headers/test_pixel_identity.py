@@ -9,26 +9,22 @@ from pathlib import Path
 import numpy as np
 import openjpeg
 import pydicom
+from factories import deid, pixel_module, roundtrip, vl_photo
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
-from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.jpeg_markers import strip_jpeg_segments
 from dicom_anon.headers.pseudonyms import SiteKey
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 
 
 def _deid(ds: Dataset, key: SiteKey) -> Dataset:
     """De-identify a copy and read the written bytes back, as a receiver would see them."""
-    out = deidentify(ds, key, Profile(options=frozenset()), pixels_cleaned=frozenset()).dataset
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, out, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    return roundtrip(deid(ds, key).dataset)
 
 
 def _frames(ds: Dataset) -> list[bytes]:
@@ -88,39 +84,25 @@ def test_jpeg_markers_really_removed_from_shared_jpeg(testdata: Path, site_key: 
 
 def _photo(transfer_syntax: str, frames: list[bytes] | bytes, rows: int, cols: int, samples: int) -> Dataset:
     """A VL Photographic instance around ``frames`` (encapsulated) or native pixel bytes."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "XC"
-    ds.PatientName = "Pixel^Test"
-    ds.PatientID = "PIX-1"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.BurnedInAnnotation = "NO"
-    ds.SamplesPerPixel = samples
-    ds.PhotometricInterpretation = "YBR_FULL_422" if samples == 3 else "MONOCHROME2"
-    if samples == 3:
-        ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    if isinstance(frames, bytes):
-        ds.PixelData = frames
-    else:
+    native = isinstance(frames, bytes)
+    ds = vl_photo(
+        transfer_syntax=transfer_syntax,
+        PatientName="Pixel^Test",
+        PatientID="PIX-1",
+        ImageType=["ORIGINAL", "PRIMARY"],
+        BurnedInAnnotation="NO",
+        **pixel_module(
+            rows,
+            cols,
+            frames if native else encapsulate(frames, has_bot=len(frames) > 1),
+            photometric="YBR_FULL_422" if samples == 3 else "MONOCHROME2",
+        ),
+    )
+    if not native:
         if len(frames) > 1:
             ds.NumberOfFrames = len(frames)
-        ds.PixelData = encapsulate(frames, has_bot=len(frames) > 1)
         ds["PixelData"].is_undefined_length = True
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = VL_PHOTO
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    return roundtrip(ds)
 
 
 def _jpeg(seed: int, comment: bytes) -> bytes:

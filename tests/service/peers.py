@@ -16,13 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from io import BytesIO
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from factories import camera_photo, write
+from pydicom.dataset import Dataset
 
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "dicom-anon.yaml"
 # Planted in every tiny instance; none of it may reach a destination.
@@ -119,47 +117,18 @@ class Proc:
 
 def tiny_photo(index: int = 0, *, patient_id: str = "MRN00482913", burned_in: str = "NO") -> Dataset:
     """A 4x4 VL Photographic instance with the fake PHI of TINY_PHI; a fresh SOP Instance UID each call."""
-    ds = Dataset()
-    ds.SOPClassUID = VL_PHOTO
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientName = "Doe-Mueller^Jane"
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = "19780314"
-    ds.StudyDate = "20240517"
-    ds.StudyDescription = "Photo of Jane Doe-Mueller"
-    ds.InstitutionName = "St. Elsewhere"
-    ds.Modality = "XC"
-    ds.InstanceNumber = index + 1
-    ds.BurnedInAnnotation = burned_in
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = 4, 4, 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = bytes((index + i) % 256 for i in range(48))
-    ds["PixelData"].VR = "OB"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
-
-
-def encode(ds: Dataset) -> bytes:
-    buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return camera_photo(
+        PatientID=patient_id,
+        StudyDescription="Photo of Jane Doe-Mueller",
+        InstitutionName="St. Elsewhere",
+        InstanceNumber=index + 1,
+        BurnedInAnnotation=burned_in,
+        PixelData=bytes((index + i) % 256 for i in range(48)),
+    )
 
 
 def write_photos(folder: Path, count: int, **kwargs) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = folder / f"photo{i:04d}.dcm"
-        path.write_bytes(encode(tiny_photo(i, **kwargs)))
-        paths.append(path)
-    return paths
+    return [write(tiny_photo(i, **kwargs), folder / f"photo{i:04d}.dcm") for i in range(count)]
 
 
 def dicom_anon() -> str:

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 import pytest
-from peers import encode, events, tiny_photo, wait_until
+from factories import VL_PHOTO, to_bytes
+from peers import events, tiny_photo, wait_until
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config, build_context
@@ -14,8 +15,6 @@ from pynetdicom.sop_class import Verification
 
 from dicom_anon.service.ingress import decodable_transfer_syntaxes
 from dicom_anon.service.store import StateStore
-
-VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
 
 
 def associate(port: int, *, calling: str = "CLINIC", called: str = "DICOM_ANON", syntaxes=None):
@@ -124,7 +123,7 @@ def send_raw(port: int, path: Path) -> Dataset:
 def test_truncated_dataset_gets_cannot_understand(start_service, tmp_path):
     service = start_service()
     path = tmp_path / "truncated.dcm"
-    path.write_bytes(encode(tiny_photo())[:-20])
+    path.write_bytes(to_bytes(tiny_photo())[:-20])
     rsp = send_raw(service.port, path)
     assert 0xC000 <= rsp.Status <= 0xCFFF
     assert "truncated" in rsp.ErrorComment
@@ -135,7 +134,7 @@ def test_truncated_dataset_gets_cannot_understand(start_service, tmp_path):
 
 def test_garbage_bytes_get_cannot_understand(start_service, tmp_path):
     service = start_service()
-    good = encode(tiny_photo())
+    good = to_bytes(tiny_photo())
     meta_end = good.index(b"\x08\x00")  # first dataset element after the file meta group
     path = tmp_path / "garbage.dcm"
     path.write_bytes(good[:meta_end] + bytes(range(7, 250)) * 3)

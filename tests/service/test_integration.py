@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from factories import to_bytes
 from peers import (
     TINY_PHI,
     Proc,
     dcmtk,
     dcmtk_env,
     dicom_anon,
-    encode,
     events,
     free_port,
     start_orthanc,
@@ -304,7 +304,7 @@ def test_bad_input_gets_an_error_status_and_the_service_goes_on(tmp_path, procs)
     port = free_port()
     procs.append(start_service(tmp_path, port, ["teaching=TEACHING@127.0.0.1:9"]).wait_ready())
     truncated = tmp_path / "truncated.dcm"
-    truncated.write_bytes(encode(tiny_photo())[:-30])
+    truncated.write_bytes(to_bytes(tiny_photo())[:-30])
     ae = AE(ae_title="CLINIC")
     old = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are

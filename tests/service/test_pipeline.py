@@ -10,7 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import settings_for
-from peers import TINY_PHI, encode, events, free_port, tiny_photo, wait_until
+from factories import to_bytes
+from peers import TINY_PHI, events, free_port, tiny_photo, wait_until
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
@@ -295,7 +296,7 @@ def test_leftover_half_written_files_are_swept_at_start(tmp_path):
     settings = settings_for(tmp_path, free_port())
     stray = settings.data_dir / "spool" / "20000101" / "never-recorded.dcm"
     stray.parent.mkdir(parents=True)
-    stray.write_bytes(encode(tiny_photo()))
+    stray.write_bytes(to_bytes(tiny_photo()))
     service = Service(settings)
     service.start()
     service.stop()
