@@ -58,13 +58,17 @@ def _check_complete(ds: Dataset) -> None:
     pydicom silently returns a short value when the file ends early; a truncated
     transfer must be refused, not de-identified and forwarded as if whole.
     """
-    for tag in ds.keys():
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, which converts them
         raw = ds.get_item(tag)
-        if isinstance(raw, RawDataElement) and raw.length != UNDEFINED_LENGTH and raw.value is not None:
-            if len(raw.value) != raw.length:
-                raise Refused(
-                    "corrupt-dicom", f"element {tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
-                )
+        if (
+            isinstance(raw, RawDataElement)
+            and raw.length != UNDEFINED_LENGTH
+            and raw.value is not None
+            and len(raw.value) != raw.length
+        ):
+            raise Refused(
+                "corrupt-dicom", f"element {tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
+            )
         element = ds[tag]
         if element.VR == "SQ":
             for item in element.value:
