@@ -3,6 +3,7 @@ the work lives in the modules named after it."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -14,12 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .audit.commands import audit_app
 from .batch import Outcome, collect_inputs, deid_file
 from .config import ConfigError, load_settings
+from .faces.commands import eval_command, models_app
+from .faces.gan.commands import install_model, train_encoder_command
 from .headers.engine import Profile
 from .headers.errors import SiteKeyError
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 from .headers.pseudonyms import SiteKey
+from .service.commands import quarantine_app, rules_app, serve
 
 app = typer.Typer(
     name="dicom-anon",
@@ -28,8 +33,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
+# Piped output (a review saved to a file, CI logs) gets wide tables instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
+app.command()(serve)
+app.add_typer(rules_app, name="rules")
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(audit_app, name="audit")
+app.add_typer(models_app, name="models")
+app.command("eval")(eval_command)
+app.command("train-encoder")(train_encoder_command)
+models_app.command("install")(install_model)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

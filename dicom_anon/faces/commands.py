@@ -1,0 +1,148 @@
+"""CLI commands of the face pipeline: ``dicom-anon models build-surrogates`` and ``dicom-anon eval``.
+
+Registered on the main ``app`` in ``dicom_anon/cli.py``; they only parse arguments and
+present results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console(width=200)
+err = Console(stderr=True)
+
+models_app = typer.Typer(help="Build and inspect the models the face pipeline uses.", no_args_is_help=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+@models_app.command("build-surrogates")
+def build_surrogates(
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from", help="'openpeople' (the package's 10 synthetic people) or a folder of photos."
+        ),
+    ] = "openpeople",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Pool folder (default models/surrogates).")
+    ] = None,
+    licence: Annotated[
+        str, typer.Option(help="Licence of the photos in a folder source (recorded per surrogate).")
+    ] = "",
+    device: Annotated[str, typer.Option(help="torch device for MTCNN: auto, cpu, cuda.")] = "auto",
+) -> None:
+    """Crop, measure and embed surrogate faces into a pool with a checksummed manifest."""
+    from .detect import FaceDetector
+    from .embed import get_recognizer
+    from .pool import DEFAULT_POOL, build, folder_sources, openpeople_sources, write_manifest
+
+    target = output or DEFAULT_POOL
+    if source == "openpeople":
+        sources = openpeople_sources()
+    else:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise _fail(f"--from {source}: not 'openpeople' and not a folder")
+        if not licence:
+            raise _fail(
+                "--licence is required for a folder source: say under which terms the faces may be used"
+            )
+        sources = folder_sources(folder, licence)
+    entries, skipped = build(sources, target, FaceDetector(device=device), get_recognizer())
+    for note in skipped:
+        err.print(f"skipped {note}", highlight=False)
+    if not entries:
+        raise _fail(f"no usable face in {source}; nothing written")
+    manifest = write_manifest(
+        target, entries, [source if source == "openpeople" else str(Path(source).resolve())]
+    )
+    people = len({e["person"] for e in entries})
+    out.print(f"{len(entries)} surrogate photos of {people} people -> {manifest}", highlight=False)
+
+
+def eval_command(
+    faces: Annotated[
+        list[str],
+        typer.Argument(help="Image/DICOM files or folders; the word 'openpeople' adds its 10 portraits."),
+    ],
+    preserve: Annotated[list[str], typer.Option(help="Preserved area preset (repeatable).")] = ["mouth"],  # noqa: B006
+    method: Annotated[
+        list[str], typer.Option(help="surrogate, blur, pixelate, eyebar (repeatable; gan once installed).")
+    ] = ["surrogate", "blur", "pixelate", "eyebar"],  # noqa: B006
+    save: Annotated[Path | None, typer.Option(help="Write DIR/<stem>.png and DIR/<stem>.mask.png.")] = None,
+    sheet: Annotated[Path, typer.Option(help="Contact sheet PNG.")] = Path("eval-contact-sheet.png"),
+    sheet_rows: Annotated[int, typer.Option(help="Rows on the contact sheet.")] = 12,
+    report: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many images per folder.")] = None,
+    consistency_pairs: Annotated[
+        bool, typer.Option("--consistency/--no-consistency", help="Before/after test on openpeople pairs.")
+    ] = True,
+    device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda.")] = "auto",
+    max_similarity: Annotated[
+        float, typer.Option(help="QA gate: SFace similarity must stay below this.")
+    ] = 0.30,
+) -> None:
+    """Measure identity removal, clinical exactness and skin drift per method; write a contact sheet."""
+    from pydantic import ValidationError
+
+    from ..config import PixelSettings
+    from . import evaluate as ev
+    from .pipeline import get_pipeline
+    from .replace import methods as known_methods
+
+    unknown = [m for m in method if m not in known_methods()]
+    if unknown:
+        raise _fail(f"unknown method {', '.join(unknown)}; choose from: {', '.join(known_methods())}")
+    try:
+        settings = PixelSettings(preserve=preserve, device=device, max_identity_similarity=max_similarity)
+    except ValidationError as exc:
+        raise _fail(exc.errors()[0]["msg"]) from None
+    images = ev.collect(faces, limit)
+    if not images:
+        raise _fail("no readable images in the inputs")
+    evaluator = ev.Evaluator(settings, method)
+    with out.status("evaluating") as status:
+        reports, originals = evaluator.run(images, lambda m, s: status.update(f"{m}: {s}"))
+    rows = [r.row(len(images)) for r in reports.values()]
+    table = Table(title=f"{len(images)} images, preserve {'+'.join(preserve)}")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r.values())
+    out.print(table)
+    md = ev.markdown_table(rows)
+    if consistency_pairs and "surrogate" in method:
+        pairs = list(
+            zip(
+                ev.openpeople_images(("studio_portrait",)),
+                ev.openpeople_images(("amateur_selfie",)),
+                strict=True,
+            )
+        )
+        c = ev.consistency(get_pipeline(settings, "surrogate"), pairs)
+        line = (
+            f"Consistency on openpeople (portrait + selfie of each person, one pseudonym each): "
+            f"same person {100 * c['same_person_consistent']:.0f}% of {c['same_person_pairs']} pairs, "
+            f"different people {100 * c['different_person_separated']:.0f}% "
+            f"of {c['different_person_pairs']} pairs, "
+            f"{c['refused_photos']} photos refused."
+        )
+        out.print(line, highlight=False)
+        md += "\n\n" + line
+    path = ev.contact_sheet(images, reports, originals, sheet, rows=sheet_rows)
+    out.print(f"contact sheet: {path}", highlight=False)
+    if save is not None:
+        out.print(f"saved {ev.save_outputs(reports, save)} results under {save}", highlight=False)
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(md + "\n")
+        out.print(f"table: {report}", highlight=False)

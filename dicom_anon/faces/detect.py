@@ -1,0 +1,137 @@
+"""Find every face and its five landmarks with MTCNN (facenet-pytorch; the weights ship in the wheel).
+
+Detection runs on a downscaled copy: MTCNN's cost grows with the pixel count while a
+face that fills a tenth of a 12 MP photo is still ~100 px wide at 1024 px, far above
+what it needs. Coordinates are mapped back to the full image.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import torch
+
+# Landmark order, as MTCNN and YuNet both return it: the eye, then mouth corner, that
+# appears on the image's left first.
+LEFT_EYE, RIGHT_EYE, NOSE, MOUTH_LEFT, MOUTH_RIGHT = range(5)
+
+# Nose depth over eye span for an average adult head: how far the nose tip moves
+# sideways (in eye spans) per unit of tan(yaw). Used only to turn landmarks into degrees.
+_NOSE_DEPTH = 0.55
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in full-image pixel coordinates."""
+
+    box: np.ndarray  # x1, y1, x2, y2
+    landmarks: np.ndarray  # (5, 2) float, order as above
+    score: float
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def eye_distance(self) -> float:
+        return float(np.linalg.norm(self.landmarks[RIGHT_EYE] - self.landmarks[LEFT_EYE]))
+
+    @property
+    def roll(self) -> float:
+        """Head tilt in degrees (eye line against the horizontal)."""
+        dx, dy = self.landmarks[RIGHT_EYE] - self.landmarks[LEFT_EYE]
+        return math.degrees(math.atan2(dy, dx))
+
+    @property
+    def yaw(self) -> float:
+        """Approximate left/right turn in degrees from where the nose sits between the eyes."""
+        le, re, nose = self.landmarks[LEFT_EYE], self.landmarks[RIGHT_EYE], self.landmarks[NOSE]
+        axis = re - le
+        span = float(np.dot(axis, axis))
+        if span <= 0:
+            return 90.0
+        ratio = float(np.dot(nose - le, axis)) / span  # 0.5 when the nose is centred
+        return math.degrees(math.atan((ratio - 0.5) / _NOSE_DEPTH))
+
+    @property
+    def pitch_ratio(self) -> float:
+        """Nose height between the eye line (0) and the mouth line (1); ~0.45 when looking ahead."""
+        eyes = (self.landmarks[LEFT_EYE] + self.landmarks[RIGHT_EYE]) / 2
+        mouth = (self.landmarks[MOUTH_LEFT] + self.landmarks[MOUTH_RIGHT]) / 2
+        height = float(np.linalg.norm(mouth - eyes))
+        if height <= 0:
+            return 0.0
+        return float(np.dot(self.landmarks[NOSE] - eyes, mouth - eyes)) / height**2
+
+    def to_yunet_row(self) -> np.ndarray:
+        """The 15-value row OpenCV's FaceRecognizerSF.alignCrop expects (box as x, y, w, h)."""
+        x1, y1, x2, y2 = self.box
+        return np.array([x1, y1, x2 - x1, y2 - y1, *self.landmarks.reshape(-1), self.score], dtype=np.float32)
+
+
+class FaceDetector:
+    """MTCNN on one torch device; frames of equal size go through it as one batch."""
+
+    def __init__(self, device: str = "auto", max_side: int = 1024, min_score: float = 0.9) -> None:
+        # Imported here: facenet_pytorch pulls in torchvision, which the header-only
+        # paths of the service never need.
+        from facenet_pytorch import MTCNN
+
+        self.device = resolve_device(device)
+        self.max_side = max_side
+        self.min_score = min_score
+        self._mtcnn = MTCNN(keep_all=True, device=self.device, select_largest=False, post_process=False)
+        # MTCNN keeps no per-call state, but torch's CPU kernels already use every core;
+        # serialising calls avoids oversubscription when several photos are in flight.
+        self._lock = threading.Lock()
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """All faces in each RGB uint8 image, largest first."""
+        results: list[list[Face]] = [[] for _ in images]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(img.shape, []).append(i)
+        for shape, idx in groups.items():
+            h, w = shape[:2]
+            scale = min(1.0, self.max_side / max(h, w))
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = [
+                cv2.resize(images[i], size, interpolation=cv2.INTER_AREA) if scale < 1 else images[i]
+                for i in idx
+            ]
+            with self._lock, torch.inference_mode():
+                boxes, probs, points = self._mtcnn.detect(np.stack(small), landmarks=True)
+            sx, sy = w / size[0], h / size[1]
+            for j, i in enumerate(idx):
+                if boxes[j] is None:
+                    continue
+                faces = [
+                    Face(
+                        box=np.asarray(b, dtype=np.float64) * [sx, sy, sx, sy],
+                        landmarks=np.asarray(p, dtype=np.float64) * [sx, sy],
+                        score=float(s),
+                    )
+                    for b, s, p in zip(boxes[j], probs[j], points[j], strict=True)
+                    if s >= self.min_score
+                ]
+                results[i] = sorted(faces, key=lambda f: -f.width)
+        return results
+
+
+@lru_cache(maxsize=4)
+def get_detector(device: str = "auto", max_side: int = 1024) -> FaceDetector:
+    """One detector per device and size: loading MTCNN takes ~0.2 s and ~2 MB of weights."""
+    return FaceDetector(device=device, max_side=max_side)

@@ -1,0 +1,340 @@
+"""``dicom-anon eval``: how well each method hides identity while keeping the clinical area and skin.
+
+Each input image is its own patient. For every method we run the same pipeline the
+service runs (the surrogate method with its QA gate, so refusals count as refusals;
+the baselines ungated, since they are shown only for comparison) and measure:
+face found again (MTCNN and YuNet), re-identification (SFace cosine >= 0.363 against
+the original), rank-1 identification against the whole gallery of originals,
+preserved-area max abs difference, skin colour drift (CIELAB delta E of the cheeks,
+the new face against the patient's) and seconds per image. The attacker aligns on the
+face YuNet finds in the output, or on the original landmarks when it finds none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..config import PixelSettings
+from ..headers.errors import Refused
+from ..headers.pseudonyms import SiteKey
+from .detect import Face
+from .embed import SFACE_SAME_PERSON, cosine
+from .pipeline import FacePipeline, Patient
+from .pool import skin_lab
+from .qa import iou
+from .replace import BASELINES
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+DICOM_EXTS = {".dcm", ""}
+# Every evaluation uses the same key so that its figures can be reproduced exactly.
+EVAL_KEY = SiteKey(hashlib.sha256(b"dicom-anon evaluation key").digest())
+
+
+@dataclass(frozen=True)
+class EvalImage:
+    stem: str
+    rgb: np.ndarray
+    person: str  # same-person pairs share it
+
+
+def _load_path(path: Path) -> np.ndarray | None:
+    if path.suffix.lower() in IMAGE_EXTS:
+        return np.asarray(Image.open(path).convert("RGB"))
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from ..pixels import decode
+
+    try:
+        ds = pydicom.dcmread(path)
+        return decode(ds).frames[0]
+    except (InvalidDicomError, Refused, OSError):
+        return None
+
+
+def openpeople_images(assets: Sequence[str] = ("studio_portrait",)) -> Iterator[EvalImage]:
+    """The openpeople photos named by ``assets`` (stems ``P001_studio_portrait``...)."""
+    import openpeople
+
+    for person in openpeople.curated.list():
+        for asset in assets:
+            rgb = np.asarray(Image.open(person.asset_path(asset)).convert("RGB"))
+            yield EvalImage(f"{person.person_id}_{asset}", rgb, person.person_id)
+
+
+def collect(inputs: Iterable[str], limit: int | None = None) -> list[EvalImage]:
+    """Images from files, folders (recursively) and the word ``openpeople`` (its ten portraits)."""
+    images: list[EvalImage] = []
+    for item in inputs:
+        if item == "openpeople":
+            images.extend(openpeople_images())
+            continue
+        path = Path(item)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        taken = 0
+        for f in files:
+            if f.suffix.lower() not in IMAGE_EXTS | DICOM_EXTS:
+                continue
+            rgb = _load_path(f)
+            if rgb is not None:
+                images.append(EvalImage(f.stem, rgb, f.stem))
+                taken += 1
+            if limit and taken >= limit:
+                break
+    return images
+
+
+@dataclass
+class Outcome:
+    """One image through one method."""
+
+    stem: str
+    output: np.ndarray | None = None
+    preserved: np.ndarray | None = None
+    replaced: np.ndarray | None = None
+    refused: str | None = None
+    seconds: float = 0.0
+    mtcnn_found: bool = False
+    yunet_found: bool = False
+    similarity: float | None = None
+    rank1: bool = False
+    preserved_diff: int = 0
+    delta_e: float | None = None
+    attempts: int = 0
+    surrogate: str | None = None
+
+
+@dataclass
+class MethodReport:
+    method: str
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def _refused(self) -> str:
+        codes = Counter(o.refused for o in self.outcomes if o.refused)
+        share = 100 * sum(codes.values()) / max(1, len(self.outcomes))
+        detail = ", ".join(f"{c} {n}" for c, n in codes.most_common())
+        return f"{share:.1f}%" + (f" ({detail})" if detail else "")
+
+    def row(self, gallery_size: int) -> dict[str, str]:
+        done = [o for o in self.outcomes if o.output is not None]
+        n = max(1, len(done))
+        de = [o.delta_e for o in done if o.delta_e is not None]
+        return {
+            "method": self.method,
+            "images": str(len(self.outcomes)),
+            "refused": self._refused(),
+            "face found MTCNN": f"{100 * sum(o.mtcnn_found for o in done) / n:.1f}%",
+            "face found YuNet": f"{100 * sum(o.yunet_found for o in done) / n:.1f}%",
+            "re-ID (SFace>=0.363)": (
+                f"{100 * sum((o.similarity or 0) >= SFACE_SAME_PERSON for o in done) / n:.1f}%"
+            ),
+            "rank-1": (
+                f"{100 * sum(o.rank1 for o in done) / n:.1f}% (chance {100 / max(1, gallery_size):.1f}%)"
+            ),
+            "preserved max diff": str(max((o.preserved_diff for o in done), default=0)),
+            "skin dE median/p95": (
+                f"{statistics.median(de):.1f} / {float(np.percentile(de, 95)):.1f}" if de else "-"
+            ),
+            "s/image": f"{statistics.mean(o.seconds for o in self.outcomes):.2f}" if self.outcomes else "-",
+        }
+
+
+class Evaluator:
+    """Runs methods over a set of images and measures them."""
+
+    def __init__(self, settings: PixelSettings, methods: Sequence[str]) -> None:
+        self.settings = settings
+        self.pipelines: dict[str, FacePipeline] = {}
+        for m in methods:
+            self.pipelines[m] = FacePipeline(settings, method=m, gate=m not in BASELINES)
+        first = next(iter(self.pipelines.values()))
+        self.detector, self.recognizer = first.detector, first.recognizer
+
+    def _face(self, rgb: np.ndarray) -> Face | None:
+        faces = self.detector.detect([rgb])[0]
+        return faces[0] if faces else None
+
+    def run(
+        self, images: Sequence[EvalImage], progress: Callable[[str, str], None] | None = None
+    ) -> tuple[dict[str, MethodReport], dict[str, tuple[Face | None, np.ndarray | None]]]:
+        originals: dict[str, tuple[Face | None, np.ndarray | None]] = {}
+        for img in images:
+            face = self._face(img.rgb)
+            originals[img.stem] = (face, self.recognizer.embed(img.rgb, face) if face else None)
+        gallery = [(s, e) for s, (_, e) in originals.items() if e is not None]
+        reports = {}
+        for method, pipeline in self.pipelines.items():
+            report = MethodReport(method)
+            for img in images:
+                if progress:
+                    progress(method, img.stem)
+                report.outcomes.append(self._one(pipeline, img, originals[img.stem], gallery))
+            reports[method] = report
+        return reports, originals
+
+    def _one(
+        self,
+        pipeline: FacePipeline,
+        img: EvalImage,
+        original: tuple[Face | None, np.ndarray | None],
+        gallery: list[tuple[str, np.ndarray]],
+    ) -> Outcome:
+        face, emb = original
+        outcome = Outcome(img.stem)
+        started = time.perf_counter()
+        try:
+            result = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
+        except Refused as exc:
+            outcome.refused = exc.code
+            outcome.seconds = time.perf_counter() - started
+            return outcome
+        outcome.seconds = time.perf_counter() - started
+        out = result.frames[0]
+        outcome.output, outcome.preserved, outcome.replaced = out, result.preserved[0], result.replaced[0]
+        outcome.preserved_diff = int(
+            np.abs(out[outcome.preserved].astype(int) - img.rgb[outcome.preserved]).max(initial=0)
+        )
+        if result.faces:
+            outcome.attempts = result.faces[0].get("attempts", 1)
+            outcome.surrogate = result.faces[0].get("surrogate")
+        if face is None or emb is None:
+            return outcome
+        outcome.mtcnn_found = any(iou(f.box, face.box) >= 0.3 for f in self.detector.detect([out])[0])
+        yunet = [f for f in self.recognizer.detect(out) if iou(f.box, face.box) >= 0.3]
+        outcome.yunet_found = bool(yunet)
+        probe = self.recognizer.embed(out, yunet[0] if yunet else face)
+        outcome.similarity = cosine(emb, probe)
+        best = max(gallery, key=lambda g: cosine(g[1], probe))
+        outcome.rank1 = best[0] == img.stem
+        outcome.delta_e = float(np.linalg.norm(skin_lab(out, face) - skin_lab(img.rgb, face)))
+        return outcome
+
+
+def consistency(pipeline: FacePipeline, pairs: Sequence[tuple[EvalImage, EvalImage]]) -> dict[str, float]:
+    """Same person twice under one pseudonym -> same new person; different people -> different ones.
+
+    Returns the share of same-person output pairs with SFace >= 0.363 and of different-person
+    output pairs below it (refused photos are left out and counted).
+    """
+    outputs: dict[str, list[tuple[str, np.ndarray]]] = {}
+    refused = 0
+    for a, b in pairs:
+        for img in (a, b):
+            try:
+                res = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
+            except Refused:
+                refused += 1
+                continue
+            out = res.frames[0]
+            faces = pipeline.recognizer.detect(out)
+            if faces:
+                outputs.setdefault(img.person, []).append(
+                    (img.stem, pipeline.recognizer.embed(out, faces[0]))
+                )
+    same = [cosine(v[0][1], v[1][1]) for v in outputs.values() if len(v) >= 2]
+    people = sorted(outputs)
+    diff = [cosine(outputs[p][0][1], outputs[q][0][1]) for i, p in enumerate(people) for q in people[i + 1 :]]
+    return {
+        "same_person_pairs": len(same),
+        "same_person_consistent": sum(s >= SFACE_SAME_PERSON for s in same) / max(1, len(same)),
+        "different_person_pairs": len(diff),
+        "different_person_separated": sum(s < SFACE_SAME_PERSON for s in diff) / max(1, len(diff)),
+        "refused_photos": refused,
+    }
+
+
+def markdown_table(rows: list[dict[str, str]]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _thumb(rgb: np.ndarray, face: Face | None, size: int) -> Image.Image:
+    """A square crop around the face (the whole picture when none was found)."""
+    h, w = rgb.shape[:2]
+    if face is not None:
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        half = 0.85 * max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+        box = (int(max(0, cx - half)), int(max(0, cy - half)), int(min(w, cx + half)), int(min(h, cy + half)))
+        img = Image.fromarray(rgb).crop(box)
+    else:
+        img = Image.fromarray(rgb)
+    img.thumbnail((size, size))
+    tile = Image.new("RGB", (size, size), (40, 40, 40))
+    tile.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
+    return tile
+
+
+def mask_image(preserved: np.ndarray, replaced: np.ndarray) -> np.ndarray:
+    """Masks as a picture: white preserved, mid grey replaced, black untouched."""
+    out = np.zeros(preserved.shape, np.uint8)
+    out[replaced] = 110
+    out[preserved] = 255
+    return np.repeat(out[..., None], 3, axis=2)
+
+
+def contact_sheet(
+    images: Sequence[EvalImage],
+    reports: dict[str, MethodReport],
+    originals: dict[str, tuple[Face | None, np.ndarray | None]],
+    path: Path,
+    rows: int = 12,
+    size: int = 220,
+) -> Path:
+    """original | each method's result | masks (of the first method), one row per image."""
+    methods = list(reports)
+    cols = ["original", *methods, f"masks ({methods[0]})"]
+    header = 24
+    sheet = Image.new("RGB", (size * len(cols), header + size * min(rows, len(images))), "white")
+    draw = ImageDraw.Draw(sheet)
+    for c, name in enumerate(cols):
+        draw.text((c * size + 6, 6), name, fill="black")
+    by_stem = {m: {o.stem: o for o in r.outcomes} for m, r in reports.items()}
+    for r, img in enumerate(images[:rows]):
+        face = originals[img.stem][0]
+        y = header + r * size
+        sheet.paste(_thumb(img.rgb, face, size), (0, y))
+        for c, m in enumerate(methods, start=1):
+            o = by_stem[m][img.stem]
+            if o.output is None:
+                tile = Image.new("RGB", (size, size), (90, 20, 20))
+                ImageDraw.Draw(tile).text((8, size // 2), f"refused:\n{o.refused}", fill="white")
+            else:
+                tile = _thumb(o.output, face, size)
+                note = f"sim {o.similarity:.2f}" if o.similarity is not None else ""
+                ImageDraw.Draw(tile).text((6, size - 16), note, fill="yellow")
+            sheet.paste(tile, (c * size, y))
+        first = by_stem[methods[0]][img.stem]
+        if first.preserved is not None:
+            sheet.paste(
+                _thumb(mask_image(first.preserved, first.replaced), face, size),
+                (len(methods) * size + size, y),
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
+
+
+def save_outputs(reports: dict[str, MethodReport], folder: Path) -> int:
+    """``DIR/<stem>.png`` and ``DIR/<stem>.mask.png`` (white = preserved); per method subfolder if several."""
+    written = 0
+    for method, report in reports.items():
+        target = folder if len(reports) == 1 else folder / method
+        target.mkdir(parents=True, exist_ok=True)
+        for o in report.outcomes:
+            if o.output is None:
+                continue
+            Image.fromarray(o.output).save(target / f"{o.stem}.png")
+            Image.fromarray((o.preserved * 255).astype(np.uint8)).save(target / f"{o.stem}.mask.png")
+            written += 1
+    return written

@@ -1,0 +1,402 @@
+"""The one entry point for photo routes: decode, find faces, replace identities, QA, encode.
+
+``process_photo`` is what the service worker and ``dicom-anon deid`` call for a photo
+route; ``FacePipeline.process_frames`` is the same work on bare RGB arrays, for the
+evaluation. Either returns a result only when every face found passed the QA gate;
+anything else raises a ``Refused`` subclass and nothing leaves.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from pydicom import Dataset
+
+from ..config import PixelSettings
+from ..headers.engine import patient_pseudonym
+from ..headers.errors import Refused
+from ..headers.options import Option
+from ..headers.pseudonyms import SiteKey
+from ..pixels import OutputEncoding, decode, encode
+from . import masks as M
+from .detect import Face, get_detector, resolve_device
+from .embed import get_recognizer
+from .pool import DEFAULT_POOL, PoolError, get_pool, skin_lab
+from .qa import FaceRefused, Verdict, check, preserved_diff
+from .replace import BASELINES, Candidate, PatientContext, make_backend, parse_age, parse_sex
+
+# Face oval sizes tried in turn: the inner face, one reaching the face outline, one past it
+# (where the surrogate shows hair the patient's own pixels stay, see SurrogateBackend._valid).
+OVAL_LADDER = (1.0, 1.25, 1.5)
+SCREEN_EYE_DISTANCE = 90.0
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """A de-identified photo: the dataset with new pixels, QA figures for the audit event, and
+    the pixel options the header engine may claim (empty unless a face was really replaced)."""
+
+    dataset: Dataset
+    qa_figures: dict
+    options_cleaned: frozenset[Option]
+    preserved: np.ndarray  # (frames, rows, columns) bool: the pixels that are bit-identical to the input
+
+
+@dataclass(frozen=True)
+class Patient:
+    """Who the photo shows, as far as the pipeline may know: the keyed pseudonym and header hints."""
+
+    pseudonym: str
+    key: SiteKey
+    sex: str | None = None
+    age_years: float | None = None
+
+
+@dataclass
+class FramesResult:
+    frames: np.ndarray
+    preserved: np.ndarray  # (F, H, W) bool
+    replaced: np.ndarray  # (F, H, W) bool: pixels that took new content
+    faces: list[dict] = field(default_factory=list)
+
+
+class FacePipeline:
+    """Detector, recogniser, pool and backend for one set of pixel settings (built once, reused)."""
+
+    def __init__(self, settings: PixelSettings, method: str | None = None, gate: bool = True) -> None:
+        self.settings = settings
+        # Without the gate (evaluation of the baselines only) the first rendering is taken as it is.
+        self.gate = gate
+        self.device = resolve_device(settings.device)
+        self.detector = get_detector(str(self.device))
+        self.recognizer = get_recognizer()
+        self.method = method or settings.method
+        pool = None
+        if self.method not in BASELINES:
+            # The surrogate method needs the pool; others (gan) use it for context faces when present.
+            try:
+                pool = get_pool(str(settings.pool or DEFAULT_POOL))
+            except PoolError:
+                if self.method == "surrogate":
+                    raise
+        self.backend = make_backend(self.method, pool, self.device)
+        if hasattr(self.backend, "max_candidates"):
+            self.backend.max_candidates = settings.max_candidates
+        self.presets = [M.Preset(p) for p in settings.preserve]
+        self.image_boxes = [M.LesionBox(b.x, b.y, b.width, b.height, "image") for b in settings.boxes]
+        self.face_boxes = [M.LesionBox(b.x, b.y, b.width, b.height, "face") for b in settings.face_boxes]
+        if self.face_boxes and M.Preset.LESION_BOXES not in self.presets:
+            self.presets.append(M.Preset.LESION_BOXES)
+        self.surroundings = M.Surroundings(settings.surroundings)
+
+    # --- one face -------------------------------------------------------------------
+
+    def _screen(self, face: Face, where: str) -> None:
+        s = self.settings
+        if face.eye_distance < s.min_eye_distance:
+            raise FaceRefused(
+                "face-too-small",
+                f"{where}: eyes {face.eye_distance:.0f} px apart, below {s.min_eye_distance:.0f} px; "
+                "the face cannot be replaced and checked reliably",
+            )
+        if abs(face.yaw) > s.max_yaw or not 0.15 < face.pitch_ratio < 0.85:
+            raise FaceRefused(
+                "face-too-turned",
+                f"{where}: turned about {abs(face.yaw):.0f} degrees (limit {s.max_yaw:.0f}) "
+                f"or tilted (nose at {face.pitch_ratio:.2f} of eye-to-mouth)",
+            )
+
+    def _replace_face(
+        self,
+        frame: np.ndarray,
+        original: np.ndarray,
+        face: Face,
+        image_preserved: np.ndarray,
+        patient: Patient,
+        used: set[str],
+        where: str,
+    ) -> tuple[np.ndarray, M.FaceMasks, dict]:
+        """Try candidates (standard face oval first, then a larger one) until one passes QA.
+
+        Candidates are screened on a copy scaled to ~90 px between the eyes, where SFace sees
+        what it would see at full size; only a candidate that passes there is rendered at full
+        resolution and checked again there, which is the check that counts.
+        """
+        started = time.perf_counter()
+        embedding = self.recognizer.embed(original, face)
+        ctx = PatientContext(
+            pseudonym=patient.pseudonym,
+            key=patient.key,
+            sex=patient.sex,
+            age_years=patient.age_years,
+            skin_lab=skin_lab(original, face),
+            yaw=face.yaw,
+            embedding=embedding,
+            exclude_people=frozenset(used),
+        )
+        options = self.backend.candidates(ctx)
+        if not options:
+            raise FaceRefused("no-surrogate", f"{where}: the {self.method} method offered no candidate")
+        small = _Scaled(frame, original, face, image_preserved, SCREEN_EYE_DISTANCE)
+        limit = self.settings.max_identity_similarity if self.gate else 1.0
+        attempts: list[dict] = []
+        ladder = OVAL_LADDER if self.gate else OVAL_LADDER[:1]
+        for oval_scale in ladder:
+            for cand in options:
+                attempt = {**cand.info, "oval": oval_scale}
+                attempts.append(attempt)
+                if small.scale < 1.0 and self.gate:
+                    fm_s = M.build(
+                        small.face,
+                        small.frame.shape,
+                        self.presets,
+                        self.face_boxes,
+                        small.preserved,
+                        self.surroundings,
+                        oval_scale,
+                    )
+                    trial = self._apply(cand, small.frame, small.original, small.face, fm_s)
+                    v = check(
+                        small.original,
+                        trial,
+                        _full(fm_s.preserved, fm_s.roi, trial.shape),
+                        small.face,
+                        embedding,
+                        self.detector,
+                        self.recognizer,
+                        limit,
+                    )
+                    attempt["screen"] = v.figures()
+                    if v.code is not None:
+                        attempt["code"] = v.code
+                        continue
+                fm = M.build(
+                    face,
+                    frame.shape,
+                    self.presets,
+                    self.face_boxes,
+                    image_preserved,
+                    self.surroundings,
+                    oval_scale,
+                )
+                result = self._apply(cand, frame, original, face, fm)
+                full = _full(fm.preserved, fm.roi, frame.shape)
+                if self.gate:
+                    v = check(original, result, full, face, embedding, self.detector, self.recognizer, limit)
+                else:
+                    v = Verdict(preserved_diff(original, result, full), True, None, None)
+                attempt.update(v.figures())
+                if v.code is not None:
+                    attempt["code"] = v.code
+                    continue
+                if "person" in cand.info:
+                    used.add(cand.info["person"])
+                return (
+                    result,
+                    fm,
+                    {
+                        "where": where,
+                        "box": [round(float(v)) for v in face.box],
+                        "eye_distance": round(face.eye_distance, 1),
+                        "yaw": round(face.yaw, 1),
+                        **cand.info,
+                        "oval": oval_scale,
+                        **v.figures(),
+                        "attempts": len(attempts),
+                        "seconds": round(time.perf_counter() - started, 3),
+                    },
+                )
+        codes = [a["code"] for a in attempts]
+        # The most telling failure: a changed clinical area outranks a lost face outranks a look-alike.
+        code = next(
+            c
+            for c in ("qa-preserved-area-changed", "qa-face-not-found", "qa-identity-too-similar")
+            if c in codes
+        )
+        sims = [
+            x["identity_similarity"]
+            for a in attempts
+            for x in (a, a.get("screen", {}))
+            if x.get("identity_similarity") is not None
+        ]
+        detail = f"; lowest SFace similarity {min(sims):.2f}" if sims else ""
+        raise FaceRefused(
+            code,
+            f"{where}: no candidate passed QA after {len(attempts)} tries ({', '.join(sorted(set(codes)))})"
+            f"{detail}, limit {self.settings.max_identity_similarity:.2f}",
+        )
+
+    @staticmethod
+    def _apply(
+        cand: Candidate, frame: np.ndarray, original: np.ndarray, face: Face, fm: M.FaceMasks
+    ) -> np.ndarray:
+        """``frame`` with the candidate's new face in it and the preserved area copied back bit for bit."""
+        x0, y0, x1, y1 = fm.roi
+        roi = cand.render(frame, face, fm)
+        roi[fm.preserved] = original[y0:y1, x0:x1][fm.preserved]
+        out = frame.copy()
+        out[y0:y1, x0:x1] = roi
+        return out
+
+    # --- frames ---------------------------------------------------------------------
+
+    def process_frames(self, frames: np.ndarray, patient: Patient) -> FramesResult:
+        """Replace every face in every frame; raise ``Refused`` unless all of them pass."""
+        n, h, w, _ = frames.shape
+        out = frames.copy()
+        preserved = np.zeros((n, h, w), bool)
+        replaced = np.zeros((n, h, w), bool)
+        figures: list[dict] = []
+        image_preserved = M.image_box_mask((h, w), self.image_boxes)
+        detections = self.detector.detect(list(frames))
+        for i, faces in enumerate(detections):
+            preserved[i] |= image_preserved
+            if not faces:
+                if self.settings.on_no_face == "forward":
+                    continue
+                raise FaceRefused("no-face", f"frame {i + 1}: no face found, and the route expects one")
+            used: set[str] = set()
+            for j, face in enumerate(faces):
+                self._screen(face, f"frame {i + 1} face {j + 1}")
+            for j, face in enumerate(faces):
+                where = f"frame {i + 1} face {j + 1}"
+                out[i], fm, fig = self._replace_face(
+                    out[i], frames[i], face, image_preserved, patient, used, where
+                )
+                x0, y0, x1, y1 = fm.roi
+                preserved[i, y0:y1, x0:x1] |= fm.preserved
+                replaced[i, y0:y1, x0:x1] |= fm.region
+                figures.append(fig)
+            if self.surroundings is M.Surroundings.BLUR:
+                out[i] = _blur_surroundings(out[i], replaced[i], preserved[i], faces)
+                replaced[i] |= ~preserved[i]
+            diff = preserved_diff(frames[i], out[i], preserved[i])
+            if diff:
+                raise FaceRefused(
+                    "qa-preserved-area-changed", f"frame {i + 1}: preserved area changed by {diff}"
+                )
+        return FramesResult(out, preserved, replaced, figures)
+
+    # --- DICOM ----------------------------------------------------------------------
+
+    def process_photo(self, ds: Dataset, pseudonym: str, key: SiteKey) -> PhotoResult:
+        started = time.perf_counter()
+        decoded = decode(ds)
+        patient = Patient(pseudonym, key, parse_sex(ds.get("PatientSex")), parse_age(ds.get("PatientAge")))
+        result = self.process_frames(decoded.frames, patient)
+        output = OutputEncoding(self.settings.output)
+        out = copy.deepcopy(ds)
+        encode(
+            out,
+            result.frames,
+            monochrome=decoded.monochrome,
+            lossy_source=decoded.lossy_source,
+            source_syntax=decoded.source_syntax,
+            output=output,
+            quality=self.settings.lossy_quality,
+        )
+        # Measured, not hoped: read back what will be stored and compare the preserved area.
+        stored = decode(out).frames
+        stored_diff = max(
+            (preserved_diff(decoded.frames[i], stored[i], result.preserved[i]) for i in range(len(stored))),
+            default=0,
+        )
+        if stored_diff and not output.lossy:
+            raise FaceRefused(
+                "qa-preserved-area-changed",
+                f"the stored pixels differ by {stored_diff} in the preserved area",
+            )
+        figures = {
+            "method": self.method,
+            "frames": len(stored),
+            "faces": result.faces,
+            "preserved_pixels": int(result.preserved.sum()),
+            "stored_preserved_max_abs_diff": int(stored_diff),
+            "output": output.value,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        cleaned = frozenset({Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}) if result.faces else frozenset()
+        return PhotoResult(out, figures, cleaned, result.preserved)
+
+
+class _Scaled:
+    """A frame, its original and its face scaled so the eyes are ``eye_distance`` apart (never enlarged)."""
+
+    def __init__(
+        self, frame: np.ndarray, original: np.ndarray, face: Face, preserved: np.ndarray, eye_distance: float
+    ) -> None:
+        self.scale = min(1.0, eye_distance / max(face.eye_distance, 1e-6))
+        if self.scale >= 1.0:
+            self.frame, self.original, self.face, self.preserved = frame, original, face, preserved
+            return
+        h, w = frame.shape[:2]
+        size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+        sx, sy = size[0] / w, size[1] / h
+        self.frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        self.original = cv2.resize(original, size, interpolation=cv2.INTER_AREA)
+        self.preserved = cv2.resize(preserved.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        self.face = Face(face.box * [sx, sy, sx, sy], face.landmarks * [sx, sy], face.score)
+
+
+def _full(mask: np.ndarray, roi: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
+    full = np.zeros(shape[:2], bool)
+    x0, y0, x1, y1 = roi
+    full[y0:y1, x0:x1] = mask
+    return full
+
+
+def _blur_surroundings(
+    frame: np.ndarray, replaced: np.ndarray, preserved: np.ndarray, faces: list[Face]
+) -> np.ndarray:
+    """Blur everything outside the new faces and the preserved area, with a soft edge towards the faces."""
+    h, w = frame.shape[:2]
+    sigma = max(4.0, 0.4 * max(f.eye_distance for f in faces))
+    small_scale = min(1.0, 8.0 / sigma)
+    small = cv2.resize(
+        frame, (max(1, round(w * small_scale)), max(1, round(h * small_scale))), interpolation=cv2.INTER_AREA
+    )
+    blurred = cv2.resize(
+        cv2.GaussianBlur(small, (0, 0), sigma * small_scale), (w, h), interpolation=cv2.INTER_LINEAR
+    )
+    keep = (replaced | preserved).astype(np.uint8)
+    dist = cv2.distanceTransform(1 - keep, cv2.DIST_L2, 5)
+    a = np.clip(dist / max(2.0, sigma / 2), 0, 1)[..., None]
+    out = (frame * (1 - a) + blurred * a + 0.5).astype(np.uint8)
+    out[preserved] = frame[preserved]
+    return out
+
+
+@lru_cache(maxsize=8)
+def _pipeline(settings_json: str, method: str | None = None) -> FacePipeline:
+    return FacePipeline(PixelSettings.model_validate_json(settings_json), method)
+
+
+def get_pipeline(settings: PixelSettings, method: str | None = None) -> FacePipeline:
+    """A cached pipeline for these settings: models and the pool load once per process."""
+    return _pipeline(settings.model_dump_json(), method)
+
+
+def process_photo(ds: Dataset, settings: PixelSettings, pseudonym: str, key: SiteKey) -> PhotoResult:
+    """De-identify the face(s) of one photo instance; raise ``Refused`` if it cannot be made safe.
+
+    ``pseudonym`` is the patient's keyed pseudonym (the same one the header stage writes),
+    so every photo of one patient gets the same new face under one site key.
+    """
+    try:
+        pipeline = get_pipeline(settings)
+    except ValueError as exc:
+        raise Refused("method-unavailable", str(exc)) from None
+    except PoolError as exc:
+        raise Refused("surrogate-pool-unavailable", str(exc)) from None
+    return pipeline.process_photo(ds, pseudonym, key)
+
+
+def process_instance(ds: Dataset, settings: PixelSettings, key: SiteKey) -> PhotoResult:
+    """``process_photo`` keyed by the same pseudonym the header engine will write for ``ds``
+    (the service's pixel-stage hook has exactly this signature)."""
+    return process_photo(ds, settings, patient_pseudonym(ds, key), key)

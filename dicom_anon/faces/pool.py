@@ -1,0 +1,265 @@
+"""The surrogate pool: synthetic (or consented) faces that lend their features, with what we know of them.
+
+``build`` turns a source (the ``openpeople`` package, or a folder a site supplies) into
+``models/surrogates/``: one cropped JPEG per usable photo plus ``manifest.json`` with
+landmarks, pose, measured skin tone, sex and age band where the source states them,
+an SFace identity embedding, and source, licence and checksums. ``load`` reads it back
+and refuses files whose checksum does not match, so a swapped picture cannot slip in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .detect import Face, FaceDetector
+from .embed import Recognizer, model_checksums
+from .masks import TEMPLATE, apply, invert, similarity
+
+DEFAULT_POOL = Path(__file__).resolve().parents[2] / "models" / "surrogates"
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+# Surrogate crops are stored with this eye distance (px) at most: enough detail for a face
+# ~3x larger in a 12 MP photo after upscaling, small enough to keep the pool a few MB.
+_EYE_DISTANCE = 180.0
+_CROP_EYE_DISTANCES = 4.6
+_MAX_POOL_YAW = 20.0
+_OPENPEOPLE_ASSETS = ("studio_portrait", "amateur_selfie")
+
+# Two cheek patches (template units), away from eyes, nose, mouth and beard line.
+_CHEEKS = ((33.0, 74.0), (79.0, 74.0))
+_CHEEK_RADIUS = 6.5
+
+
+class PoolError(Exception):
+    """The pool is missing, unreadable or fails its checksums; the message says how to rebuild it."""
+
+
+def skin_lab(rgb: np.ndarray, face: Face) -> np.ndarray:
+    """Median CIELAB (L 0-100) of both cheeks: the skin tone the surrogate should match."""
+    to_img = invert(similarity(face.landmarks, TEMPLATE))
+    scale = face.eye_distance / 35.24
+    h, w = rgb.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    for c in apply(to_img, np.array(_CHEEKS)):
+        cv2.circle(mask, (round(c[0]), round(c[1])), max(1, round(_CHEEK_RADIUS * scale)), 1, -1)
+    pix = rgb[mask.astype(bool)]
+    if len(pix) == 0:
+        return np.array([50.0, 0.0, 0.0])
+    lab = cv2.cvtColor(pix[None].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[0]
+    return np.median(lab, axis=0).astype(np.float64)
+
+
+def _sex(text: str | None) -> str | None:
+    t = (text or "").strip().lower()
+    return {"female": "F", "f": "F", "woman": "F", "male": "M", "m": "M", "man": "M"}.get(t)
+
+
+def _age_band(text: str | None) -> tuple[int, int] | None:
+    m = re.fullmatch(r"\s*(\d{1,3})\s*[-–]\s*(\d{1,3})\s*", text or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@dataclass(frozen=True)
+class Surrogate:
+    """One pool photo. ``person`` groups photos of the same synthetic identity."""
+
+    id: str
+    person: str
+    path: Path
+    sha256: str
+    landmarks: np.ndarray
+    yaw: float
+    skin_lab: np.ndarray
+    embedding: np.ndarray
+    sex: str | None = None
+    age_band: tuple[int, int] | None = None
+    source: str = ""
+    licence: str = ""
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        return np.asarray(Image.open(self.path).convert("RGB"))
+
+
+@dataclass(frozen=True)
+class Pool:
+    """All surrogates of one built pool directory."""
+
+    root: Path
+    surrogates: tuple[Surrogate, ...]
+    info: dict = field(default_factory=dict)
+
+    def people(self) -> dict[str, list[Surrogate]]:
+        out: dict[str, list[Surrogate]] = {}
+        for s in self.surrogates:
+            out.setdefault(s.person, []).append(s)
+        return out
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """A photo offered to the pool builder, with what its source says about the person."""
+
+    path: Path
+    person: str
+    sex: str | None
+    age_band: tuple[int, int] | None
+    source: str
+    licence: str
+
+
+def openpeople_sources() -> Iterator[SourceImage]:
+    """The frontal photos of the ``openpeople`` package (10 synthetic people, MIT)."""
+    import importlib.metadata
+
+    import openpeople
+
+    version = importlib.metadata.version("openpeople")
+    for person in openpeople.curated.list():
+        demo = person.demographics
+        for key in _OPENPEOPLE_ASSETS:
+            yield SourceImage(
+                path=Path(person.asset_path(key)),
+                person=f"openpeople-{person.person_id}",
+                sex=_sex(demo.sex if demo else None),
+                age_band=_age_band(demo.age_range if demo else None),
+                source=f"openpeople {version} {person.person_id}/{key}",
+                licence="MIT (openpeople, Copyright (c) 2026 Prompt Haus)",
+            )
+
+
+def folder_sources(folder: Path, licence: str) -> Iterator[SourceImage]:
+    """Photos in ``folder``: each subfolder is one person (optional ``metadata.json`` with
+    ``sex`` and ``age_range``); a photo directly in ``folder`` is a person of its own."""
+    exts = {".jpg", ".jpeg", ".png", ".webp"}
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts):
+        rel = path.relative_to(folder)
+        person_dir = folder / rel.parts[0] if len(rel.parts) > 1 else None
+        meta: dict = {}
+        if person_dir is not None and (person_dir / "metadata.json").is_file():
+            meta = json.loads((person_dir / "metadata.json").read_text())
+        name = rel.parts[0] if person_dir is not None else path.stem
+        yield SourceImage(
+            path=path,
+            person=f"{folder.name}-{name}",
+            sex=_sex(meta.get("sex")),
+            age_band=_age_band(meta.get("age_range")),
+            source=f"{folder.name}/{rel.as_posix()}",
+            licence=licence,
+        )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build(
+    sources: Iterable[SourceImage], out_dir: Path, detector: FaceDetector, recognizer: Recognizer
+) -> tuple[list[dict], list[str]]:
+    """Crop, measure and embed every usable source photo into ``out_dir``; return entries and skip notes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries, skipped = [], []
+    for src in sources:
+        rgb = np.asarray(Image.open(src.path).convert("RGB"))
+        faces = detector.detect([rgb])[0]
+        if len(faces) != 1:
+            skipped.append(f"{src.source}: {len(faces)} faces found, need exactly one")
+            continue
+        face = faces[0]
+        if abs(face.yaw) > _MAX_POOL_YAW:
+            skipped.append(f"{src.source}: turned {face.yaw:.0f} degrees, pool faces must be frontal")
+            continue
+        scale = min(1.0, _EYE_DISTANCE / face.eye_distance)
+        side = round(_CROP_EYE_DISTANCES * face.eye_distance * scale)
+        centre = face.landmarks.mean(axis=0)
+        # Crop and scale in one affine warp; outside the photo is reflected, never black.
+        m = np.array([[scale, 0, side / 2 - scale * centre[0]], [0, scale, side / 2 - scale * centre[1]]])
+        crop = cv2.warpAffine(rgb, m, (side, side), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
+        lms = apply(m, face.landmarks)
+        moved = Face(box=np.r_[apply(m, face.box.reshape(2, 2)).reshape(-1)], landmarks=lms, score=face.score)
+        sid = f"{src.person}-{src.path.stem}"
+        name = f"{sid}.jpg"
+        Image.fromarray(crop).save(out_dir / name, quality=93, subsampling=0)
+        entries.append(
+            {
+                "id": sid,
+                "person": src.person,
+                "file": name,
+                "sha256": _sha256(out_dir / name),
+                "source": src.source,
+                "source_sha256": _sha256(src.path),
+                "licence": src.licence,
+                "sex": src.sex,
+                "age_band": list(src.age_band) if src.age_band else None,
+                "landmarks": np.round(lms, 2).tolist(),
+                "yaw": round(face.yaw, 2),
+                "skin_lab": np.round(skin_lab(crop, moved), 2).tolist(),
+                "embedding": np.round(recognizer.embed(crop, moved), 6).tolist(),
+            }
+        )
+    return entries, skipped
+
+
+def write_manifest(out_dir: Path, entries: list[dict], sources: list[str]) -> Path:
+    manifest = {
+        "format": FORMAT,
+        "sources": sources,
+        "models": model_checksums(),
+        "surrogates": sorted(entries, key=lambda e: e["id"]),
+    }
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
+def load(root: Path = DEFAULT_POOL) -> Pool:
+    """Read and verify a built pool."""
+    root = Path(root)
+    path = root / MANIFEST
+    hint = "run: dicom-anon models build-surrogates --from openpeople"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PoolError(f"{path}: cannot read the surrogate pool ({exc}); {hint}") from None
+    if manifest.get("format") != FORMAT:
+        raise PoolError(f"{path}: pool format {manifest.get('format')} is not {FORMAT}; {hint}")
+    surrogates = []
+    for e in manifest["surrogates"]:
+        file = root / e["file"]
+        if not file.is_file() or _sha256(file) != e["sha256"]:
+            raise PoolError(f"{file}: missing or checksum mismatch against the manifest; {hint}")
+        surrogates.append(
+            Surrogate(
+                id=e["id"],
+                person=e["person"],
+                path=file,
+                sha256=e["sha256"],
+                landmarks=np.array(e["landmarks"], np.float64),
+                yaw=float(e["yaw"]),
+                skin_lab=np.array(e["skin_lab"], np.float64),
+                embedding=np.array(e["embedding"], np.float64),
+                sex=e.get("sex"),
+                age_band=tuple(e["age_band"]) if e.get("age_band") else None,
+                source=e.get("source", ""),
+                licence=e.get("licence", ""),
+            )
+        )
+    if not surrogates:
+        raise PoolError(f"{path}: the pool is empty; {hint}")
+    return Pool(root=root, surrogates=tuple(surrogates), info={"sources": manifest.get("sources", [])})
+
+
+@lru_cache(maxsize=4)
+def get_pool(root: str = str(DEFAULT_POOL)) -> Pool:
+    return load(Path(root))

@@ -1,0 +1,355 @@
+"""Identity replacement: the backend interface, the surrogate backend and the comparison baselines.
+
+A backend turns one face (its region of the frame, its masks) into candidate
+renderings, best first; the pipeline's QA gate takes the first that passes. The
+surrogate backend's candidates are pool people who suit the patient (sex, age band,
+skin tone, pose), ordered by rendezvous hashing over an HMAC of the patient pseudonym
+under the site key: the same patient gets the same new face in every photo and on
+every machine with the same key, a different key gives a different face, and a
+candidate dropping out of the filter does not reshuffle the others.
+
+Blur, pixelation and the eye bar exist only so evaluations can show them side by side;
+they are not offered to routes (blur can be reversed, an eye bar leaves the face known).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from ..headers.pseudonyms import SiteKey
+from . import blend
+from .detect import LEFT_EYE, RIGHT_EYE, Face
+from .embed import cosine
+from .masks import TEMPLATE, FaceMasks, apply, face_outline, invert, similarity
+from .pool import Pool, Surrogate, skin_lab
+
+# A pool person whose embedding is at least this close to the patient's is never used:
+# SFace calls 0.363 "same person"; we keep a margin below it.
+EXCLUDE_SIMILARITY = 0.30
+# Skin tones further apart than this (CIELAB delta E) are not offered while closer ones exist.
+MAX_SKIN_DELTA_E = 22.0
+AGE_TOLERANCE_YEARS = 10.0
+MAX_YAW_DIFFERENCE = 25.0
+
+# Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
+LIGHT_SIGMA = 1.0
+
+_VALID_CACHE: dict[str, np.ndarray] = {}
+
+
+@dataclass(frozen=True)
+class PatientContext:
+    """What the header and the photo tell us about the person being replaced."""
+
+    pseudonym: str
+    key: SiteKey
+    sex: str | None = None
+    age_years: float | None = None
+    skin_lab: np.ndarray | None = None
+    yaw: float = 0.0
+    embedding: np.ndarray | None = None
+    exclude_people: frozenset[str] = frozenset()
+
+
+def parse_age(value: object) -> float | None:
+    """Patient's Age (AS, e.g. ``034Y``, ``006M``) in years, or None."""
+    text = str(value or "").strip().upper()
+    if len(text) != 4 or not text[:3].isdigit() or text[3] not in "DWMY":
+        return None
+    return int(text[:3]) / {"D": 365.25, "W": 52.18, "M": 12.0, "Y": 1.0}[text[3]]
+
+
+def parse_sex(value: object) -> str | None:
+    text = str(value or "").strip().upper()
+    return text if text in ("M", "F") else None
+
+
+def _rendezvous(ctx: PatientContext, person: str) -> bytes:
+    return ctx.key.digest("surrogate", f"{ctx.pseudonym}\x00{person}")
+
+
+def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
+    if band is None or age is None:
+        return 0.0
+    lo, hi = band
+    return max(0.0, lo - age, age - hi)
+
+
+def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
+    """Suitable surrogates, in this patient's keyed order; one photo per person (closest pose).
+
+    Each filter falls back to the unfiltered set when it would leave nobody, so a small
+    pool degrades to "less well matched", never to "no surrogate"; the exclusion of
+    look-alikes never falls back.
+    """
+    people = {
+        person: photos
+        for person, photos in pool.people().items()
+        if person not in ctx.exclude_people
+        and not (
+            ctx.embedding is not None
+            and any(cosine(ctx.embedding, p.embedding) >= EXCLUDE_SIMILARITY for p in photos)
+        )
+    }
+
+    def narrow(keep: Callable[[list[Surrogate]], bool]) -> None:
+        kept = {k: v for k, v in people.items() if keep(v)}
+        if kept:
+            people.clear()
+            people.update(kept)
+
+    if ctx.sex:
+        narrow(lambda photos: photos[0].sex in (None, ctx.sex))
+    if ctx.age_years is not None:
+        narrow(lambda photos: _age_gap(photos[0].age_band, ctx.age_years) <= AGE_TOLERANCE_YEARS)
+    if ctx.skin_lab is not None:
+
+        def skin_ok(photos: list[Surrogate]) -> bool:
+            tone = np.mean([p.skin_lab for p in photos], axis=0)
+            return float(np.linalg.norm(tone - ctx.skin_lab)) <= MAX_SKIN_DELTA_E
+
+        narrow(skin_ok)
+    narrow(lambda photos: any(abs(p.yaw - ctx.yaw) <= MAX_YAW_DIFFERENCE for p in photos))
+    order = sorted(people, key=lambda person: _rendezvous(ctx, person), reverse=True)
+    return [min(people[p], key=lambda s: (abs(s.yaw - ctx.yaw), s.id)) for p in order]
+
+
+# --- geometry --------------------------------------------------------------------------
+
+
+def _weighted_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Similarity fit with per-point weights, by repeating points (weights are small integers)."""
+    reps = np.repeat(np.arange(len(src)), weights)
+    return similarity(src[reps], dst[reps])
+
+
+def warp_maps(
+    src_lm: np.ndarray, dst_lm: np.ndarray, roi: tuple[int, int, int, int], eye_distance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse maps for cv2.remap that carry the surrogate onto the patient's five landmarks exactly.
+
+    A similarity (mouth corners weighted double, so the surrogate's lips sit under the kept
+    mouth) does most of the work; the landmark residuals are spread with a Gaussian radial
+    basis so eyes, nose and mouth corners land where the patient's are, without shear.
+    Evaluated on a coarse grid and upsampled: the field is smooth by construction.
+    """
+    m = _weighted_similarity(src_lm, dst_lm, np.array([1, 1, 1, 2, 2]))
+    residual = dst_lm - apply(m, src_lm)
+    sigma = 0.9 * eye_distance
+    d2 = ((dst_lm[:, None] - dst_lm[None]) ** 2).sum(-1)
+    phi = np.exp(-d2 / (2 * sigma**2)) + 1e-6 * np.eye(5)
+    w = np.linalg.solve(phi, residual)
+    x0, y0, x1, y1 = roi
+    step = 8
+    gx = np.arange(x0, x1 + step, step, dtype=np.float64)
+    gy = np.arange(y0, y1 + step, step, dtype=np.float64)
+    px, py = np.meshgrid(gx, gy)
+    pts = np.stack([px.ravel(), py.ravel()], 1)
+    k = np.exp(-((pts[:, None] - dst_lm[None]) ** 2).sum(-1) / (2 * sigma**2))
+    src_pts = apply(invert(m), pts - k @ w)
+    mx = src_pts[:, 0].reshape(px.shape).astype(np.float32)
+    my = src_pts[:, 1].reshape(px.shape).astype(np.float32)
+    # Upsample the coarse grid so that grid node i lands exactly on pixel x0 + i*step.
+    full = (mx.shape[1] - 1) * step + 1, (mx.shape[0] - 1) * step + 1
+    mx = cv2.resize(mx, full, interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+    my = cv2.resize(my, full, interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+    return np.ascontiguousarray(mx), np.ascontiguousarray(my)
+
+
+def skin_mask(rgb: np.ndarray, tone: np.ndarray) -> np.ndarray:
+    """float32 1 where a pixel's CIELAB is near the measured cheek ``tone`` (lightness may vary with
+    shading far more than hue): skin, as opposed to hair, glasses, brows or background."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    d_l = np.abs(lab[..., 0] - tone[0])
+    d_ab = np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1)
+    return ((d_l < 35) & (d_ab < 16)).astype(np.float32)
+
+
+# --- backends ---------------------------------------------------------------------------
+
+
+class Candidate:
+    """One way to replace a face (a surrogate person, a blur...); rendered as often as the pipeline asks
+    (a cheap screening copy first, the full-resolution photo once it passes)."""
+
+    def __init__(self, info: dict, render: Callable[[np.ndarray, Face, FaceMasks], np.ndarray]) -> None:
+        self.info = info
+        self._render = render
+
+    def render(self, frame: np.ndarray, face: Face, masks: FaceMasks) -> np.ndarray:
+        """New pixels for ``masks.roi`` of ``frame``."""
+        return self._render(frame, face, masks)
+
+
+class ReplacementBackend:
+    """Offers candidates for one face, best first. ``for_routes`` says whether routes may use it."""
+
+    name: str = ""
+    for_routes: bool = False
+
+    def candidates(self, ctx: PatientContext) -> list[Candidate]:
+        raise NotImplementedError
+
+
+class SurrogateBackend(ReplacementBackend):
+    """Features of a synthetic pool person, aligned, harmonised and blended in torch."""
+
+    name = "surrogate"
+    for_routes = True
+
+    def __init__(self, pool: Pool, device: torch.device, max_candidates: int = 4) -> None:
+        self.pool = pool
+        self.device = device
+        self.max_candidates = max_candidates
+
+    @staticmethod
+    def _valid(surrogate: Surrogate) -> np.ndarray:
+        """Where the surrogate photo shows face, not hair or background: skin-coloured pixels plus the
+        inner face (eyes, brows, nose, mouth), closed and softened. Cached per surrogate."""
+        cached = _VALID_CACHE.get(surrogate.sha256)
+        if cached is not None:
+            return cached
+        img = surrogate.image
+        skin = skin_mask(img, surrogate.skin_lab).astype(np.uint8)
+        to_img = similarity(TEMPLATE, surrogate.landmarks)
+        inner = np.zeros(img.shape[:2], np.uint8)
+        cv2.fillPoly(inner, [np.round(apply(to_img, face_outline(0.72))).astype(np.int32)], 1)
+        ed = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
+        valid = cv2.morphologyEx(skin | inner, cv2.MORPH_CLOSE, k)
+        valid = cv2.morphologyEx(valid, cv2.MORPH_OPEN, k)
+        soft = cv2.GaussianBlur(valid.astype(np.float32), (0, 0), 0.06 * ed)
+        _VALID_CACHE[surrogate.sha256] = soft
+        return soft
+
+    def render(self, frame: np.ndarray, face: Face, masks: FaceMasks, surrogate: Surrogate) -> np.ndarray:
+        x0, y0, x1, y1 = masks.roi
+        mx, my = warp_maps(surrogate.landmarks, face.landmarks, masks.roi, face.eye_distance)
+        alpha = masks.alpha
+        valid = cv2.remap(self._valid(surrogate), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        if not masks.head:
+            # Where the surrogate shows hair or background, the patient's own pixels stay.
+            alpha = alpha * np.clip((valid - 0.5) * 2.0, 0.0, 1.0)
+        src_eyes = np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE])
+        scale = face.eye_distance / max(1e-6, src_eyes)
+        interp = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+        warped = cv2.remap(surrogate.image, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
+        patient = frame[y0:y1, x0:x1]
+        skin = skin_mask(patient, skin_lab(frame, face))
+        trusted = ((skin > 0.5) & (valid > 0.5)) | masks.preserved
+        with torch.inference_mode():
+            result = blend.composite(
+                blend.to_tensor(patient, self.device),
+                blend.to_tensor(warped, self.device),
+                torch.from_numpy(alpha).to(self.device),
+                torch.from_numpy(masks.preserved).to(self.device),
+                light_sigma=LIGHT_SIGMA * face.eye_distance,
+                patient_skin=torch.from_numpy(skin).to(self.device),
+                trusted=torch.from_numpy(trusted).to(self.device),
+            )
+            return blend.to_uint8(result)
+
+    def candidates(self, ctx: PatientContext) -> list[Candidate]:
+        def make(s: Surrogate) -> Candidate:
+            return Candidate(
+                {"surrogate": s.id, "person": s.person},
+                lambda frame, face, masks: self.render(frame, face, masks, s),
+            )
+
+        return [make(s) for s in candidates(self.pool, ctx)[: self.max_candidates]]
+
+
+def _blur(frame: np.ndarray, face: Face, masks: FaceMasks) -> np.ndarray:
+    x0, y0, x1, y1 = masks.roi
+    roi = frame[y0:y1, x0:x1]
+    blurred = cv2.GaussianBlur(roi, (0, 0), 0.25 * face.eye_distance)
+    a = masks.alpha[..., None]
+    return (roi * (1 - a) + blurred * a + 0.5).astype(np.uint8)
+
+
+def _pixelate(frame: np.ndarray, face: Face, masks: FaceMasks) -> np.ndarray:
+    x0, y0, x1, y1 = masks.roi
+    roi = frame[y0:y1, x0:x1]
+    block = max(2, round(face.eye_distance / 4))
+    small = cv2.resize(
+        roi, (max(1, roi.shape[1] // block), max(1, roi.shape[0] // block)), interpolation=cv2.INTER_AREA
+    )
+    mosaic = cv2.resize(small, (roi.shape[1], roi.shape[0]), interpolation=cv2.INTER_NEAREST)
+    out = roi.copy()
+    out[masks.region] = mosaic[masks.region]
+    return out
+
+
+def _eyebar(frame: np.ndarray, face: Face, masks: FaceMasks) -> np.ndarray:
+    x0, y0, x1, y1 = masks.roi
+    out = frame[y0:y1, x0:x1].copy()
+    le, re = face.landmarks[LEFT_EYE], face.landmarks[RIGHT_EYE]
+    centre = (le + re) / 2 - np.array([x0, y0])
+    angle = math.degrees(math.atan2(*(re - le)[::-1]))
+    size = (1.9 * face.eye_distance, 0.55 * face.eye_distance)
+    box = cv2.boxPoints((tuple(centre), size, angle)).astype(np.int32)
+    bar = np.zeros(out.shape[:2], np.uint8)
+    cv2.fillPoly(bar, [box], 1)
+    out[bar.astype(bool) & ~masks.preserved] = 0
+    return out
+
+
+class BaselineBackend(ReplacementBackend):
+    """Blur, pixelation or an eye bar: shown beside the surrogate in evaluations, never offered to
+    routes (blur can be reversed, an eye bar leaves the face recognisable)."""
+
+    def __init__(self, name: str, render: Callable[[np.ndarray, Face, FaceMasks], np.ndarray]) -> None:
+        self.name = name
+        self._render = render
+
+    def candidates(self, ctx: PatientContext) -> list[Candidate]:
+        return [Candidate({}, self._render)]
+
+
+# --- registry --------------------------------------------------------------------------
+
+BackendFactory = Callable[[Pool | None, torch.device], ReplacementBackend]
+_REGISTRY: dict[str, BackendFactory] = {
+    "surrogate": lambda pool, device: SurrogateBackend(pool, device) if pool else _no_pool(),
+    "blur": lambda pool, device: BaselineBackend("blur", _blur),
+    "pixelate": lambda pool, device: BaselineBackend("pixelate", _pixelate),
+    "eyebar": lambda pool, device: BaselineBackend("eyebar", _eyebar),
+    "gan": lambda pool, device: _gan(pool, device),
+}
+
+
+def _gan(pool: Pool | None, device: torch.device) -> ReplacementBackend:
+    """The area-preserving GAN inversion backend, imported on use: it loads a generator and an encoder."""
+    from .gan.backend import create_backend
+
+    return create_backend(pool, device)
+
+
+BASELINES = frozenset({"blur", "pixelate", "eyebar"})
+
+
+def _no_pool() -> ReplacementBackend:
+    raise ValueError("the surrogate method needs a surrogate pool")
+
+
+def register_method(name: str, factory: BackendFactory) -> None:
+    """Add a backend (the GAN inversion backend registers itself as ``gan``)."""
+    _REGISTRY[name] = factory
+
+
+def methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_backend(name: str, pool: Pool | None, device: torch.device) -> ReplacementBackend:
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(methods())}") from None
+    return factory(pool, device)

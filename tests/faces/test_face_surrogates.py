@@ -1,0 +1,155 @@
+"""Choosing, building and verifying surrogates; the QA checks on their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from facekit import photo_dataset
+
+from dicom_anon.config import PixelSettings
+from dicom_anon.faces import pool as P
+from dicom_anon.faces.detect import Face, get_detector
+from dicom_anon.faces.embed import get_recognizer
+from dicom_anon.faces.pipeline import process_photo
+from dicom_anon.faces.qa import check
+from dicom_anon.faces.replace import PatientContext, candidates, parse_age
+from dicom_anon.headers.errors import Refused
+from dicom_anon.headers.pseudonyms import SiteKey
+
+PSEUDONYMS = [f"ANONPATIENT{i:04d}" for i in range(8)]
+
+
+def chosen(key: SiteKey, pseudonym: str, **kw) -> str:
+    return candidates(P.get_pool(), PatientContext(pseudonym=pseudonym, key=key, **kw))[0].person
+
+
+def test_choice_is_stable_across_runs_and_processes(site_key) -> None:
+    here = [chosen(site_key, p) for p in PSEUDONYMS]
+    assert here == [chosen(site_key, p) for p in PSEUDONYMS]
+    code = (
+        "from dicom_anon.faces.pool import get_pool\n"
+        "from dicom_anon.faces.replace import PatientContext, candidates\n"
+        "from dicom_anon.headers.pseudonyms import SiteKey\n"
+        f"key = SiteKey({site_key.secret!r})\n"
+        f"ctx = [PatientContext(pseudonym=p, key=key) for p in {PSEUDONYMS!r}]\n"
+        "print([candidates(get_pool(), c)[0].person for c in ctx])"
+    )
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == repr(here)
+
+
+def test_different_secrets_and_patients_get_different_faces(site_key, other_site_key) -> None:
+    mine = [chosen(site_key, p) for p in PSEUDONYMS]
+    theirs = [chosen(other_site_key, p) for p in PSEUDONYMS]
+    assert mine != theirs
+    assert len(set(mine)) >= 3  # patients spread over the pool, not all on one face
+
+
+def test_header_sex_and_age_filter_the_pool(site_key) -> None:
+    pool = P.get_pool()
+    for p in PSEUDONYMS:
+        men = candidates(pool, PatientContext(pseudonym=p, key=site_key, sex="M"))
+        assert men and all(s.sex == "M" for s in men)
+    older = candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("060Y")))
+    assert all(s.age_band[1] >= 50 for s in older)
+    assert parse_age("006M") == 0.5 and parse_age("bad") is None
+
+
+def test_never_a_surrogate_that_looks_like_the_patient(site_key) -> None:
+    pool = P.get_pool()
+    twin = pool.surrogates[0]
+    picks = candidates(pool, PatientContext(pseudonym="x", key=site_key, embedding=twin.embedding))
+    assert twin.person not in {s.person for s in picks}
+
+
+def test_pool_checksums_are_verified(tmp_path) -> None:
+    shutil.copytree(P.DEFAULT_POOL, tmp_path / "pool")
+    assert len(P.load(tmp_path / "pool").surrogates) == len(P.get_pool().surrogates)
+    victim = next((tmp_path / "pool").glob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(P.PoolError, match="checksum"):
+        P.load(tmp_path / "pool")
+
+
+def test_build_from_a_folder_records_source_and_licence(tmp_path, face_a) -> None:
+    from PIL import Image
+
+    (tmp_path / "src" / "alice").mkdir(parents=True)
+    Image.fromarray(face_a).save(tmp_path / "src" / "alice" / "front.jpg")
+    (tmp_path / "src" / "alice" / "metadata.json").write_text('{"sex": "female", "age_range": "30-40"}')
+    entries, skipped = P.build(
+        P.folder_sources(tmp_path / "src", "CC0 test"),
+        tmp_path / "pool",
+        get_detector("cpu"),
+        get_recognizer(),
+    )
+    assert not skipped
+    P.write_manifest(tmp_path / "pool", entries, ["test"])
+    manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
+    (entry,) = manifest["surrogates"]
+    assert entry["licence"] == "CC0 test" and entry["sex"] == "F" and entry["age_band"] == [30, 40]
+    assert len(entry["embedding"]) == 128 and len(entry["landmarks"]) == 5
+    assert P.load(tmp_path / "pool").surrogates[0].person == "src-alice"
+
+
+def test_no_surrogate_when_the_only_pool_person_is_the_patient(tmp_path, face_a, site_key) -> None:
+    from PIL import Image
+
+    (tmp_path / "src").mkdir()
+    Image.fromarray(face_a).save(tmp_path / "src" / "patient.jpg")
+    entries, _ = P.build(
+        P.folder_sources(tmp_path / "src", "test"), tmp_path / "pool", get_detector("cpu"), get_recognizer()
+    )
+    P.write_manifest(tmp_path / "pool", entries, ["test"])
+    settings = PixelSettings(preserve=["mouth"], device="cpu", pool=tmp_path / "pool")
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(face_a[None]), settings, "ANONX", site_key)
+    assert exc.value.code == "no-surrogate"
+
+
+def _face_of(img: np.ndarray) -> Face:
+    return get_detector("cpu").detect([img])[0][0]
+
+
+def test_qa_catches_a_changed_preserved_area(face_a) -> None:
+    face = _face_of(face_a)
+    keep = np.zeros(face_a.shape[:2], bool)
+    keep[100:110, 100:110] = True
+    after = face_a.copy()
+    after[105, 105, 0] ^= 1
+    emb = get_recognizer().embed(face_a, face)
+    v = check(face_a, after, keep, face, emb, get_detector("cpu"), get_recognizer(), 0.3)
+    assert v.code == "qa-preserved-area-changed" and v.preserved_max_abs_diff == 1
+
+
+def test_qa_catches_a_lost_face(face_a) -> None:
+    face = _face_of(face_a)
+    after = face_a.copy()
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    after[max(0, y0 - 20) : y1 + 20, max(0, x0 - 20) : x1 + 20] = 128
+    emb = get_recognizer().embed(face_a, face)
+    v = check(
+        face_a, after, np.zeros(face_a.shape[:2], bool), face, emb, get_detector("cpu"), get_recognizer(), 0.3
+    )
+    assert v.code == "qa-face-not-found"
+
+
+def test_qa_passes_the_untouched_photo_only_on_identity(face_a) -> None:
+    face = _face_of(face_a)
+    emb = get_recognizer().embed(face_a, face)
+    v = check(
+        face_a,
+        face_a,
+        np.zeros(face_a.shape[:2], bool),
+        face,
+        emb,
+        get_detector("cpu"),
+        get_recognizer(),
+        0.3,
+    )
+    assert v.face_found and v.identity_similarity > 0.9 and v.code == "qa-identity-too-similar"

@@ -1,0 +1,179 @@
+"""Decode every accepted photo encoding to RGB and encode back, losslessly unless asked."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+    generate_uid,
+)
+
+from dicom_anon.headers.errors import Refused
+from dicom_anon.pixels import OutputEncoding, decode, encode
+
+
+def make_ds(frames: np.ndarray, photometric: str = "RGB") -> Dataset:
+    """A minimal uncompressed instance holding ``frames`` ((n, h, w, 3) or (n, h, w))."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    n, h, w = frames.shape[:3]
+    ds.Rows, ds.Columns = h, w
+    ds.SamplesPerPixel = 3 if frames.ndim == 4 else 1
+    ds.PhotometricInterpretation = photometric
+    if frames.ndim == 4:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if n > 1:
+        ds.NumberOfFrames = n
+    ds.PixelData = frames.tobytes()
+    return ds
+
+
+def jpeg_ds(rgb: np.ndarray) -> Dataset:
+    """JPEG Baseline YBR_FULL_422, as cameras and most clinic PACS send photos."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90, subsampling=1)
+    ds = make_ds(rgb[None])
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def roundtrip(ds: Dataset) -> Dataset:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    buf.seek(0)
+    return pydicom.dcmread(buf)
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("output", "syntax"),
+    [
+        (OutputEncoding.EXPLICIT_LE, ExplicitVRLittleEndian),
+        (OutputEncoding.RLE, RLELossless),
+        (OutputEncoding.JPEG2000_LOSSLESS, JPEG2000Lossless),
+    ],
+)
+def test_lossless_outputs_are_bit_identical_multiframe(rgb: np.ndarray, output, syntax) -> None:
+    decoded = decode(make_ds(rgb))
+    assert decoded.frames.shape == (2, 48, 64, 3)
+    ds = make_ds(rgb)
+    encode(ds, decoded.frames, monochrome=False, lossy_source=False, output=output)
+    back = roundtrip(ds)
+    assert back.file_meta.TransferSyntaxUID == syntax
+    assert back.NumberOfFrames == 2
+    assert np.array_equal(decode(back).frames, rgb)
+    assert "LossyImageCompressionRatio" not in back
+
+
+def test_ybr_jpeg_decodes_to_rgb_and_stays_marked_lossy() -> None:
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 0] = 200  # a red square: a wrong YBR->RGB conversion would show in the channels
+    ds = jpeg_ds(rgb)
+    decoded = decode(ds)
+    assert decoded.lossy_source
+    assert np.abs(decoded.frames[0].astype(int) - rgb).max() <= 4
+    encode(ds, decoded.frames, monochrome=False, lossy_source=True, source_syntax=decoded.source_syntax)
+    back = roundtrip(ds)
+    assert back.PhotometricInterpretation == "RGB"
+    # Lossless storage of an image that was once lossy is still lossy (PS3.3 C.7.6.1.1.5).
+    assert back.LossyImageCompression == "01"
+    assert back.LossyImageCompressionMethod == "ISO_10918_1"
+    assert np.array_equal(decode(back).frames, decoded.frames)
+
+
+def test_lossy_output_only_when_asked_and_marked(rgb: np.ndarray) -> None:
+    ds = make_ds(rgb)
+    encode(ds, rgb, monochrome=False, lossy_source=False, output=OutputEncoding.JPEG_BASELINE, quality=80)
+    back = roundtrip(ds)
+    assert back.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert back.PhotometricInterpretation == "YBR_FULL_422"
+    assert back.LossyImageCompression == "01"
+    assert back.LossyImageCompressionMethod == "ISO_10918_1"
+    assert float(back.LossyImageCompressionRatio) > 1.0
+    assert decode(back).frames.shape == rgb.shape
+
+
+def test_grey_goes_back_as_monochrome2_exactly() -> None:
+    grey = np.arange(40 * 30, dtype=np.uint32).reshape(1, 40, 30).astype(np.uint8)
+    decoded = decode(make_ds(grey, "MONOCHROME2"))
+    assert decoded.monochrome
+    assert np.array_equal(decoded.frames[0, ..., 1], grey[0])
+    ds = make_ds(grey, "MONOCHROME2")
+    encode(ds, decoded.frames, monochrome=True, lossy_source=False, output=OutputEncoding.RLE)
+    back = roundtrip(ds)
+    assert back.PhotometricInterpretation == "MONOCHROME2"
+    assert back.SamplesPerPixel == 1
+    assert np.array_equal(back.pixel_array, grey[0])
+
+
+def test_monochrome1_is_inverted_to_what_a_viewer_shows() -> None:
+    grey = np.full((1, 8, 8), 10, np.uint8)
+    decoded = decode(make_ds(grey, "MONOCHROME1"))
+    assert int(decoded.frames.max()) == 245
+
+
+def test_sixteen_bit_is_refused_as_unsupported() -> None:
+    ds = make_ds(np.zeros((1, 4, 4), np.uint8), "MONOCHROME2")
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = np.zeros((4, 4), np.uint16).tobytes()
+    with pytest.raises(Refused) as exc:
+        decode(ds)
+    assert exc.value.code == "unsupported-pixels"
+
+
+def test_corrupt_jpeg_is_refused_as_undecodable() -> None:
+    ds = jpeg_ds(np.zeros((16, 16, 3), np.uint8))
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xdbnot a jpeg at all" * 3])
+    with pytest.raises(Refused) as exc:
+        decode(ds)
+    assert exc.value.code == "undecodable-pixels"
+
+
+def test_missing_pixel_data_is_refused() -> None:
+    ds = make_ds(np.zeros((1, 4, 4, 3), np.uint8))
+    del ds.PixelData
+    with pytest.raises(Refused) as exc:
+        decode(ds)
+    assert exc.value.code == "undecodable-pixels"
+
+
+def test_shared_testdata_photos_decode(testdata) -> None:
+    for name in ("vlphoto_face_jpeg_baseline.dcm", "vlphoto_face_explicit_le.dcm"):
+        decoded = decode(pydicom.dcmread(testdata / "dicom" / "generated" / name))
+        assert decoded.frames.shape == (1, 512, 512, 3)
+    multi = decode(pydicom.dcmread(testdata / "dicom" / "pydicom" / "examples_ybr_color.dcm"))
+    assert multi.frames.shape == (30, 240, 320, 3)
+
+
+def test_an_encoder_failure_is_refused_not_raised() -> None:
+    # OpenJPEG cannot code a 3x3 image; the photo must be refused, not crash the worker.
+    tiny = np.zeros((1, 3, 3, 3), np.uint8)
+    with pytest.raises(Refused) as exc:
+        encode(
+            make_ds(tiny), tiny, monochrome=False, lossy_source=False, output=OutputEncoding.JPEG2000_LOSSLESS
+        )
+    assert exc.value.code == "unencodable-pixels"
