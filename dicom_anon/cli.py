@@ -3,14 +3,12 @@ the work lives in the modules named after it."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -18,6 +16,7 @@ from . import __version__
 from .audit.commands import audit_app
 from .batch import Outcome, collect_inputs, deid_file
 from .config import ConfigError, load_settings
+from .console import err, fail, out
 from .faces.commands import eval_command, models_app
 from .faces.gan.commands import install_model, train_encoder_command
 from .headers.engine import Profile
@@ -33,9 +32,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# Piped output (a review saved to a file, CI logs) gets wide tables instead of rich's 80 columns.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
 app.command()(serve)
 app.add_typer(rules_app, name="rules")
 app.add_typer(quarantine_app, name="quarantine")
@@ -44,12 +40,6 @@ app.add_typer(models_app, name="models")
 app.command("eval")(eval_command)
 app.command("train-encoder")(train_encoder_command)
 models_app.command("install")(install_model)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear error line and leave with ``code`` (2: usage or set-up problem)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:

@@ -12,54 +12,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ..config import DEFAULT_CONFIG, ConfigError, Settings, resolve_settings
+from ..config import Settings
+from ..console import ConfigOption, DataDirOption, err, fail, out, settings_or_exit
 from ..headers.errors import SiteKeyError
 from ..headers.pseudonyms import SiteKey
 from .chart import Bucket, draw, tally
 from .query import Filters, parse_time, query, to_csv, to_json
 from .trail import AuditTrail, operator, read_records, verify
 
-out = Console()
-err = Console(stderr=True)
-
 audit_app = typer.Typer(help="Verify, search and export the audit trail.", no_args_is_help=True)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="DICOM_ANON_CONFIG",
-        help=f"Settings YAML (default: {DEFAULT_CONFIG} if present).",
-    ),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data dir (overrides the settings file).")
-]
 TrailOption = Annotated[
     Path | None, typer.Option("--trail", help="The audit file itself, e.g. a copy under review.")
 ]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        return resolve_settings(config, data_dir)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-
-
 def _trail_path(settings: Settings, trail: Path | None) -> Path:
     path = trail or settings.audit_path
     if not path.is_file():
-        raise _fail(f"no audit trail at {path}; give --data-dir, --config or --trail")
+        raise fail(f"no audit trail at {path}; give --data-dir, --config or --trail")
     return path
 
 
@@ -70,9 +43,7 @@ def _record(settings: Settings, trail: Path | None, event: str, **fields: Any) -
     try:
         audit = AuditTrail(settings.audit_path)
     except OSError as exc:
-        raise _fail(
-            f"cannot write to the audit trail ({exc.strerror}); reading it must be recorded"
-        ) from None
+        raise fail(f"cannot write to the audit trail ({exc.strerror}); reading it must be recorded") from None
     audit.record(event, by=operator(), **fields)
     audit.close()
 
@@ -82,7 +53,7 @@ def audit_verify(
     config: ConfigOption = None, data_dir: DataDirOption = None, trail: TrailOption = None
 ) -> None:
     """Check the hash chain: report the first edited, deleted or reordered line (exit 1 if any)."""
-    settings = _settings(config, data_dir)
+    settings = settings_or_exit(config, data_dir)
     path = _trail_path(settings, trail)
     result = verify(path)
     _record(settings, trail, "audit_verified", records=result.records, ok=result.ok)
@@ -125,18 +96,18 @@ def _filters(
             sop_uid=sop_uid,
         )
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def _select(settings: Settings, path: Path, filters: Filters) -> list[dict[str, Any]]:
     key = None
     if filters.sop_uid is not None:
         if not settings.secret_path.is_file():
-            raise _fail(f"--sop-uid needs the site secret, which is not at {settings.secret_path}")
+            raise fail(f"--sop-uid needs the site secret, which is not at {settings.secret_path}")
         try:
             key = SiteKey.load_or_create(settings.secret_path)
         except SiteKeyError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     return query(read_records(path), filters, key)
 
 
@@ -171,7 +142,7 @@ def audit_query(
     limit: Annotated[int, typer.Option(help="Show at most this many (the newest).")] = 200,
 ) -> None:
     """Search the trail: what left, when, to whom, under which rule."""
-    settings = _settings(config, data_dir)
+    settings = settings_or_exit(config, data_dir)
     path = _trail_path(settings, trail)
     filters = _filters(since, until, event, route, destination, status, patient, sop_uid)
     found = _select(settings, path, filters)
@@ -243,7 +214,7 @@ def audit_export(
     sop_uid: SopOpt = None,
 ) -> None:
     """Export matching records as CSV (one row per event, the rest as JSON in 'details') or JSON."""
-    settings = _settings(config, data_dir)
+    settings = settings_or_exit(config, data_dir)
     path = _trail_path(settings, trail)
     filters = _filters(since, until, event, route, destination, status, patient, sop_uid)
     found = _select(settings, path, filters)
@@ -282,16 +253,16 @@ def audit_chart(
     """Draw a PNG of instances received, forwarded (per destination), quarantined (per reason) and
     associations rejected, per time bucket; the title says whether the hash chain verified, and a
     broken chain also exits 1 (after writing the chart, which says so)."""
-    settings = _settings(config, data_dir)
+    settings = settings_or_exit(config, data_dir)
     path = _trail_path(settings, trail)
     filters = _filters(since, until, None, route, destination, None, None, None)
     if not out_path.parent.is_dir():
-        raise _fail(f"cannot write {out_path}: there is no folder {out_path.parent}")
+        raise fail(f"cannot write {out_path}: there is no folder {out_path.parent}")
     result = verify(path)
     try:
         counts = tally(read_records(path), filters, bucket)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _record(
         settings,
         trail,
@@ -307,7 +278,7 @@ def audit_chart(
         drawn = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
         draw(counts, result, out_path, footnote=f"{path}, drawn {drawn} UTC by dicom-anon audit chart")
     except OSError as exc:
-        raise _fail(f"cannot write {out_path}: {exc.strerror or exc}") from None
+        raise fail(f"cannot write {out_path}: {exc.strerror or exc}") from None
     if result.ok:
         out.print(f"{out_path}: {counts.events} events, chain intact", highlight=False, soft_wrap=True)
         return

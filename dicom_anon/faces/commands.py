@@ -10,18 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-out = Console(width=200)
-err = Console(stderr=True)
+from ..console import err, fail, out
 
 models_app = typer.Typer(help="Build and inspect the models the face pipeline uses.", no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 @models_app.command("build-surrogates")
@@ -51,9 +44,9 @@ def build_surrogates(
     else:
         folder = Path(source)
         if not folder.is_dir():
-            raise _fail(f"--from {source}: not 'openpeople' and not a folder")
+            raise fail(f"--from {source}: not 'openpeople' and not a folder")
         if not licence:
-            raise _fail(
+            raise fail(
                 "--licence is required for a folder source: say under which terms the faces may be used"
             )
         sources = folder_sources(folder, licence)
@@ -61,7 +54,7 @@ def build_surrogates(
     for note in skipped:
         err.print(f"skipped {note}", highlight=False)
     if not entries:
-        raise _fail(f"no usable face in {source}; nothing written")
+        raise fail(f"no usable face in {source}; nothing written")
     manifest = write_manifest(
         target, entries, [source if source == "openpeople" else str(Path(source).resolve())]
     )
@@ -101,14 +94,14 @@ def eval_command(
 
     unknown = [m for m in method if m not in known_methods()]
     if unknown:
-        raise _fail(f"unknown method {', '.join(unknown)}; choose from: {', '.join(known_methods())}")
+        raise fail(f"unknown method {', '.join(unknown)}; choose from: {', '.join(known_methods())}")
     try:
         settings = PixelSettings(preserve=preserve, device=device, max_identity_similarity=max_similarity)
     except ValidationError as exc:
-        raise _fail(exc.errors()[0]["msg"]) from None
+        raise fail(exc.errors()[0]["msg"]) from None
     images = ev.collect(faces, limit)
     if not images:
-        raise _fail("no readable images in the inputs")
+        raise fail("no readable images in the inputs")
     evaluator = ev.Evaluator(settings, method)
     with out.status("evaluating") as status:
         reports, originals = evaluator.run(images, lambda m, s: status.update(f"{m}: {s}"))

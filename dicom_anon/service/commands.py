@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 from pydicom.uid import UID
-from rich.console import Console
 from rich.table import Table
 
 from ..audit.trail import AuditTrail, operator
@@ -26,8 +25,8 @@ from ..config import (
     advice,
     apply_overrides,
     load_settings,
-    resolve_settings,
 )
+from ..console import ConfigOption, DataDirOption, err, fail, out, settings_or_exit
 from ..dicomio import read_instance
 from ..headers.engine import Profile, deidentify
 from ..headers.errors import Refused, SiteKeyError
@@ -37,35 +36,6 @@ from .app import Service, configure_logging, run
 from .files import Layout
 from .quarantine import Quarantine, QuarantineError
 from .store import StateStore
-
-out = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        envvar="DICOM_ANON_CONFIG",
-        help=f"Settings YAML (default: {DEFAULT_CONFIG} if present).",
-    ),
-]
-DataDirOption = Annotated[
-    Path | None, typer.Option("--data-dir", help="Data dir (overrides the settings file).")
-]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def _settings(config: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        return resolve_settings(config, data_dir)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-
 
 # --- serve ------------------------------------------------------------------------------
 
@@ -96,17 +66,17 @@ def serve(
     try:
         settings = apply_overrides(load_settings(config), **overrides)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     configure_logging(settings.logging)
     service = Service(settings, config, overrides)
     try:
         status = run(service)
     except SiteKeyError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise _fail(f"cannot listen on {settings.ingress.listen}: the address is in use") from None
-        raise _fail(f"cannot start: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})") from None
+            raise fail(f"cannot listen on {settings.ingress.listen}: the address is in use") from None
+        raise fail(f"cannot start: {exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})") from None
     raise typer.Exit(status)
 
 
@@ -256,14 +226,14 @@ quarantine_app = typer.Typer(
 
 
 def _quarantine(config: Path | None, data_dir: Path | None) -> Quarantine:
-    settings = _settings(config, data_dir)
+    settings = settings_or_exit(config, data_dir)
     if not settings.state_path.exists():
-        raise _fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
+        raise fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
     layout = Layout(settings.data_dir)
     try:
         return Quarantine(StateStore(settings.state_path), layout, AuditTrail(settings.audit_path))
     except OSError as exc:
-        raise _fail(f"cannot open the service's data ({exc.strerror}: {exc.filename})") from None
+        raise fail(f"cannot open the service's data ({exc.strerror}: {exc.filename})") from None
 
 
 def _when(ts: float | None) -> str:
@@ -310,7 +280,7 @@ def quarantine_release(
     try:
         row = q.release(item, operator())
     except QuarantineError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     again = (
         f"offered to {row.destination} again"
         if row.delivery_id is not None
@@ -333,5 +303,5 @@ def quarantine_delete(
     try:
         q.delete(item, operator())
     except QuarantineError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), 1) from None
     out.print(f"deleted quarantine item {item}", highlight=False)

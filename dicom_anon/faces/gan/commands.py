@@ -12,19 +12,11 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ...console import err, fail, out
 from .registry import DEFAULT_MODELS_DIR, GENERATORS_DIR, GeneratorCard, ModelCardError, card_path, write_card
-
-out = Console()
-err = Console(stderr=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 def train_encoder_command(
@@ -70,19 +62,19 @@ def train_encoder_command(
     try:
         presets = [Preset(p) for p in preserve]
     except ValueError as exc:
-        raise _fail(f"--preserve: {exc}") from None
+        raise fail(f"--preserve: {exc}") from None
     if not images.is_dir():
-        raise _fail(f"--images {images}: not a folder")
+        raise fail(f"--images {images}: not a folder")
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
     try:
         gen = open_generator(models_dir, generator, dev)
     except ModelCardError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     paths = list_images(images)
     if not paths:
-        raise _fail(f"no images (.jpg, .png, ...) in {images}")
+        raise fail(f"no images (.jpg, .png, ...) in {images}")
     with err.status(f"finding and aligning faces in {len(paths)} images"):
         faces, skipped = load_faces(paths, gen.resolution, presets, device=str(dev), frame=gen.card.frame)
     if skipped:
@@ -90,7 +82,7 @@ def train_encoder_command(
             f"no usable face in {len(skipped)} of {len(paths)} images; they are left out", highlight=False
         )
     if not len(faces):
-        raise _fail(f"no usable face in {images}")
+        raise fail(f"no usable face in {images}")
     config = TrainConfig(
         generator=generator,
         preserve=[p.value for p in presets],
@@ -121,7 +113,7 @@ def train_encoder_command(
         try:
             result = train_encoder(gen, faces, config, run_dir, device=dev, resume=resume, on_step=on_step)
         except ResumeError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     table = Table(
         title=f"encoder for {generator} ({len(faces)} faces, {device} -> {dev})", title_justify="left"
     )
@@ -168,12 +160,12 @@ def install_model(
     from .generators import load_generator, measure_frame, sha256_file
 
     if kind != "generator":
-        raise _fail(f"--kind {kind}: only 'generator' models can be installed")
+        raise fail(f"--kind {kind}: only 'generator' models can be installed")
     if not file.is_file():
-        raise _fail(f"{file}: no such file")
+        raise fail(f"{file}: no such file")
     actual = sha256_file(file)
     if actual != sha256.lower():
-        raise _fail(f"{file} has SHA-256 {actual}, not {sha256}; refusing to install it")
+        raise fail(f"{file} has SHA-256 {actual}, not {sha256}; refusing to install it")
     try:
         params = _parse_params(param or [])
         card = GeneratorCard(
@@ -192,11 +184,11 @@ def install_model(
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise _fail(f"model card: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise fail(f"model card: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if card_path(models_dir, name).exists():
-        raise _fail(f"a model called {name!r} is already installed ({card_path(models_dir, name)})")
+        raise fail(f"a model called {name!r} is already installed ({card_path(models_dir, name)})")
     target = models_dir / GENERATORS_DIR / card.weights
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(file, target)
@@ -204,7 +196,7 @@ def install_model(
         generator = load_generator(card, target)
     except ModelCardError as exc:
         target.unlink()
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     with err.status("measuring where the generator puts faces (MTCNN on 16 samples)"):
         frame, found = measure_frame(generator)
     if found >= 8:

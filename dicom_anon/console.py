@@ -1,0 +1,47 @@
+"""What every ``dicom-anon`` command shares: the consoles, one-line errors, the settings options.
+
+Each command group lives beside the work it presents (``service/``, ``audit/``, ``faces/``);
+this is what they have in common, so that an error reads the same from every command.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .config import DEFAULT_CONFIG, ConfigError, Settings, resolve_settings
+
+# Piped output (a review saved to a file, CI logs) gets wide tables instead of rich's 80 columns.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="DICOM_ANON_CONFIG",
+        help=f"Settings YAML (default: {DEFAULT_CONFIG} if present).",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data dir (overrides the settings file).")
+]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear error line and leave with ``code`` (2: usage or set-up problem)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None, data_dir: Path | None) -> Settings:
+    """The settings for a command, or a clean exit naming the file, line and fix."""
+    try:
+        return resolve_settings(config, data_dir)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
