@@ -182,8 +182,8 @@ class FaceBox(_Strict):
 class PixelSettings(_Strict):
     """Pixel work on a photo route: what to keep exact, how to replace the face, what if none is found.
 
-    The face pipeline reads these. Until it is installed a photo route is validated,
-    recorded and audited with these settings but de-identifies headers only.
+    The face pipeline (``dicom_anon.faces``) reads these; the service runs it for every
+    instance of a route whose profile has them, before the headers are de-identified.
     """
 
     preserve: list[Literal["mouth", "lower-face", "nose", "eyes", "lesion-boxes"]] = Field(
@@ -687,14 +687,6 @@ def advice(settings: Settings) -> list[str]:
     used = {d for r in settings.routes for d in r.destinations}
     for name in sorted(set(settings.destinations) - used):
         notes.append(f"destination {name!r} is not used by any route")
-    for route in settings.routes:
-        if route.action == "forward" and route.profile is not None:
-            pixels = settings.profile(route.profile).pixels
-            if pixels is not None:
-                notes.append(
-                    f"route {route.name!r}: profile {route.profile!r} has pixel settings; they are recorded "
-                    "in the audit, and only headers are de-identified until the face pipeline is installed"
-                )
     return notes
 
 

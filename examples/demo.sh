@@ -53,10 +53,12 @@ import pydicom
 
 for path in sorted(Path("out/archive").glob("*.dcm")):
     ds = pydicom.dcmread(path, stop_before_pixels=True)
+    codes = [item.CodeMeaning for item in ds.get("DeidentificationMethodCodeSequence", [])]
     print(
-        f"  {path.name[:40]:40}  {ds.SOPClassUID.name[:26]:26}  patient {ds.PatientID}  "
+        f"  {path.name[:30]:30}  patient {ds.PatientID}  "
         f"identity removed: {ds.get('PatientIdentityRemoved', '?')}  "
-        f"method: {' / '.join(ds.get('DeidentificationMethod', []))[:60]}"
+        f"face replaced: {'yes' if ds.get('RecognizableVisualFeatures') == 'NO' else 'no'}  "
+        f"({'; '.join(codes)})"
     )
 PY
 echo

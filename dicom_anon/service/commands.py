@@ -36,6 +36,7 @@ from .app import Service, configure_logging, run
 from .files import Layout
 from .quarantine import Quarantine, QuarantineError
 from .store import StateStore
+from .worker import face_pixel_stage
 
 # --- serve ------------------------------------------------------------------------------
 
@@ -68,7 +69,7 @@ def serve(
     except ConfigError as exc:
         raise fail(str(exc)) from None
     configure_logging(settings.logging)
-    service = Service(settings, config, overrides)
+    service = Service(settings, config, overrides, pixel_stage=face_pixel_stage)
     try:
         status = run(service)
     except SiteKeyError as exc:
@@ -120,9 +121,7 @@ def _what(settings: Settings, route: Route) -> str:
     pixels = ""
     if profile.pixels is not None:
         kept = ", ".join(profile.pixels.preserve) or "nothing"
-        pixels = (
-            f"; pixels: {profile.pixels.method}, keep {kept} (headers only until the face pipeline exists)"
-        )
+        pixels = f"; pixels: replace the face ({profile.pixels.method}), keep {kept} exactly"
     options = ", ".join(sorted(o.value for o in profile.options)) or "no options"
     return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}"
 

@@ -56,6 +56,18 @@ class PixelOutcome:
 PixelStage = Callable[[Dataset, PixelSettings, SiteKey], PixelOutcome]
 
 
+def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey) -> PixelOutcome:
+    """The face pipeline as the service's pixel stage: the surrogate is keyed by the header
+    pseudonym, QA figures go to the audit event, Refused (no face, QA failed) quarantines.
+
+    Imported on first use so that torch and the models load only when a photo route runs.
+    """
+    from ..faces.pipeline import process_instance
+
+    result = process_instance(ds, settings, key)
+    return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
+
+
 def describe_exception(exc: BaseException) -> str:
     """Type and place of an unexpected error, without its message: messages can quote PHI."""
     frames = traceback.extract_tb(exc.__traceback__)

@@ -143,6 +143,38 @@ def test_storescu_to_storescp_arrives_de_identified(tmp_path, procs, testdata):
     verify_then_tamper(data_dir)
 
 
+def test_face_photo_gets_a_new_face_and_a_photo_without_one_is_held(tmp_path, procs, testdata):
+    """The orthodontic route through the real face pipeline: the face is replaced with the mouth
+    kept, the markers say so; an intraoral photo (no face) is quarantined, never forwarded."""
+    phi = manifest_phi(testdata)
+    generated = testdata / "dicom" / "generated"
+    face = generated / "vlphoto_face_noburn_explicit_le.dcm"
+    intraoral = generated / "vlphoto_intraoral_noburn_explicit_le.dcm"
+    arch_port, port = free_port(), free_port()
+    archive = tmp_path / "archive"
+    procs.append(start_storescp(tmp_path, arch_port, archive).wait_ready())
+    service = start_service(tmp_path, port, [f"teaching=TEACHING@127.0.0.1:{arch_port}"], headers_only=False)
+    procs.append(service.wait_ready())
+    assert storescu(port, [face, intraoral]).returncode == 0
+    data_dir = tmp_path / "data"
+    wait_until(lambda: len(list(archive.glob("*.dcm"))) == 1, 120, "the face photo")
+    wait_until(lambda: events(data_dir, "instance_quarantined"), 30, "the intraoral photo held")
+    assert [e["code"] for e in events(data_dir, "instance_quarantined")] == ["no-face"]
+    (out,) = archive.glob("*.dcm")
+    result = pydicom.dcmread(out)
+    assert_no_phi(out.read_bytes(), phi, out.name)
+    assert result.RecognizableVisualFeatures == "NO"
+    assert "113102" in {item.CodeValue for item in result.DeidentificationMethodCodeSequence}
+    before = pydicom.dcmread(face).pixel_array
+    after = result.pixel_array
+    assert after.shape == before.shape
+    assert (after != before).any(axis=-1).sum() > 2000  # a face's worth of pixels (the face is small here)
+    (deidentified,) = events(data_dir, "instance_deidentified")
+    assert deidentified["pixels"]["applied"] is True
+    service.stop()
+    verify_then_tamper(data_dir)
+
+
 def orthanc_get(http_port: int, path: str) -> bytes:
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}{path}", timeout=10) as rsp:
         return rsp.read()
@@ -339,13 +371,19 @@ def test_bad_input_gets_an_error_status_and_the_service_goes_on(tmp_path, procs)
 def test_sighup_with_a_bad_file_keeps_the_rules(tmp_path, procs):
     arch_port, port = free_port(), free_port()
     config = tmp_path / "live.yaml"
-    example = (Path(__file__).resolve().parents[2] / "config" / "dicom-anon.yaml").read_text()
+    example = (
+        (Path(__file__).resolve().parents[2] / "config" / "dicom-anon.yaml")
+        .read_text()
+        .replace("profile: orthodontic", "profile: basic")
+    )
     config.write_text(example)
     archive = tmp_path / "archive"
     procs.append(start_storescp(tmp_path, arch_port, archive).wait_ready())
-    service = start_service(tmp_path, port, [f"teaching=TEACHING@127.0.0.1:{arch_port}"], config=config)
+    service = start_service(
+        tmp_path, port, [f"teaching=TEACHING@127.0.0.1:{arch_port}"], config=config, headers_only=False
+    )
     procs.append(service.wait_ready())
-    config.write_text(example.replace("profile: orthodontic", "profile: orthodontal"))
+    config.write_text(example.replace("profile: basic", "profile: orthodontal", 1))
     service.signal(signal.SIGHUP)
     data_dir = tmp_path / "data"
     wait_until(lambda: events(data_dir, "config_reload_failed"), 10, "the failed reload")
@@ -363,7 +401,7 @@ def test_sighup_with_a_bad_file_keeps_the_rules(tmp_path, procs):
             "",
         )
         .replace(
-            "    action: forward\n    profile: orthodontic\n    destinations: [teaching]\n",
+            "    action: forward\n    profile: basic\n    destinations: [teaching]\n",
             "    action: drop\n",
         )
     )
