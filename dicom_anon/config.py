@@ -211,6 +211,12 @@ class PixelSettings(_Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return _listify(value)
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_alias(cls, value: Any) -> Any:
+        """``gan-inversion`` is the published method's name; the pipeline registers it as ``gan``."""
+        return "gan" if value == "gan-inversion" else value
+
 
 class ProfileSettings(_Strict):
     """A named de-identification: Annex E options for the headers, pixel settings for photos."""

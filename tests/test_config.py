@@ -210,3 +210,10 @@ def test_advice_points_out_likely_mistakes(tmp_path):
     # A sound file gets no warnings about its photo route: the face pipeline runs for it.
     notes = advice(load_settings(write(tmp_path, GOOD)))
     assert not any("photo" in n or "pixel" in n for n in notes)
+
+
+def test_gan_inversion_is_the_gan_method():
+    from dicom_anon.config import PixelSettings
+
+    assert PixelSettings(method="gan-inversion").method == "gan"
+    assert PixelSettings(method="surrogate").method == "surrogate"
