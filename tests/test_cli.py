@@ -32,11 +32,16 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def deid_folder(tmp_path: Path, *extra: str) -> tuple[int, str]:
+    """``deid`` of tmp_path/in into tmp_path/out with its own data dir, plus ``extra`` arguments."""
+    return run(
+        "deid", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "d"), *extra
+    )
+
+
 def test_deid_folder_writes_files_named_by_new_uid(tmp_path):
     src = photo(tmp_path / "in" / "DOE_JANE.dcm")
-    code, output = run(
-        "deid", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "d")
-    )
+    code, output = deid_folder(tmp_path)
     assert code == 0, output
     written = list((tmp_path / "out").iterdir())
     assert len(written) == 1
@@ -50,7 +55,7 @@ def test_deid_folder_writes_files_named_by_new_uid(tmp_path):
 
 def test_site_secret_created_in_data_dir(tmp_path):
     photo(tmp_path / "in" / "a.dcm")
-    run("deid", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "d"))
+    deid_folder(tmp_path)
     key = tmp_path / "d" / "site.key"
     assert key.exists() and (key.stat().st_mode & 0o077) == 0
 
@@ -69,9 +74,7 @@ def test_same_patient_same_pseudonym_across_runs(tmp_path):
 def test_refused_file_is_listed_and_exit_is_nonzero(tmp_path):
     photo(tmp_path / "in" / "ok.dcm")
     photo(tmp_path / "in" / "burned.dcm", burned_in="YES")
-    code, output = run(
-        "deid", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "d")
-    )
+    code, output = deid_folder(tmp_path)
     assert code == 1
     assert "burned.dcm" in output and "burned-in-annotation" in output
     assert len(list((tmp_path / "out").iterdir())) == 1
@@ -93,24 +96,14 @@ def test_bad_files_named_explicitly_get_one_line_errors(tmp_path, content, code)
 def test_non_dicom_files_in_folders_are_skipped_not_failed(tmp_path):
     photo(tmp_path / "in" / "a.dcm")
     (tmp_path / "in" / "README.md").write_text("notes")
-    code, output = run(
-        "deid", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--data-dir", str(tmp_path / "d")
-    )
+    code, output = deid_folder(tmp_path)
     assert code == 0, output
     assert "skipped: not DICOM" in output
 
 
 def test_dry_run_writes_nothing_and_masks_old_values(tmp_path):
     photo(tmp_path / "in" / "a.dcm")
-    code, output = run(
-        "deid",
-        str(tmp_path / "in"),
-        "-o",
-        str(tmp_path / "out"),
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--dry-run",
-    )
+    code, output = deid_folder(tmp_path, "--dry-run")
     assert code == 0, output
     assert not (tmp_path / "out").exists()
     assert "PatientName" in output and "PatientID" in output
@@ -119,32 +112,14 @@ def test_dry_run_writes_nothing_and_masks_old_values(tmp_path):
 
 def test_unknown_option_is_a_usage_error(tmp_path):
     photo(tmp_path / "in" / "a.dcm")
-    code, output = run(
-        "deid",
-        str(tmp_path / "in"),
-        "-o",
-        str(tmp_path / "o"),
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--option",
-        "nope",
-    )
+    code, output = deid_folder(tmp_path, "--option", "nope")
     assert code == 2
     assert "unknown option 'nope'" in output
 
 
 def test_pixel_option_is_refused_for_headers_only(tmp_path):
     photo(tmp_path / "in" / "a.dcm")
-    code, output = run(
-        "deid",
-        str(tmp_path / "in"),
-        "-o",
-        str(tmp_path / "o"),
-        "--data-dir",
-        str(tmp_path / "d"),
-        "--option",
-        "clean-pixel-data",
-    )
+    code, output = deid_folder(tmp_path, "--option", "clean-pixel-data")
     assert code == 2
     assert "face pipeline" in output
 

@@ -62,8 +62,13 @@ class Quarantine:
         except Exception as exc:
             raise QuarantineError(str(exc)) from None
         shutil.rmtree(self.layout.abs(row.path), ignore_errors=True)
+        self._audit("quarantine_released", qid, row, by)
+        return row
+
+    def _audit(self, event: str, qid: int, row: QuarantineRow, by: str) -> None:
+        """An operator's decision, with what it was about and who made it."""
         self.audit.record(
-            "quarantine_released",
+            event,
             quarantine=qid,
             job=row.job_id,
             route=row.route,
@@ -72,7 +77,6 @@ class Quarantine:
             code=row.code,
             by=by,
         )
-        return row
 
     def delete(self, qid: int, by: str) -> QuarantineRow:
         row = self._held(qid)
@@ -81,14 +85,5 @@ class Quarantine:
         except KeyError:
             raise QuarantineError(f"quarantine item {qid} is no longer held") from None
         shutil.rmtree(self.layout.abs(row.path), ignore_errors=True)
-        self.audit.record(
-            "quarantine_deleted",
-            quarantine=qid,
-            job=row.job_id,
-            route=row.route,
-            destination=row.destination,
-            stage=row.stage,
-            code=row.code,
-            by=by,
-        )
+        self._audit("quarantine_deleted", qid, row, by)
         return row
