@@ -61,6 +61,35 @@ for path in sorted(Path("out/archive").glob("*.dcm")):
         f"({'; '.join(codes)})"
     )
 PY
+"$PYTHON" - <<'PY'
+# A before/after sheet: each example beside what the archive received, or why it was held.
+# Outputs are found through the keyed UID map (new UID = HMAC of the original under .demo-data's key).
+from pathlib import Path
+
+import pydicom
+from PIL import Image, ImageDraw
+
+from dicom_anon.headers.pseudonyms import SiteKey
+
+key = SiteKey.load_or_create(Path(".demo-data/site.key"))
+received = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in Path("out/archive").glob("*.dcm")}
+size = 256
+rows = sorted(Path("examples").glob("*.dcm"))
+sheet = Image.new("RGB", (2 * size, len(rows) * size), "white")
+draw = ImageDraw.Draw(sheet)
+for i, src in enumerate(rows):
+    original = pydicom.dcmread(src)
+    sheet.paste(Image.fromarray(original.pixel_array).convert("RGB").resize((size, size)), (0, i * size))
+    out = received.get(key.uid(original.SOPInstanceUID))
+    if out is not None:
+        sheet.paste(Image.fromarray(pydicom.dcmread(out).pixel_array).convert("RGB").resize((size, size)), (size, i * size))
+    else:
+        draw.rectangle((size, i * size, 2 * size - 1, (i + 1) * size - 1), fill=(96, 20, 20))
+        draw.text((size + 10, i * size + size // 2), "held in quarantine", fill="white")
+    draw.text((4, i * size + 4), src.name, fill="yellow")
+sheet.save("out/before_after.png")
+print("demo: before/after sheet (example | what the archive received): out/before_after.png")
+PY
 echo
 echo "demo: quarantine (not forwarded, with the reason):"
 dicom-anon quarantine list --config config/dicom-anon.yaml --data-dir .demo-data || true
