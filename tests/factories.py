@@ -91,6 +91,30 @@ def pixel_module(rows: int, columns: int, data: bytes, *, photometric: str = "RG
     return attrs
 
 
+def frames_dataset(frames: Any, photometric: str | None = None) -> Dataset:
+    """An uncompressed VL Photographic instance holding ``frames`` ((n, h, w, 3) RGB or (n, h, w)
+    grey uint8); ``photometric`` defaults to RGB or MONOCHROME2 by the shape."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = VL_PHOTO
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    n, h, w = frames.shape[:3]
+    colour = frames.ndim == 4
+    ds.Rows, ds.Columns = h, w
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = photometric or ("RGB" if colour else "MONOCHROME2")
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if n > 1:
+        ds.NumberOfFrames = n
+    ds.PixelData = frames.tobytes()
+    return ds
+
+
 def camera_photo(**attrs: Any) -> Dataset:
     """A 4x4 RGB photo of Jane Doe-Mueller as a clinic camera sends it: no Specific Character Set,
     Pixel Data written as OB, fresh UIDs; ``attrs`` override."""

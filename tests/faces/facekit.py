@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
+from factories import frames_dataset
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import JPEGBaseline8Bit
 
 # Faces that MTCNN finds frontal and that the default pool replaces within a few candidates.
 FACE_A = "SFHQ_sample_2x4_002.jpg"
@@ -23,24 +24,9 @@ def load_face(testdata, name: str, size: int = 384) -> np.ndarray:
 
 def photo_dataset(frames: np.ndarray, *, jpeg: bool = False, sex: str = "F", age: str = "040Y") -> Dataset:
     """A VL Photographic instance holding ``frames`` ((n, h, w, 3) RGB or (n, h, w) grey)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds = frames_dataset(frames)
     ds.PatientID, ds.PatientSex, ds.PatientAge = "P-123", sex, age
-    n, h, w = frames.shape[:3]
     colour = frames.ndim == 4
-    ds.Rows, ds.Columns = h, w
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
-    if colour:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if n > 1:
-        ds.NumberOfFrames = n
     if jpeg:
         parts = []
         for frame in frames:
@@ -51,6 +37,4 @@ def photo_dataset(frames: np.ndarray, *, jpeg: bool = False, sex: str = "F", age
         ds.PhotometricInterpretation = "YBR_FULL_422" if colour else "MONOCHROME2"
         ds.PixelData = encapsulate(parts)
         ds["PixelData"].VR = "OB"
-    else:
-        ds.PixelData = frames.tobytes()
     return ds

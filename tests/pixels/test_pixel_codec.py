@@ -7,15 +7,15 @@ import io
 import numpy as np
 import pydicom
 import pytest
+from factories import frames_dataset
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
-    generate_uid,
 )
 
 from dicom_anon.headers.errors import Refused
@@ -24,24 +24,7 @@ from dicom_anon.pixels import OutputEncoding, decode, encode
 
 def make_ds(frames: np.ndarray, photometric: str = "RGB") -> Dataset:
     """A minimal uncompressed instance holding ``frames`` ((n, h, w, 3) or (n, h, w))."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.4"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    n, h, w = frames.shape[:3]
-    ds.Rows, ds.Columns = h, w
-    ds.SamplesPerPixel = 3 if frames.ndim == 4 else 1
-    ds.PhotometricInterpretation = photometric
-    if frames.ndim == 4:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if n > 1:
-        ds.NumberOfFrames = n
-    ds.PixelData = frames.tobytes()
-    return ds
+    return frames_dataset(frames, photometric)
 
 
 def jpeg_ds(rgb: np.ndarray) -> Dataset:
