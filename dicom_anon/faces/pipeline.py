@@ -25,7 +25,7 @@ from ..headers.pseudonyms import SiteKey
 from ..pixels import OutputEncoding, decode, encode
 from . import masks as M
 from .detect import Face, get_detector, resolve_device
-from .embed import get_recognizer
+from .embed import cosine, get_recognizer
 from .pool import DEFAULT_POOL, PoolError, get_pool, skin_lab
 from .qa import FaceRefused, Verdict, check, preserved_diff
 from .replace import BASELINES, Candidate, PatientContext, make_backend, parse_age, parse_sex
@@ -121,11 +121,14 @@ class FacePipeline:
         used: set[str],
         where: str,
     ) -> tuple[np.ndarray, M.FaceMasks, dict]:
-        """Try candidates (standard face oval first, then a larger one) until one passes QA.
+        """Try candidates (standard face oval first, then larger ones) until one passes QA.
 
         Candidates are screened on a copy scaled to ~90 px between the eyes, where SFace sees
-        what it would see at full size; only a candidate that passes there is rendered at full
-        resolution and checked again there, which is the check that counts.
+        what it would see at full size. Screening embeds the rendering at the patient's own
+        landmarks (the warp put the surrogate's features exactly there), so it needs no
+        detector; only a candidate that passes there is rendered at full resolution and
+        checked in full (preserved area, MTCNN finds the face again, SFace), which is the
+        check that counts.
         """
         started = time.perf_counter()
         embedding = self.recognizer.embed(original, face)
@@ -143,53 +146,40 @@ class FacePipeline:
         if not options:
             raise FaceRefused("no-surrogate", f"{where}: the {self.method} method offered no candidate")
         small = _Scaled(frame, original, face, image_preserved, SCREEN_EYE_DISTANCE)
+        screen = self.gate and small.scale < 1.0
         limit = self.settings.max_identity_similarity if self.gate else 1.0
         attempts: list[dict] = []
         ladder = OVAL_LADDER if self.gate else OVAL_LADDER[:1]
         for oval_scale in ladder:
+            # The masks depend on the face and the oval only, not on the candidate.
+            fm_s = self._masks(small.face, small.frame.shape, small.preserved, oval_scale) if screen else None
+            fm: M.FaceMasks | None = None
             for cand in options:
                 attempt = {**cand.info, "oval": oval_scale}
                 attempts.append(attempt)
-                if small.scale < 1.0 and self.gate:
-                    fm_s = M.build(
-                        small.face,
-                        small.frame.shape,
-                        self.presets,
-                        self.face_boxes,
-                        small.preserved,
-                        self.surroundings,
-                        oval_scale,
-                    )
+                if fm_s is not None:
                     trial = self._apply(cand, small.frame, small.original, small.face, fm_s)
+                    sim = cosine(embedding, self.recognizer.embed(trial, small.face))
+                    attempt["screen"] = {"identity_similarity": round(sim, 4)}
+                    if sim >= limit:
+                        attempt["code"] = "qa-identity-too-similar"
+                        continue
+                fm = fm or self._masks(face, frame.shape, image_preserved, oval_scale)
+                result = self._apply(cand, frame, original, face, fm)
+                if self.gate:
                     v = check(
-                        small.original,
-                        trial,
-                        _full(fm_s.preserved, fm_s.roi, trial.shape),
-                        small.face,
+                        original,
+                        result,
+                        fm.preserved,
+                        face,
                         embedding,
                         self.detector,
                         self.recognizer,
                         limit,
+                        roi=fm.roi,
                     )
-                    attempt["screen"] = v.figures()
-                    if v.code is not None:
-                        attempt["code"] = v.code
-                        continue
-                fm = M.build(
-                    face,
-                    frame.shape,
-                    self.presets,
-                    self.face_boxes,
-                    image_preserved,
-                    self.surroundings,
-                    oval_scale,
-                )
-                result = self._apply(cand, frame, original, face, fm)
-                full = _full(fm.preserved, fm.roi, frame.shape)
-                if self.gate:
-                    v = check(original, result, full, face, embedding, self.detector, self.recognizer, limit)
                 else:
-                    v = Verdict(preserved_diff(original, result, full), True, None, None)
+                    v = Verdict(preserved_diff(original, result, fm.preserved, fm.roi), True, None, None)
                 attempt.update(v.figures())
                 if v.code is not None:
                     attempt["code"] = v.code
@@ -231,6 +221,13 @@ class FacePipeline:
             f"{detail}, limit {self.settings.max_identity_similarity:.2f}",
         )
 
+    def _masks(
+        self, face: Face, shape: tuple[int, ...], image_preserved: np.ndarray, oval_scale: float
+    ) -> M.FaceMasks:
+        return M.build(
+            face, shape, self.presets, self.face_boxes, image_preserved, self.surroundings, oval_scale
+        )
+
     @staticmethod
     def _apply(
         cand: Candidate, frame: np.ndarray, original: np.ndarray, face: Face, fm: M.FaceMasks
@@ -263,15 +260,18 @@ class FacePipeline:
             used: set[str] = set()
             for j, face in enumerate(faces):
                 self._screen(face, f"frame {i + 1} face {j + 1}")
+            # The frame itself until a face is replaced: the screening copy is then scaled once.
+            current = frames[i]
             for j, face in enumerate(faces):
                 where = f"frame {i + 1} face {j + 1}"
-                out[i], fm, fig = self._replace_face(
-                    out[i], frames[i], face, image_preserved, patient, used, where
+                current, fm, fig = self._replace_face(
+                    current, frames[i], face, image_preserved, patient, used, where
                 )
                 x0, y0, x1, y1 = fm.roi
                 preserved[i, y0:y1, x0:x1] |= fm.preserved
                 replaced[i, y0:y1, x0:x1] |= fm.region
                 figures.append(fig)
+            out[i] = current
             if self.surroundings is M.Surroundings.BLUR:
                 out[i] = _blur_surroundings(out[i], replaced[i], preserved[i], faces)
                 replaced[i] |= ~preserved[i]
@@ -338,16 +338,10 @@ class _Scaled:
         size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
         sx, sy = size[0] / w, size[1] / h
         self.frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-        self.original = cv2.resize(original, size, interpolation=cv2.INTER_AREA)
+        same = frame is original
+        self.original = self.frame if same else cv2.resize(original, size, interpolation=cv2.INTER_AREA)
         self.preserved = cv2.resize(preserved.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
         self.face = Face(face.box * [sx, sy, sx, sy], face.landmarks * [sx, sy], face.score)
-
-
-def _full(mask: np.ndarray, roi: tuple[int, int, int, int], shape: tuple[int, ...]) -> np.ndarray:
-    full = np.zeros(shape[:2], bool)
-    x0, y0, x1, y1 = roi
-    full[y0:y1, x0:x1] = mask
-    return full
 
 
 def _blur_surroundings(

@@ -1,23 +1,28 @@
 """Decode DICOM pixel data to RGB frames and encode processed frames back.
 
 Decoding uses pydicom's pixel backends (pylibjpeg for JPEG, JPEG 2000 and RLE), which
-also convert YBR to RGB. Encoding is lossless unless a route asks otherwise, because
-the preserved clinical area must be bit-identical in what the archive receives; the
-lossy-compression attributes follow PS3.3 C.7.6.1.1.5 (once lossy, always "01",
-with ratios and methods accumulated).
+also convert YBR to RGB. JPEG Baseline colour photos, the common case, go through one more
+pydicom decoding plugin defined here: Pillow's libjpeg-turbo with its own (SIMD) YCbCr to
+RGB conversion, about twice as fast on a 12 MP photo as decoding to YBR and converting in numpy.
+
+Encoding is lossless unless a route asks otherwise, because the preserved clinical area
+must be bit-identical in what the archive receives; the lossy-compression attributes follow
+PS3.3 C.7.6.1.1.5 (once lossy, always "01", with ratios and methods accumulated).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from PIL import Image
+from PIL import Image, features
 from pydicom import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
+from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -33,6 +38,7 @@ from ..headers.errors import Refused
 
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _MONO = {"MONOCHROME1", "MONOCHROME2"}
+_YBR_FULL = {"YBR_FULL", "YBR_FULL_422"}
 
 # Transfer syntaxes whose decoded pixels always differ from what the camera gave the
 # encoder. JPEG 2000 (…4.91) may be lossless or lossy; the dataset's own Lossy Image
@@ -135,11 +141,19 @@ def decode(ds: Dataset) -> DecodedPixels:
         raise UndecodablePixels(f"no decoder for transfer syntax {syntax} ({syntax.name})") from None
     if not decoder.is_available:
         raise UndecodablePixels(f"the decoder for {syntax.name} is not installed")
-    try:
-        arr, info = decoder.as_array(ds, as_rgb=True)
-    except Exception as exc:  # every backend raises its own types; all mean "cannot read it"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UndecodablePixels(f"{syntax.name} pixel data could not be decoded: {first}") from None
+    # The native-RGB plugin first where it applies; pydicom's own plugins (in their order) otherwise
+    # and whenever it fails, so it can only make decoding faster, never refuse more.
+    native = _native_rgb(ds, syntax, photometric) and RGB_PLUGIN in decoder.available_plugins
+    for plugin in [RGB_PLUGIN] * native + [""]:
+        try:
+            # With our plugin pydicom's own YBR->RGB conversion is off: the plugin did it.
+            arr, info = decoder.as_array(ds, as_rgb=not plugin, decoding_plugin=plugin)
+            break
+        except Exception as exc:  # every backend raises its own types; all mean "cannot read it"
+            if plugin:
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UndecodablePixels(f"{syntax.name} pixel data could not be decoded: {first}") from None
 
     n_frames = int(info.get("number_of_frames") or 1)
     samples = int(info.get("samples_per_pixel") or 1)
@@ -157,6 +171,46 @@ def decode(ds: Dataset) -> DecodedPixels:
         lossy_source=_lossy_source(ds, syntax),
         source_syntax=syntax,
     )
+
+
+# --- the native-RGB JPEG decoding plugin (pydicom's plugin interface: is_available,
+# DECODER_DEPENDENCIES and a frame function, registered with the JPEG Baseline decoder) --------
+
+RGB_PLUGIN = "dicom-anon-pillow-rgb"
+DECODER_DEPENDENCIES = {JPEGBaseline8Bit: ("pillow>=10.0",)}
+
+
+def is_available(uid: str) -> bool:
+    """pydicom asks this when the plugin is registered: JPEG Baseline only, with Pillow's JPEG codec."""
+    return uid == JPEGBaseline8Bit and bool(features.check_codec("jpg"))
+
+
+def _native_rgb(ds: Dataset, syntax: UID, photometric: str) -> bool:
+    return syntax == JPEGBaseline8Bit and int(ds.get("SamplesPerPixel", 1)) == 3 and photometric in _YBR_FULL
+
+
+def decode_rgb_frame(src: bytes, runner: DecodeRunner) -> bytes:
+    """One JPEG Baseline colour frame as RGB, converted by libjpeg-turbo as it decodes.
+
+    pydicom's own Pillow plugin asks for raw YCbCr (so that its numpy conversion can follow the
+    header); here libjpeg applies the colour transform the JPEG stream itself declares (JFIF,
+    Adobe or RGB component ids). ``decode`` calls it with pydicom's conversion switched off
+    (``as_rgb=False``) and knows the frames are RGB; telling the runner instead would make
+    pydicom re-check the header against every frame's JFIF marker and warn each time. Asked
+    with ``as_rgb`` (pydicom trying plugins on its own), it declines, since pydicom would then
+    convert the colours a second time.
+    """
+    if runner.get_option("as_rgb", False):
+        raise ValueError(f"{RGB_PLUGIN} returns RGB itself; use it with as_rgb=False")
+    image = Image.open(io.BytesIO(src), formats=("JPEG",))
+    if image.mode != "RGB":
+        raise ValueError(f"the JPEG stream decodes to {image.mode}, not RGB")
+    return image.tobytes()
+
+
+def _register_rgb_plugin() -> None:
+    with contextlib.suppress(ValueError):  # already registered (the module was imported again)
+        get_decoder(JPEGBaseline8Bit).add_plugin(RGB_PLUGIN, (__name__, "decode_rgb_frame"))
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -270,3 +324,6 @@ def encode(
             ds.LossyImageCompressionMethod = _LOSSY_SYNTAX_METHOD[source_syntax]
     elif "LossyImageCompression" in ds:
         ds.LossyImageCompression = "00"
+
+
+_register_rgb_plugin()

@@ -11,6 +11,7 @@ from factories import frames_dataset
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -19,7 +20,7 @@ from pydicom.uid import (
 )
 
 from dicom_anon.headers.errors import Refused
-from dicom_anon.pixels import OutputEncoding, decode, encode
+from dicom_anon.pixels import OutputEncoding, codec, decode, encode
 
 
 def make_ds(frames: np.ndarray, photometric: str = "RGB") -> Dataset:
@@ -86,6 +87,37 @@ def test_ybr_jpeg_decodes_to_rgb_and_stays_marked_lossy() -> None:
     assert back.LossyImageCompression == "01"
     assert back.LossyImageCompressionMethod == "ISO_10918_1"
     assert np.array_equal(decode(back).frames, decoded.frames)
+
+
+def jpeg_frames_ds(frames: np.ndarray) -> Dataset:
+    """A multi-frame JPEG Baseline YBR_FULL_422 instance, one JPEG stream per frame."""
+    streams = []
+    for frame in frames:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=90, subsampling=1)
+        streams.append(buf.getvalue())
+    ds = make_ds(frames)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PixelData = encapsulate(streams)
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def test_ybr_jpeg_frames_decode_natively_to_the_same_rgb_as_pydicom() -> None:
+    # The libjpeg-turbo plugin converts colour while decoding; it must agree with pydicom's
+    # own YBR->RGB conversion (up to rounding and chroma upsampling) on every frame.
+    rng = np.random.default_rng(3)
+    frames = np.stack([np.full((48, 64, 3), c, np.uint8) for c in ((200, 30, 40), (20, 160, 220))])
+    frames = (frames.astype(int) + rng.integers(-8, 9, frames.shape)).clip(0, 255).astype(np.uint8)
+    ds = jpeg_frames_ds(frames)
+    assert codec.RGB_PLUGIN in get_decoder(JPEGBaseline8Bit).available_plugins
+    ours = decode(ds).frames
+    theirs, info = get_decoder(JPEGBaseline8Bit).as_array(ds, as_rgb=True, decoding_plugin="pylibjpeg")
+    assert str(info["photometric_interpretation"]) == "RGB"
+    assert ours.shape == (2, 48, 64, 3)
+    assert np.abs(ours.astype(int) - theirs).max() <= 3
+    assert np.abs(ours.astype(int) - frames).mean() < 6
 
 
 def test_lossy_output_only_when_asked_and_marked(rgb: np.ndarray) -> None:

@@ -1,0 +1,104 @@
+"""The compositor's numerics and the shortcuts that keep a 12 MP photo fast: a membrane that solves
+Laplace's equation, a new face worked out below the photo's resolution, SFace on a window."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dicom_anon.faces import blend
+from dicom_anon.faces import masks as M
+from dicom_anon.faces.detect import get_detector
+from dicom_anon.faces.embed import cosine, get_recognizer
+from dicom_anon.faces.pool import DEFAULT_POOL, get_pool
+from dicom_anon.faces.qa import preserved_diff
+from dicom_anon.faces.replace import PatientContext, SurrogateBackend, candidates
+from dicom_anon.headers.pseudonyms import SiteKey
+
+
+def test_membrane_fills_a_hole_in_a_smooth_ramp_with_the_ramp() -> None:
+    # A linear ramp is harmonic: the membrane must rebuild it inside the hole from the boundary
+    # alone (the values inside are zeroed, so reading them would show).
+    h, w = 120, 160
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ramp = (0.2 + 0.5 * xx / w + 0.2 * yy / h).float().expand(1, 3, h, w)
+    hole = (xx - 80) ** 2 + (yy - 60) ** 2 < 40**2
+    given = ramp.clone()
+    given[..., hole] = 0.0
+    filled = blend.membrane(given, hole)
+    assert float((filled - ramp)[..., hole].abs().max()) < 2.0 / 255
+
+
+def test_direct_coarse_solve_is_the_fixed_point_of_the_sweeps() -> None:
+    rng = np.random.default_rng(5)
+    known = torch.from_numpy(rng.random((1, 3, 18, 22), dtype=np.float32))
+    omega = torch.zeros(18, 22, dtype=torch.bool)
+    omega[3:15, 4:19] = True
+    omega[0:3, 10:12] = True  # touching the border: replicated there, as in the sweeps
+    solved = blend._direct(known, omega)
+    assert torch.equal(solved[..., ~omega], known[..., ~omega])
+    assert float((blend._jacobi(solved, known, omega, 1) - solved).abs().max()) < 1e-5
+
+
+def test_preserved_diff_finds_one_changed_sample_in_a_box_or_a_frame() -> None:
+    before = np.zeros((300, 400, 3), np.uint8)
+    keep = np.zeros((50, 60), bool)
+    keep[20:30, 10:20] = True
+    after = before.copy()
+    after[100 + 25, 200 + 15, 2] = 3  # inside the kept area of the box at (200, 100)
+    after[5, 5] = 255  # outside it: not our business
+    assert preserved_diff(before, after, keep, (200, 100, 260, 150)) == 3
+    full = np.zeros((300, 400), bool)
+    full[100:150, 200:260] = keep
+    assert preserved_diff(before, after, full) == 3
+    assert preserved_diff(before, after, np.zeros((300, 400), bool)) == 0
+
+
+def _big_face(face_a: np.ndarray) -> tuple[np.ndarray, object]:
+    """face_a scaled up until its eyes are far more than twice the surrogates' 180 px apart."""
+    big = cv2.resize(face_a, None, fx=6.0, fy=6.0, interpolation=cv2.INTER_CUBIC)
+    canvas = np.pad(big, ((60, 60), (200, 40), (0, 0)), mode="edge")
+    return canvas, get_detector("cpu").detect([canvas])[0][0]
+
+
+def test_sface_on_a_window_matches_sface_on_the_whole_frame(face_a) -> None:
+    canvas, face = _big_face(face_a)
+    recognizer = get_recognizer()
+    _, sface = recognizer._nets()
+    whole = sface.feature(sface.alignCrop(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), face.to_yunet_row()))
+    whole = whole.reshape(-1).astype(np.float64) / np.linalg.norm(whole)
+    assert cosine(whole, recognizer.embed(canvas, face)) > 0.9999
+    # Near the frame's edge the window is clipped, as the whole frame's border would be.
+    edge = np.ascontiguousarray(canvas[int(face.box[1]) + 40 :, int(face.box[0]) + 40 :])
+    found = get_detector("cpu").detect([edge])
+    if found[0]:
+        clipped = sface.feature(
+            sface.alignCrop(cv2.cvtColor(edge, cv2.COLOR_RGB2BGR), found[0][0].to_yunet_row())
+        )
+        clipped = clipped.reshape(-1).astype(np.float64) / np.linalg.norm(clipped)
+        assert cosine(clipped, recognizer.embed(edge, found[0][0])) > 0.9999
+
+
+def test_new_face_below_full_resolution_looks_the_same(face_a) -> None:
+    try:
+        pool = get_pool(str(DEFAULT_POOL))
+    except Exception:
+        pytest.skip("the default surrogate pool is not built")
+    canvas, face = _big_face(face_a)
+    ctx = PatientContext(pseudonym="ANONX", key=SiteKey(b"test-secret-0123456789abcdef0123"))
+    surrogate = candidates(pool, ctx)[0]
+    fm = M.build(face, canvas.shape, [M.Preset.MOUTH])
+    backend = SurrogateBackend(pool, torch.device("cpu"))
+    src_eyes = float(np.linalg.norm(surrogate.landmarks[1] - surrogate.landmarks[0]))
+    assert face.eye_distance > 1.3 * backend.detail * src_eyes  # the reduced path really runs
+    reduced = backend.render(canvas, face, fm, surrogate)
+    backend.detail = 1e6  # everything at the photo's resolution, as before
+    full = backend.render(canvas, face, fm, surrogate)
+    diff = np.abs(reduced.astype(int) - full.astype(int))
+    region = fm.alpha > 0
+    assert np.percentile(diff[region], 99) <= 12
+    assert diff[region].mean() < 2.0
+    x0, y0, x1, y1 = fm.roi
+    assert np.array_equal(reduced[~region], canvas[y0:y1, x0:x1][~region])  # alpha 0 keeps the patient
