@@ -77,8 +77,15 @@ def eval_command(
     report: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many images per folder.")] = None,
     consistency_pairs: Annotated[
-        bool, typer.Option("--consistency/--no-consistency", help="Before/after test on openpeople pairs.")
+        bool,
+        typer.Option(
+            "--consistency/--no-consistency",
+            help="Before/after test: six photos of each openpeople person under one pseudonym.",
+        ),
     ] = True,
+    pool: Annotated[
+        Path | None, typer.Option(help="Surrogate pool folder (default models/surrogates).")
+    ] = None,
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda.")] = "auto",
     max_similarity: Annotated[
         float, typer.Option(help="QA gate: SFace similarity must stay below this.")
@@ -96,7 +103,9 @@ def eval_command(
     if unknown:
         raise fail(f"unknown method {', '.join(unknown)}; choose from: {', '.join(known_methods())}")
     try:
-        settings = PixelSettings(preserve=preserve, device=device, max_identity_similarity=max_similarity)
+        settings = PixelSettings(
+            preserve=preserve, device=device, max_identity_similarity=max_similarity, pool=pool
+        )
     except ValidationError as exc:
         raise fail(exc.errors()[0]["msg"]) from None
     images = ev.collect(faces, limit)
@@ -114,21 +123,11 @@ def eval_command(
     out.print(table)
     md = ev.markdown_table(rows)
     if consistency_pairs and "surrogate" in method:
-        pairs = list(
-            zip(
-                ev.openpeople_images(("studio_portrait",)),
-                ev.openpeople_images(("amateur_selfie",)),
-                strict=True,
-            )
-        )
-        c = ev.consistency(get_pipeline(settings, "surrogate"), pairs)
-        line = (
-            f"Consistency on openpeople (portrait + selfie of each person, one pseudonym each): "
-            f"same person {100 * c['same_person_consistent']:.0f}% of {c['same_person_pairs']} pairs, "
-            f"different people {100 * c['different_person_separated']:.0f}% "
-            f"of {c['different_person_pairs']} pairs, "
-            f"{c['refused_photos']} photos refused."
-        )
+        pipeline = get_pipeline(settings, "surrogate")
+        photos = list(ev.openpeople_images(ev.CONSISTENCY_ASSETS, pipeline.detector))
+        with out.status("consistency") as status:
+            c = ev.consistency(pipeline, photos, lambda s: status.update(f"consistency: {s}"))
+        line = f"Consistency on openpeople ({', '.join(ev.CONSISTENCY_ASSETS)}): {c.line()}."
         out.print(line, highlight=False)
         md += "\n\n" + line
     path = ev.contact_sheet(images, reports, originals, sheet, rows=sheet_rows)

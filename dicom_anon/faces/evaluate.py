@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from ..config import PixelSettings
 from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
-from .detect import Face
+from .detect import Face, FaceDetector
 from .embed import SFACE_SAME_PERSON, cosine
 from .pipeline import FacePipeline, Patient
 from .pool import skin_lab
@@ -61,13 +61,52 @@ def _load_path(path: Path) -> np.ndarray | None:
         return None
 
 
-def openpeople_images(assets: Sequence[str] = ("studio_portrait",)) -> Iterator[EvalImage]:
-    """The openpeople photos named by ``assets`` (stems ``P001_studio_portrait``...)."""
+# Every openpeople photo of a person that shows one frontal face large enough to replace:
+# the portrait, the selfie, the two full-length photos (eyes ~90 px apart) and one tile of
+# each sheet (the sheets' other tiles are turned heads or strong expressions).
+CONSISTENCY_ASSETS = (
+    "studio_portrait",
+    "amateur_selfie",
+    "studio_posture",
+    "amateur_posture",
+    "character_sheet",
+    "emotions_sheet",
+)
+# Sheets whose top-left tile is used: "Front View" of the character sheet, "Neutral" of the
+# emotions sheet. The tile grids differ between people, so the tile is found by its face.
+_SHEETS = frozenset({"character_sheet", "emotions_sheet"})
+
+
+def _top_left_tile(rgb: np.ndarray, detector: FaceDetector) -> np.ndarray | None:
+    """A square crop around the sheet's top-left face (1.6 face heights wide), or None without faces."""
+    faces = detector.detect([rgb])[0]
+    if not faces:
+        return None
+    face = min(faces, key=lambda f: f.box[0] + f.box[1])
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    half = 0.8 * max(face.box[2] - face.box[0], face.box[3] - face.box[1])
+    h, w = rgb.shape[:2]
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    return np.ascontiguousarray(rgb[y0 : int(min(h, cy + half)), x0 : int(min(w, cx + half))])
+
+
+def openpeople_images(
+    assets: Sequence[str] = ("studio_portrait",), detector: FaceDetector | None = None
+) -> Iterator[EvalImage]:
+    """The openpeople photos named by ``assets`` (stems ``P001_studio_portrait``...); sheet
+    assets (see ``CONSISTENCY_ASSETS``) need ``detector`` to find their tile."""
     import openpeople
 
     for person in openpeople.curated.list():
         for asset in assets:
             rgb = np.asarray(Image.open(person.asset_path(asset)).convert("RGB"))
+            if asset in _SHEETS:
+                if detector is None:
+                    raise ValueError(f"openpeople asset {asset!r} needs a face detector to cut its tile")
+                tile = _top_left_tile(rgb, detector)
+                if tile is None:
+                    continue
+                rgb = tile
             yield EvalImage(f"{person.person_id}_{asset}", rgb, person.person_id)
 
 
@@ -219,37 +258,95 @@ class Evaluator:
         return outcome
 
 
-def consistency(pipeline: FacePipeline, pairs: Sequence[tuple[EvalImage, EvalImage]]) -> dict[str, float]:
-    """Same person twice under one pseudonym -> same new person; different people -> different ones.
+@dataclass(frozen=True)
+class Consistency:
+    """Before/after figures over every pair of forwarded photos (refused photos are left out and counted).
 
-    Returns the share of same-person output pairs with SFace >= 0.363 and of different-person
-    output pairs below it (refused photos are left out and counted).
+    The surrogate figures say why a pair went wrong: two photos of one patient given
+    different pool people, or two patients given the same one. ``original_*`` is SFace on
+    the input photos themselves: the recogniser cannot separate outputs better than that.
     """
-    outputs: dict[str, list[tuple[str, np.ndarray]]] = {}
-    refused = 0
-    for a, b in pairs:
-        for img in (a, b):
-            try:
-                res = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
-            except Refused:
-                refused += 1
-                continue
-            out = res.frames[0]
-            faces = pipeline.recognizer.detect(out)
-            if faces:
-                outputs.setdefault(img.person, []).append(
-                    (img.stem, pipeline.recognizer.embed(out, faces[0]))
-                )
-    same = [cosine(v[0][1], v[1][1]) for v in outputs.values() if len(v) >= 2]
-    people = sorted(outputs)
-    diff = [cosine(outputs[p][0][1], outputs[q][0][1]) for i, p in enumerate(people) for q in people[i + 1 :]]
-    return {
-        "same_person_pairs": len(same),
-        "same_person_consistent": sum(s >= SFACE_SAME_PERSON for s in same) / max(1, len(same)),
-        "different_person_pairs": len(diff),
-        "different_person_separated": sum(s < SFACE_SAME_PERSON for s in diff) / max(1, len(diff)),
-        "refused_photos": refused,
-    }
+
+    photos: int
+    refused: dict[str, int]
+    same_pairs: int
+    same_consistent: float
+    same_surrogate: float
+    different_pairs: int
+    different_separated: float
+    different_same_surrogate: float
+    original_same: float
+    original_separated: float
+
+    def line(self) -> str:
+        refused = sum(self.refused.values())
+        detail = ", ".join(f"{c} {n}" for c, n in sorted(self.refused.items()))
+        return (
+            f"same person -> same new person {100 * self.same_consistent:.0f}% of {self.same_pairs} "
+            f"photo pairs (same pool person in {100 * self.same_surrogate:.0f}%); different people -> "
+            f"different new people {100 * self.different_separated:.0f}% of {self.different_pairs} "
+            f"(same pool person in {100 * self.different_same_surrogate:.0f}%); {refused} of "
+            f"{self.photos} photos refused{f' ({detail})' if detail else ''}; SFace on the originals: "
+            f"same {100 * self.original_same:.0f}%, different {100 * self.original_separated:.0f}%"
+        )
+
+
+def consistency(
+    pipeline: FacePipeline,
+    images: Sequence[EvalImage],
+    progress: Callable[[str], None] | None = None,
+) -> Consistency:
+    """Every photo of one person under one pseudonym -> one new person; different people -> different ones.
+
+    Each photo runs through the gated pipeline as the service would run it; the output is
+    embedded the way the attacker of ``Evaluator`` does (YuNet's face in the output, else
+    the original's landmarks), and every pair of forwarded photos is compared.
+    """
+    done: list[tuple[EvalImage, np.ndarray, np.ndarray, str | None]] = []
+    refused: Counter[str] = Counter()
+    for img in images:
+        if progress:
+            progress(img.stem)
+        faces = pipeline.detector.detect([img.rgb])[0]
+        if not faces:
+            refused["no-face"] += 1
+            continue
+        try:
+            res = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
+        except Refused as exc:
+            refused[exc.code] += 1
+            continue
+        out = res.frames[0]
+        found = pipeline.recognizer.detect(out)
+        probe = pipeline.recognizer.embed(out, found[0] if found else faces[0])
+        person = res.faces[0].get("person") if res.faces else None
+        done.append((img, pipeline.recognizer.embed(img.rgb, faces[0]), probe, person))
+    same: list[tuple[bool, bool, bool]] = []
+    diff: list[tuple[bool, bool, bool]] = []
+    for i, (a, a_orig, a_out, a_pool) in enumerate(done):
+        for b, b_orig, b_out, b_pool in done[i + 1 :]:
+            figures = (
+                cosine(a_out, b_out) >= SFACE_SAME_PERSON,
+                a_pool is not None and a_pool == b_pool,
+                cosine(a_orig, b_orig) >= SFACE_SAME_PERSON,
+            )
+            (same if a.person == b.person else diff).append(figures)
+
+    def share(rows: list[tuple[bool, bool, bool]], col: int, want: bool = True) -> float:
+        return sum(r[col] == want for r in rows) / max(1, len(rows))
+
+    return Consistency(
+        photos=len(images),
+        refused=dict(refused),
+        same_pairs=len(same),
+        same_consistent=share(same, 0),
+        same_surrogate=share(same, 1),
+        different_pairs=len(diff),
+        different_separated=share(diff, 0, False),
+        different_same_surrogate=share(diff, 1),
+        original_same=share(same, 2),
+        original_separated=share(diff, 2, False),
+    )
 
 
 def markdown_table(rows: list[dict[str, str]]) -> str:

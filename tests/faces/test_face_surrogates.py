@@ -15,7 +15,8 @@ from dicom_anon.config import PixelSettings
 from dicom_anon.faces import pool as P
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
-from dicom_anon.faces.pipeline import process_photo
+from dicom_anon.faces.evaluate import EvalImage, consistency
+from dicom_anon.faces.pipeline import get_pipeline, process_photo
 from dicom_anon.faces.qa import check
 from dicom_anon.faces.replace import PatientContext, candidates, parse_age
 from dicom_anon.headers.errors import Refused
@@ -65,6 +66,17 @@ def test_never_a_surrogate_that_looks_like_the_patient(site_key) -> None:
     twin = pool.surrogates[0]
     picks = candidates(pool, PatientContext(pseudonym="x", key=site_key, embedding=twin.embedding))
     assert twin.person not in {s.person for s in picks}
+
+
+def test_two_photos_of_one_patient_show_one_new_person(face_a, face_b, lenient) -> None:
+    # A second photo of patient A, framed differently: its measured tone and embedding move a little.
+    again = np.ascontiguousarray(face_a[10:, 6:])
+    photos = [EvalImage("a1", face_a, "A"), EvalImage("a2", again, "A"), EvalImage("b", face_b, "B")]
+    c = consistency(get_pipeline(lenient, "surrogate"), photos)
+    assert c.photos == 3 and not c.refused
+    assert (c.same_pairs, c.different_pairs) == (1, 2)
+    assert c.original_same == 1.0 and c.original_separated == 1.0
+    assert c.same_surrogate == 1.0 and c.same_consistent == 1.0
 
 
 def test_pool_checksums_are_verified(tmp_path) -> None:
