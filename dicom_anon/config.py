@@ -203,7 +203,7 @@ class PixelSettings(_Strict):
     max_identity_similarity: float = Field(default=0.30, gt=0.0, lt=1.0)
     min_eye_distance: float = Field(default=24.0, ge=8.0)
     max_yaw: float = Field(default=35.0, gt=0.0, le=90.0)
-    max_candidates: int = Field(default=5, ge=1, le=100)
+    max_candidates: int = Field(default=8, ge=1, le=100)
     pool: Path | None = None
 
     @field_validator("preserve", mode="before")

@@ -83,6 +83,14 @@ def eval_command(
             help="Before/after test: six photos of each openpeople person under one pseudonym.",
         ),
     ] = True,
+    memory: Annotated[
+        bool,
+        typer.Option(
+            "--memory/--no-memory",
+            help="Consistency test: keep each patient's first new face, as the service does "
+            "(--no-memory: the keyed choice alone, as on a machine that has not seen the patient).",
+        ),
+    ] = True,
     pool: Annotated[
         Path | None, typer.Option(help="Surrogate pool folder (default models/surrogates).")
     ] = None,
@@ -126,8 +134,12 @@ def eval_command(
         pipeline = get_pipeline(settings, "surrogate")
         photos = list(ev.openpeople_images(ev.CONSISTENCY_ASSETS, pipeline.detector))
         with out.status("consistency") as status:
-            c = ev.consistency(pipeline, photos, lambda s: status.update(f"consistency: {s}"))
-        line = f"Consistency on openpeople ({', '.join(ev.CONSISTENCY_ASSETS)}): {c.line()}."
+            c = ev.consistency(pipeline, photos, lambda s: status.update(f"consistency: {s}"), memory)
+        how = "with" if memory else "without"
+        line = (
+            f"Consistency on openpeople ({', '.join(ev.CONSISTENCY_ASSETS)}), {how} the identity memory: "
+            f"{c.line()}."
+        )
         out.print(line, highlight=False)
         md += "\n\n" + line
     path = ev.contact_sheet(images, reports, originals, sheet, rows=sheet_rows)

@@ -28,7 +28,7 @@ from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
 from .detect import Face, FaceDetector
 from .embed import SFACE_SAME_PERSON, cosine
-from .pipeline import FacePipeline, Patient
+from .pipeline import FacePipeline, InMemoryIdentities, Patient
 from .pool import skin_lab
 from .qa import iou
 from .replace import BASELINES
@@ -295,13 +295,17 @@ def consistency(
     pipeline: FacePipeline,
     images: Sequence[EvalImage],
     progress: Callable[[str], None] | None = None,
+    remember: bool = True,
 ) -> Consistency:
     """Every photo of one person under one pseudonym -> one new person; different people -> different ones.
 
     Each photo runs through the gated pipeline as the service would run it; the output is
     embedded the way the attacker of ``Evaluator`` does (YuNet's face in the output, else
-    the original's landmarks), and every pair of forwarded photos is compared.
+    the original's landmarks), and every pair of forwarded photos is compared. With
+    ``remember`` the pipeline keeps each patient's first surrogate as the service's state
+    store does; without it every photo is chosen from the keyed order alone.
     """
+    memory = InMemoryIdentities() if remember else None
     done: list[tuple[EvalImage, np.ndarray, np.ndarray, str | None]] = []
     refused: Counter[str] = Counter()
     for img in images:
@@ -312,7 +316,9 @@ def consistency(
             refused["no-face"] += 1
             continue
         try:
-            res = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
+            res = pipeline.process_frames(
+                img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY, memory=memory)
+            )
         except Refused as exc:
             refused[exc.code] += 1
             continue

@@ -12,9 +12,11 @@ import copy
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Protocol
 
 import cv2
 import numpy as np
+import structlog
 from pydicom import Dataset
 
 from ..config import PixelSettings
@@ -24,11 +26,23 @@ from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..pixels import OutputEncoding, decode, encode
 from . import masks as M
+from .attributes import AttributesRefused, ModelsError, estimate
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
 from .pool import DEFAULT_POOL, PoolError, get_pool, skin_lab
 from .qa import FaceRefused, Verdict, check, preserved_diff
-from .replace import BASELINES, Candidate, PatientContext, make_backend, parse_age, parse_sex
+from .replace import (
+    AGE_TOLERANCE_YEARS,
+    BASELINES,
+    ESTIMATED_AGE_TOLERANCE_YEARS,
+    Candidate,
+    PatientContext,
+    make_backend,
+    parse_age,
+    parse_sex,
+)
+
+log = structlog.get_logger("dicom_anon.faces")
 
 # Face oval sizes tried in turn: the inner face, one reaching the face outline, one past it
 # (where the surrogate shows hair the patient's own pixels stay, see SurrogateBackend._valid).
@@ -47,14 +61,43 @@ class PhotoResult:
     preserved: np.ndarray  # (frames, rows, columns) bool: the pixels that are bit-identical to the input
 
 
+class IdentityMemory(Protocol):
+    """Which pool person each patient was given (the service's state store is one).
+
+    The keyed order alone gives a patient the same first choice everywhere, but each photo
+    filters it (measured skin tone, look-alikes, the QA gate) and a before/after pair can
+    then part ways. Remembering the first choice keeps every later photo on it (VerA's one
+    pseudo-identity per patient) for as long as it passes that photo's QA.
+    """
+
+    def surrogate_for(self, pseudonym: str) -> str | None: ...
+
+    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None: ...
+
+
+class InMemoryIdentities:
+    """An ``IdentityMemory`` for one process (evaluations, batch runs)."""
+
+    def __init__(self) -> None:
+        self._chosen: dict[str, str] = {}
+
+    def surrogate_for(self, pseudonym: str) -> str | None:
+        return self._chosen.get(pseudonym)
+
+    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None:
+        self._chosen.setdefault(pseudonym, surrogate)
+
+
 @dataclass(frozen=True)
 class Patient:
-    """Who the photo shows, as far as the pipeline may know: the keyed pseudonym and header hints."""
+    """Who the photo shows, as far as the pipeline may know: the keyed pseudonym, header hints and
+    the memory of the new face this patient was given before."""
 
     pseudonym: str
     key: SiteKey
     sex: str | None = None
     age_years: float | None = None
+    memory: IdentityMemory | None = None
 
 
 @dataclass
@@ -132,15 +175,22 @@ class FacePipeline:
         """
         started = time.perf_counter()
         embedding = self.recognizer.embed(original, face)
+        # The first (largest) face is the patient's; others in the frame are other people.
+        remembered = patient.memory.surrogate_for(patient.pseudonym) if patient.memory and not used else None
+        hints = _hints(original, face, patient)
         ctx = PatientContext(
             pseudonym=patient.pseudonym,
             key=patient.key,
-            sex=patient.sex,
-            age_years=patient.age_years,
+            sex=hints["sex"],
+            age_years=hints["age_years"],
             skin_lab=skin_lab(original, face),
             yaw=face.yaw,
             embedding=embedding,
             exclude_people=frozenset(used),
+            remembered=remembered,
+            age_tolerance=(
+                ESTIMATED_AGE_TOLERANCE_YEARS if hints["age_from"] == "photo" else AGE_TOLERANCE_YEARS
+            ),
         )
         options = self.backend.candidates(ctx)
         if not options:
@@ -150,57 +200,72 @@ class FacePipeline:
         limit = self.settings.max_identity_similarity if self.gate else 1.0
         attempts: list[dict] = []
         ladder = OVAL_LADDER if self.gate else OVAL_LADDER[:1]
-        for oval_scale in ladder:
-            # The masks depend on the face and the oval only, not on the candidate.
-            fm_s = self._masks(small.face, small.frame.shape, small.preserved, oval_scale) if screen else None
-            fm: M.FaceMasks | None = None
-            for cand in options:
-                attempt = {**cand.info, "oval": oval_scale}
-                attempts.append(attempt)
-                if fm_s is not None:
-                    trial = self._apply(cand, small.frame, small.original, small.face, fm_s)
-                    sim = cosine(embedding, self.recognizer.embed(trial, small.face))
-                    attempt["screen"] = {"identity_similarity": round(sim, 4)}
-                    if sim >= limit:
-                        attempt["code"] = "qa-identity-too-similar"
-                        continue
-                fm = fm or self._masks(face, frame.shape, image_preserved, oval_scale)
-                result = self._apply(cand, frame, original, face, fm)
-                if self.gate:
-                    v = check(
-                        original,
-                        result,
-                        fm.preserved,
-                        face,
-                        embedding,
-                        self.detector,
-                        self.recognizer,
-                        limit,
-                        roi=fm.roi,
+        # The patient's own choice (remembered, else keyed first) at every oval before anyone else:
+        # a larger oval is a smaller change to the picture than another person in the next photo.
+        plan = [(options[0], o) for o in ladder] + [(c, o) for o in ladder for c in options[1:]]
+        # The masks depend on the face and the oval only, not on the candidate.
+        small_masks: dict[float, M.FaceMasks] = {}
+        full_masks: dict[float, M.FaceMasks] = {}
+        for cand, oval_scale in plan:
+            attempt = {**cand.info, "oval": oval_scale}
+            attempts.append(attempt)
+            if screen:
+                if oval_scale not in small_masks:
+                    small_masks[oval_scale] = self._masks(
+                        small.face, small.frame.shape, small.preserved, oval_scale
                     )
-                else:
-                    v = Verdict(preserved_diff(original, result, fm.preserved, fm.roi), True, None, None)
-                attempt.update(v.figures())
-                if v.code is not None:
-                    attempt["code"] = v.code
+                trial = self._apply(cand, small.frame, small.original, small.face, small_masks[oval_scale])
+                sim = cosine(embedding, self.recognizer.embed(trial, small.face))
+                attempt["screen"] = {"identity_similarity": round(sim, 4)}
+                if sim >= limit:
+                    attempt["code"] = "qa-identity-too-similar"
                     continue
-                if "person" in cand.info:
-                    used.add(cand.info["person"])
-                return (
+            if oval_scale not in full_masks:
+                full_masks[oval_scale] = self._masks(face, frame.shape, image_preserved, oval_scale)
+            fm = full_masks[oval_scale]
+            result = self._apply(cand, frame, original, face, fm)
+            if self.gate:
+                v = check(
+                    original,
                     result,
-                    fm,
-                    {
-                        "where": where,
-                        "box": [round(float(v)) for v in face.box],
-                        "eye_distance": round(face.eye_distance, 1),
-                        "yaw": round(face.yaw, 1),
-                        **cand.info,
-                        "oval": oval_scale,
-                        **v.figures(),
-                        "attempts": len(attempts),
-                        "seconds": round(time.perf_counter() - started, 3),
-                    },
+                    fm.preserved,
+                    face,
+                    embedding,
+                    self.detector,
+                    self.recognizer,
+                    limit,
+                    roi=fm.roi,
                 )
+            else:
+                v = Verdict(preserved_diff(original, result, fm.preserved, fm.roi), True, None, None)
+            attempt.update(v.figures())
+            if v.code is not None:
+                attempt["code"] = v.code
+                continue
+            if "person" in cand.info:
+                if patient.memory and not used:
+                    patient.memory.remember_surrogate(patient.pseudonym, cand.info["person"])
+                used.add(cand.info["person"])
+            return (
+                result,
+                fm,
+                {
+                    "where": where,
+                    "box": [round(float(v)) for v in face.box],
+                    "eye_distance": round(face.eye_distance, 1),
+                    "yaw": round(face.yaw, 1),
+                    **cand.info,
+                    "oval": oval_scale,
+                    "remembered": remembered is not None and cand.info.get("person") == remembered,
+                    "sex": hints["sex"],
+                    "sex_from": hints["sex_from"],
+                    "age_years": None if hints["age_years"] is None else round(hints["age_years"], 1),
+                    "age_from": hints["age_from"],
+                    **v.figures(),
+                    "attempts": len(attempts),
+                    "seconds": round(time.perf_counter() - started, 3),
+                },
+            )
         codes = [a["code"] for a in attempts]
         # The most telling failure: a changed clinical area outranks a lost face outranks a look-alike.
         code = next(
@@ -284,10 +349,14 @@ class FacePipeline:
 
     # --- DICOM ----------------------------------------------------------------------
 
-    def process_photo(self, ds: Dataset, pseudonym: str, key: SiteKey) -> PhotoResult:
+    def process_photo(
+        self, ds: Dataset, pseudonym: str, key: SiteKey, memory: IdentityMemory | None = None
+    ) -> PhotoResult:
         started = time.perf_counter()
         decoded = decode(ds)
-        patient = Patient(pseudonym, key, parse_sex(ds.get("PatientSex")), parse_age(ds.get("PatientAge")))
+        patient = Patient(
+            pseudonym, key, parse_sex(ds.get("PatientSex")), parse_age(ds.get("PatientAge")), memory
+        )
         result = self.process_frames(decoded.frames, patient)
         output = OutputEncoding(self.settings.output)
         out = copy.deepcopy(ds)
@@ -322,6 +391,33 @@ class FacePipeline:
         }
         cleaned = frozenset({Option.CLEAN_RECOGNIZABLE_VISUAL_FEATURES}) if result.faces else frozenset()
         return PhotoResult(out, figures, cleaned, result.preserved)
+
+
+def _hints(original: np.ndarray, face: Face, patient: Patient) -> dict:
+    """Sex and age to choose the surrogate by: the header's, else the face's own estimate.
+
+    The estimate only decides how well the new face suits (a child should not get a bearded
+    adult's face), never whether the photo is safe, so a face that gives no trustworthy
+    estimate, or missing models, leave the choice unfiltered instead of refusing the photo.
+    """
+    hints = {
+        "sex": patient.sex,
+        "sex_from": "header" if patient.sex else None,
+        "age_years": patient.age_years,
+        "age_from": "header" if patient.age_years is not None else None,
+    }
+    if patient.sex and patient.age_years is not None:
+        return hints
+    try:
+        estimated = estimate(original, face)
+    except (AttributesRefused, ModelsError) as exc:
+        log.debug("no sex/age estimate for this face", reason=str(exc))
+        return hints
+    if not patient.sex and estimated.trusted_sex():
+        hints.update(sex=estimated.trusted_sex(), sex_from="photo")
+    if patient.age_years is None:
+        hints.update(age_years=estimated.age_years, age_from="photo")
+    return hints
 
 
 class _Scaled:
@@ -375,11 +471,18 @@ def get_pipeline(settings: PixelSettings, method: str | None = None) -> FacePipe
     return _pipeline(settings.model_dump_json(), method)
 
 
-def process_photo(ds: Dataset, settings: PixelSettings, pseudonym: str, key: SiteKey) -> PhotoResult:
+def process_photo(
+    ds: Dataset,
+    settings: PixelSettings,
+    pseudonym: str,
+    key: SiteKey,
+    memory: IdentityMemory | None = None,
+) -> PhotoResult:
     """De-identify the face(s) of one photo instance; raise ``Refused`` if it cannot be made safe.
 
     ``pseudonym`` is the patient's keyed pseudonym (the same one the header stage writes),
-    so every photo of one patient gets the same new face under one site key.
+    so every photo of one patient gets the same new face under one site key; ``memory``
+    keeps it the same when one photo's measurements would filter the keyed choice away.
     """
     try:
         pipeline = get_pipeline(settings)
@@ -387,10 +490,12 @@ def process_photo(ds: Dataset, settings: PixelSettings, pseudonym: str, key: Sit
         raise Refused("method-unavailable", str(exc)) from None
     except PoolError as exc:
         raise Refused("surrogate-pool-unavailable", str(exc)) from None
-    return pipeline.process_photo(ds, pseudonym, key)
+    return pipeline.process_photo(ds, pseudonym, key, memory)
 
 
-def process_instance(ds: Dataset, settings: PixelSettings, key: SiteKey) -> PhotoResult:
+def process_instance(
+    ds: Dataset, settings: PixelSettings, key: SiteKey, memory: IdentityMemory | None = None
+) -> PhotoResult:
     """``process_photo`` keyed by the same pseudonym the header engine will write for ``ds``
-    (the service's pixel-stage hook has exactly this signature)."""
-    return process_photo(ds, settings, patient_pseudonym(ds, key), key)
+    (the service's pixel stage calls this, with its state store as the memory)."""
+    return process_photo(ds, settings, patient_pseudonym(ds, key), key, memory)

@@ -15,7 +15,7 @@ they are not offered to routes (blur can be reversed, an eye bar leaves the face
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +35,8 @@ EXCLUDE_SIMILARITY = 0.30
 # Skin tones further apart than this (CIELAB delta E) are not offered while closer ones exist.
 MAX_SKIN_DELTA_E = 22.0
 AGE_TOLERANCE_YEARS = 10.0
+# An age estimated from the photo (faces/attributes.py) reads older adults about ten years young.
+ESTIMATED_AGE_TOLERANCE_YEARS = 15.0
 MAX_YAW_DIFFERENCE = 25.0
 
 # Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
@@ -55,6 +57,9 @@ class PatientContext:
     yaw: float = 0.0
     embedding: np.ndarray | None = None
     exclude_people: frozenset[str] = frozenset()
+    # The pool person this patient was given before (the service remembers it per pseudonym).
+    remembered: str | None = None
+    age_tolerance: float = AGE_TOLERANCE_YEARS
 
 
 def parse_age(value: object) -> float | None:
@@ -84,9 +89,14 @@ def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
 def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     """Suitable surrogates, in this patient's keyed order; one photo per person (closest pose).
 
-    Each filter falls back to the unfiltered set when it would leave nobody, so a small
-    pool degrades to "less well matched", never to "no surrogate"; the exclusion of
-    look-alikes never falls back.
+    The best-suited people come first (sex, age band, skin tone, pose, each filter falling
+    back to the unfiltered set when it would leave nobody), then the rest of the people of
+    the patient's sex, each group in keyed order: when the QA gate turns the best-suited
+    down, a less well matched face is tried before the photo is refused, but never one of
+    the other sex. The exclusion of look-alikes never falls back. The person this patient
+    was given before comes first whatever this photo's measured skin tone, age or pose say
+    (they wobble from photo to photo, the patient does not), unless this photo makes them a
+    look-alike.
     """
     people = {
         person: photos
@@ -104,10 +114,16 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
             people.clear()
             people.update(kept)
 
+    def keyed(names: Iterable[str]) -> list[str]:
+        return sorted(names, key=lambda person: _rendezvous(ctx, person), reverse=True)
+
+    eligible = dict(people)
+    again = people.get(ctx.remembered or "")
     if ctx.sex:
         narrow(lambda photos: photos[0].sex in (None, ctx.sex))
+    same_sex = dict(people)
     if ctx.age_years is not None:
-        narrow(lambda photos: _age_gap(photos[0].age_band, ctx.age_years) <= AGE_TOLERANCE_YEARS)
+        narrow(lambda photos: _age_gap(photos[0].age_band, ctx.age_years) <= ctx.age_tolerance)
     if ctx.skin_lab is not None:
 
         def skin_ok(photos: list[Surrogate]) -> bool:
@@ -116,8 +132,10 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
 
         narrow(skin_ok)
     narrow(lambda photos: any(abs(p.yaw - ctx.yaw) <= MAX_YAW_DIFFERENCE for p in photos))
-    order = sorted(people, key=lambda person: _rendezvous(ctx, person), reverse=True)
-    return [min(people[p], key=lambda s: (abs(s.yaw - ctx.yaw), s.id)) for p in order]
+    order = keyed(people) + keyed(set(same_sex) - set(people))
+    if again is not None:
+        order = [ctx.remembered, *(p for p in order if p != ctx.remembered)]
+    return [min(eligible[p], key=lambda s: (abs(s.yaw - ctx.yaw), s.id)) for p in order]
 
 
 # --- geometry --------------------------------------------------------------------------

@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     resolved_by TEXT
 );
 CREATE INDEX IF NOT EXISTS quarantine_by_state ON quarantine (state, id);
+CREATE TABLE IF NOT EXISTS identities (
+    patient_pseudonym TEXT PRIMARY KEY,
+    surrogate TEXT NOT NULL,
+    chosen_at REAL NOT NULL
+);
 """
 
 # Job states. A job is 'done' when none of its deliveries is pending; quarantined parts hold
@@ -555,6 +560,22 @@ class StateStore:
             ).rowcount
             if not changed:
                 raise KeyError(qid)
+
+    # --- the face pipeline's identity memory ---------------------------------------------
+
+    def surrogate_for(self, pseudonym: str) -> str | None:
+        """The surrogate person this patient's first replaced photo was given, if any."""
+        rows = self._read("SELECT surrogate FROM identities WHERE patient_pseudonym = ?", (pseudonym,))
+        return rows[0]["surrogate"] if rows else None
+
+    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None:
+        """Keep the first choice: a later photo that had to use another person does not move it."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO identities (patient_pseudonym, surrogate, chosen_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (patient_pseudonym) DO NOTHING",
+                (pseudonym, surrogate, time.time()),
+            )
 
     # --- reporting -----------------------------------------------------------------------
 

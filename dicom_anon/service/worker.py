@@ -51,20 +51,22 @@ class PixelOutcome:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-# The face pipeline plugs in here: (dataset, the route's pixel settings, site key) -> PixelOutcome,
-# raising Refused (no face, QA failed, undecodable) to quarantine.
-PixelStage = Callable[[Dataset, PixelSettings, SiteKey], PixelOutcome]
+# The face pipeline plugs in here: (dataset, the route's pixel settings, site key, the store as the
+# memory of which surrogate each patient was given) -> PixelOutcome, raising Refused (no face,
+# QA failed, undecodable) to quarantine.
+PixelStage = Callable[[Dataset, PixelSettings, SiteKey, StateStore], PixelOutcome]
 
 
-def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey) -> PixelOutcome:
+def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: StateStore) -> PixelOutcome:
     """The face pipeline as the service's pixel stage: the surrogate is keyed by the header
-    pseudonym, QA figures go to the audit event, Refused (no face, QA failed) quarantines.
+    pseudonym and remembered in the store, so every later photo of the patient shows the same
+    new person; QA figures go to the audit event, Refused (no face, QA failed) quarantines.
 
     Imported on first use so that torch and the models load only when a photo route runs.
     """
     from ..faces.pipeline import process_instance
 
-    result = process_instance(ds, settings, key)
+    result = process_instance(ds, settings, key, store)
     return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
 
 
@@ -283,7 +285,7 @@ class Worker(threading.Thread):
                     "settings": settings,
                 },
             )
-        outcome = self.rt.pixel_stage(ds, profile.pixels, self.rt.key)
+        outcome = self.rt.pixel_stage(ds, profile.pixels, self.rt.key, self.rt.store)
         report = {"applied": True, "settings": settings, **outcome.report}
         return outcome.dataset, outcome.cleaned, report
 

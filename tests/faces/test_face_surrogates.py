@@ -16,7 +16,7 @@ from dicom_anon.faces import pool as P
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
-from dicom_anon.faces.pipeline import get_pipeline, process_photo
+from dicom_anon.faces.pipeline import InMemoryIdentities, Patient, get_pipeline, process_photo
 from dicom_anon.faces.qa import check
 from dicom_anon.faces.replace import PatientContext, candidates, parse_age
 from dicom_anon.headers.errors import Refused
@@ -57,7 +57,9 @@ def test_header_sex_and_age_filter_the_pool(site_key) -> None:
         men = candidates(pool, PatientContext(pseudonym=p, key=site_key, sex="M"))
         assert men and all(s.sex == "M" for s in men)
     older = candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("060Y")))
-    assert all(s.age_band[1] >= 50 for s in older)
+    suited = [s.age_band[1] >= 50 for s in older]
+    # The best-suited first; the others follow only as fallbacks for the QA gate.
+    assert suited[0] and suited == sorted(suited, reverse=True)
     assert parse_age("006M") == 0.5 and parse_age("bad") is None
 
 
@@ -77,6 +79,38 @@ def test_two_photos_of_one_patient_show_one_new_person(face_a, face_b, lenient) 
     assert (c.same_pairs, c.different_pairs) == (1, 2)
     assert c.original_same == 1.0 and c.original_separated == 1.0
     assert c.same_surrogate == 1.0 and c.same_consistent == 1.0
+
+
+def test_remembered_person_comes_first_whatever_this_photo_measures(site_key) -> None:
+    pool = P.get_pool()
+    # A pale photo's skin tone puts the pool's lighter-skinned people first ...
+    tone = np.array([80.0, 16.0, 23.0])
+    near = [s.person for s in candidates(pool, PatientContext(pseudonym="x", key=site_key, skin_lab=tone))]
+    far = near[-1]
+    assert np.linalg.norm(np.mean([s.skin_lab for s in pool.people()[far]], axis=0) - tone) > 22
+    # ... but the person this patient was given before still leads, the others keep their order.
+    ctx = PatientContext(pseudonym="x", key=site_key, skin_lab=tone, remembered=far)
+    assert [s.person for s in candidates(pool, ctx)] == [far, *near[:-1]]
+    # Never when this photo makes them a look-alike of the patient.
+    twin = pool.people()[far][0]
+    alike = PatientContext(pseudonym="x", key=site_key, embedding=twin.embedding, remembered=far)
+    assert far not in {s.person for s in candidates(pool, alike)}
+    # A remembered person who is not in this pool (another route's pool) is ignored.
+    gone = PatientContext(pseudonym="x", key=site_key, skin_lab=tone, remembered="elsewhere-P1")
+    assert [s.person for s in candidates(pool, gone)] == near
+
+
+def test_pipeline_remembers_the_patients_first_new_face(face_a, lenient) -> None:
+    memory = InMemoryIdentities()
+    pipe = get_pipeline(lenient, "surrogate")
+    first = pipe.process_frames(face_a[None], Patient("ANONMEM", SiteKey(b"k" * 32), memory=memory))
+    person = first.faces[0]["person"]
+    assert memory.surrogate_for("ANONMEM") == person and not first.faces[0]["remembered"]
+    # Another photo of the patient, framed differently, is given the remembered person.
+    again = pipe.process_frames(
+        np.ascontiguousarray(face_a[12:, 8:])[None], Patient("ANONMEM", SiteKey(b"k" * 32), memory=memory)
+    )
+    assert again.faces[0]["person"] == person and again.faces[0]["remembered"]
 
 
 def test_pool_checksums_are_verified(tmp_path) -> None:

@@ -37,6 +37,7 @@ from peers import (
     write_photos,
 )
 from pydicom.encaps import encapsulate
+from pydicom.uid import generate_uid
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
 
@@ -143,34 +144,47 @@ def test_storescu_to_storescp_arrives_de_identified(tmp_path, procs, testdata):
     verify_then_tamper(data_dir)
 
 
-def test_face_photo_gets_a_new_face_and_a_photo_without_one_is_held(tmp_path, procs, testdata):
+def second_photo(path: Path, out: Path) -> Path:
+    """Another instance of the patient's photo (same pixels, so the QA gate decides the same way,
+    and a new SOP Instance UID, so the service takes it as a photo of its own)."""
+    ds = pydicom.dcmread(path)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(out)
+    return out
+
+
+def test_face_photos_get_one_new_face_and_a_photo_without_one_is_held(tmp_path, procs, testdata):
     """The orthodontic route through the real face pipeline: the face is replaced with the mouth
-    kept, the markers say so; an intraoral photo (no face) is quarantined, never forwarded."""
+    kept, the markers say so, and the patient's second photo shows the same new person (the
+    store remembers it); an intraoral photo (no face) is quarantined, never forwarded."""
     phi = manifest_phi(testdata)
     generated = testdata / "dicom" / "generated"
     face = generated / "vlphoto_face_noburn_explicit_le.dcm"
+    again = second_photo(face, tmp_path / "again.dcm")
     intraoral = generated / "vlphoto_intraoral_noburn_explicit_le.dcm"
     arch_port, port = free_port(), free_port()
     archive = tmp_path / "archive"
     procs.append(start_storescp(tmp_path, arch_port, archive).wait_ready())
     service = start_service(tmp_path, port, [f"teaching=TEACHING@127.0.0.1:{arch_port}"], headers_only=False)
     procs.append(service.wait_ready())
-    assert storescu(port, [face, intraoral]).returncode == 0
+    assert storescu(port, [face, again, intraoral]).returncode == 0
     data_dir = tmp_path / "data"
-    wait_until(lambda: len(list(archive.glob("*.dcm"))) == 1, 120, "the face photo")
+    wait_until(lambda: len(list(archive.glob("*.dcm"))) == 2, 120, "both face photos")
     wait_until(lambda: events(data_dir, "instance_quarantined"), 30, "the intraoral photo held")
     assert [e["code"] for e in events(data_dir, "instance_quarantined")] == ["no-face"]
-    (out,) = archive.glob("*.dcm")
-    result = pydicom.dcmread(out)
-    assert_no_phi(out.read_bytes(), phi, out.name)
-    assert result.RecognizableVisualFeatures == "NO"
-    assert "113102" in {item.CodeValue for item in result.DeidentificationMethodCodeSequence}
     before = pydicom.dcmread(face).pixel_array
-    after = result.pixel_array
-    assert after.shape == before.shape
-    assert (after != before).any(axis=-1).sum() > 2000  # a face's worth of pixels (the face is small here)
-    (deidentified,) = events(data_dir, "instance_deidentified")
-    assert deidentified["pixels"]["applied"] is True
+    for out in archive.glob("*.dcm"):
+        result = pydicom.dcmread(out)
+        assert_no_phi(out.read_bytes(), phi, out.name)
+        assert result.RecognizableVisualFeatures == "NO"
+        assert "113102" in {item.CodeValue for item in result.DeidentificationMethodCodeSequence}
+        after = result.pixel_array
+        assert after.shape == before.shape
+        assert (after != before).any(axis=-1).sum() > 2000  # a face's worth of pixels (the face is small)
+    first, second = (e["pixels"] for e in events(data_dir, "instance_deidentified"))
+    assert first["applied"] and second["applied"]
+    (face1,), (face2,) = first["qa"]["faces"], second["qa"]["faces"]
+    assert face1["person"] == face2["person"] and face2["remembered"] is True
     service.stop()
     verify_then_tamper(data_dir)
 

@@ -175,3 +175,17 @@ def test_expired_spool_lists_done_jobs_only(store):
     store.finish_routing(a, [], [])
     assert [j for j, _ in store.expired_spool(time.time() + 1)] == [a]
     assert store.counts()["jobs.received"] == 1 and store.counts()["jobs." + DONE] == 1
+
+
+def test_identity_memory_keeps_the_first_surrogate_and_survives_a_restart(tmp_path):
+    path = tmp_path / "state.sqlite"
+    s = StateStore(path)
+    assert s.surrogate_for("ANONP1") is None
+    s.remember_surrogate("ANONP1", "openpeople-P002")
+    s.remember_surrogate("ANONP1", "openpeople-P007")  # a later photo had to use someone else
+    s.remember_surrogate("ANONP2", "openpeople-P007")
+    s.close()
+    again = StateStore(path)
+    assert again.surrogate_for("ANONP1") == "openpeople-P002"
+    assert again.surrogate_for("ANONP2") == "openpeople-P007"
+    again.close()
