@@ -32,6 +32,7 @@ from .embed import cosine, get_recognizer
 from .pool import DEFAULT_POOL, PoolError, get_pool, skin_lab
 from .qa import FaceRefused, Verdict, check, preserved_diff
 from .replace import (
+    ADULT_AGE_YEARS,
     AGE_TOLERANCE_YEARS,
     BASELINES,
     ESTIMATED_AGE_TOLERANCE_YEARS,
@@ -194,7 +195,16 @@ class FacePipeline:
         )
         options = self.backend.candidates(ctx)
         if not options:
-            raise FaceRefused("no-surrogate", f"{where}: the {self.method} method offered no candidate")
+            child = hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS
+            why = (
+                f"a child (age {hints['age_years']:.0f}, from the {hints['age_from']}) and the pool holds "
+                "nobody near that age; add synthetic children to the pool"
+                if child
+                else "every pool person resembles the patient"
+            )
+            raise FaceRefused(
+                "no-surrogate", f"{where}: the {self.method} method offered no candidate: {why}"
+            )
         small = _Scaled(frame, original, face, image_preserved, SCREEN_EYE_DISTANCE)
         screen = self.gate and small.scale < 1.0
         limit = self.settings.max_identity_similarity if self.gate else 1.0

@@ -37,6 +37,11 @@ MAX_SKIN_DELTA_E = 22.0
 AGE_TOLERANCE_YEARS = 10.0
 # An age estimated from the photo (faces/attributes.py) reads older adults about ten years young.
 ESTIMATED_AGE_TOLERANCE_YEARS = 15.0
+# Below this age an adult's features look absurd (orthodontic patients are mostly children):
+# a child gets only a pool person within the age tolerance, or none, and the photo is held.
+ADULT_AGE_YEARS = 18.0
+# Faces change fast in childhood: a child's surrogate must be this close in age (years).
+CHILD_AGE_TOLERANCE_YEARS = 4.0
 MAX_YAW_DIFFERENCE = 25.0
 
 # Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
@@ -93,7 +98,8 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     back to the unfiltered set when it would leave nobody), then the rest of the people of
     the patient's sex, each group in keyed order: when the QA gate turns the best-suited
     down, a less well matched face is tried before the photo is refused, but never one of
-    the other sex. The exclusion of look-alikes never falls back. The person this patient
+    the other sex, nor an adult for a child (empty list: the photo is held). The exclusion of
+    look-alikes never falls back. The person this patient
     was given before comes first whatever this photo's measured skin tone, age or pose say
     (they wobble from photo to photo, the patient does not), unless this photo makes them a
     look-alike.
@@ -121,6 +127,11 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     again = people.get(ctx.remembered or "")
     if ctx.sex:
         narrow(lambda photos: photos[0].sex in (None, ctx.sex))
+    if ctx.age_years is not None and ctx.age_years < ADULT_AGE_YEARS:
+        for person in [
+            k for k, v in people.items() if _age_gap(v[0].age_band, ctx.age_years) > CHILD_AGE_TOLERANCE_YEARS
+        ]:
+            del people[person]
     same_sex = dict(people)
     if ctx.age_years is not None:
         narrow(lambda photos: _age_gap(photos[0].age_band, ctx.age_years) <= ctx.age_tolerance)

@@ -63,6 +63,13 @@ def test_header_sex_and_age_filter_the_pool(site_key) -> None:
     assert parse_age("006M") == 0.5 and parse_age("bad") is None
 
 
+def test_a_child_never_gets_an_adults_face(site_key) -> None:
+    pool = P.get_pool()  # openpeople: 18 to 65 years
+    assert candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("008Y"))) == []
+    teen = candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("016Y")))
+    assert teen and all(s.age_band[0] <= 20 for s in teen)
+
+
 def test_never_a_surrogate_that_looks_like_the_patient(site_key) -> None:
     pool = P.get_pool()
     twin = pool.surrogates[0]
