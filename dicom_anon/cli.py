@@ -3,14 +3,11 @@ the work lives in the modules named after it."""
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-import structlog
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -58,12 +55,6 @@ def main(
     ] = False,
 ) -> None:
     """De-identify clinical DICOM photographs and forward them to a teaching archive."""
-    # The one-shot commands print their own results; library log lines below a warning would only
-    # clutter them (``serve`` configures its own structured log).
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
 
 
 def load_key(config: Path | None, data_dir: Path | None) -> tuple[SiteKey, frozenset[Option]]:

@@ -16,7 +16,6 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-import structlog
 from pydicom import Dataset
 
 from ..config import PixelSettings
@@ -42,8 +41,6 @@ from .replace import (
     parse_age,
     parse_sex,
 )
-
-log = structlog.get_logger("dicom_anon.faces")
 
 # Face oval sizes tried in turn: the inner face, one reaching the face outline, one past it
 # (where the surrogate shows hair the patient's own pixels stay, see SurrogateBackend._valid).
@@ -271,6 +268,7 @@ class FacePipeline:
                     "sex_from": hints["sex_from"],
                     "age_years": None if hints["age_years"] is None else round(hints["age_years"], 1),
                     "age_from": hints["age_from"],
+                    **({"estimate": hints["estimate"]} if "estimate" in hints else {}),
                     **v.figures(),
                     "attempts": len(attempts),
                     "seconds": round(time.perf_counter() - started, 3),
@@ -420,9 +418,10 @@ def _hints(original: np.ndarray, face: Face, patient: Patient) -> dict:
         return hints
     try:
         estimated = estimate(original, face)
-    except (AttributesRefused, ModelsError) as exc:
-        log.debug("no sex/age estimate for this face", reason=str(exc))
-        return hints
+    except AttributesRefused as exc:
+        return {**hints, "estimate": exc.code}
+    except ModelsError:
+        return {**hints, "estimate": "models-unavailable"}
     if not patient.sex and estimated.trusted_sex():
         hints.update(sex=estimated.trusted_sex(), sex_from="photo")
     if patient.age_years is None:
