@@ -10,8 +10,9 @@ limit, what it costs on each side, and draws the curve (``--plot``):
 - privacy: refusals, re-identification (SFace >= 0.363 against the original), mean similarity;
 - realism: estimated sex kept (result against original, both from the photo, confident
   estimates only), median estimated age gap, seam smoothness (gradient energy on a thin band
-  round the preserved area, result over original: 1.0 is as smooth as the photo) and the
-  cheek colour drift (CIELAB delta E).
+  round the preserved area, result over original: 1.0 is as smooth as the photo; and the same
+  over the new skin's own texture, measured on a ring further out, so that a surrogate with more
+  skin detail than the patient is not taken for a seam) and the cheek colour drift (CIELAB delta E).
 
     .venv/bin/python benchmarks/tradeoff.py [--faces 40] [--limits 0.2 0.25 0.3 0.363] [--plot PNG]
 """
@@ -36,14 +37,18 @@ from dicom_anon.headers.errors import Refused
 SFHQ = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "faces" / "sfhq"
 
 
-def seam_ratio(before: np.ndarray, after: np.ndarray, preserved: np.ndarray, width: int) -> float | None:
-    """Gradient energy of ``after`` over ``before`` on a band ``width`` px either side of the preserved
-    area's edge: a hard paste measured about 1.5 in the prototypes, 1.0 is as smooth as the photo."""
-    if not preserved.any():
-        return None
+def _ring(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` px either side of ``mask``'s edge."""
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1,) * 2)
-    m = preserved.astype(np.uint8)
-    band = (cv2.dilate(m, k) - cv2.erode(m, k)).astype(bool)
+    m = mask.astype(np.uint8)
+    return (cv2.dilate(m, k) - cv2.erode(m, k)).astype(bool)
+
+
+def seam_ratio(before: np.ndarray, after: np.ndarray, band: np.ndarray) -> float | None:
+    """Gradient energy of ``after`` over ``before`` on ``band``: on a band round the preserved
+    area's edge a hard paste measured about 1.5 in the prototypes, 1.0 is as smooth as the photo."""
+    if not band.any():
+        return None
 
     def energy(rgb: np.ndarray) -> float:
         g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -62,7 +67,7 @@ def faces(n: int) -> list[EvalImage]:
 def sweep(images: list[EvalImage], limit: float, max_candidates: int) -> dict[str, float]:
     settings = PixelSettings(preserve=["mouth"], max_identity_similarity=limit, max_candidates=max_candidates)
     pipe = FacePipeline(settings)
-    refused, sims, sex_pairs, age_gaps, seams, drifts = 0, [], [], [], [], []
+    refused, sims, sex_pairs, age_gaps, seams, seam_excess, drifts = 0, [], [], [], [], [], []
     for img in images:
         found = pipe.detector.detect([img.rgb])[0]
         if not found:
@@ -85,9 +90,15 @@ def sweep(images: list[EvalImage], limit: float, max_candidates: int) -> dict[st
             if a.trusted_sex() and b.trusted_sex():
                 sex_pairs.append(a.trusted_sex() == b.trusted_sex())
             age_gaps.append(abs(a.age_years - b.age_years))
-        s = seam_ratio(img.rgb, out, res.preserved[0], max(2, round(0.05 * face.eye_distance)))
-        if s is not None:
-            seams.append(s)
+        width = max(2, round(0.05 * face.eye_distance))
+        seam = seam_ratio(img.rgb, out, _ring(res.preserved[0], width))
+        # The same measure on a ring further out, inside the new face: the new skin's own texture.
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * 6 * width + 1,) * 2)
+        outer = cv2.dilate(res.preserved[0].astype(np.uint8), k).astype(bool)
+        texture = seam_ratio(img.rgb, out, _ring(outer, width) & res.replaced[0] & ~res.preserved[0])
+        if seam is not None and texture:
+            seams.append(seam)
+            seam_excess.append(seam / texture)
         drifts.append(float(np.linalg.norm(skin_lab(out, face) - skin_lab(img.rgb, face))))
     done = max(1, len(sims))
     return {
@@ -98,6 +109,7 @@ def sweep(images: list[EvalImage], limit: float, max_candidates: int) -> dict[st
         "sex kept %": 100 * sum(sex_pairs) / max(1, len(sex_pairs)),
         "age gap y": statistics.median(age_gaps) if age_gaps else float("nan"),
         "seam": statistics.median(seams) if seams else float("nan"),
+        "seam/texture": statistics.median(seam_excess) if seam_excess else float("nan"),
         "skin dE": statistics.median(drifts) if drifts else float("nan"),
     }
 
@@ -121,6 +133,7 @@ def plot(rows: list[dict[str, float]], path: Path) -> None:
     right.plot(x, [r["age gap y"] for r in rows], "o-", label="median age gap (years)")
     right.plot(x, [r["skin dE"] for r in rows], "s-", label="median skin delta E")
     right.plot(x, [10 * r["seam"] for r in rows], "^-", label="seam energy ratio x10 (10 = photo)")
+    right.plot(x, [10 * r["seam/texture"] for r in rows], "v--", label="seam over new-skin texture x10")
     right.set_xlabel("mean SFace similarity to the patient")
     right.legend(fontsize=8)
     fig.suptitle("Surrogate method: privacy against realism as the QA limit moves")
