@@ -97,6 +97,33 @@ def relight(
     return lab_s - _masked_blur(lab_s, w, sigma) + _masked_blur(lab_d, wd, sigma)
 
 
+def match_detail(
+    ycc_s: torch.Tensor, ycc_d: torch.Tensor, weight: torch.Tensor, dst_weight: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Soften ``ycc_s``'s fine luma detail (finer than ``sigma``) to ``ycc_d``'s strength.
+
+    The pool's studio portraits are sharper than most clinical photos: pasted as they are, the
+    new skin shows about 1.4x the patient's texture energy, which a dermatologist sees at once.
+    Only ever softened (ratio <= 1): sharpening would amplify the surrogate photo's noise.
+    """
+    k = int(3 * sigma) * 2 + 1
+
+    def detail(ycc: torch.Tensor) -> torch.Tensor:
+        luma = ycc[:, :1]
+        return luma - kornia.filters.gaussian_blur2d(luma, (k, k), (sigma, sigma), border_type="replicate")
+
+    def energy(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        w = w[None, None] if w.ndim == 2 else w
+        return ((d**2 * w).sum() / w.sum().clamp_min(1.0)).sqrt()
+
+    d_s = detail(ycc_s)
+    wd = weight * dst_weight
+    if float(wd.sum()) < 16:
+        return ycc_s
+    ratio = (energy(detail(ycc_d), wd) / energy(d_s, weight).clamp_min(1e-6)).clamp(0.5, 1.0)
+    return torch.cat([ycc_s[:, :1] - d_s * (1 - ratio), ycc_s[:, 1:]], dim=1)
+
+
 def _jacobi(d: torch.Tensor, known: torch.Tensor, omega: torch.Tensor, iters: int) -> torch.Tensor:
     """``iters`` sweeps: every pixel in ``omega`` becomes the mean of its four neighbours.
 
@@ -223,6 +250,7 @@ def new_face(
     light_sigma: float | None = None,
     patient_skin: torch.Tensor | None = None,
     trusted: torch.Tensor | None = None,
+    detail_sigma: float | None = None,
 ) -> torch.Tensor:
     """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
     surrogate (the patient itself when the region is too small to measure).
@@ -241,6 +269,8 @@ def new_face(
     ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)
     if light_sigma:
         ycc = relight(ycc, ycc_p, weight, light_sigma, patient_skin)
+    if detail_sigma and patient_skin is not None:
+        ycc = match_detail(ycc, ycc_p, weight, patient_skin, detail_sigma)
     harmonised = kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1)
     # The membrane takes its boundary values only where both sides show the same kind of thing
     # (``trusted``: skin next to skin, or the preserved area); elsewhere on the boundary (the

@@ -46,6 +46,9 @@ MAX_YAW_DIFFERENCE = 25.0
 
 # Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
 LIGHT_SIGMA = 1.0
+# Skin texture (pores, fine lines) is detail finer than this (in eye distances); the surrogate's is
+# softened to the patient's strength.
+DETAIL_SIGMA = 0.03
 
 _VALID_CACHE: dict[str, np.ndarray] = {}
 
@@ -304,6 +307,7 @@ class SurrogateBackend(ReplacementBackend):
                 light_sigma=LIGHT_SIGMA * eye_distance,
                 patient_skin=torch.from_numpy(skin).to(self.device),
                 trusted=torch.from_numpy(trusted).to(self.device),
+                detail_sigma=max(1.0, DETAIL_SIGMA * eye_distance),
             )
             new = blend.to_uint8(new)
         if not full:

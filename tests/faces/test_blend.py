@@ -4,6 +4,7 @@ Laplace's equation, a new face worked out below the photo's resolution, SFace on
 from __future__ import annotations
 
 import cv2
+import kornia.filters
 import numpy as np
 import pytest
 import torch
@@ -102,3 +103,23 @@ def test_new_face_below_full_resolution_looks_the_same(face_a) -> None:
     assert diff[region].mean() < 2.0
     x0, y0, x1, y1 = fm.roi
     assert np.array_equal(reduced[~region], canvas[y0:y1, x0:x1][~region])  # alpha 0 keeps the patient
+
+
+def _detail_energy(ycc: torch.Tensor, sigma: float) -> float:
+    k = int(3 * sigma) * 2 + 1
+    luma = ycc[:, :1]
+    d = luma - kornia.filters.gaussian_blur2d(luma, (k, k), (sigma, sigma), border_type="replicate")
+    return float(d.pow(2).mean().sqrt())
+
+
+def test_match_detail_softens_a_sharper_surrogate_to_the_patients_texture() -> None:
+    g = torch.Generator().manual_seed(1)
+    base = torch.full((1, 3, 64, 64), 0.5)
+    sharp = base + 0.05 * torch.randn(1, 3, 64, 64, generator=g)
+    soft = base + 0.035 * torch.randn(1, 3, 64, 64, generator=g)
+    everywhere = torch.ones(64, 64)
+    out = blend.match_detail(sharp, soft, everywhere, everywhere, 1.5)
+    assert _detail_energy(out, 1.5) == pytest.approx(_detail_energy(soft, 1.5), rel=0.15)
+    assert torch.equal(out[:, 1:], sharp[:, 1:])  # chroma untouched
+    # Never sharpened: a surrogate softer than the patient stays as it is.
+    assert torch.allclose(blend.match_detail(soft, sharp, everywhere, everywhere, 1.5), soft)
