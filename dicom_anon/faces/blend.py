@@ -222,24 +222,13 @@ def membrane(diff: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
 
 
 def composite(
-    patient: torch.Tensor,
-    surrogate: torch.Tensor,
-    alpha: torch.Tensor,
-    preserved: torch.Tensor,
-    light_sigma: float | None = None,
-    patient_skin: torch.Tensor | None = None,
-    trusted: torch.Tensor | None = None,
+    patient: torch.Tensor, surrogate: torch.Tensor, alpha: torch.Tensor, preserved: torch.Tensor
 ) -> torch.Tensor:
-    """Harmonise, membrane-correct and alpha-blend ``surrogate`` into ``patient`` (1x3xHxW each).
-
-    ``light_sigma`` (pixels) also transfers the patient's lighting, measured on
-    ``patient_skin`` (HxW float) when given; without it only the colour statistics are matched.
-    ``trusted`` (HxW bool) marks the pixels outside the region whose difference the membrane
-    may carry inwards.
-    """
-    blended = new_face(patient, surrogate, alpha, preserved, light_sigma, patient_skin, trusted)
+    """Harmonise, membrane-correct and alpha-blend ``surrogate`` into ``patient`` (1x3xHxW each),
+    all at one resolution (the GAN backend's renderings; the surrogate backend calls ``new_face``
+    with its light and texture options and blends at full resolution itself)."""
     a = alpha[None, None]
-    return patient * (1 - a) + blended * a
+    return patient * (1 - a) + new_face(patient, surrogate, alpha, preserved) * a
 
 
 def new_face(

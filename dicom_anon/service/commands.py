@@ -126,15 +126,20 @@ def _what(settings: Settings, route: Route) -> str:
     return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}"
 
 
-@rules_app.command("check")
-def rules_check(file: Annotated[Path, typer.Argument(help="The settings YAML to check.")]) -> None:
-    """Validate a settings file: every problem with its line and the fix; then the routes in order."""
+def _settings_or_exit(file: Path) -> Settings:
+    """The settings in ``file``, or every problem with its line and fix in red and exit 1."""
     try:
-        settings = load_settings(file)
+        return load_settings(file)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             err.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+@rules_app.command("check")
+def rules_check(file: Annotated[Path, typer.Argument(help="The settings YAML to check.")]) -> None:
+    """Validate a settings file: every problem with its line and the fix; then the routes in order."""
+    settings = _settings_or_exit(file)
     table = Table(title=f"{file}: routes, applied in this order", title_justify="left")
     for column in ("#", "route", "matches", "does", "then"):
         table.add_column(column, overflow="fold")
@@ -170,12 +175,7 @@ def rules_test(
     De-identification is really run (in memory, with a throwaway key) so that a file the
     profile would refuse shows up as 'quarantine' with the reason.
     """
-    try:
-        settings = load_settings(file)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            err.print(f"[red]{line}[/]", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    settings = _settings_or_exit(file)
     rules = Rules(settings)
     caller = calling_ae or (
         settings.ingress.allowed_callers[0].ae_title if settings.ingress.allowed_callers else ""
