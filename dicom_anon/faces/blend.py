@@ -240,6 +240,7 @@ def new_face(
     patient_skin: torch.Tensor | None = None,
     trusted: torch.Tensor | None = None,
     detail_sigma: float | None = None,
+    surrogate_skin: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
     surrogate (the patient itself when the region is too small to measure).
@@ -256,15 +257,21 @@ def new_face(
     # as much, and luma plus two chroma axes separate light from skin colour just as well here.
     ycc_p = kornia.color.rgb_to_ycbcr(patient)
     ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)
+    # Light and texture are compared skin to skin: measured over the surrogate's eyes, brows and
+    # beard but only the patient's skin, the new skin came out lighter than the patient's by the
+    # surrogate's own skin-to-feature contrast (+13 L* on a dark-skinned man).
+    src_weight = weight if surrogate_skin is None else weight * surrogate_skin
+    if float(src_weight.sum()) < 16:
+        src_weight = weight
     if light_sigma:
-        ycc = relight(ycc, ycc_p, weight, light_sigma, patient_skin)
+        ycc = relight(ycc, ycc_p, src_weight, light_sigma, patient_skin)
     if detail_sigma and patient_skin is not None:
-        ycc = match_detail(ycc, ycc_p, weight, patient_skin, detail_sigma)
+        ycc = match_detail(ycc, ycc_p, src_weight, patient_skin, detail_sigma)
     harmonised = kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1)
-    # The membrane takes its boundary values only where both sides show the same kind of thing
-    # (``trusted``: skin next to skin, or the preserved area); elsewhere on the boundary (the
-    # patient's hair against the surrogate's background, say) it is left free, or it would
-    # smear that difference across the whole new face.
+    # The membrane takes its boundary values only where both sides show skin (``trusted``);
+    # elsewhere on the boundary (the patient's hair against the surrogate's background, or the
+    # patient's lips against the surrogate's beard) it is left free, or it would smear that
+    # difference across the whole new face.
     solve = region if trusted is None else region | ~trusted
     if int((~solve).sum()) < 16:
         solve = region

@@ -31,6 +31,9 @@ TEMPLATE_EYE_DISTANCE = 35.24
 # nor the surrogate's hair, ears or background fall inside it.
 FACE_OVAL = (56.0, 66.0, 35.0, 40.0, 45.0)  # centre x, centre y, half width, half height up, down
 _JAW_TAPER = 0.3
+# Face oval sizes the pipeline tries in turn: the inner face, one reaching the face outline, one
+# past it (where the surrogate shows hair the patient's own pixels stay, see SurrogateBackend._valid).
+OVAL_LADDER = (1.0, 1.25, 1.5)
 # With hair/ears/background "replace", the replaced head region grows to this much of the box.
 HEAD_SCALE = 1.7
 
@@ -92,7 +95,7 @@ def invert(m: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(m)
 
 
-def _ellipse(cx: float, cy: float, ax: float, ay: float, n: int = 72) -> np.ndarray:
+def ellipse(cx: float, cy: float, ax: float, ay: float, n: int = 72) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     return np.stack([cx + ax * np.cos(t), cy + ay * np.sin(t)], axis=1)
 
@@ -160,17 +163,17 @@ def preset_polygons(
             mw = float(np.linalg.norm(mr - ml))
             c = (ml + mr) / 2
             # Lips, teeth and an open smile sit mostly below the corner line.
-            polys.append(_ellipse(c[0], c[1] + 0.12 * mw, 0.5 * mw * 1.25, 0.5 * mw * 0.85))
+            polys.append(ellipse(c[0], c[1] + 0.12 * mw, 0.5 * mw * 1.25, 0.5 * mw * 0.85))
         elif preset is Preset.LOWER_FACE:
             cut = lm[NOSE][1] + 0.45 * ((lm[MOUTH_LEFT][1] + lm[MOUTH_RIGHT][1]) / 2 - lm[NOSE][1])
             polys.append(_rect(-400, cut, 512, 600))
         elif preset is Preset.NOSE:
             eye_y = (lm[LEFT_EYE][1] + lm[RIGHT_EYE][1]) / 2
             top, bottom = eye_y - 2, lm[NOSE][1] + 8
-            polys.append(_ellipse(lm[NOSE][0], (top + bottom) / 2, 12.0, (bottom - top) / 2))
+            polys.append(ellipse(lm[NOSE][0], (top + bottom) / 2, 12.0, (bottom - top) / 2))
         elif preset is Preset.EYES:
             for eye in (lm[LEFT_EYE], lm[RIGHT_EYE]):
-                polys.append(_ellipse(eye[0], eye[1], 12.5, 8.0))
+                polys.append(ellipse(eye[0], eye[1], 12.5, 8.0))
         elif preset is Preset.LESION_BOXES:
             for b in boxes:
                 if b.relative_to == "face":

@@ -42,10 +42,9 @@ from .replace import (
     parse_sex,
 )
 
-# Face oval sizes tried in turn: the inner face, one reaching the face outline, one past it
-# (where the surrogate shows hair the patient's own pixels stay, see SurrogateBackend._valid).
-OVAL_LADDER = (1.0, 1.25, 1.5)
 SCREEN_EYE_DISTANCE = 90.0
+# Eyes, nose and mouth must lie at least this many eye distances inside the photo.
+CUT_OFF_MARGIN = 0.25
 
 
 @dataclass(frozen=True)
@@ -137,8 +136,19 @@ class FacePipeline:
 
     # --- one face -------------------------------------------------------------------
 
-    def _screen(self, face: Face, where: str) -> None:
+    def _screen(self, face: Face, where: str, shape: tuple[int, ...]) -> None:
         s = self.settings
+        h, w = shape[:2]
+        margin = CUT_OFF_MARGIN * face.eye_distance
+        lm = face.landmarks
+        if (lm < margin).any() or (lm[:, 0] > w - margin).any() or (lm[:, 1] > h - margin).any():
+            # MTCNN guesses landmarks outside the picture for a face cut by its edge; the cheeks
+            # that set the new skin's colour are then missing too (a tile of a grid came out grey).
+            raise FaceRefused(
+                "face-cut-off",
+                f"{where}: eyes, nose or mouth at or past the photo's edge; the face cannot be "
+                "replaced and checked reliably",
+            )
         if face.eye_distance < s.min_eye_distance:
             raise FaceRefused(
                 "face-too-small",
@@ -206,7 +216,7 @@ class FacePipeline:
         screen = self.gate and small.scale < 1.0
         limit = self.settings.max_identity_similarity if self.gate else 1.0
         attempts: list[dict] = []
-        ladder = OVAL_LADDER if self.gate else OVAL_LADDER[:1]
+        ladder = M.OVAL_LADDER if self.gate else M.OVAL_LADDER[:1]
         # The patient's own choice (remembered, else keyed first) at every oval before anyone else:
         # a larger oval is a smaller change to the picture than another person in the next photo.
         plan = [(options[0], o) for o in ladder] + [(c, o) for o in ladder for c in options[1:]]
@@ -332,7 +342,7 @@ class FacePipeline:
                 raise FaceRefused("no-face", f"frame {i + 1}: no face found, and the route expects one")
             used: set[str] = set()
             for j, face in enumerate(faces):
-                self._screen(face, f"frame {i + 1} face {j + 1}")
+                self._screen(face, f"frame {i + 1} face {j + 1}", frames.shape[1:])
             # The frame itself until a face is replaced: the screening copy is then scaled once.
             current = frames[i]
             for j, face in enumerate(faces):

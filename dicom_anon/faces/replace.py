@@ -24,9 +24,9 @@ import torch
 
 from ..headers.pseudonyms import SiteKey
 from . import blend
-from .detect import LEFT_EYE, RIGHT_EYE, Face
+from .detect import LEFT_EYE, NOSE, RIGHT_EYE, Face
 from .embed import cosine
-from .masks import TEMPLATE, FaceMasks, apply, face_outline, invert, similarity
+from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, apply, ellipse, face_outline, invert, similarity
 from .pool import Pool, Surrogate, skin_lab
 
 # A pool person whose embedding is at least this close to the patient's is never used:
@@ -51,6 +51,10 @@ LIGHT_SIGMA = 1.0
 DETAIL_SIGMA = 0.03
 
 _VALID_CACHE: dict[str, np.ndarray] = {}
+# Brows, eyes and nose, and the lips (template units): a surrogate's features that are not
+# skin-coloured but belong to its face. The lips stop short of where a moustache grows.
+_FEATURES = ellipse(56.0, 57.0, 36.0, 22.0)
+_LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
 
 
 @dataclass(frozen=True)
@@ -245,21 +249,41 @@ class SurrogateBackend(ReplacementBackend):
 
     @staticmethod
     def _valid(surrogate: Surrogate) -> np.ndarray:
-        """Where the surrogate photo shows face, not hair or background: skin-coloured pixels plus the
-        inner face (eyes, brows, nose, mouth), closed and softened. Cached per surrogate."""
+        """Where the surrogate photo shows its face, not hair, beard, a hand or background; cached.
+
+        Skin close to the surrogate's cheek tone (stricter in chroma than ``skin_mask``: brown
+        hair framing a face passes a loose test and was pasted across patients' cheeks), within
+        the largest replaced oval, plus brows, eyes and nose and the lips, all in the piece of
+        face connected to the nose, with its holes (highlights, freckles) filled. A beard or a
+        moustache is left out: on a clean-shaven patient it showed as a dark block over the lip.
+        """
         cached = _VALID_CACHE.get(surrogate.sha256)
         if cached is not None:
             return cached
         img = surrogate.image
-        skin = skin_mask(img, surrogate.skin_lab).astype(np.uint8)
+        lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+        tone = surrogate.skin_lab
+        skin = (np.abs(lab[..., 0] - tone[0]) < 35) & (np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1) < 12)
         to_img = similarity(TEMPLATE, surrogate.landmarks)
-        inner = np.zeros(img.shape[:2], np.uint8)
-        cv2.fillPoly(inner, [np.round(apply(to_img, face_outline(0.72))).astype(np.int32)], 1)
+
+        def area(poly: np.ndarray) -> np.ndarray:
+            out = np.zeros(img.shape[:2], np.uint8)
+            cv2.fillPoly(out, [np.round(apply(to_img, poly)).astype(np.int32)], 1)
+            return out
+
         ed = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
-        valid = cv2.morphologyEx(skin | inner, cv2.MORPH_CLOSE, k)
-        valid = cv2.morphologyEx(valid, cv2.MORPH_OPEN, k)
-        soft = cv2.GaussianBlur(valid.astype(np.float32), (0, 0), 0.06 * ed)
+        face = skin.astype(np.uint8) & area(face_outline(max(OVAL_LADDER)))
+        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | area(_FEATURES) | area(_LIPS)
+        face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, k)
+        _, labels = cv2.connectedComponents(face)
+        nose = np.round(surrogate.landmarks[NOSE]).astype(int)
+        face = (labels == labels[nose[1], nose[0]]).astype(np.uint8)
+        # Fill holes: flood the background from the border; whatever it cannot reach is inside.
+        outside = np.pad(1 - face, 1, constant_values=1)
+        cv2.floodFill(outside, None, (0, 0), 2)
+        face = (outside[1:-1, 1:-1] != 2).astype(np.float32)
+        soft = cv2.GaussianBlur(face, (0, 0), 0.06 * ed)
         _VALID_CACHE[surrogate.sha256] = soft
         return soft
 
@@ -297,7 +321,11 @@ class SurrogateBackend(ReplacementBackend):
         interp = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
         warped = cv2.remap(surrogate.image, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
-        trusted = ((skin > 0.5) & (valid > 0.5)) | preserved_w
+        surrogate_skin = skin_mask(warped, surrogate.skin_lab)
+        # The membrane is pinned only where both photos show skin: pinned where the surrogate
+        # shows beard or hair next to the patient's skin, it lifted the whole new face by that
+        # difference (+35 L* on a dark-skinned man given a bearded surrogate).
+        trusted = (skin > 0.5) & (surrogate_skin > 0.5)
         with torch.inference_mode():
             new = blend.new_face(
                 blend.to_tensor(patient_w, self.device),
@@ -308,6 +336,7 @@ class SurrogateBackend(ReplacementBackend):
                 patient_skin=torch.from_numpy(skin).to(self.device),
                 trusted=torch.from_numpy(trusted).to(self.device),
                 detail_sigma=max(1.0, DETAIL_SIGMA * eye_distance),
+                surrogate_skin=torch.from_numpy(surrogate_skin).to(self.device),
             )
             new = blend.to_uint8(new)
         if not full:

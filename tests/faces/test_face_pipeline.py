@@ -12,6 +12,7 @@ from PIL import Image
 
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import replace
+from dicom_anon.faces.detect import MOUTH_LEFT, get_detector
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import Option
@@ -110,6 +111,17 @@ def test_tiny_face_is_refused(face_a, site_key) -> None:
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(canvas[None]), PixelSettings(device="cpu"), PSEUDONYM, site_key)
     assert exc.value.code == "face-too-small"
+
+
+def test_face_cut_by_the_photos_edge_is_refused(face_a, site_key) -> None:
+    # The bottom of the photo runs through the mouth: the detector still reports a face (and
+    # guesses the mouth corners), but its cheeks and mouth are not there to work with.
+    face = get_detector("cpu").detect([face_a])[0][0]
+    cut = face_a[: int(face.landmarks[MOUTH_LEFT, 1]) + 2]
+    assert get_detector("cpu").detect([cut])[0], "the cut face should still be detected"
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(cut[None]), PixelSettings(device="cpu"), PSEUDONYM, site_key)
+    assert exc.value.code == "face-cut-off"
 
 
 def test_turned_face_is_refused(face_a, site_key) -> None:
