@@ -2,8 +2,8 @@
 
 A surrogate face pasted as it is shows its own skin tone, light and a visible edge.
 Two steps fix that: (1) move the surrogate's colour mean and spread (YCbCr) inside the
-face to the patient's, then swap its low frequencies (light and shading) for the
-patient's, measured on skin only, (2) a membrane (Laplace) correction: the difference between the
+face to the patient's, then give it the patient's light and skin colour with a smooth
+per-channel gain, measured skin to skin, (2) a membrane (Laplace) correction: the difference between the
 patient and the harmonised surrogate on the boundary of the replaced region is
 interpolated smoothly across it and added, which is Poisson image editing with the
 surrogate's own gradients as guidance (Pérez et al. 2003, Farbman et al. 2009).
@@ -33,7 +33,10 @@ _JACOBI_ITERS = (20, 40, 80, 80, 80)
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 HxWx3 -> float 1x3xHxW in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1)[None].float() / 255.0
+    return (
+        torch.from_numpy(np.require(rgb, requirements=["C", "W"])).to(device).permute(2, 0, 1)[None].float()
+        / 255.0
+    )
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -77,24 +80,28 @@ def _masked_blur(x: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.T
 
 
 def relight(
-    lab_s: torch.Tensor,
-    lab_d: torch.Tensor,
+    rgb_s: torch.Tensor,
+    rgb_d: torch.Tensor,
     weight: torch.Tensor,
     sigma: float,
     dst_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Swap ``lab_s``'s low frequencies (light, shading, skin tone) for ``lab_d``'s (luma/chroma).
+    """Give ``rgb_s`` ``rgb_d``'s light and skin colour: a per-channel gain, the ratio of the two
+    photos' skin blurred at ``sigma``.
 
     A studio-lit surrogate keeps its features (everything finer than ``sigma``) but takes the
-    patient's light direction and colour. ``lab_s`` is measured under ``weight``, ``lab_d`` under
-    ``dst_weight`` (the patient's skin, when given), so the patient's hair, glasses or
-    background never brighten or darken the new face.
+    patient's light direction and colour. A gain, not an offset: an offset moved towards a pale
+    patient's pink turned a surrogate's dark brows and lashes blue, while a gain leaves dark
+    pixels dark (the colour correction face-swapping tools use). ``rgb_s`` is measured under
+    ``weight``, ``rgb_d`` under ``dst_weight`` (the patient's skin, when given), so the patient's
+    hair, glasses or background never brighten or darken the new face.
     """
     w = weight[None, None] if weight.ndim == 2 else weight
     wd = w if dst_weight is None else w * (dst_weight[None, None] if dst_weight.ndim == 2 else dst_weight)
     if float(wd.sum()) < 16:
         wd = w
-    return lab_s - _masked_blur(lab_s, w, sigma) + _masked_blur(lab_d, wd, sigma)
+    gain = _masked_blur(rgb_d, wd, sigma) / _masked_blur(rgb_s, w, sigma).clamp_min(0.02)
+    return rgb_s * gain.clamp(0.25, 4.0)
 
 
 def match_detail(
@@ -264,7 +271,10 @@ def new_face(
     if float(src_weight.sum()) < 16:
         src_weight = weight
     if light_sigma:
-        ycc = relight(ycc, ycc_p, src_weight, light_sigma, patient_skin)
+        rgb = relight(
+            kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1), patient, src_weight, light_sigma, patient_skin
+        )
+        ycc = kornia.color.rgb_to_ycbcr(rgb)
     if detail_sigma and patient_skin is not None:
         ycc = match_detail(ycc, ycc_p, src_weight, patient_skin, detail_sigma)
     harmonised = kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1)

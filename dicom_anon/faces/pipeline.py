@@ -40,6 +40,7 @@ from .replace import (
     make_backend,
     parse_age,
     parse_sex,
+    smile,
 )
 
 SCREEN_EYE_DISTANCE = 90.0
@@ -193,6 +194,7 @@ class FacePipeline:
             age_years=hints["age_years"],
             skin_lab=skin_lab(original, face),
             yaw=face.yaw,
+            smile=smile(face.landmarks),
             embedding=embedding,
             exclude_people=frozenset(used),
             remembered=remembered,

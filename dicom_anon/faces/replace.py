@@ -24,7 +24,7 @@ import torch
 
 from ..headers.pseudonyms import SiteKey
 from . import blend
-from .detect import LEFT_EYE, NOSE, RIGHT_EYE, Face
+from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face
 from .embed import cosine
 from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, apply, ellipse, face_outline, invert, similarity
 from .pool import Pool, Surrogate, skin_lab
@@ -43,6 +43,10 @@ ADULT_AGE_YEARS = 18.0
 # Faces change fast in childhood: a child's surrogate must be this close in age (years).
 CHILD_AGE_TOLERANCE_YEARS = 4.0
 MAX_YAW_DIFFERENCE = 25.0
+# Choosing among one person's photos: this much mouth width (in eye distances) weighs as much as
+# ten degrees of yaw. A smiling selfie's cheek folds round a patient's closed, kept mouth read
+# as a grimace; the mouth widens by ~0.2 eye distances from neutral to a smile.
+SMILE_PER_10_DEGREES = 0.1
 
 # Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
 LIGHT_SIGMA = 1.0
@@ -52,8 +56,11 @@ DETAIL_SIGMA = 0.03
 
 _VALID_CACHE: dict[str, np.ndarray] = {}
 # Brows, eyes and nose, and the lips (template units): a surrogate's features that are not
-# skin-coloured but belong to its face. The lips stop short of where a moustache grows.
+# skin-coloured but belong to its face. The brow band reaches the brows' outer ends (cut short,
+# the patient's own brow ends showed above the new ones); the lips stop short of where a
+# moustache grows.
 _FEATURES = ellipse(56.0, 57.0, 36.0, 22.0)
+_BROWS = ellipse(56.0, 43.0, 40.0, 10.0)
 _LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
 
 
@@ -72,6 +79,22 @@ class PatientContext:
     # The pool person this patient was given before (the service remembers it per pseudonym).
     remembered: str | None = None
     age_tolerance: float = AGE_TOLERANCE_YEARS
+    # Mouth width over eye distance: about 0.85 for a closed mouth, 1.0-1.2 for a smile.
+    smile: float | None = None
+
+
+def smile(landmarks: np.ndarray) -> float:
+    """Mouth width over eye distance (5-point landmarks): how broadly the face smiles."""
+    eyes = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
+    return float(np.linalg.norm(landmarks[MOUTH_RIGHT] - landmarks[MOUTH_LEFT])) / max(eyes, 1e-6)
+
+
+def _photo_cost(photo: Surrogate, ctx: PatientContext) -> float:
+    """How far one photo of a pool person is from the patient's pose and expression."""
+    cost = abs(photo.yaw - ctx.yaw) / 10.0
+    if ctx.smile is not None:
+        cost += abs(smile(photo.landmarks) - ctx.smile) / SMILE_PER_10_DEGREES
+    return cost
 
 
 def parse_age(value: object) -> float | None:
@@ -99,7 +122,8 @@ def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
 
 
 def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
-    """Suitable surrogates, in this patient's keyed order; one photo per person (closest pose).
+    """Suitable surrogates, in this patient's keyed order; one photo per person (the closest in
+    pose and expression).
 
     The best-suited people come first (sex, age band, skin tone, pose, each filter falling
     back to the unfiltered set when it would leave nobody), then the rest of the people of
@@ -153,7 +177,7 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     order = keyed(people) + keyed(set(same_sex) - set(people))
     if again is not None:
         order = [ctx.remembered, *(p for p in order if p != ctx.remembered)]
-    return [min(eligible[p], key=lambda s: (abs(s.yaw - ctx.yaw), s.id)) for p in order]
+    return [min(eligible[p], key=lambda s: (_photo_cost(s, ctx), s.id)) for p in order]
 
 
 # --- geometry --------------------------------------------------------------------------
@@ -274,7 +298,7 @@ class SurrogateBackend(ReplacementBackend):
         ed = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
         face = skin.astype(np.uint8) & area(face_outline(max(OVAL_LADDER)))
-        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | area(_FEATURES) | area(_LIPS)
+        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | area(_FEATURES) | area(_BROWS) | area(_LIPS)
         face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, k)
         _, labels = cv2.connectedComponents(face)
         nose = np.round(surrogate.landmarks[NOSE]).astype(int)

@@ -123,3 +123,60 @@ def test_match_detail_softens_a_sharper_surrogate_to_the_patients_texture() -> N
     assert torch.equal(out[:, 1:], sharp[:, 1:])  # chroma untouched
     # Never sharpened: a surrogate softer than the patient stays as it is.
     assert torch.allclose(blend.match_detail(soft, sharp, everywhere, everywhere, 1.5), soft)
+
+
+def _flat(rgb: tuple[float, float, float], h: int = 64, w: int = 64) -> torch.Tensor:
+    return torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+
+
+def test_relight_gives_the_patients_skin_colour_and_leaves_dark_features_dark() -> None:
+    # A brown-skinned surrogate with a near-black brow, onto a pale pink patient.
+    surrogate = _flat((0.55, 0.38, 0.28))
+    surrogate[..., 20:26, 10:54] = torch.tensor([0.08, 0.07, 0.07]).view(1, 3, 1, 1)
+    skin_s = torch.ones(64, 64)
+    skin_s[20:26, 10:54] = 0.0
+    patient = _flat((0.85, 0.68, 0.62))
+    out = blend.relight(surrogate, patient, skin_s, sigma=20.0, dst_weight=torch.ones(64, 64))
+    assert torch.allclose(out[0, :, 40, 32], patient[0, :, 40, 32], atol=0.01)
+    brow = out[0, :, 22, 32]
+    # An offset would have added the patient's pinker, paler tone to the brow too (+0.3, +0.3,
+    # +0.34: a blue-grey smear); the gain keeps it a near-neutral dark.
+    assert float(brow.max()) < 0.2
+    assert float(brow.max() - brow.min()) < 0.05
+
+
+def test_new_skin_matches_the_patients_whatever_the_surrogate_has_round_its_skin() -> None:
+    # Measured over the surrogate's beard (black, lower half) but only over the patient's skin,
+    # the new skin used to come out lighter than the patient's by the beard's contrast.
+    h = w = 96
+    surrogate = _flat((0.6, 0.45, 0.35), h, w)
+    surrogate[..., 56:, :] = 0.05
+    skin_s = torch.ones(h, w)
+    skin_s[56:, :] = 0.0
+    patient = _flat((0.35, 0.24, 0.18), h, w)
+    region = torch.zeros(h, w, dtype=torch.bool)
+    region[8:88, 8:88] = True
+    new = blend.new_face(
+        patient,
+        surrogate,
+        region.float(),
+        torch.zeros(h, w, dtype=torch.bool),
+        light_sigma=30.0,
+        patient_skin=torch.ones(h, w),
+        trusted=torch.ones(h, w, dtype=torch.bool) & (skin_s > 0),
+        surrogate_skin=skin_s,
+    )
+    cheek = new[0, :, 20:40, 20:76].mean(dim=(1, 2))
+    assert torch.allclose(cheek, patient[0, :, 0, 0], atol=0.03), cheek
+
+
+def test_surrogate_face_mask_leaves_out_beard_and_hair() -> None:
+    pool = get_pool(str(DEFAULT_POOL))
+    bearded = next(s for s in pool.surrogates if s.id == "openpeople-P005-studio_portrait")
+    long_hair = next(s for s in pool.surrogates if s.id == "openpeople-P008-studio_portrait")
+    for s, outside in ((bearded, (56.0, 108.0)), (long_hair, (12.0, 80.0))):
+        valid = SurrogateBackend._valid(s)
+        to_img = M.similarity(M.TEMPLATE, s.landmarks)
+        (cx, cy), (ox, oy) = np.round(M.apply(to_img, np.array([[36.0, 74.0], outside]))).astype(int)
+        assert valid[cy, cx] > 0.9, f"{s.id}: the cheek is face"
+        assert valid[oy, ox] < 0.1, f"{s.id}: beard or hair at {outside} is not"

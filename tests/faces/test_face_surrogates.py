@@ -18,7 +18,7 @@ from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
 from dicom_anon.faces.pipeline import InMemoryIdentities, Patient, get_pipeline, process_photo
 from dicom_anon.faces.qa import check
-from dicom_anon.faces.replace import PatientContext, candidates, parse_age
+from dicom_anon.faces.replace import PatientContext, candidates, parse_age, smile
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 
@@ -68,6 +68,19 @@ def test_a_child_never_gets_an_adults_face(site_key) -> None:
     assert candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("008Y"))) == []
     teen = candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("016Y")))
     assert teen and all(s.age_band[0] <= 20 for s in teen)
+
+
+def test_the_photo_whose_expression_matches_the_patients_is_chosen(site_key) -> None:
+    # Each openpeople person has a neutral studio portrait and a smiling selfie; a smile's cheek
+    # folds round a patient's closed (kept) mouth look like a grimace, and the reverse looks flat.
+    pool = P.get_pool()
+    neutral = candidates(pool, PatientContext(pseudonym="x", key=site_key, smile=0.85))
+    assert all(p.id.endswith("studio_portrait") for p in neutral), [p.id for p in neutral]
+    smiling = candidates(pool, PatientContext(pseudonym="x", key=site_key, smile=1.15))
+    selfies = [p for p in smiling if p.id.endswith("amateur_selfie")]
+    # P005's selfie barely smiles (0.89) and is turned 8 degrees: his studio portrait stays.
+    assert [p.person for p in smiling if p not in selfies] == ["openpeople-P005"]
+    assert all(smile(p.landmarks) > 0.9 for p in selfies)
 
 
 def test_never_a_surrogate_that_looks_like_the_patient(site_key) -> None:
