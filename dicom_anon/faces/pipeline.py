@@ -219,9 +219,13 @@ class FacePipeline:
         limit = self.settings.max_identity_similarity if self.gate else 1.0
         attempts: list[dict] = []
         ladder = M.OVAL_LADDER if self.gate else M.OVAL_LADDER[:1]
-        # The patient's own choice (remembered, else keyed first) at every oval before anyone else:
-        # a larger oval is a smaller change to the picture than another person in the next photo.
-        plan = [(options[0], o) for o in ladder] + [(c, o) for o in ladder for c in options[1:]]
+        # The patient's own choice (remembered, with each of that person's photos offered, else
+        # keyed first) at every oval before anyone else: a larger oval is a smaller change to the
+        # picture than another person in the next photo.
+        first = options[0].info.get("person")
+        lead = [c for c in options if first is not None and c.info.get("person") == first] or options[:1]
+        rest = [c for c in options if c not in lead]
+        plan = [(c, o) for c in lead for o in ladder] + [(c, o) for o in ladder for c in rest]
         # The masks depend on the face and the oval only, not on the candidate.
         small_masks: dict[float, M.FaceMasks] = {}
         full_masks: dict[float, M.FaceMasks] = {}

@@ -47,6 +47,8 @@ MAX_YAW_DIFFERENCE = 25.0
 # ten degrees of yaw. A smiling selfie's cheek folds round a patient's closed, kept mouth read
 # as a grimace; the mouth widens by ~0.2 eye distances from neutral to a smile.
 SMILE_PER_10_DEGREES = 0.1
+# Photos of the remembered person tried (each at every oval) before another person is.
+REMEMBERED_PHOTOS = 2
 
 # Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
 LIGHT_SIGMA = 1.0
@@ -175,9 +177,13 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
         narrow(skin_ok)
     narrow(lambda photos: any(abs(p.yaw - ctx.yaw) <= MAX_YAW_DIFFERENCE for p in photos))
     order = keyed(people) + keyed(set(same_sex) - set(people))
-    if again is not None:
-        order = [ctx.remembered, *(p for p in order if p != ctx.remembered)]
-    return [min(eligible[p], key=lambda s: (_photo_cost(s, ctx), s.id)) for p in order]
+    best = [min(eligible[p], key=lambda s: (_photo_cost(s, ctx), s.id)) for p in order]
+    if again is None:
+        return best
+    # The remembered person leads with every photo of theirs (the best-matched first): another
+    # photo of the same person is a smaller change to the patient's series than another person.
+    mine = sorted(again, key=lambda s: (_photo_cost(s, ctx), s.id))[:REMEMBERED_PHOTOS]
+    return mine + [s for s in best if s.person != ctx.remembered]
 
 
 # --- geometry --------------------------------------------------------------------------
@@ -377,7 +383,10 @@ class SurrogateBackend(ReplacementBackend):
                 lambda frame, face, masks: self.render(frame, face, masks, s),
             )
 
-        return [make(s) for s in candidates(self.pool, ctx)[: self.max_candidates]]
+        chosen = candidates(self.pool, ctx)
+        # max_candidates counts people; the remembered person may bring more than one photo.
+        people = list(dict.fromkeys(s.person for s in chosen))[: self.max_candidates]
+        return [make(s) for s in chosen if s.person in people]
 
 
 def _blur(frame: np.ndarray, face: Face, masks: FaceMasks) -> np.ndarray:

@@ -108,9 +108,12 @@ def test_remembered_person_comes_first_whatever_this_photo_measures(site_key) ->
     near = [s.person for s in candidates(pool, PatientContext(pseudonym="x", key=site_key, skin_lab=tone))]
     far = near[-1]
     assert np.linalg.norm(np.mean([s.skin_lab for s in pool.people()[far]], axis=0) - tone) > 22
-    # ... but the person this patient was given before still leads, the others keep their order.
+    # ... but the person this patient was given before still leads, with both of their photos
+    # (another photo of them before another person), and the others keep their order.
     ctx = PatientContext(pseudonym="x", key=site_key, skin_lab=tone, remembered=far)
-    assert [s.person for s in candidates(pool, ctx)] == [far, *near[:-1]]
+    picks = candidates(pool, ctx)
+    assert [s.person for s in picks] == [far, far, *near[:-1]]
+    assert picks[0].id != picks[1].id
     # Never when this photo makes them a look-alike of the patient.
     twin = pool.people()[far][0]
     alike = PatientContext(pseudonym="x", key=site_key, embedding=twin.embedding, remembered=far)
