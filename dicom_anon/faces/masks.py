@@ -26,10 +26,11 @@ TEMPLATE = np.array(
 )
 TEMPLATE_EYE_DISTANCE = 35.24
 
-# The replaced face in template units: an egg from just above the brows to the chin,
-# narrowing towards the jaw. Kept inside the face outline so that neither the patient's
-# nor the surrogate's hair, ears or background fall inside it.
-FACE_OVAL = (56.0, 66.0, 35.0, 40.0, 45.0)  # centre x, centre y, half width, half height up, down
+# The replaced face in template units: an egg from above the brows to the chin, narrowing
+# towards the jaw. Its top clears high brows too: a top just above average brows put a high-browed
+# patient's own brows in the feather, a faint second pair above the new ones. Kept inside the face
+# outline so that little of the patient's or the surrogate's hair, ears or background falls inside.
+FACE_OVAL = (56.0, 66.0, 35.0, 46.0, 45.0)  # centre x, centre y, half width, half height up, down
 _JAW_TAPER = 0.3
 # Face oval sizes the pipeline tries in turn: the inner face, one reaching the face outline, one
 # past it (where the surrogate shows hair the patient's own pixels stay, see SurrogateBackend._valid).
