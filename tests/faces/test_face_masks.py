@@ -76,3 +76,14 @@ def test_larger_oval_and_head_replace_grow_the_region() -> None:
     sizes = [M.build(f, SHAPE, [], oval_scale=s).oval.sum() for s in (1.0, 1.25)]
     head = M.build(f, SHAPE, [], surroundings=M.Surroundings.REPLACE)
     assert sizes[0] < sizes[1] < head.oval.sum() and head.head
+
+
+def test_standard_oval_replaces_high_brows_fully() -> None:
+    # Brows sit about 0.3-0.65 eye distances above the eyes; the highest must be replaced fully,
+    # not half (a half-transparent pair of the patient's own brows above the new ones).
+    f = face()
+    fm = M.build(f, SHAPE, [M.Preset.MOUTH])
+    eyes = (f.landmarks[0] + f.landmarks[1]) / 2
+    for above in (0.3, 0.65):
+        x, y = np.round(eyes - [0.0, above * f.eye_distance]).astype(int)
+        assert fm.alpha[y - fm.roi[1], x - fm.roi[0]] > 0.99, above
