@@ -28,7 +28,7 @@ from . import masks as M
 from .attributes import AttributesRefused, ModelsError, estimate
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
-from .pool import DEFAULT_POOL, PoolError, get_pool, skin_lab
+from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import FaceRefused, Verdict, check, preserved_diff
 from .replace import (
     ADULT_AGE_YEARS,
@@ -187,14 +187,16 @@ class FacePipeline:
         # The first (largest) face is the patient's; others in the frame are other people.
         remembered = patient.memory.surrogate_for(patient.pseudonym) if patient.memory and not used else None
         hints = _hints(original, face, patient)
+        tone = skin_lab(original, face)
         ctx = PatientContext(
             pseudonym=patient.pseudonym,
             key=patient.key,
             sex=hints["sex"],
             age_years=hints["age_years"],
-            skin_lab=skin_lab(original, face),
+            skin_lab=tone,
             yaw=face.yaw,
             smile=smile(face.landmarks),
+            beard=beard_cover(original, face.landmarks, tone),
             embedding=embedding,
             exclude_people=frozenset(used),
             remembered=remembered,

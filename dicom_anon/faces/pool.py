@@ -23,7 +23,7 @@ from PIL import Image
 
 from .detect import Face, FaceDetector
 from .embed import Recognizer, model_checksums
-from .masks import TEMPLATE, apply, invert, similarity
+from .masks import TEMPLATE, apply, ellipse, invert, similarity
 
 DEFAULT_POOL = Path(__file__).resolve().parents[2] / "models" / "surrogates"
 MANIFEST = "manifest.json"
@@ -60,6 +60,28 @@ def skin_lab(rgb: np.ndarray, face: Face) -> np.ndarray:
     return np.median(lab, axis=0).astype(np.float64)
 
 
+# Where a beard grows (template units): the chin, both jaw corners and the upper lip.
+_BEARD = (
+    ellipse(56.0, 108.0, 16.0, 6.0),
+    ellipse(33.0, 100.0, 6.0, 7.0),
+    ellipse(79.0, 100.0, 6.0, 7.0),
+    ellipse(56.0, 84.5, 10.0, 2.5),
+)
+
+
+def beard_cover(rgb: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> float:
+    """Share of where a beard grows that is not skin of the cheeks' ``tone``: about 1 for a full
+    beard, 0.1-0.5 for a shaven face (shading and light move it)."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    skin = (np.abs(lab[..., 0] - tone[0]) < 25) & (np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1) < 12)
+    to_img = similarity(TEMPLATE, landmarks)
+    area = np.zeros(rgb.shape[:2], np.uint8)
+    for poly in _BEARD:
+        cv2.fillPoly(area, [np.round(apply(to_img, poly)).astype(np.int32)], 1)
+    inside = area.astype(bool)
+    return float(1.0 - skin[inside].mean()) if inside.any() else 0.0
+
+
 def _sex(text: str | None) -> str | None:
     t = (text or "").strip().lower()
     return {"female": "F", "f": "F", "woman": "F", "male": "M", "m": "M", "man": "M"}.get(t)
@@ -90,6 +112,10 @@ class Surrogate:
     @cached_property
     def image(self) -> np.ndarray:
         return np.asarray(Image.open(self.path).convert("RGB"))
+
+    @cached_property
+    def beard(self) -> float:
+        return beard_cover(self.image, self.landmarks, self.skin_lab)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,11 @@ MAX_YAW_DIFFERENCE = 25.0
 # ten degrees of yaw. A smiling selfie's cheek folds round a patient's closed, kept mouth read
 # as a grimace; the mouth widens by ~0.2 eye distances from neutral to a smile.
 SMILE_PER_10_DEGREES = 0.1
+# A surrogate with a full beard (beard_cover above BEARDED) suits only a patient with one too:
+# the new face leaves the beard out, so on a shaven patient its edge showed as a dark patch.
+# Stubble and hard side light put a shaven patient at up to ~0.85, hence the higher bar there.
+BEARDED = 0.85
+PATIENT_BEARDED = 0.9
 # Photos of the remembered person tried (each at every oval) before another person is.
 REMEMBERED_PHOTOS = 2
 
@@ -83,6 +88,8 @@ class PatientContext:
     age_tolerance: float = AGE_TOLERANCE_YEARS
     # Mouth width over eye distance: about 0.85 for a closed mouth, 1.0-1.2 for a smile.
     smile: float | None = None
+    # pool.beard_cover of the patient's face.
+    beard: float | None = None
 
 
 def smile(landmarks: np.ndarray) -> float:
@@ -127,7 +134,7 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     """Suitable surrogates, in this patient's keyed order; one photo per person (the closest in
     pose and expression).
 
-    The best-suited people come first (sex, age band, skin tone, pose, each filter falling
+    The best-suited people come first (sex, age band, skin tone, pose, beard, each filter falling
     back to the unfiltered set when it would leave nobody), then the rest of the people of
     the patient's sex, each group in keyed order: when the QA gate turns the best-suited
     down, a less well matched face is tried before the photo is refused, but never one of
@@ -176,6 +183,8 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
 
         narrow(skin_ok)
     narrow(lambda photos: any(abs(p.yaw - ctx.yaw) <= MAX_YAW_DIFFERENCE for p in photos))
+    if ctx.beard is not None and ctx.beard < PATIENT_BEARDED:
+        narrow(lambda photos: min(p.beard for p in photos) < BEARDED)
     order = keyed(people) + keyed(set(same_sex) - set(people))
     best = [min(eligible[p], key=lambda s: (_photo_cost(s, ctx), s.id)) for p in order]
     if again is None:

@@ -83,6 +83,22 @@ def test_the_photo_whose_expression_matches_the_patients_is_chosen(site_key) -> 
     assert all(smile(p.landmarks) > 0.9 for p in selfies)
 
 
+def test_a_bearded_surrogate_is_only_a_fallback_for_a_shaven_patient(site_key) -> None:
+    # The new face leaves a surrogate's beard out; on a shaven patient its edge showed as a dark
+    # patch. P005 is the default pool's one full beard.
+    pool = P.get_pool()
+    assert all(s.beard > 0.85 for s in pool.people()["openpeople-P005"])
+    assert all(s.beard < 0.85 for p, ss in pool.people().items() if p != "openpeople-P005" for s in ss)
+    for pseudonym in PSEUDONYMS:
+        shaven = candidates(pool, PatientContext(pseudonym=pseudonym, key=site_key, sex="M", beard=0.2))
+        assert [s.person for s in shaven][-1] == "openpeople-P005", pseudonym
+        # A bearded patient's order is the keyed order, as if the beard were not measured.
+        bearded = candidates(pool, PatientContext(pseudonym=pseudonym, key=site_key, sex="M", beard=0.95))
+        unmeasured = candidates(pool, PatientContext(pseudonym=pseudonym, key=site_key, sex="M"))
+        assert [s.id for s in bearded] == [s.id for s in unmeasured]
+    assert [s.person for s in unmeasured] != [s.person for s in shaven]
+
+
 def test_never_a_surrogate_that_looks_like_the_patient(site_key) -> None:
     pool = P.get_pool()
     twin = pool.surrogates[0]
