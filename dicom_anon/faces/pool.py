@@ -72,14 +72,23 @@ _BEARD = (
 def beard_cover(rgb: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> float:
     """Share of where a beard grows that is not skin of the cheeks' ``tone``: about 1 for a full
     beard, 0.1-0.5 for a shaven face (shading and light move it)."""
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    skin = (np.abs(lab[..., 0] - tone[0]) < 25) & (np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1) < 12)
     to_img = similarity(TEMPLATE, landmarks)
-    area = np.zeros(rgb.shape[:2], np.uint8)
-    for poly in _BEARD:
-        cv2.fillPoly(area, [np.round(apply(to_img, poly)).astype(np.int32)], 1)
+    polys = [apply(to_img, poly) for poly in _BEARD]
+    # Only the pixels round the chin are converted: the whole of a 12 MP photo took 0.7 s.
+    x0, y0 = np.floor(np.min([p.min(axis=0) for p in polys], axis=0)).astype(int).clip(0)
+    x1, y1 = np.ceil(np.max([p.max(axis=0) for p in polys], axis=0)).astype(int) + 1
+    crop = rgb[y0:y1, x0:x1]
+    if crop.size == 0:
+        return 0.0
+    area = np.zeros(crop.shape[:2], np.uint8)
+    for poly in polys:
+        cv2.fillPoly(area, [np.round(poly - [x0, y0]).astype(np.int32)], 1)
     inside = area.astype(bool)
-    return float(1.0 - skin[inside].mean()) if inside.any() else 0.0
+    if not inside.any():
+        return 0.0
+    lab = cv2.cvtColor(crop[inside][None].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[0]
+    skin = (np.abs(lab[:, 0] - tone[0]) < 25) & (np.linalg.norm(lab[:, 1:] - tone[1:], axis=-1) < 12)
+    return float(1.0 - skin.mean())
 
 
 def _sex(text: str | None) -> str | None:
