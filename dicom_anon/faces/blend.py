@@ -33,10 +33,9 @@ _JACOBI_ITERS = (20, 40, 80, 80, 80)
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 HxWx3 -> float 1x3xHxW in [0, 1]."""
-    return (
-        torch.from_numpy(np.require(rgb, requirements=["C", "W"])).to(device).permute(2, 0, 1)[None].float()
-        / 255.0
-    )
+    # Writable, as torch.from_numpy wants (PIL's arrays are read-only): copied only then.
+    array = np.require(rgb, requirements=["C", "W"])
+    return torch.from_numpy(array).to(device).permute(2, 0, 1)[None].float() / 255.0
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:

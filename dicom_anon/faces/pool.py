@@ -60,6 +60,16 @@ def skin_lab(rgb: np.ndarray, face: Face) -> np.ndarray:
     return np.median(lab, axis=0).astype(np.float64)
 
 
+def skin_mask(rgb: np.ndarray, tone: np.ndarray, light: float = 35.0, chroma: float = 16.0) -> np.ndarray:
+    """float32 1 where a pixel's CIELAB is near the measured cheek ``tone``: within ``chroma`` in
+    a*b* and ``light`` in L* (lightness varies with shading far more than hue). Skin, as opposed
+    to hair, glasses, brows or background."""
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    d_l = np.abs(lab[..., 0] - tone[0])
+    d_ab = np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1)
+    return ((d_l < light) & (d_ab < chroma)).astype(np.float32)
+
+
 # Where a beard grows (template units): the chin, both jaw corners and the upper lip.
 _BEARD = (
     ellipse(56.0, 108.0, 16.0, 6.0),
@@ -86,9 +96,7 @@ def beard_cover(rgb: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> flo
     inside = area.astype(bool)
     if not inside.any():
         return 0.0
-    lab = cv2.cvtColor(crop[inside][None].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[0]
-    skin = (np.abs(lab[:, 0] - tone[0]) < 25) & (np.linalg.norm(lab[:, 1:] - tone[1:], axis=-1) < 12)
-    return float(1.0 - skin.mean())
+    return float(1.0 - skin_mask(crop[inside][None], tone, light=25.0, chroma=12.0).mean())
 
 
 def _sex(text: str | None) -> str | None:

@@ -27,7 +27,7 @@ from . import blend
 from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face
 from .embed import cosine
 from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, apply, ellipse, face_outline, invert, similarity
-from .pool import Pool, Surrogate, skin_lab
+from .pool import Pool, Surrogate, skin_lab, skin_mask
 
 # A pool person whose embedding is at least this close to the patient's is never used:
 # SFace calls 0.363 "same person"; we keep a margin below it.
@@ -237,15 +237,6 @@ def warp_maps(
     return np.ascontiguousarray(mx), np.ascontiguousarray(my)
 
 
-def skin_mask(rgb: np.ndarray, tone: np.ndarray) -> np.ndarray:
-    """float32 1 where a pixel's CIELAB is near the measured cheek ``tone`` (lightness may vary with
-    shading far more than hue): skin, as opposed to hair, glasses, brows or background."""
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-    d_l = np.abs(lab[..., 0] - tone[0])
-    d_ab = np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1)
-    return ((d_l < 35) & (d_ab < 16)).astype(np.float32)
-
-
 # --- backends ---------------------------------------------------------------------------
 
 
@@ -290,7 +281,7 @@ class SurrogateBackend(ReplacementBackend):
     def _valid(surrogate: Surrogate) -> np.ndarray:
         """Where the surrogate photo shows its face, not hair, beard, a hand or background; cached.
 
-        Skin close to the surrogate's cheek tone (stricter in chroma than ``skin_mask``: brown
+        Skin close to the surrogate's cheek tone (stricter in chroma than ``skin_mask``'s default: brown
         hair framing a face passes a loose test and was pasted across patients' cheeks), within
         the largest replaced oval, plus brows, eyes and nose and the lips, all in the piece of
         face connected to the nose, with its holes (highlights, freckles) filled. A beard or a
@@ -300,9 +291,7 @@ class SurrogateBackend(ReplacementBackend):
         if cached is not None:
             return cached
         img = surrogate.image
-        lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
-        tone = surrogate.skin_lab
-        skin = (np.abs(lab[..., 0] - tone[0]) < 35) & (np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1) < 12)
+        skin = skin_mask(img, surrogate.skin_lab, chroma=12.0)
         to_img = similarity(TEMPLATE, surrogate.landmarks)
 
         def area(poly: np.ndarray) -> np.ndarray:
