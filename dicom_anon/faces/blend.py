@@ -1,8 +1,8 @@
 """Colour harmonisation and gradient-domain blending in torch (GPU when present).
 
 A surrogate face pasted as it is shows its own skin tone, light and a visible edge.
-Two steps fix that: (1) move the surrogate's colour mean and spread (YCbCr) inside the
-face to the patient's, then give it the patient's light and skin colour with a smooth
+Two steps fix that: (1) soften the surrogate's features (brows, make-up, deep sockets) to
+the patient's contrast, then give it the patient's light and skin colour with a smooth
 per-channel gain, measured skin to skin, (2) a membrane (Laplace) correction: the difference between the
 patient and the harmonised surrogate on the boundary of the replaced region is
 interpolated smoothly across it and added, which is Poisson image editing with the
@@ -29,6 +29,11 @@ _DIRECT_UNKNOWNS = 600
 # the sweeps only sharpen it towards the boundary. Each sweep costs the same few tiny tensor
 # operations whatever the level's size, so the count, not the pixels, sets the time.
 _JACOBI_ITERS = (20, 40, 80, 80, 80)
+# The surrogate's brows are faded at most to this share of their contrast (a blonde patient's
+# brows measure about a third of the pool's dark ones).
+BROW_FLOOR = 0.3
+# Features are softened at most to this share of their contrast.
+CONTRAST_FLOOR = 0.5
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -101,6 +106,70 @@ def relight(
         wd = w
     gain = _masked_blur(rgb_d, wd, sigma) / _masked_blur(rgb_s, w, sigma).clamp_min(0.02)
     return rgb_s * gain.clamp(0.25, 4.0)
+
+
+def _log_luma(rgb: torch.Tensor) -> torch.Tensor:
+    weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
+    return torch.log((rgb * weights).sum(1, keepdim=True) + 0.02)
+
+
+def match_contrast(
+    rgb_s: torch.Tensor, rgb_d: torch.Tensor, weight: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Soften ``rgb_s``'s features (log-luma detail finer than ``sigma``) to ``rgb_d``'s strength,
+    both measured under ``weight``; only ever softened, at most to CONTRAST_FLOOR.
+
+    The pool's portraits have dark, sharp brows, eye make-up and studio shading; a fair or young
+    patient's features are fainter. Moving the mean and spread of the colour channels (as
+    ``harmonise`` does) lifted dark pixels by an offset and greyed them: sockets and brows
+    came out grey-green on pale patients. Scaling log-luma detail multiplies each pixel's RGB
+    by one factor, so hues stay and dark stays darker than skin, just less so.
+    """
+    w = weight[None, None] if weight.ndim == 2 else weight
+    if float(w.sum()) < 16:
+        return rgb_s
+
+    def detail(rgb: torch.Tensor) -> torch.Tensor:
+        log = _log_luma(rgb)
+        return log - _masked_blur(log, w, sigma)
+
+    d_s = detail(rgb_s)
+    ratio = (_rms(detail(rgb_d), w) / _rms(d_s, w).clamp_min(1e-6)).clamp(CONTRAST_FLOOR, 1.0)
+    return rgb_s * torch.exp(-d_s * (1 - ratio))
+
+
+def fade_brows(
+    rgb_s: torch.Tensor,
+    rgb_d: torch.Tensor,
+    skin_s: torch.Tensor,
+    skin_d: torch.Tensor,
+    brows: torch.Tensor,
+    sigma: float,
+) -> torch.Tensor:
+    """Fade ``rgb_s``'s brows (where ``brows``, a soft mask, is high) towards its skin colour until
+    they are no darker against the skin than ``rgb_d``'s are, at most to BROW_FLOOR.
+
+    Apart from ``match_contrast`` because one face's brows can be far fainter than its other
+    features (a blonde's). Towards the skin colour channel by channel, not only in luma: brows
+    lightened in luma alone kept their cool hue, which the relighting gain of a pale patient
+    then turned teal. Each face's brows are measured against its own skin blurred at
+    ``sigma``, so its skin masks leave the brows out of that base.
+    """
+    band = (brows > 0.5).float()[None, None]
+    if float(band.sum()) < 16:
+        return rgb_s
+    base_s = _masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
+    base_d = _masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
+    # Only what is darker than the skin counts: highlights on the brow bone are not brows.
+    d_s = (_log_luma(rgb_s) - _log_luma(base_s)).clamp_max(0)
+    d_d = (_log_luma(rgb_d) - _log_luma(base_d)).clamp_max(0)
+    k = (_rms(d_d, band) / _rms(d_s, band).clamp_min(1e-6)).clamp(BROW_FLOOR, 1.0)
+    faded = (base_s + 0.02) * ((rgb_s + 0.02) / (base_s + 0.02)) ** k - 0.02
+    return rgb_s + brows[None, None] * (faded - rgb_s)
+
+
+def _rms(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return ((d**2 * w).sum() / w.sum().clamp_min(1.0)).sqrt()
 
 
 def match_detail(
@@ -247,6 +316,8 @@ def new_face(
     trusted: torch.Tensor | None = None,
     detail_sigma: float | None = None,
     surrogate_skin: torch.Tensor | None = None,
+    contrast_sigma: float | None = None,
+    brows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
     surrogate (the patient itself when the region is too small to measure).
@@ -262,7 +333,6 @@ def new_face(
     # In YCbCr, a linear map: on a 12 MP photo's face region CIELAB's cube roots cost ten times
     # as much, and luma plus two chroma axes separate light from skin colour just as well here.
     ycc_p = kornia.color.rgb_to_ycbcr(patient)
-    ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)
     # Light and texture are compared skin to skin: measured over the surrogate's eyes, brows and
     # beard but only the patient's skin, the new skin came out lighter than the patient's by the
     # surrogate's own skin-to-feature contrast (+13 L* on a dark-skinned man).
@@ -270,10 +340,14 @@ def new_face(
     if float(src_weight.sum()) < 16:
         src_weight = weight
     if light_sigma:
-        rgb = relight(
-            kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1), patient, src_weight, light_sigma, patient_skin
-        )
-        ycc = kornia.color.rgb_to_ycbcr(rgb)
+        rgb = surrogate
+        if contrast_sigma:
+            rgb = match_contrast(rgb, patient, weight, contrast_sigma)
+            if brows is not None and surrogate_skin is not None and patient_skin is not None:
+                rgb = fade_brows(rgb, patient, surrogate_skin, patient_skin, brows, contrast_sigma)
+        ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin))
+    else:
+        ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)
     if detail_sigma and patient_skin is not None:
         ycc = match_detail(ycc, ycc_p, src_weight, patient_skin, detail_sigma)
     harmonised = kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1)

@@ -207,12 +207,18 @@ class FacePipeline:
         options = self.backend.candidates(ctx)
         if not options:
             child = hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS
-            why = (
-                f"a child (age {hints['age_years']:.0f}, from the {hints['age_from']}) and the pool holds "
-                "nobody near that age; add synthetic children to the pool"
-                if child
-                else "every pool person resembles the patient"
-            )
+            if child:
+                why = (
+                    f"a child (age {hints['age_years']:.0f}, from the {hints['age_from']}) and the pool "
+                    "holds nobody near that age; add synthetic children to the pool"
+                )
+            elif hints["sex"]:
+                why = (
+                    f"every pool person of the patient's sex ({hints['sex']}, from the {hints['sex_from']}) "
+                    "resembles the patient; add more people of that sex to the pool"
+                )
+            else:
+                why = "every pool person resembles the patient"
             raise FaceRefused(
                 "no-surrogate", f"{where}: the {self.method} method offered no candidate: {why}"
             )

@@ -26,7 +26,7 @@ from ..headers.pseudonyms import SiteKey
 from . import blend
 from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face
 from .embed import cosine
-from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, apply, ellipse, face_outline, invert, similarity
+from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, apply, ellipse, face_outline, similarity
 from .pool import Pool, Surrogate, skin_lab, skin_mask
 
 # A pool person whose embedding is at least this close to the patient's is never used:
@@ -60,6 +60,9 @@ LIGHT_SIGMA = 1.0
 # Skin texture (pores, fine lines) is detail finer than this (in eye distances); the surrogate's is
 # softened to the patient's strength.
 DETAIL_SIGMA = 0.03
+# Features (brows, eyes, make-up, sockets) are log-luma detail finer than this (in eye distances);
+# the surrogate's are softened to the patient's strength.
+CONTRAST_SIGMA = 0.25
 
 _VALID_CACHE: dict[str, np.ndarray] = {}
 # Brows, eyes and nose, and the lips (template units): a surrogate's features that are not
@@ -69,6 +72,9 @@ _VALID_CACHE: dict[str, np.ndarray] = {}
 _FEATURES = ellipse(56.0, 57.0, 36.0, 22.0)
 _BROWS = ellipse(56.0, 43.0, 40.0, 10.0)
 _LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
+# Where brows grow, from just above the upper lid to high brows (template units): the band the
+# surrogate's brows are measured and faded in.
+_BROW_PAIR = (ellipse(38.3, 39.0, 14.0, 8.0), ellipse(73.5, 39.0, 14.0, 8.0))
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,10 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     eligible = dict(people)
     again = people.get(ctx.remembered or "")
     if ctx.sex:
-        narrow(lambda photos: photos[0].sex in (None, ctx.sex))
+        # Strict, unlike the filters below: with every man in the pool a look-alike, a bearded
+        # patient was given a woman's face inside his own beard.
+        for person in [k for k, v in people.items() if v[0].sex not in (None, ctx.sex)]:
+            del people[person]
     if ctx.age_years is not None and ctx.age_years < ADULT_AGE_YEARS:
         for person in [
             k for k, v in people.items() if _age_gap(v[0].age_band, ctx.age_years) > CHILD_AGE_TOLERANCE_YEARS
@@ -198,10 +207,9 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
 # --- geometry --------------------------------------------------------------------------
 
 
-def _weighted_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Similarity fit with per-point weights, by repeating points (weights are small integers)."""
-    reps = np.repeat(np.arange(len(src)), weights)
-    return similarity(src[reps], dst[reps])
+def _tps_kernel(d2: np.ndarray) -> np.ndarray:
+    """The thin-plate spline's radial function r^2 log r, written in terms of r^2."""
+    return np.where(d2 > 0, 0.5 * d2 * np.log(np.maximum(d2, 1e-12)), 0.0)
 
 
 def warp_maps(
@@ -209,25 +217,33 @@ def warp_maps(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Inverse maps for cv2.remap that carry the surrogate onto the patient's five landmarks exactly.
 
-    A similarity (mouth corners weighted double, so the surrogate's lips sit under the kept
-    mouth) does most of the work; the landmark residuals are spread with a Gaussian radial
-    basis so eyes, nose and mouth corners land where the patient's are, without shear.
-    Evaluated on a coarse grid and upsampled: the field is smooth by construction.
+    A thin-plate spline from the patient's landmarks to the surrogate's: an affine part (which
+    takes up a turned face's foreshortening) plus the smoothest bend that puts eyes, nose and
+    mouth corners where the patient's are. It replaced a similarity plus Gaussian radial
+    bases, whose weights, solved on five close points, overshot between them: on faces turned
+    10-15 degrees the field moved up to 0.5 eye distances where no landmark had moved half as
+    much, and the eyes came out stretched diagonally. Written out (an 8x8 solve) because the
+    OpenCV wheel has no shape module and scipy is not otherwise needed. Evaluated on a coarse
+    grid and upsampled: the field is smooth by construction.
     """
-    m = _weighted_similarity(src_lm, dst_lm, np.array([1, 1, 1, 2, 2]))
-    residual = dst_lm - apply(m, src_lm)
-    sigma = 0.9 * eye_distance
-    d2 = ((dst_lm[:, None] - dst_lm[None]) ** 2).sum(-1)
-    phi = np.exp(-d2 / (2 * sigma**2)) + 1e-6 * np.eye(5)
-    w = np.linalg.solve(phi, residual)
+    # In eye distances, so the kernel's log does not depend on the photo's resolution.
+    c = dst_lm / eye_distance
+    n = len(c)
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = _tps_kernel(((c[:, None] - c[None]) ** 2).sum(-1))
+    system[:n, n] = system[n, :n] = 1.0
+    system[:n, n + 1 :] = c
+    system[n + 1 :, :n] = c.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = src_lm
+    coef = np.linalg.solve(system, rhs)
     x0, y0, x1, y1 = roi
     step = 8
     gx = np.arange(x0, x1 + step, step, dtype=np.float64)
     gy = np.arange(y0, y1 + step, step, dtype=np.float64)
     px, py = np.meshgrid(gx, gy)
-    pts = np.stack([px.ravel(), py.ravel()], 1)
-    k = np.exp(-((pts[:, None] - dst_lm[None]) ** 2).sum(-1) / (2 * sigma**2))
-    src_pts = apply(invert(m), pts - k @ w)
+    q = np.stack([px.ravel(), py.ravel()], 1) / eye_distance
+    src_pts = _tps_kernel(((q[:, None] - c[None]) ** 2).sum(-1)) @ coef[:n] + coef[n] + q @ coef[n + 1 :]
     mx = src_pts[:, 0].reshape(px.shape).astype(np.float32)
     my = src_pts[:, 1].reshape(px.shape).astype(np.float32)
     # Upsample the coarse grid so that grid node i lands exactly on pixel x0 + i*step.
@@ -350,6 +366,10 @@ class SurrogateBackend(ReplacementBackend):
         warped = cv2.remap(surrogate.image, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)
+        brows = np.zeros(size[::-1], np.float32)
+        to_work = similarity(TEMPLATE, landmarks)
+        cv2.fillPoly(brows, [np.round(apply(to_work, p)).astype(np.int32) for p in _BROW_PAIR], 1.0)
+        brows = cv2.GaussianBlur(brows, (0, 0), 0.08 * eye_distance)
         # The membrane is pinned only where both photos show skin: pinned where the surrogate
         # shows beard or hair next to the patient's skin, it lifted the whole new face by that
         # difference (+35 L* on a dark-skinned man given a bearded surrogate).
@@ -365,6 +385,8 @@ class SurrogateBackend(ReplacementBackend):
                 trusted=torch.from_numpy(trusted).to(self.device),
                 detail_sigma=max(1.0, DETAIL_SIGMA * eye_distance),
                 surrogate_skin=torch.from_numpy(surrogate_skin).to(self.device),
+                contrast_sigma=CONTRAST_SIGMA * eye_distance,
+                brows=torch.from_numpy(brows).to(self.device),
             )
             new = blend.to_uint8(new)
         if not full:

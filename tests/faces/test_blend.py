@@ -1,5 +1,6 @@
-"""The compositor's numerics and the shortcuts that keep a 12 MP photo fast: a membrane that solves
-Laplace's equation, a new face worked out below the photo's resolution, SFace on a window."""
+"""The compositor's numerics and the shortcuts that keep a 12 MP photo fast: the warp onto the
+patient's landmarks, a membrane that solves Laplace's equation, colour and contrast transfer, a new
+face worked out below the photo's resolution, SFace on a window."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.embed import cosine, get_recognizer
 from dicom_anon.faces.pool import DEFAULT_POOL, get_pool
 from dicom_anon.faces.qa import preserved_diff
-from dicom_anon.faces.replace import PatientContext, SurrogateBackend, candidates
+from dicom_anon.faces.replace import PatientContext, SurrogateBackend, candidates, warp_maps
 from dicom_anon.headers.pseudonyms import SiteKey
 
 
@@ -30,6 +31,28 @@ def test_membrane_fills_a_hole_in_a_smooth_ramp_with_the_ramp() -> None:
     given[..., hole] = 0.0
     filled = blend.membrane(given, hole)
     assert float((filled - ramp)[..., hole].abs().max()) < 2.0 / 255
+
+
+def test_warp_lands_the_landmarks_without_stretching_the_eyes() -> None:
+    # Real landmarks: an SFHQ woman turned ~11 degrees (64 px between the eyes) and the default
+    # pool's P009. The Gaussian radial bases this warp replaced stretched her new eyes diagonally
+    # (2.6x as long one way as the other round each eye).
+    patient = np.array([[103.0, 126.0], [167.0, 126.0], [142.0, 178.0], [105.0, 199.0], [160.0, 199.0]])
+    surrogate = np.array([[323.0, 321.0], [503.0, 320.0], [409.0, 417.0], [346.0, 506.0], [489.0, 507.0]])
+    ed = 64.3
+    roi = (20, 40, 250, 290)
+    mx, my = warp_maps(surrogate, patient, roi, ed)
+    x, y = (patient - roi[:2]).astype(int).T
+    landed = np.stack([mx[y, x], my[y, x]], axis=1)
+    assert np.abs(landed - surrogate).max() < 0.02 * 180  # within 2% of the surrogate's eye distance
+    (dxx, dxy), (dyx, dyy) = np.gradient(mx)[::-1], np.gradient(my)[::-1]
+    jac = np.stack([np.stack([dxx, dxy], -1), np.stack([dyx, dyy], -1)], -2)
+    sv = np.linalg.svd(jac, compute_uv=False)
+    stretch = sv[..., 0] / sv[..., 1]
+    ys, xs = np.mgrid[roi[1] : roi[3], roi[0] : roi[2]]
+    for eye in patient[:2]:
+        near = np.hypot(xs - eye[0], ys - eye[1]) < 0.3 * ed
+        assert float(stretch[near].max()) < 2.0
 
 
 def test_direct_coarse_solve_is_the_fixed_point_of_the_sweeps() -> None:
@@ -143,6 +166,44 @@ def test_relight_gives_the_patients_skin_colour_and_leaves_dark_features_dark() 
     # +0.34: a blue-grey smear); the gain keeps it a near-neutral dark.
     assert float(brow.max()) < 0.2
     assert float(brow.max() - brow.min()) < 0.05
+
+
+def _browed(skin: tuple[float, float, float], brow: tuple[float, float, float]) -> torch.Tensor:
+    face = _flat(skin)
+    face[..., 20:26, 10:54] = torch.tensor(brow).view(1, 3, 1, 1)
+    return face
+
+
+def test_match_contrast_softens_made_up_features_and_keeps_their_hue() -> None:
+    # A surrogate's dark brow on a patient whose brow is faint: softened, each pixel's RGB scaled
+    # by one factor (an offset greyed dark features on pale patients).
+    surrogate = _browed((0.55, 0.38, 0.28), (0.10, 0.07, 0.05))
+    patient = _browed((0.80, 0.62, 0.55), (0.62, 0.48, 0.42))
+    everywhere = torch.ones(64, 64)
+    out = blend.match_contrast(surrogate, patient, everywhere, sigma=8.0)
+    before, after = surrogate[0, :, 22, 32], out[0, :, 22, 32]
+    assert float(after[0]) > 1.5 * float(before[0])  # lighter
+    assert torch.allclose(after / after.sum(), before / before.sum(), atol=1e-4)  # same hue
+    # Never sharpened: a patient with stronger features leaves the surrogate as it is.
+    assert torch.allclose(blend.match_contrast(patient, surrogate, everywhere, sigma=8.0), patient)
+
+
+def test_fade_brows_fades_dark_brows_towards_skin_for_a_fair_patient_only() -> None:
+    surrogate = _browed((0.55, 0.38, 0.28), (0.12, 0.12, 0.13))  # a cool near-black brow
+    skin_s = torch.ones(64, 64)
+    skin_s[18:28, 8:56] = 0.0
+    brows = torch.zeros(64, 64)
+    brows[16:30, 6:58] = 1.0
+    blonde = _browed((0.82, 0.66, 0.58), (0.70, 0.55, 0.42))
+    faded = blend.fade_brows(surrogate, blonde, skin_s, skin_s, brows, sigma=8.0)
+    brow, cheek = faded[0, :, 22, 32], faded[0, :, 45, 32]
+    assert float(brow.mean()) > 2 * 0.123  # much lighter
+    # Towards the skin's hue, channel by channel: warmer than the cool brow it was, never teal.
+    assert float(brow[0] - brow[2]) > 0.05
+    assert torch.allclose(cheek, surrogate[0, :, 45, 32], atol=1e-3)  # the skin stays
+    dark_browed = _browed((0.82, 0.66, 0.58), (0.15, 0.12, 0.1))
+    kept = blend.fade_brows(surrogate, dark_browed, skin_s, skin_s, brows, sigma=8.0)
+    assert torch.allclose(kept[0, :, 22, 32], surrogate[0, :, 22, 32], atol=0.02)
 
 
 def test_new_skin_matches_the_patients_whatever_the_surrogate_has_round_its_skin() -> None:

@@ -63,6 +63,16 @@ def test_header_sex_and_age_filter_the_pool(site_key) -> None:
     assert parse_age("006M") == 0.5 and parse_age("bad") is None
 
 
+def test_a_man_never_gets_a_womans_face_when_every_man_is_excluded(site_key) -> None:
+    # The sex filter does not fall back: with the pool's men all look-alikes (excluded), a man
+    # was given a woman's face inside his own beard. No candidate: the photo is held.
+    pool = P.get_pool()
+    men = frozenset(p for p, photos in pool.people().items() if photos[0].sex == "M")
+    ctx = PatientContext(pseudonym="x", key=site_key, sex="M", exclude_people=men)
+    assert candidates(pool, ctx) == []
+    assert candidates(pool, PatientContext(pseudonym="x", key=site_key, exclude_people=men))
+
+
 def test_a_child_never_gets_an_adults_face(site_key) -> None:
     pool = P.get_pool()  # openpeople: 18 to 65 years
     assert candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("008Y"))) == []
