@@ -29,9 +29,9 @@ _DIRECT_UNKNOWNS = 600
 # the sweeps only sharpen it towards the boundary. Each sweep costs the same few tiny tensor
 # operations whatever the level's size, so the count, not the pixels, sets the time.
 _JACOBI_ITERS = (20, 40, 80, 80, 80)
-# The surrogate's brows are faded at most to this share of their contrast (a blonde patient's
-# brows measure about a third of the pool's dark ones).
-BROW_FLOOR = 0.3
+# The surrogate's brows or moustache stubble are faded at most to this share of their contrast
+# (a blonde patient's brows measure about a third of the pool's dark ones).
+FADE_FLOOR = 0.3
 # Features are softened at most to this share of their contrast.
 CONTRAST_FLOOR = 0.5
 
@@ -138,34 +138,39 @@ def match_contrast(
     return rgb_s * torch.exp(-d_s * (1 - ratio))
 
 
-def fade_brows(
+def fade_zones(
     rgb_s: torch.Tensor,
     rgb_d: torch.Tensor,
     skin_s: torch.Tensor,
     skin_d: torch.Tensor,
-    brows: torch.Tensor,
+    zones: torch.Tensor,
     sigma: float,
 ) -> torch.Tensor:
-    """Fade ``rgb_s``'s brows (where ``brows``, a soft mask, is high) towards its skin colour until
-    they are no darker against the skin than ``rgb_d``'s are, at most to BROW_FLOOR.
+    """In each of ``zones`` (NxHxW soft masks: the brows, the upper lip), fade ``rgb_s`` towards
+    its skin colour until it is no darker against its skin there than ``rgb_d`` is, at most to
+    FADE_FLOOR.
 
-    Apart from ``match_contrast`` because one face's brows can be far fainter than its other
-    features (a blonde's). Towards the skin colour channel by channel, not only in luma: brows
-    lightened in luma alone kept their cool hue, which the relighting gain of a pale patient
-    then turned teal. Each face's brows are measured against its own skin blurred at
-    ``sigma``, so its skin masks leave the brows out of that base.
+    Apart from ``match_contrast`` because one zone can be far fainter than the face's other
+    features: a blonde's brows, a shaven young man's upper lip under a surrogate's moustache
+    stubble. Towards the skin colour channel by channel, not only in luma: brows lightened in
+    luma alone kept their cool hue, which the relighting gain of a pale patient then turned
+    teal. Each face is measured against its own skin blurred at ``sigma``, so its skin masks
+    leave the zone's dark hair out of that base.
     """
-    band = (brows > 0.5).float()[None, None]
-    if float(band.sum()) < 16:
-        return rgb_s
     base_s = _masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
     base_d = _masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
     # Only what is darker than the skin counts: highlights on the brow bone are not brows.
     d_s = (_log_luma(rgb_s) - _log_luma(base_s)).clamp_max(0)
     d_d = (_log_luma(rgb_d) - _log_luma(base_d)).clamp_max(0)
-    k = (_rms(d_d, band) / _rms(d_s, band).clamp_min(1e-6)).clamp(BROW_FLOOR, 1.0)
-    faded = (base_s + 0.02) * ((rgb_s + 0.02) / (base_s + 0.02)) ** k - 0.02
-    return rgb_s + brows[None, None] * (faded - rgb_s)
+    out = rgb_s
+    for zone in zones:
+        inside = (zone > 0.5).float()[None, None]
+        if float(inside.sum()) < 16:
+            continue
+        k = (_rms(d_d, inside) / _rms(d_s, inside).clamp_min(1e-6)).clamp(FADE_FLOOR, 1.0)
+        faded = (base_s + 0.02) * ((rgb_s + 0.02) / (base_s + 0.02)) ** k - 0.02
+        out = out + zone[None, None] * (faded - out)
+    return out
 
 
 def _rms(d: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -317,7 +322,7 @@ def new_face(
     detail_sigma: float | None = None,
     surrogate_skin: torch.Tensor | None = None,
     contrast_sigma: float | None = None,
-    brows: torch.Tensor | None = None,
+    fade: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
     surrogate (the patient itself when the region is too small to measure).
@@ -343,8 +348,8 @@ def new_face(
         rgb = surrogate
         if contrast_sigma:
             rgb = match_contrast(rgb, patient, weight, contrast_sigma)
-            if brows is not None and surrogate_skin is not None and patient_skin is not None:
-                rgb = fade_brows(rgb, patient, surrogate_skin, patient_skin, brows, contrast_sigma)
+            if fade is not None and surrogate_skin is not None and patient_skin is not None:
+                rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
         ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin))
     else:
         ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)

@@ -75,6 +75,12 @@ _LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
 # Where brows grow, from just above the upper lid to high brows (template units): the band the
 # surrogate's brows are measured and faded in.
 _BROW_PAIR = (ellipse(38.3, 39.0, 14.0, 8.0), ellipse(73.5, 39.0, 14.0, 8.0))
+_EYES = (ellipse(38.3, 51.7, 11.0, 6.0), ellipse(73.5, 51.5, 11.0, 6.0))
+_NOSE = ellipse(56.0, 63.0, 9.0, 14.0)
+# Where a moustache grows: below the nostrils to the upper lip, less the lips.
+_UPPER_LIP = (ellipse(56.0, 81.0, 17.0, 6.0),)
+# Zones whose dark hair is faded to the patient's, each measured on its own (polygons, less polygons).
+_FADED = ((_BROW_PAIR, ()), (_UPPER_LIP, (_LIPS,)))
 
 
 @dataclass(frozen=True)
@@ -299,8 +305,9 @@ class SurrogateBackend(ReplacementBackend):
 
         Skin close to the surrogate's cheek tone (stricter in chroma than ``skin_mask``'s default: brown
         hair framing a face passes a loose test and was pasted across patients' cheeks), within
-        the largest replaced oval, plus brows, eyes and nose and the lips, all in the piece of
-        face connected to the nose, with its holes (highlights, freckles) filled. A beard or a
+        the largest replaced oval, plus brows, eyes and nose (less hair hanging beside them) and
+        the lips, all in the piece of face connected to the nose, with its holes (highlights,
+        freckles) filled. A beard or a
         moustache is left out: on a clean-shaven patient it showed as a dark block over the lip.
         """
         cached = _VALID_CACHE.get(surrogate.sha256)
@@ -317,8 +324,19 @@ class SurrogateBackend(ReplacementBackend):
 
         ed = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
-        face = skin.astype(np.uint8) & area(face_outline(max(OVAL_LADDER)))
-        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | area(_FEATURES) | area(_BROWS) | area(_LIPS)
+        oval = area(face_outline(max(OVAL_LADDER)))
+        face = skin.astype(np.uint8) & oval
+        features = area(_FEATURES) | area(_BROWS)
+        # Hair hanging into the features' areas at the temples (a curly surrogate's locks showed as
+        # dark bars beside the new eyes): not skin and connected to what lies outside the face.
+        # Taken out only beside the eyes, brows and nose themselves, never from them.
+        _, parts = cv2.connectedComponents((skin == 0).astype(np.uint8))
+        outer = np.unique(parts[(oval == 0) & (skin == 0)])
+        core = np.zeros_like(features)
+        for poly in (*_BROW_PAIR, *_EYES, _NOSE):
+            core |= area(poly)
+        features &= (~(np.isin(parts, outer[outer > 0]) & (core == 0))).astype(np.uint8)
+        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | features | area(_LIPS)
         face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, k)
         _, labels = cv2.connectedComponents(face)
         nose = np.round(surrogate.landmarks[NOSE]).astype(int)
@@ -366,10 +384,12 @@ class SurrogateBackend(ReplacementBackend):
         warped = cv2.remap(surrogate.image, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)
-        brows = np.zeros(size[::-1], np.float32)
+        fade = np.zeros((len(_FADED), *size[::-1]), np.float32)
         to_work = similarity(TEMPLATE, landmarks)
-        cv2.fillPoly(brows, [np.round(apply(to_work, p)).astype(np.int32) for p in _BROW_PAIR], 1.0)
-        brows = cv2.GaussianBlur(brows, (0, 0), 0.08 * eye_distance)
+        for zone, (polys, cut) in zip(fade, _FADED, strict=True):
+            cv2.fillPoly(zone, [np.round(apply(to_work, p)).astype(np.int32) for p in polys], 1.0)
+            cv2.fillPoly(zone, [np.round(apply(to_work, p)).astype(np.int32) for p in cut], 0.0)
+            zone[:] = cv2.GaussianBlur(zone, (0, 0), 0.08 * eye_distance)
         # The membrane is pinned only where both photos show skin: pinned where the surrogate
         # shows beard or hair next to the patient's skin, it lifted the whole new face by that
         # difference (+35 L* on a dark-skinned man given a bearded surrogate).
@@ -386,7 +406,7 @@ class SurrogateBackend(ReplacementBackend):
                 detail_sigma=max(1.0, DETAIL_SIGMA * eye_distance),
                 surrogate_skin=torch.from_numpy(surrogate_skin).to(self.device),
                 contrast_sigma=CONTRAST_SIGMA * eye_distance,
-                brows=torch.from_numpy(brows).to(self.device),
+                fade=torch.from_numpy(fade).to(self.device),
             )
             new = blend.to_uint8(new)
         if not full:

@@ -188,22 +188,27 @@ def test_match_contrast_softens_made_up_features_and_keeps_their_hue() -> None:
     assert torch.allclose(blend.match_contrast(patient, surrogate, everywhere, sigma=8.0), patient)
 
 
-def test_fade_brows_fades_dark_brows_towards_skin_for_a_fair_patient_only() -> None:
-    surrogate = _browed((0.55, 0.38, 0.28), (0.12, 0.12, 0.13))  # a cool near-black brow
-    skin_s = torch.ones(64, 64)
-    skin_s[18:28, 8:56] = 0.0
-    brows = torch.zeros(64, 64)
-    brows[16:30, 6:58] = 1.0
+def test_fade_zones_fades_dark_hair_towards_skin_where_the_patients_is_fainter() -> None:
+    # Zone 0: brows, a cool near-black brow on the surrogate, a blonde patient's faint one.
+    # Zone 1: the upper lip, moustache stubble on both: left as it is. Each zone is measured
+    # on its own.
+    surrogate = _browed((0.55, 0.38, 0.28), (0.12, 0.12, 0.13))
+    surrogate[..., 40:46, 20:44] = torch.tensor([0.2, 0.15, 0.12]).view(1, 3, 1, 1)
     blonde = _browed((0.82, 0.66, 0.58), (0.70, 0.55, 0.42))
-    faded = blend.fade_brows(surrogate, blonde, skin_s, skin_s, brows, sigma=8.0)
-    brow, cheek = faded[0, :, 22, 32], faded[0, :, 45, 32]
+    blonde[..., 40:46, 20:44] = torch.tensor([0.3, 0.24, 0.2]).view(1, 3, 1, 1)
+    skin = torch.ones(64, 64)
+    skin[18:28, 8:56] = 0.0
+    skin[38:48, 18:46] = 0.0
+    zones = torch.zeros(2, 64, 64)
+    zones[0, 16:30, 6:58] = 1.0
+    zones[1, 36:50, 16:48] = 1.0
+    out = blend.fade_zones(surrogate, blonde, skin, skin, zones, sigma=8.0)
+    brow, cheek = out[0, :, 22, 32], out[0, :, 55, 32]
     assert float(brow.mean()) > 2 * 0.123  # much lighter
     # Towards the skin's hue, channel by channel: warmer than the cool brow it was, never teal.
     assert float(brow[0] - brow[2]) > 0.05
-    assert torch.allclose(cheek, surrogate[0, :, 45, 32], atol=1e-3)  # the skin stays
-    dark_browed = _browed((0.82, 0.66, 0.58), (0.15, 0.12, 0.1))
-    kept = blend.fade_brows(surrogate, dark_browed, skin_s, skin_s, brows, sigma=8.0)
-    assert torch.allclose(kept[0, :, 22, 32], surrogate[0, :, 22, 32], atol=0.02)
+    assert torch.allclose(cheek, surrogate[0, :, 55, 32], atol=1e-3)  # the skin stays
+    assert torch.allclose(out[0, :, 43, 32], surrogate[0, :, 43, 32], atol=0.02)  # the stubble stays
 
 
 def test_new_skin_matches_the_patients_whatever_the_surrogate_has_round_its_skin() -> None:
@@ -235,10 +240,16 @@ def test_surrogate_face_mask_leaves_out_beard_and_hair() -> None:
     pool = get_pool(str(DEFAULT_POOL))
     bearded = next(s for s in pool.surrogates if s.id == "openpeople-P005-studio_portrait")
     long_hair = next(s for s in pool.surrogates if s.id == "openpeople-P008-studio_portrait")
-    # The moustache over the upper lip and the hair beside the cheek (both were in the old mask).
-    for s, outside in ((bearded, (48.0, 84.0)), (long_hair, (12.0, 80.0))):
+    curly = next(s for s in pool.surrogates if s.id == "openpeople-P007-amateur_selfie")
+    # The moustache over the upper lip and the hair beside the cheek (both were in the old mask),
+    # and a lock hanging at the temple beside the brow (it was, as part of the brows' area).
+    for s, outside in ((bearded, (48.0, 84.0)), (long_hair, (12.0, 80.0)), (curly, (90.0, 44.0))):
         valid = SurrogateBackend._valid(s)
         to_img = M.similarity(M.TEMPLATE, s.landmarks)
         (cx, cy), (ox, oy) = np.round(M.apply(to_img, np.array([[36.0, 74.0], outside]))).astype(int)
         assert valid[cy, cx] > 0.9, f"{s.id}: the cheek is face"
         assert valid[oy, ox] < 0.1, f"{s.id}: moustache or hair at {outside} is not"
+        # The eyes and brows themselves always are.
+        for feature in ((38.3, 51.7), (73.5, 51.5), (38.3, 40.0), (73.5, 40.0)):
+            fx, fy = np.round(M.apply(to_img, np.array([feature]))[0]).astype(int)
+            assert valid[fy, fx] > 0.9, f"{s.id}: {feature} is face"

@@ -64,10 +64,11 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run([dicom_anon(), *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def manifest_phi(testdata: Path) -> list[str]:
-    """Planted strings long enough to search for as bytes (see tests/headers/test_leaks.py for why)."""
+def manifest_phi(testdata: Path, *more: Path) -> list[str]:
+    """Planted strings long enough to search for as bytes (see tests/headers/test_leaks.py for why),
+    from the shared test photos' manifests and ``more`` of them."""
     strings: set[str] = set()
-    for manifest in (testdata / "dicom" / "generated").glob("*noburn*_manifest.json"):
+    for manifest in [*(testdata / "dicom" / "generated").glob("*noburn*_manifest.json"), *more]:
         strings |= set(json.loads(manifest.read_text())["strings"]["phi"])
     device_identity = {"SN-0429-7781-XZ", "LENS-8842-0071", "DERMCAM03-RM214", "DERMCAM03"}
     return sorted(
@@ -156,10 +157,15 @@ def second_photo(path: Path, out: Path) -> Path:
 def test_face_photos_get_one_new_face_and_a_photo_without_one_is_held(tmp_path, procs, testdata):
     """The orthodontic route through the real face pipeline: the face is replaced with the mouth
     kept, the markers say so, and the patient's second photo shows the same new person (the
-    store remembers it); an intraoral photo (no face) is quarantined, never forwarded."""
-    phi = manifest_phi(testdata)
+    store remembers it); an intraoral photo (no face) is quarantined, never forwarded.
+
+    The face is the demo's patient A (96 px between the eyes). The shared test photo's face is
+    small (40 px), where the QA gate's verdict swings with small rendering changes (docs/faces.md,
+    known weaknesses); this test is about the service path, not that borderline."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    phi = manifest_phi(testdata, examples / "patient_a_face_phi_manifest.json")
     generated = testdata / "dicom" / "generated"
-    face = generated / "vlphoto_face_noburn_explicit_le.dcm"
+    face = examples / "patient_a_face_explicit_le.dcm"
     again = second_photo(face, tmp_path / "again.dcm")
     intraoral = generated / "vlphoto_intraoral_noburn_explicit_le.dcm"
     arch_port, port = free_port(), free_port()
@@ -180,7 +186,7 @@ def test_face_photos_get_one_new_face_and_a_photo_without_one_is_held(tmp_path, 
         assert "113102" in {item.CodeValue for item in result.DeidentificationMethodCodeSequence}
         after = result.pixel_array
         assert after.shape == before.shape
-        assert (after != before).any(axis=-1).sum() > 2000  # a face's worth of pixels (the face is small)
+        assert (after != before).any(axis=-1).sum() > 2000  # a face's worth of pixels
     first, second = (e["pixels"] for e in events(data_dir, "instance_deidentified"))
     assert first["applied"] and second["applied"]
     (face1,), (face2,) = first["qa"]["faces"], second["qa"]["faces"]
