@@ -75,8 +75,6 @@ _LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
 # Where brows grow, from just above the upper lid to high brows (template units): the band the
 # surrogate's brows are measured and faded in.
 _BROW_PAIR = (ellipse(38.3, 39.0, 14.0, 8.0), ellipse(73.5, 39.0, 14.0, 8.0))
-_EYES = (ellipse(38.3, 51.7, 11.0, 6.0), ellipse(73.5, 51.5, 11.0, 6.0))
-_NOSE = ellipse(56.0, 63.0, 9.0, 14.0)
 # Where a moustache grows: below the nostrils to the upper lip, less the lips.
 _UPPER_LIP = (ellipse(56.0, 81.0, 17.0, 6.0),)
 # Zones whose dark hair is faded to the patient's, each measured on its own (polygons, less polygons).
@@ -305,9 +303,8 @@ class SurrogateBackend(ReplacementBackend):
 
         Skin close to the surrogate's cheek tone (stricter in chroma than ``skin_mask``'s default: brown
         hair framing a face passes a loose test and was pasted across patients' cheeks), within
-        the largest replaced oval, plus brows, eyes and nose (less hair hanging beside them) and
-        the lips, all in the piece of face connected to the nose, with its holes (highlights,
-        freckles) filled. A beard or a
+        the largest replaced oval, plus brows, eyes and nose and the lips, all in the piece of
+        face connected to the nose, with its holes (highlights, freckles) filled. A beard or a
         moustache is left out: on a clean-shaven patient it showed as a dark block over the lip.
         """
         cached = _VALID_CACHE.get(surrogate.sha256)
@@ -324,19 +321,8 @@ class SurrogateBackend(ReplacementBackend):
 
         ed = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
-        oval = area(face_outline(max(OVAL_LADDER)))
-        face = skin.astype(np.uint8) & oval
-        features = area(_FEATURES) | area(_BROWS)
-        # Hair hanging into the features' areas at the temples (a curly surrogate's locks showed as
-        # dark bars beside the new eyes): not skin and connected to what lies outside the face.
-        # Taken out only beside the eyes, brows and nose themselves, never from them.
-        _, parts = cv2.connectedComponents((skin == 0).astype(np.uint8))
-        outer = np.unique(parts[(oval == 0) & (skin == 0)])
-        core = np.zeros_like(features)
-        for poly in (*_BROW_PAIR, *_EYES, _NOSE):
-            core |= area(poly)
-        features &= (~(np.isin(parts, outer[outer > 0]) & (core == 0))).astype(np.uint8)
-        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | features | area(_LIPS)
+        face = skin.astype(np.uint8) & area(face_outline(max(OVAL_LADDER)))
+        face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | area(_FEATURES) | area(_BROWS) | area(_LIPS)
         face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, k)
         _, labels = cv2.connectedComponents(face)
         nose = np.round(surrogate.landmarks[NOSE]).astype(int)
