@@ -159,17 +159,23 @@ def fade_zones(
     """
     base_s = _masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
     base_d = _masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
-    # Only what is darker than the skin counts: highlights on the brow bone are not brows.
-    d_s = (_log_luma(rgb_s) - _log_luma(base_s)).clamp_max(0)
-    d_d = (_log_luma(rgb_d) - _log_luma(base_d)).clamp_max(0)
-    out = rgb_s
+    out = rgb_s.clone()
     for zone in zones:
-        inside = (zone > 0.5).float()[None, None]
+        # Worked out in the zone's bounding box only: over the whole face the powers cost 0.1 s.
+        rows, cols = torch.nonzero(zone.amax(dim=1) > 0), torch.nonzero(zone.amax(dim=0) > 0)
+        if rows.numel() == 0:
+            continue
+        box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        z, src, b_s = zone[box[1:]], out[box], base_s[box]
+        inside = (z > 0.5).float()[None, None]
         if float(inside.sum()) < 16:
             continue
+        # Only what is darker than the skin counts: highlights on the brow bone are not brows.
+        d_s = (_log_luma(src) - _log_luma(b_s)).clamp_max(0)
+        d_d = (_log_luma(rgb_d[box]) - _log_luma(base_d[box])).clamp_max(0)
         k = (_rms(d_d, inside) / _rms(d_s, inside).clamp_min(1e-6)).clamp(FADE_FLOOR, 1.0)
-        faded = (base_s + 0.02) * ((rgb_s + 0.02) / (base_s + 0.02)) ** k - 0.02
-        out = out + zone[None, None] * (faded - out)
+        faded = (b_s + 0.02) * ((src + 0.02) / (b_s + 0.02)) ** k - 0.02
+        out[box] = src + z * (faded - src)
     return out
 
 
