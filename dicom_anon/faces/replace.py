@@ -257,6 +257,24 @@ def warp_maps(
     return np.ascontiguousarray(mx), np.ascontiguousarray(my)
 
 
+def _fade_zones(size: tuple[int, int], landmarks: np.ndarray, eye_distance: float) -> np.ndarray:
+    """Soft masks (one per entry of ``_FADED``) of a ``size`` (width, height) image whose face has
+    these ``landmarks``: where the surrogate's brows and stubble are faded."""
+    zones = np.zeros((len(_FADED), size[1], size[0]), np.float32)
+    to_img = similarity(TEMPLATE, landmarks)
+    soft = 0.08 * eye_distance
+    margin = int(3 * soft) + 1
+    for zone, (polys, cut) in zip(zones, _FADED, strict=True):
+        cv2.fillPoly(zone, [np.round(apply(to_img, p)).astype(np.int32) for p in polys], 1.0)
+        cv2.fillPoly(zone, [np.round(apply(to_img, p)).astype(np.int32) for p in cut], 0.0)
+        # Feathered within the zone's box and a margin only: over the whole face the blur cost
+        # 0.1 s a render.
+        x, y, w, h = cv2.boundingRect((zone > 0).astype(np.uint8))
+        box = np.s_[max(0, y - margin) : y + h + margin, max(0, x - margin) : x + w + margin]
+        zone[box] = cv2.GaussianBlur(zone[box], (0, 0), soft)
+    return zones
+
+
 # --- backends ---------------------------------------------------------------------------
 
 
@@ -370,18 +388,7 @@ class SurrogateBackend(ReplacementBackend):
         warped = cv2.remap(surrogate.image, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)
-        fade = np.zeros((len(_FADED), *size[::-1]), np.float32)
-        to_work = similarity(TEMPLATE, landmarks)
-        soft = 0.08 * eye_distance
-        for zone, (polys, cut) in zip(fade, _FADED, strict=True):
-            cv2.fillPoly(zone, [np.round(apply(to_work, p)).astype(np.int32) for p in polys], 1.0)
-            cv2.fillPoly(zone, [np.round(apply(to_work, p)).astype(np.int32) for p in cut], 0.0)
-            # Feathered within the zone's box and a margin only: over the whole face the blur
-            # cost 0.1 s a render.
-            x, y, bw, bh = cv2.boundingRect((zone > 0).astype(np.uint8))
-            m = int(3 * soft) + 1
-            box = np.s_[max(0, y - m) : y + bh + m, max(0, x - m) : x + bw + m]
-            zone[box] = cv2.GaussianBlur(zone[box], (0, 0), soft)
+        fade = _fade_zones(size, landmarks, eye_distance)
         # The membrane is pinned only where both photos show skin: pinned where the surrogate
         # shows beard or hair next to the patient's skin, it lifted the whole new face by that
         # difference (+35 L* on a dark-skinned man given a bearded surrogate).
