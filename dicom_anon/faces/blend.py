@@ -146,16 +146,16 @@ def fade_zones(
     zones: torch.Tensor,
     sigma: float,
 ) -> torch.Tensor:
-    """In each of ``zones`` (NxHxW soft masks: the brows, the upper lip), redraw ``rgb_s`` as its
-    own skin colour darkened by its luma there, faded until it is no darker against its skin
-    than ``rgb_d`` is (at most to FADE_FLOOR).
+    """In each of ``zones`` (NxHxW soft masks: the brows, the upper lip), fade ``rgb_s`` towards
+    its skin colour until it is no darker against its skin there than ``rgb_d`` is, at most to
+    FADE_FLOOR.
 
     Apart from ``match_contrast`` because one zone can be far fainter than the face's other
     features: a blonde's brows, a shaven young man's upper lip under a surrogate's moustache
-    stubble. In the skin's hue, not the hair's: the pool's dark brows are cooler than its skin,
-    and the relighting gain, which maps the surrogate's skin onto the patient's, turned them
-    grey-green on warm patients and teal on pale ones. Each face is measured against its own
-    skin blurred at ``sigma``, so its skin masks leave the zone's dark hair out of that base.
+    stubble. Towards the skin colour channel by channel, not only in luma: brows lightened in
+    luma alone kept their cool hue, which the relighting gain of a pale patient then turned
+    teal. Each face is measured against its own skin blurred at ``sigma``, so its skin masks
+    leave the zone's dark hair out of that base.
     """
     base_s = _masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
     base_d = _masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
@@ -174,9 +174,7 @@ def fade_zones(
         d_s = (_log_luma(src) - _log_luma(b_s)).clamp_max(0)
         d_d = (_log_luma(rgb_d[box]) - _log_luma(base_d[box])).clamp_max(0)
         k = (_rms(d_d, inside) / _rms(d_s, inside).clamp_min(1e-6)).clamp(FADE_FLOOR, 1.0)
-        # The skin's own colour, darkened as much as the zone's luma says (times k): the hair keeps
-        # its darkness but not its hue.
-        faded = (b_s + 0.02) * torch.exp(k * (_log_luma(src) - _log_luma(b_s))) - 0.02
+        faded = (b_s + 0.02) * ((src + 0.02) / (b_s + 0.02)) ** k - 0.02
         out[box] = src + z * (faded - src)
     return out
 
