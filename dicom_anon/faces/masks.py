@@ -101,6 +101,13 @@ def ellipse(cx: float, cy: float, ax: float, ay: float, n: int = 72) -> np.ndarr
     return np.stack([cx + ax * np.cos(t), cy + ay * np.sin(t)], axis=1)
 
 
+def paint(mask: np.ndarray, to_img: np.ndarray, polys: Sequence[np.ndarray], value: float = 1) -> None:
+    """Fill template-unit ``polys``, mapped by the 2x3 ``to_img``, into ``mask`` with ``value``
+    (whole pixels: for the preserved area's exact edge see ``_fill``)."""
+    if len(polys):
+        cv2.fillPoly(mask, [np.round(apply(to_img, p)).astype(np.int32) for p in polys], value)
+
+
 def face_outline(scale: float = 1.0, n: int = 96) -> np.ndarray:
     """The replaced-face outline in template units; ``scale`` grows it about its centre."""
     cx, cy, ax, up, down = FACE_OVAL

@@ -26,7 +26,7 @@ from ..headers.pseudonyms import SiteKey
 from . import blend
 from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face
 from .embed import cosine
-from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, apply, ellipse, face_outline, similarity
+from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, ellipse, face_outline, paint, similarity
 from .pool import Pool, Surrogate, skin_lab, skin_mask
 
 # A pool person whose embedding is at least this close to the patient's is never used:
@@ -265,8 +265,8 @@ def _fade_zones(size: tuple[int, int], landmarks: np.ndarray, eye_distance: floa
     soft = 0.08 * eye_distance
     margin = int(3 * soft) + 1
     for zone, (polys, cut) in zip(zones, _FADED, strict=True):
-        cv2.fillPoly(zone, [np.round(apply(to_img, p)).astype(np.int32) for p in polys], 1.0)
-        cv2.fillPoly(zone, [np.round(apply(to_img, p)).astype(np.int32) for p in cut], 0.0)
+        paint(zone, to_img, polys, 1.0)
+        paint(zone, to_img, cut, 0.0)
         # Feathered within the zone's box and a margin only: over the whole face the blur cost
         # 0.1 s a render.
         x, y, w, h = cv2.boundingRect((zone > 0).astype(np.uint8))
@@ -334,7 +334,7 @@ class SurrogateBackend(ReplacementBackend):
 
         def area(poly: np.ndarray) -> np.ndarray:
             out = np.zeros(img.shape[:2], np.uint8)
-            cv2.fillPoly(out, [np.round(apply(to_img, poly)).astype(np.int32)], 1)
+            paint(out, to_img, [poly])
             return out
 
         ed = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
