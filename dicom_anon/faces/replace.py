@@ -275,6 +275,51 @@ def _fade_zones(size: tuple[int, int], landmarks: np.ndarray, eye_distance: floa
     return zones
 
 
+# The surrogate's skin is segmented at this fraction of its photo's size: GrabCut's cost grows
+# with the pixels, its colour models do not need them.
+_SEGMENT_SCALE = 0.5
+# Pixels this much darker (L*) than the cheek tone and off its hue are hair, never skin.
+_HAIR_DARKER = 20.0
+
+
+def _face_skin(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> np.ndarray:
+    """float32 1 where a pool photo shows the face's skin: GrabCut (OpenCV) seeded with the skin
+    that is sure (close to the cheek ``tone``), probable inside the largest replaced oval,
+    probable background in a band round it, background beyond; dark pixels off the skin's hue
+    (beard, hair) are never skin.
+
+    A fixed test against the cheek tone alone (``skin_mask``) missed highlights and the
+    shaded half of the selfies lit from one side; cut off from the face, those parts counted
+    as background and the patient's own cheek or temple stayed in the new face (up to half
+    of it). GrabCut learns the face's own colours, highlights and shade included. Seeded
+    with a fixed RNG state so every process draws the same mask.
+    """
+    h, w = img.shape[:2]
+    size = (round(w * _SEGMENT_SCALE), round(h * _SEGMENT_SCALE))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    lm = landmarks * _SEGMENT_SCALE
+    to_img = similarity(TEMPLATE, lm)
+    oval = np.zeros(small.shape[:2], np.uint8)
+    paint(oval, to_img, [face_outline(max(OVAL_LADDER))])
+    band = np.zeros_like(oval)
+    paint(band, to_img, [face_outline(1.15 * max(OVAL_LADDER))])
+    ed = float(np.linalg.norm(lm[RIGHT_EYE] - lm[LEFT_EYE]))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
+    sure = skin_mask(small, tone, light=25.0, chroma=10.0).astype(np.uint8) & oval
+    sure = cv2.morphologyEx(sure, cv2.MORPH_OPEN, k)
+    seeds = np.full(small.shape[:2], cv2.GC_BGD, np.uint8)
+    seeds[band > 0] = cv2.GC_PR_BGD
+    seeds[oval > 0] = cv2.GC_PR_FGD
+    seeds[sure > 0] = cv2.GC_FGD
+    cv2.setRNGSeed(0)
+    cv2.grabCut(small, seeds, None, np.zeros((1, 65)), np.zeros((1, 65)), 4, cv2.GC_INIT_WITH_MASK)
+    skin = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+    lab = cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    hair = (lab[..., 0] < tone[0] - _HAIR_DARKER) & (np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1) > 12.0)
+    skin = (skin & ~hair).astype(np.uint8)
+    return cv2.resize(skin, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+
+
 # --- backends ---------------------------------------------------------------------------
 
 
@@ -319,17 +364,16 @@ class SurrogateBackend(ReplacementBackend):
     def _valid(surrogate: Surrogate) -> np.ndarray:
         """Where the surrogate photo shows its face, not hair, beard, a hand or background; cached.
 
-        Skin close to the surrogate's cheek tone (stricter in chroma than ``skin_mask``'s default: brown
-        hair framing a face passes a loose test and was pasted across patients' cheeks), within
-        the largest replaced oval, plus brows, eyes and nose and the lips, all in the piece of
-        face connected to the nose, with its holes (highlights, freckles) filled. A beard or a
-        moustache is left out: on a clean-shaven patient it showed as a dark block over the lip.
+        The surrogate's skin (``_face_skin``) within the largest replaced oval, plus brows, eyes
+        and nose and the lips, all in the piece of face connected to the nose, with its holes
+        (highlights, freckles) filled. A beard or a moustache is left out: on a clean-shaven
+        patient it showed as a dark block over the lip.
         """
         cached = _VALID_CACHE.get(surrogate.sha256)
         if cached is not None:
             return cached
         img = surrogate.image
-        skin = skin_mask(img, surrogate.skin_lab, chroma=12.0)
+        skin = _face_skin(img, surrogate.landmarks, surrogate.skin_lab)
         to_img = similarity(TEMPLATE, surrogate.landmarks)
 
         def area(poly: np.ndarray) -> np.ndarray:
