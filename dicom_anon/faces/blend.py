@@ -14,6 +14,8 @@ level of a pyramid, then a few Jacobi sweeps per finer level to refine the bound
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import kornia.color
 import kornia.filters
 import numpy as np
@@ -34,6 +36,8 @@ _JACOBI_ITERS = (20, 40, 80, 80, 80)
 FADE_FLOOR = 0.3
 # Features are softened at most to this share of their contrast.
 CONTRAST_FLOOR = 0.5
+# Where the patient is this much darker than their skin (log luma) in a fade zone, it is hair.
+HAIR_DARKER = -0.1
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -114,28 +118,35 @@ def _log_luma(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def match_contrast(
-    rgb_s: torch.Tensor, rgb_d: torch.Tensor, weight: torch.Tensor, sigma: float
+    rgb_s: torch.Tensor, rgb_d: torch.Tensor, weight: torch.Tensor, sigmas: Sequence[float]
 ) -> torch.Tensor:
-    """Soften ``rgb_s``'s features (log-luma detail finer than ``sigma``) to ``rgb_d``'s strength,
-    both measured under ``weight``; only ever softened, at most to CONTRAST_FLOOR.
+    """Soften ``rgb_s``'s features to ``rgb_d``'s strength, band by band: log-luma detail finer
+    than ``sigmas[0]``, then between each sigma and the next, each measured under ``weight``;
+    only ever softened, at most to CONTRAST_FLOOR.
 
     The pool's portraits have dark, sharp brows, eye make-up and studio shading; a fair or young
     patient's features are fainter. Moving the mean and spread of the colour channels (as
     ``harmonise`` does) lifted dark pixels by an offset and greyed them: sockets and brows
     came out grey-green on pale patients. Scaling log-luma detail multiplies each pixel's RGB
-    by one factor, so hues stay and dark stays darker than skin, just less so.
+    by one factor, so hues stay and dark stays darker than skin, just less so. The broader
+    band (the surrogate's deep sockets and studio modelling, up to the light's scale) is
+    measured on its own: softened with the fine band alone, it left dark smudges round the
+    eyes of flat-lit pale patients.
     """
     w = weight[None, None] if weight.ndim == 2 else weight
     if float(w.sum()) < 16:
         return rgb_s
-
-    def detail(rgb: torch.Tensor) -> torch.Tensor:
-        log = _log_luma(rgb)
-        return log - _masked_blur(log, w, sigma)
-
-    d_s = detail(rgb_s)
-    ratio = (_rms(detail(rgb_d), w) / _rms(d_s, w).clamp_min(1e-6)).clamp(CONTRAST_FLOOR, 1.0)
-    return rgb_s * torch.exp(-d_s * (1 - ratio))
+    log_s, log_d = _log_luma(rgb_s), _log_luma(rgb_d)
+    blur_s, blur_d = [log_s], [log_d]
+    for sigma in sigmas:
+        blur_s.append(_masked_blur(log_s, w, sigma))
+        blur_d.append(_masked_blur(log_d, w, sigma))
+    softened = torch.zeros_like(log_s)
+    for i in range(len(sigmas)):
+        band_s, band_d = blur_s[i] - blur_s[i + 1], blur_d[i] - blur_d[i + 1]
+        ratio = (_rms(band_d, w) / _rms(band_s, w).clamp_min(1e-6)).clamp(CONTRAST_FLOOR, 1.0)
+        softened = softened + band_s * (1 - ratio)
+    return rgb_s * torch.exp(-softened)
 
 
 def fade_zones(
@@ -146,19 +157,23 @@ def fade_zones(
     zones: torch.Tensor,
     sigma: float,
 ) -> torch.Tensor:
-    """In each of ``zones`` (NxHxW soft masks: the brows, the upper lip), fade ``rgb_s`` towards
-    its skin colour until it is no darker against its skin there than ``rgb_d`` is, at most to
-    FADE_FLOOR.
+    """In each of ``zones`` (NxHxW soft masks: the brows, the upper lip), redraw ``rgb_s``'s hair in
+    the colour the patient's own hair has there, faded until it is no darker against its skin
+    than ``rgb_d``'s is (at most to FADE_FLOOR).
 
     Apart from ``match_contrast`` because one zone can be far fainter than the face's other
     features: a blonde's brows, a shaven young man's upper lip under a surrogate's moustache
-    stubble. Towards the skin colour channel by channel, not only in luma: brows lightened in
-    luma alone kept their cool hue, which the relighting gain of a pale patient then turned
-    teal. Each face is measured against its own skin blurred at ``sigma``, so its skin masks
-    leave the zone's dark hair out of that base.
+    stubble. In the patient's hue, not the surrogate's: the pool's dark brows are cooler than
+    its skin, and the relighting gain, which maps the surrogate's skin onto the patient's,
+    turned them grey-green on warm patients and teal on pale ones; a blonde's brows are golden.
+    The hue is the patient's hair against their skin, channel by channel, over what is clearly
+    darker than their skin in the zone (none: the skin's own hue). The surrogate's brow shape
+    and its skin's light and texture stay. Each face is measured against its own skin blurred
+    at ``sigma``, so its skin masks leave the zone's dark hair out of that base.
     """
     base_s = _masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
     base_d = _masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
+    luma = torch.tensor([0.299, 0.587, 0.114], device=rgb_s.device).view(1, 3, 1, 1)
     out = rgb_s.clone()
     for zone in zones:
         # Worked out in the zone's bounding box only: over the whole face the powers cost 0.1 s.
@@ -166,15 +181,23 @@ def fade_zones(
         if rows.numel() == 0:
             continue
         box = (..., slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
-        z, src, b_s = zone[box[1:]], out[box], base_s[box]
+        z, src, b_s, dst, b_d = zone[box[1:]], out[box], base_s[box], rgb_d[box], base_d[box]
         inside = (z > 0.5).float()[None, None]
         if float(inside.sum()) < 16:
             continue
         # Only what is darker than the skin counts: highlights on the brow bone are not brows.
-        d_s = (_log_luma(src) - _log_luma(b_s)).clamp_max(0)
-        d_d = (_log_luma(rgb_d[box]) - _log_luma(base_d[box])).clamp_max(0)
+        rel_s = _log_luma(src) - _log_luma(b_s)
+        rel_d = _log_luma(dst) - _log_luma(b_d)
+        d_s, d_d = rel_s.clamp_max(0), rel_d.clamp_max(0)
         k = (_rms(d_d, inside) / _rms(d_s, inside).clamp_min(1e-6)).clamp(FADE_FLOOR, 1.0)
-        faded = (b_s + 0.02) * ((src + 0.02) / (b_s + 0.02)) ** k - 0.02
+        hair = (inside > 0) & (rel_d < HAIR_DARKER)
+        hue = torch.ones_like(luma)
+        if int(hair.sum()) >= 16:
+            ratio = ((dst + 0.02) / (b_d + 0.02))[:, :, hair[0, 0]].mean(dim=2).view(1, 3, 1, 1)
+            hue = ratio / (ratio * luma).sum(dim=1, keepdim=True)
+        # Skin colour times the faded darkness; the darker the pixel, the more of the hair's hue.
+        dark = torch.exp(k * d_s)
+        faded = (b_s + 0.02) * torch.exp(rel_s - d_s) * dark * hue ** (1 - dark) - 0.02
         out[box] = src + z * (faded - src)
     return out
 
@@ -353,7 +376,7 @@ def new_face(
     if light_sigma:
         rgb = surrogate
         if contrast_sigma:
-            rgb = match_contrast(rgb, patient, weight, contrast_sigma)
+            rgb = match_contrast(rgb, patient, weight, (contrast_sigma, light_sigma))
             if fade is not None and surrogate_skin is not None and patient_skin is not None:
                 rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
         ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin))
