@@ -16,7 +16,17 @@ from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.embed import cosine, get_recognizer
 from dicom_anon.faces.pool import DEFAULT_POOL, get_pool
 from dicom_anon.faces.qa import preserved_diff
-from dicom_anon.faces.replace import PatientContext, SurrogateBackend, candidates, warp_maps
+from dicom_anon.faces.replace import (
+    _BROWS,
+    _FEATURES,
+    _TEMPLES,
+    PatientContext,
+    SurrogateBackend,
+    _face_skin,
+    candidates,
+    prepare,
+    warp_maps,
+)
 from dicom_anon.headers.pseudonyms import SiteKey
 
 
@@ -276,7 +286,7 @@ def test_surrogate_face_mask_leaves_out_beard_and_hair() -> None:
     long_hair = next(s for s in pool.surrogates if s.id == "openpeople-P008-studio_portrait")
     # The moustache over the upper lip and the hair beside the cheek (both were in the old mask).
     for s, outside in ((bearded, (48.0, 84.0)), (long_hair, (12.0, 80.0))):
-        valid = SurrogateBackend._valid(s)
+        valid = prepare(s).valid
         to_img = M.similarity(M.TEMPLATE, s.landmarks)
         (cx, cy), (ox, oy) = np.round(M.apply(to_img, np.array([[36.0, 74.0], outside]))).astype(int)
         assert valid[cy, cx] > 0.9, f"{s.id}: the cheek is face"
@@ -294,7 +304,37 @@ def test_surrogate_face_mask_takes_in_highlights_and_the_shaded_side_of_a_selfie
     pool = get_pool(str(DEFAULT_POOL))
     both_sides = [(36.0, 74.0), (76.0, 74.0), (30.0, 60.0), (82.0, 60.0), (40.0, 30.0), (72.0, 30.0)]
     for s in pool.surrogates:
-        valid = SurrogateBackend._valid(s)
+        valid = prepare(s).valid
         to_img = M.similarity(M.TEMPLATE, s.landmarks)
-        for point, (x, y) in zip(both_sides, np.round(M.apply(to_img, np.array(both_sides))).astype(int), strict=True):
+        pixels = np.round(M.apply(to_img, np.array(both_sides))).astype(int)
+        for point, (x, y) in zip(both_sides, pixels, strict=True):
             assert valid[y, x] > 0.9, f"{s.id}: {point} is face"
+
+
+def test_hair_at_a_curly_surrogates_temples_is_painted_over_with_its_skin() -> None:
+    # P007's curls hang beside the brows' outer ends, inside the area that always counts as face:
+    # they were pasted as dark bars beside the new eyes.
+    pool = get_pool(str(DEFAULT_POOL))
+    curly = next(s for s in pool.surrogates if s.id == "openpeople-P007-studio_portrait")
+    ready = prepare(curly)
+    to_img = M.similarity(M.TEMPLATE, curly.landmarks)
+    temples, face = np.zeros(curly.image.shape[:2], np.uint8), np.zeros(curly.image.shape[:2], np.uint8)
+    M.paint(temples, to_img, _TEMPLES)
+    M.paint(face, to_img, [_FEATURES, _BROWS])
+    inside = (temples & face) > 0
+
+    def lightness(rgb: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[..., 0]
+
+    # The curls (no skin there) were far darker than the temples' skin; now they are skin-toned.
+    curls = inside & (_face_skin(curly.image, curly.landmarks, curly.skin_lab) == 0)
+    skin = inside & ~curls
+    assert curls.sum() > 0.3 * inside.sum()
+    gap_before = lightness(curly.image)[skin].mean() - lightness(curly.image)[curls].mean()
+    gap_after = lightness(curly.image)[skin].mean() - lightness(ready.photo)[curls].mean()
+    assert gap_before > 10
+    assert gap_after < gap_before / 3
+    assert (ready.valid[inside] > 0.5).mean() > 0.9  # and it is the surrogate's face that shows there
+    # Nothing else changes.
+    untouched = cv2.dilate(temples, np.ones((9, 9), np.uint8)) == 0
+    assert np.array_equal(ready.photo[untouched], curly.image[untouched])
