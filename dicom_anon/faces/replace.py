@@ -341,19 +341,40 @@ def prepare(surrogate: Surrogate) -> Prepared:
     if cached is None:
         img, landmarks = surrogate.image, surrogate.landmarks
         skin = _face_skin(img, landmarks, surrogate.skin_lab)
+        hull = _skin_hull(skin, landmarks)
         cached = _PREPARED[surrogate.sha256] = Prepared(
-            _paint_temples(img, landmarks, skin), _face_area(img, landmarks, skin)
+            _paint_temples(img, landmarks, skin, hull), _face_area(img, landmarks, skin, hull)
         )
     return cached
 
 
-def _face_area(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> np.ndarray:
+def _skin_hull(skin: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """uint8 1 inside the convex hull of the face's skin (within the largest replaced oval).
+
+    The area that always counts as face (brows, eyes, nose) is cut to it: on a narrow face
+    that area reached past the temples into the hair, which was pasted as dark bars or,
+    painted over, as flat skin-coloured wings.
+    """
+    oval = np.zeros(skin.shape, np.uint8)
+    to_img = similarity(TEMPLATE, landmarks)
+    paint(oval, to_img, [face_outline(max(OVAL_LADDER))])
+    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
+    face = cv2.morphologyEx(skin.astype(np.uint8) & oval, cv2.MORPH_OPEN, k)
+    hull = np.zeros_like(oval)
+    points = cv2.findNonZero(face)
+    if points is not None:
+        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    return hull
+
+
+def _face_area(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, hull: np.ndarray) -> np.ndarray:
     """Where the surrogate photo shows its face, not hair, beard, a hand or background.
 
-    Its ``skin`` within the largest replaced oval, plus brows, eyes and nose and the lips, all
-    in the piece of face connected to the nose, with its holes (highlights, freckles) filled.
-    A beard or a moustache is left out: on a clean-shaven patient it showed as a dark block
-    over the lip.
+    Its ``skin`` within the largest replaced oval, plus brows, eyes and nose (within the skin's
+    ``hull``) and the lips, all in the piece of face connected to the nose, with its holes
+    (highlights, freckles) filled. A beard or a moustache is left out: on a clean-shaven
+    patient it showed as a dark block over the lip.
     """
     to_img = similarity(TEMPLATE, landmarks)
 
@@ -365,7 +386,7 @@ def _face_area(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> np.n
     ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
     face = skin.astype(np.uint8) & area(face_outline(max(OVAL_LADDER)))
-    face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | area(_FEATURES) | area(_BROWS) | area(_LIPS)
+    face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | ((area(_FEATURES) | area(_BROWS)) & hull) | area(_LIPS)
     face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, k)
     _, labels = cv2.connectedComponents(face)
     nose = np.round(landmarks[NOSE]).astype(int)
@@ -377,7 +398,7 @@ def _face_area(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> np.n
     return cv2.GaussianBlur(face, (0, 0), 0.06 * ed)
 
 
-def _paint_temples(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> np.ndarray:
+def _paint_temples(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, hull: np.ndarray) -> np.ndarray:
     """``img`` with the hair at its temples, where it falls inside the area that always counts as
     face, painted over from the skin round it.
 
@@ -393,7 +414,7 @@ def _paint_temples(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray) -> 
     paint(face, to_img, [_FEATURES, _BROWS])
     temples = np.zeros_like(face)
     paint(temples, to_img, _TEMPLES)
-    hair = (temples & face).astype(bool) & (skin == 0)
+    hair = (temples & face & hull).astype(bool) & (skin == 0)
     if not hair.any():
         return img
     ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
