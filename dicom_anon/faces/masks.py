@@ -103,9 +103,14 @@ def ellipse(cx: float, cy: float, ax: float, ay: float, n: int = 72) -> np.ndarr
 
 def paint(mask: np.ndarray, to_img: np.ndarray, polys: Sequence[np.ndarray], value: float = 1) -> None:
     """Fill template-unit ``polys``, mapped by the 2x3 ``to_img``, into ``mask`` with ``value``
-    (whole pixels: for the preserved area's exact edge see ``_fill``)."""
-    if len(polys):
-        cv2.fillPoly(mask, [np.round(apply(to_img, p)).astype(np.int32) for p in polys], value)
+    (whole pixels: for the preserved area's exact edge see ``_fill``); overlapping polygons fill
+    their union.
+
+    One ``cv2.fillPoly`` call per polygon: given several at once it fills by the even-odd rule,
+    which left the overlap of the brows' and the features' areas empty.
+    """
+    for p in polys:
+        cv2.fillPoly(mask, [np.round(apply(to_img, p)).astype(np.int32)], value)
 
 
 def face_outline(scale: float = 1.0, n: int = 96) -> np.ndarray:

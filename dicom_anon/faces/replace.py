@@ -341,53 +341,55 @@ def prepare(surrogate: Surrogate) -> Prepared:
     if cached is None:
         img, landmarks = surrogate.image, surrogate.landmarks
         skin = _face_skin(img, landmarks, surrogate.skin_lab)
-        hull = _skin_hull(skin, landmarks)
+        bare = _bare_skin(skin, landmarks)
+        hull = _skin_hull(bare)
         cached = _PREPARED[surrogate.sha256] = Prepared(
-            _paint_temples(img, landmarks, skin, hull), _face_area(img, landmarks, skin, hull)
+            _paint_temples(img, landmarks, skin, hull), _face_area(landmarks, bare, hull)
         )
     return cached
 
 
-def _skin_hull(skin: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-    """uint8 1 inside the convex hull of the face's skin (within the largest replaced oval).
+def _opening_kernel(landmarks: np.ndarray) -> np.ndarray:
+    """Specks and strands narrower than this (0.12 eye distances) are not face."""
+    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
+
+
+def _bare_skin(skin: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """uint8 1 where the face's ``skin`` lies within the largest replaced oval, specks removed."""
+    oval = np.zeros(skin.shape, np.uint8)
+    paint(oval, similarity(TEMPLATE, landmarks), [face_outline(max(OVAL_LADDER))])
+    return cv2.morphologyEx(skin.astype(np.uint8) & oval, cv2.MORPH_OPEN, _opening_kernel(landmarks))
+
+
+def _skin_hull(bare: np.ndarray) -> np.ndarray:
+    """uint8 1 inside the convex hull of the ``bare`` skin.
 
     The area that always counts as face (brows, eyes, nose) is cut to it: on a narrow face
     that area reached past the temples into the hair, which was pasted as dark bars or,
     painted over, as flat skin-coloured wings.
     """
-    oval = np.zeros(skin.shape, np.uint8)
-    to_img = similarity(TEMPLATE, landmarks)
-    paint(oval, to_img, [face_outline(max(OVAL_LADDER))])
-    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
-    face = cv2.morphologyEx(skin.astype(np.uint8) & oval, cv2.MORPH_OPEN, k)
-    hull = np.zeros_like(oval)
-    points = cv2.findNonZero(face)
+    hull = np.zeros_like(bare)
+    points = cv2.findNonZero(bare)
     if points is not None:
         cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
     return hull
 
 
-def _face_area(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, hull: np.ndarray) -> np.ndarray:
+def _face_area(landmarks: np.ndarray, bare: np.ndarray, hull: np.ndarray) -> np.ndarray:
     """Where the surrogate photo shows its face, not hair, beard, a hand or background.
 
-    Its ``skin`` within the largest replaced oval, plus brows, eyes and nose (within the skin's
-    ``hull``) and the lips, all in the piece of face connected to the nose, with its holes
-    (highlights, freckles) filled. A beard or a moustache is left out: on a clean-shaven
-    patient it showed as a dark block over the lip.
+    Its ``bare`` skin, plus brows, eyes and nose (within the skin's ``hull``) and the lips,
+    all in the piece of face connected to the nose, with its holes (highlights, freckles)
+    filled. A beard or a moustache is left out: on a clean-shaven patient it showed as a
+    dark block over the lip.
     """
     to_img = similarity(TEMPLATE, landmarks)
-
-    def area(poly: np.ndarray) -> np.ndarray:
-        out = np.zeros(img.shape[:2], np.uint8)
-        paint(out, to_img, [poly])
-        return out
-
-    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
-    face = skin.astype(np.uint8) & area(face_outline(max(OVAL_LADDER)))
-    face = cv2.morphologyEx(face, cv2.MORPH_OPEN, k) | ((area(_FEATURES) | area(_BROWS)) & hull) | area(_LIPS)
-    face = cv2.morphologyEx(face, cv2.MORPH_CLOSE, k)
+    features, lips = np.zeros_like(bare), np.zeros_like(bare)
+    paint(features, to_img, [_FEATURES, _BROWS])
+    paint(lips, to_img, [_LIPS])
+    k = _opening_kernel(landmarks)
+    face = cv2.morphologyEx(bare | (features & hull) | lips, cv2.MORPH_CLOSE, k)
     _, labels = cv2.connectedComponents(face)
     nose = np.round(landmarks[NOSE]).astype(int)
     face = (labels == labels[nose[1], nose[0]]).astype(np.uint8)
@@ -395,6 +397,7 @@ def _face_area(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, hull: n
     outside = np.pad(1 - face, 1, constant_values=1)
     cv2.floodFill(outside, None, (0, 0), 2)
     face = (outside[1:-1, 1:-1] != 2).astype(np.float32)
+    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
     return cv2.GaussianBlur(face, (0, 0), 0.06 * ed)
 
 

@@ -22,6 +22,7 @@ from dicom_anon.faces.replace import (
     _TEMPLES,
     PatientContext,
     SurrogateBackend,
+    _bare_skin,
     _face_skin,
     _skin_hull,
     candidates,
@@ -324,7 +325,7 @@ def test_hair_at_a_curly_surrogates_temples_is_painted_over_with_its_skin() -> N
     M.paint(temples, to_img, _TEMPLES)
     M.paint(face, to_img, [_FEATURES, _BROWS])
     skin = _face_skin(curly.image, curly.landmarks, curly.skin_lab)
-    hull = _skin_hull(skin, curly.landmarks) > 0
+    hull = _skin_hull(_bare_skin(skin, curly.landmarks)) > 0
     inside, beyond = (temples & face) > 0, ((temples & face) > 0) & ~hull
 
     def lightness(rgb: np.ndarray) -> np.ndarray:

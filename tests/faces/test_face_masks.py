@@ -87,3 +87,14 @@ def test_standard_oval_replaces_high_brows_fully() -> None:
     for above in (0.3, 0.65):
         x, y = np.round(eyes - [0.0, above * f.eye_distance]).astype(int)
         assert fm.alpha[y - fm.roi[1], x - fm.roi[0]] > 0.99, above
+
+
+def test_paint_fills_the_union_of_overlapping_polygons() -> None:
+    mask = np.zeros((100, 100), np.uint8)
+    M.paint(
+        mask,
+        np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+        [M.ellipse(40, 50, 20, 20), M.ellipse(60, 50, 20, 20)],
+    )
+    assert mask[50, 50] == 1  # the overlap (cv2.fillPoly's even-odd rule left it empty)
+    assert mask[50, 25] == 1 and mask[50, 75] == 1 and mask[10, 50] == 0
