@@ -33,6 +33,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def landmark_eye_distance(landmarks: np.ndarray) -> float:
+    """Pixels between the eyes of 5-point ``landmarks``: the unit every face measure scales with."""
+    return float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
+
+
 @dataclass(frozen=True)
 class Face:
     """One detected face in full-image pixel coordinates."""
@@ -47,7 +52,7 @@ class Face:
 
     @property
     def eye_distance(self) -> float:
-        return float(np.linalg.norm(self.landmarks[RIGHT_EYE] - self.landmarks[LEFT_EYE]))
+        return landmark_eye_distance(self.landmarks)
 
     @property
     def roll(self) -> float:

@@ -25,7 +25,7 @@ import torch
 
 from ..headers.pseudonyms import SiteKey
 from . import blend
-from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face
+from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face, landmark_eye_distance
 from .embed import cosine
 from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, ellipse, face_outline, paint, similarity
 from .pool import Pool, Surrogate, skin_lab, skin_mask
@@ -107,8 +107,9 @@ class PatientContext:
 
 def smile(landmarks: np.ndarray) -> float:
     """Mouth width over eye distance (5-point landmarks): how broadly the face smiles."""
-    eyes = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
-    return float(np.linalg.norm(landmarks[MOUTH_RIGHT] - landmarks[MOUTH_LEFT])) / max(eyes, 1e-6)
+    return float(np.linalg.norm(landmarks[MOUTH_RIGHT] - landmarks[MOUTH_LEFT])) / max(
+        landmark_eye_distance(landmarks), 1e-6
+    )
 
 
 def _photo_cost(photo: Surrogate, ctx: PatientContext) -> float:
@@ -306,10 +307,8 @@ def _face_skin(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> np.n
     paint(oval, to_img, [face_outline(max(OVAL_LADDER))])
     band = np.zeros_like(oval)
     paint(band, to_img, [face_outline(1.15 * max(OVAL_LADDER))])
-    ed = float(np.linalg.norm(lm[RIGHT_EYE] - lm[LEFT_EYE]))
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
     sure = skin_mask(small, tone, light=25.0, chroma=10.0).astype(np.uint8) & oval
-    sure = cv2.morphologyEx(sure, cv2.MORPH_OPEN, k)
+    sure = cv2.morphologyEx(sure, cv2.MORPH_OPEN, _opening_kernel(lm))
     seeds = np.full(small.shape[:2], cv2.GC_BGD, np.uint8)
     seeds[band > 0] = cv2.GC_PR_BGD
     seeds[oval > 0] = cv2.GC_PR_FGD
@@ -342,17 +341,20 @@ def prepare(surrogate: Surrogate) -> Prepared:
         img, landmarks = surrogate.image, surrogate.landmarks
         skin = _face_skin(img, landmarks, surrogate.skin_lab)
         bare = _bare_skin(skin, landmarks)
-        hull = _skin_hull(bare)
+        always = np.zeros_like(bare)
+        paint(always, similarity(TEMPLATE, landmarks), [_FEATURES, _BROWS])
+        always &= _skin_hull(bare)
         cached = _PREPARED[surrogate.sha256] = Prepared(
-            _paint_temples(img, landmarks, skin, hull), _face_area(landmarks, bare, hull)
+            _paint_temples(img, landmarks, skin, always), _face_area(landmarks, bare, always)
         )
     return cached
 
 
 def _opening_kernel(landmarks: np.ndarray) -> np.ndarray:
     """Specks and strands narrower than this (0.12 eye distances) are not face."""
-    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.12 * ed)) | 1,) * 2)
+    return cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (max(3, round(0.12 * landmark_eye_distance(landmarks))) | 1,) * 2
+    )
 
 
 def _bare_skin(skin: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -376,20 +378,17 @@ def _skin_hull(bare: np.ndarray) -> np.ndarray:
     return hull
 
 
-def _face_area(landmarks: np.ndarray, bare: np.ndarray, hull: np.ndarray) -> np.ndarray:
+def _face_area(landmarks: np.ndarray, bare: np.ndarray, always: np.ndarray) -> np.ndarray:
     """Where the surrogate photo shows its face, not hair, beard, a hand or background.
 
-    Its ``bare`` skin, plus brows, eyes and nose (within the skin's ``hull``) and the lips,
-    all in the piece of face connected to the nose, with its holes (highlights, freckles)
-    filled. A beard or a moustache is left out: on a clean-shaven patient it showed as a
-    dark block over the lip.
+    Its ``bare`` skin, plus the area that ``always`` counts as face (brows, eyes and nose,
+    within the skin's hull) and the lips, all in the piece of face connected to the nose,
+    with its holes (highlights, freckles) filled. A beard or a moustache is left out: on a
+    clean-shaven patient it showed as a dark block over the lip.
     """
-    to_img = similarity(TEMPLATE, landmarks)
-    features, lips = np.zeros_like(bare), np.zeros_like(bare)
-    paint(features, to_img, [_FEATURES, _BROWS])
-    paint(lips, to_img, [_LIPS])
-    k = _opening_kernel(landmarks)
-    face = cv2.morphologyEx(bare | (features & hull) | lips, cv2.MORPH_CLOSE, k)
+    lips = np.zeros_like(bare)
+    paint(lips, similarity(TEMPLATE, landmarks), [_LIPS])
+    face = cv2.morphologyEx(bare | always | lips, cv2.MORPH_CLOSE, _opening_kernel(landmarks))
     _, labels = cv2.connectedComponents(face)
     nose = np.round(landmarks[NOSE]).astype(int)
     face = (labels == labels[nose[1], nose[0]]).astype(np.uint8)
@@ -397,13 +396,14 @@ def _face_area(landmarks: np.ndarray, bare: np.ndarray, hull: np.ndarray) -> np.
     outside = np.pad(1 - face, 1, constant_values=1)
     cv2.floodFill(outside, None, (0, 0), 2)
     face = (outside[1:-1, 1:-1] != 2).astype(np.float32)
-    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
-    return cv2.GaussianBlur(face, (0, 0), 0.06 * ed)
+    return cv2.GaussianBlur(face, (0, 0), 0.06 * landmark_eye_distance(landmarks))
 
 
-def _paint_temples(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, hull: np.ndarray) -> np.ndarray:
-    """``img`` with the hair at its temples, where it falls inside the area that always counts as
-    face, painted over from the skin round it.
+def _paint_temples(
+    img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, always: np.ndarray
+) -> np.ndarray:
+    """``img`` with the hair at its temples, where it falls inside the area that ``always`` counts
+    as face, painted over from the skin round it.
 
     The brows' area always counts as the surrogate's face (``_face_area``), so the locks of a
     curly-haired surrogate that hang beside the brows' outer ends were pasted too, as dark
@@ -412,15 +412,12 @@ def _paint_temples(img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, hul
     Telea inpainting), the surrogate's skin stays there. The hair round them is painted
     too before the copy is taken, so the paint comes from skin, not from the hair beyond.
     """
-    to_img = similarity(TEMPLATE, landmarks)
-    face = np.zeros(img.shape[:2], np.uint8)
-    paint(face, to_img, [_FEATURES, _BROWS])
-    temples = np.zeros_like(face)
-    paint(temples, to_img, _TEMPLES)
-    hair = (temples & face & hull).astype(bool) & (skin == 0)
+    temples = np.zeros_like(always)
+    paint(temples, similarity(TEMPLATE, landmarks), _TEMPLES)
+    hair = (temples & always).astype(bool) & (skin == 0)
     if not hair.any():
         return img
-    ed = float(np.linalg.norm(landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]))
+    ed = landmark_eye_distance(landmarks)
     grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.3 * ed)) | 1,) * 2)
     around = cv2.dilate(hair.astype(np.uint8), grow).astype(bool) & (skin == 0)
     painted = cv2.inpaint(img, (around | hair).astype(np.uint8), 0.05 * ed, cv2.INPAINT_TELEA)
@@ -481,7 +478,7 @@ class SurrogateBackend(ReplacementBackend):
         x0, y0, x1, y1 = masks.roi
         patient = frame[y0:y1, x0:x1]
         h, w = patient.shape[:2]
-        src_eyes = float(np.linalg.norm(surrogate.landmarks[RIGHT_EYE] - surrogate.landmarks[LEFT_EYE]))
+        src_eyes = landmark_eye_distance(surrogate.landmarks)
         work = min(1.0, self.detail * src_eyes / max(face.eye_distance, 1e-6))
         size = (max(8, round(w * work)), max(8, round(h * work))) if work < 1.0 else (w, h)
         full = size == (w, h)
