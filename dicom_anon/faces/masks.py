@@ -212,9 +212,10 @@ def image_box_mask(shape: Sequence[int], boxes: Sequence[LesionBox]) -> np.ndarr
     return mask
 
 
-def _smooth_ramp(dist: np.ndarray, width: float) -> np.ndarray:
-    t = np.clip(dist / max(width, 1e-6), 0.0, 1.0)
-    return (t * t * (3 - 2 * t)).astype(np.float32)
+def _smooth_ramp(t: np.ndarray) -> np.ndarray:
+    """Smoothstep of ``t`` (float32, in widths) clipped to [0, 1], computed in place."""
+    np.clip(t, 0.0, 1.0, out=t)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def build(
@@ -243,14 +244,15 @@ def build(
     scale = HEAD_SCALE if surroundings is Surroundings.REPLACE else oval_scale
     _fill(oval, apply(to_img, face_outline(scale)), (x0, y0))
 
-    feather = max(2.0, 0.12 * face.eye_distance)
-    inside = cv2.distanceTransform(oval, cv2.DIST_L2, 5)
-    alpha = _smooth_ramp(inside, feather)
+    # Distance inside the oval in feathers; the ramp is monotonic, so the lesser of two ramps
+    # is the ramp of the lesser distance, and one ramp is computed.
+    ramp = cv2.distanceTransform(oval, cv2.DIST_L2, 5) * np.float32(1.0 / max(2.0, 0.12 * face.eye_distance))
     if preserved.any():
         # Distance from the preserved area, measured outside it: the seam blends over a thin
         # band of replaced pixels and the preserved pixels themselves get alpha 0.
         away = cv2.distanceTransform((preserved == 0).astype(np.uint8), cv2.DIST_L2, 5)
-        alpha = np.minimum(alpha, _smooth_ramp(away, max(1.5, 0.04 * face.eye_distance)))
+        np.minimum(ramp, away * np.float32(1.0 / max(1.5, 0.04 * face.eye_distance)), out=ramp)
+    alpha = _smooth_ramp(ramp)
     alpha[preserved.astype(bool)] = 0.0
     return FaceMasks(
         roi=(x0, y0, x1, y1),

@@ -459,8 +459,10 @@ class SurrogateBackend(ReplacementBackend):
     name = "surrogate"
     for_routes = True
     # The new face is worked out with its eyes at most this many times as far apart as in the
-    # surrogate photo; finer would add no detail, only pixels to process.
-    detail = 2.0
+    # surrogate photo: finer adds no detail, only pixels to process. At 1:1 with a cubic warp
+    # the result looked the same at full size as at 2x (lashes, pores), and a 12 MP photo's
+    # full render took 0.5 s instead of 0.9 s.
+    detail = 1.0
 
     def __init__(self, pool: Pool, device: torch.device, max_candidates: int = 4) -> None:
         self.pool = pool
@@ -499,7 +501,9 @@ class SurrogateBackend(ReplacementBackend):
         # Where the surrogate shows hair or background, the patient's own pixels stay.
         keep_surrogate = np.ones_like(valid) if masks.head else np.clip((valid - 0.5) * 2.0, 0.0, 1.0)
         scale = eye_distance / max(1e-6, src_eyes)
-        interp = cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
+        # Cubic, not linear, near 1:1 too: linear interpolation at sub-pixel shifts averages
+        # neighbours and visibly softened lashes and pores.
+        interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
         warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)

@@ -132,10 +132,19 @@ def test_new_face_below_full_resolution_looks_the_same(face_a) -> None:
     reduced = backend.render(canvas, face, fm, surrogate)
     backend.detail = 1e6  # everything at the photo's resolution, as before
     full = backend.render(canvas, face, fm, surrogate)
-    diff = np.abs(reduced.astype(int) - full.astype(int))
     region = fm.alpha > 0
-    assert np.percentile(diff[region], 99) <= 12
-    assert diff[region].mean() < 2.0
+    assert np.abs(reduced.astype(int) - full.astype(int))[region].mean() < 3.0
+    # Colour and light (detail broader than 0.04 eye distances) agree to a few levels...
+    sigma = 0.04 * face.eye_distance
+    low = [cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma) for x in (reduced, full)]
+    assert np.percentile(np.abs(low[0] - low[1])[region], 99) <= 6
+
+    # ...and the upsampled face keeps at least 90% of the fine detail (lashes, pores).
+    def fine(x: np.ndarray) -> float:
+        g = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return float(np.sqrt(((g - cv2.GaussianBlur(g, (0, 0), 3.0)) ** 2)[region].mean()))
+
+    assert fine(reduced) > 0.9 * fine(full)
     x0, y0, x1, y1 = fm.roi
     assert np.array_equal(reduced[~region], canvas[y0:y1, x0:x1][~region])  # alpha 0 keeps the patient
 
