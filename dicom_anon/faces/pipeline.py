@@ -9,6 +9,7 @@ anything else raises a ``Refused`` subclass and nothing leaves.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -246,7 +247,11 @@ class FacePipeline:
                         small.face, small.frame.shape, small.preserved, oval_scale
                     )
                 trial = self._apply(cand, small.frame, small.original, small.face, small_masks[oval_scale])
-                sim = cosine(embedding, self.recognizer.embed(trial, small.face))
+                # Embedded where the new face's eyes and nose are (the surrogate may move them).
+                moved = dataclasses.replace(
+                    small.face, landmarks=cand.landmarks(small.face, small_masks[oval_scale])
+                )
+                sim = cosine(embedding, self.recognizer.embed(trial, moved))
                 attempt["screen"] = {"identity_similarity": round(sim, 4)}
                 if sim >= limit:
                     attempt["code"] = "qa-identity-too-similar"

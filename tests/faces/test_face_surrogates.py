@@ -12,13 +12,21 @@ import pytest
 from facekit import photo_dataset
 
 from dicom_anon.config import PixelSettings
+from dicom_anon.faces import masks as M
 from dicom_anon.faces import pool as P
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
 from dicom_anon.faces.pipeline import InMemoryIdentities, Patient, get_pipeline, process_photo
 from dicom_anon.faces.qa import check
-from dicom_anon.faces.replace import PatientContext, candidates, parse_age, smile
+from dicom_anon.faces.replace import (
+    MAX_FEATURE_SHIFT,
+    PatientContext,
+    candidates,
+    feature_landmarks,
+    parse_age,
+    smile,
+)
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 
@@ -248,3 +256,32 @@ def test_qa_passes_the_untouched_photo_only_on_identity(face_a) -> None:
         0.3,
     )
     assert v.face_found and v.identity_similarity > 0.9 and v.code == "qa-identity-too-similar"
+
+
+def _face_at(landmarks: np.ndarray) -> Face:
+    lo, hi = landmarks.min(axis=0) - 60, landmarks.max(axis=0) + 60
+    return Face(np.concatenate([lo, hi]), landmarks, 0.99)
+
+
+# A patient with close-set eyes and a long nose; the surrogate's proportions differ from them.
+_PATIENT = np.array([[170.0, 200.0], [230.0, 200.0], [200.0, 250.0], [175.0, 290.0], [225.0, 290.0]])
+_SURROGATE = np.array([[60.0, 100.0], [140.0, 100.0], [100.0, 140.0], [70.0, 180.0], [130.0, 180.0]])
+
+
+def test_new_eyes_and_nose_take_the_surrogates_proportions_within_a_limit() -> None:
+    face = _face_at(_PATIENT)
+    masks = M.build(face, (500, 500, 3), [M.Preset.MOUTH])
+    moved = feature_landmarks(_SURROGATE, face, masks)
+    shift = np.linalg.norm(moved - _PATIENT, axis=1) / face.eye_distance
+    assert np.array_equal(moved[3:], _PATIENT[3:])  # the mouth corners are the patient's
+    assert (shift[:2] > 0.05).all() and (shift <= MAX_FEATURE_SHIFT + 1e-9).all()
+    # Moved towards the surrogate's wider-set eyes.
+    assert moved[1, 0] - moved[0, 0] > _PATIENT[1, 0] - _PATIENT[0, 0]
+
+
+def test_preserved_eyes_stay_where_the_patients_are() -> None:
+    face = _face_at(_PATIENT)
+    masks = M.build(face, (500, 500, 3), [M.Preset.MOUTH, M.Preset.EYES])
+    moved = feature_landmarks(_SURROGATE, face, masks)
+    assert np.array_equal(moved[:2], _PATIENT[:2])
+    assert np.array_equal(moved[3:], _PATIENT[3:])
