@@ -229,11 +229,12 @@ def _tps_kernel(d2: np.ndarray) -> np.ndarray:
 def warp_maps(
     src_lm: np.ndarray, dst_lm: np.ndarray, roi: tuple[int, int, int, int], eye_distance: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse maps for cv2.remap that carry the surrogate onto the patient's five landmarks exactly.
+    """Inverse maps for cv2.remap that carry the surrogate's landmarks ``src_lm`` exactly onto
+    ``dst_lm`` (the patient's, or where ``feature_landmarks`` moved them).
 
-    A thin-plate spline from the patient's landmarks to the surrogate's: an affine part (which
+    A thin-plate spline from the destination landmarks to the surrogate's: an affine part (which
     takes up a turned face's foreshortening) plus the smoothest bend that puts eyes, nose and
-    mouth corners where the patient's are. It replaced a similarity plus Gaussian radial
+    mouth corners where the destination has them. It replaced a similarity plus Gaussian radial
     bases, whose weights, solved on five close points, overshot between them: on faces turned
     10-15 degrees the field moved up to 0.5 eye distances where no landmark had moved half as
     much, and the eyes came out stretched diagonally. Written out (an 8x8 solve) because the
