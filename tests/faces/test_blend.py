@@ -45,6 +45,22 @@ def test_membrane_fills_a_hole_in_a_smooth_ramp_with_the_ramp() -> None:
     assert float((filled - ramp)[..., hole].abs().max()) < 2.0 / 255
 
 
+def test_screened_membrane_lets_a_few_biased_pins_fade_instead_of_lifting_the_whole_region() -> None:
+    # A large region pinned only along a short arc at its top, where the difference is +0.3 (a
+    # highlight): unscreened, the whole region is lifted by it; screened, the far side stays near 0
+    # while the pins themselves still hold.
+    h, w = 160, 160
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pins = (yy < 16) & ((xx - 80).abs() < 40)
+    diff = torch.where(pins, 0.3, 0.0).float().expand(1, 3, h, w).contiguous()
+    region = ~pins
+    far = (yy > 130) & ((xx - 80).abs() < 10)
+    assert float(blend.membrane(diff, region)[..., far].mean()) > 0.25
+    screened = blend.membrane(diff, region, blend.MEMBRANE_DECAY)
+    assert float(screened[..., far].mean()) < 0.05
+    assert float(screened[..., (yy == 17) & ((xx - 80).abs() < 10)].mean()) > 0.2
+
+
 def test_warp_lands_the_landmarks_without_stretching_the_eyes() -> None:
     # Real landmarks: an SFHQ woman turned ~11 degrees (64 px between the eyes) and the default
     # pool's P009. The Gaussian radial bases this warp replaced stretched her new eyes diagonally
