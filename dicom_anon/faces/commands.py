@@ -37,6 +37,7 @@ def build_surrogates(
     from .detect import FaceDetector
     from .embed import get_recognizer
     from .pool import DEFAULT_POOL, build, folder_sources, openpeople_sources, write_manifest
+    from .replace import pool_photo_problem
 
     target = output or DEFAULT_POOL
     if source == "openpeople":
@@ -50,9 +51,11 @@ def build_surrogates(
                 "--licence is required for a folder source: say under which terms the faces may be used"
             )
         sources = folder_sources(folder, licence)
-    entries, skipped = build(sources, target, FaceDetector(device=device), get_recognizer())
-    for note in skipped:
-        err.print(f"skipped {note}", highlight=False)
+    entries, notes = build(
+        sources, target, FaceDetector(device=device), get_recognizer(), check=pool_photo_problem
+    )
+    for note in notes:
+        err.print(note, highlight=False)
     if not entries:
         raise fail(f"no usable face in {source}; nothing written")
     manifest = write_manifest(
@@ -60,6 +63,13 @@ def build_surrogates(
     )
     people = len({e["person"] for e in entries})
     out.print(f"{len(entries)} surrogate photos of {people} people -> {manifest}", highlight=False)
+    guessed = {e["person"] for e in entries if "estimated" in e}
+    if guessed:
+        out.print(
+            f'sex or age band estimated from the photos for {len(guessed)} people ("estimated" in the '
+            "manifest); a metadata.json beside a person's photos states them instead",
+            highlight=False,
+        )
 
 
 def eval_command(

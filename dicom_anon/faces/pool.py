@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from .attributes import AttributesRefused, ModelsError, estimate
 from .detect import Face, FaceDetector
 from .embed import Recognizer, model_checksums
 from .masks import TEMPLATE, TEMPLATE_EYE_DISTANCE, apply, ellipse, invert, similarity
@@ -35,6 +36,10 @@ _EYE_DISTANCE = 180.0
 _CROP_EYE_DISTANCES = 4.6
 _MAX_POOL_YAW = 20.0
 _OPENPEOPLE_ASSETS = ("studio_portrait", "amateur_selfie")
+
+# An estimated age becomes a band this many years either side (the stated bands of openpeople
+# are ten years wide; the estimator is within a few years on adults).
+_ESTIMATED_AGE_HALF_BAND = 5
 
 # Two cheek patches (template units), away from eyes, nose, mouth and beard line.
 _CHEEKS = ((33.0, 74.0), (79.0, 74.0))
@@ -216,21 +221,36 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# Why a crop would paste badly (crop, its landmarks, cheek tone, where it shows the source
+# photo), or None: the pipeline's check, passed in so this module need not import it.
+PhotoCheck = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], str | None]
+
+
 def build(
-    sources: Iterable[SourceImage], out_dir: Path, detector: FaceDetector, recognizer: Recognizer
+    sources: Iterable[SourceImage],
+    out_dir: Path,
+    detector: FaceDetector,
+    recognizer: Recognizer,
+    check: PhotoCheck | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """Crop, measure and embed every usable source photo into ``out_dir``; return entries and skip notes."""
+    """Crop, measure and embed every usable source photo into ``out_dir``; return entries and notes.
+
+    Sex and age band come from the source where it states them; where it does not (a site's
+    folder of faces without ``metadata.json``), they are estimated from the photos, so the
+    choice can still keep a bearded man's face away from a woman and an old face from a young one.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries, skipped = [], []
+    entries, notes = [], []
+    estimates: dict[str, list[dict]] = {}
     for src in sources:
         rgb = np.asarray(Image.open(src.path).convert("RGB"))
         faces = detector.detect([rgb])[0]
         if len(faces) != 1:
-            skipped.append(f"{src.source}: {len(faces)} faces found, need exactly one")
+            notes.append(f"skipped {src.source}: {len(faces)} faces found, need exactly one")
             continue
         face = faces[0]
         if abs(face.yaw) > _MAX_POOL_YAW:
-            skipped.append(f"{src.source}: turned {face.yaw:.0f} degrees, pool faces must be frontal")
+            notes.append(f"skipped {src.source}: turned {face.yaw:.0f} degrees, pool faces must be frontal")
             continue
         scale = min(1.0, _EYE_DISTANCE / face.eye_distance)
         side = round(_CROP_EYE_DISTANCES * face.eye_distance * scale)
@@ -240,9 +260,26 @@ def build(
         crop = cv2.warpAffine(rgb, m, (side, side), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT)
         lms = apply(m, face.landmarks)
         moved = Face(box=np.r_[apply(m, face.box.reshape(2, 2)).reshape(-1)], landmarks=lms, score=face.score)
+        tone = skin_lab(crop, moved)
+        if check is not None:
+            shown = np.ones(rgb.shape[:2], np.uint8)
+            inside = cv2.warpAffine(shown, m, (side, side), flags=cv2.INTER_NEAREST)
+            problem = check(crop, lms, tone, inside.astype(bool))
+            if problem:
+                notes.append(f"skipped {src.source}: {problem}")
+                continue
         sid = f"{src.person}-{src.path.stem}"
         name = f"{sid}.jpg"
         Image.fromarray(crop).save(out_dir / name, quality=93, subsampling=0)
+        if src.sex is None or src.age_band is None:
+            try:
+                guess = estimate(crop, moved)
+            except (AttributesRefused, ModelsError) as exc:
+                notes.append(f"{src.source}: sex and age not estimated ({exc})")
+            else:
+                estimates.setdefault(src.person, []).append(
+                    {"sex": guess.trusted_sex(), "age_years": round(guess.age_years, 1)}
+                )
         entries.append(
             {
                 "id": sid,
@@ -256,11 +293,30 @@ def build(
                 "age_band": list(src.age_band) if src.age_band else None,
                 "landmarks": np.round(lms, 2).tolist(),
                 "yaw": round(face.yaw, 2),
-                "skin_lab": np.round(skin_lab(crop, moved), 2).tolist(),
+                "skin_lab": np.round(tone, 2).tolist(),
                 "embedding": np.round(recognizer.embed(crop, moved), 6).tolist(),
             }
         )
-    return entries, skipped
+    for entry in entries:
+        _fill_estimates(entry, estimates.get(entry["person"], []))
+    return entries, notes
+
+
+def _fill_estimates(entry: dict, guesses: list[dict]) -> None:
+    """Sex and age band the source left open, settled per person over all of their photos: a
+    sex only where every confident estimate agrees, the band around the median age. The
+    entry says which of its fields are estimates, so a records officer can see and override them."""
+    estimated = []
+    sexes = {g["sex"] for g in guesses if g["sex"]}
+    if entry["sex"] is None and len(sexes) == 1:
+        entry["sex"] = sexes.pop()
+        estimated.append("sex")
+    if entry["age_band"] is None and guesses:
+        age = round(float(np.median([g["age_years"] for g in guesses])))
+        entry["age_band"] = [max(0, age - _ESTIMATED_AGE_HALF_BAND), age + _ESTIMATED_AGE_HALF_BAND]
+        estimated.append("age_band")
+    if estimated:
+        entry["estimated"] = estimated
 
 
 def write_manifest(out_dir: Path, entries: list[dict], sources: list[str]) -> Path:

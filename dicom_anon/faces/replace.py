@@ -143,6 +143,10 @@ def _rendezvous(ctx: PatientContext, person: str) -> bytes:
     return ctx.key.digest("surrogate", f"{ctx.pseudonym}\x00{person}")
 
 
+def _child_band(band: tuple[int, int] | None) -> bool:
+    return band is not None and band[1] < ADULT_AGE_YEARS
+
+
 def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
     if band is None or age is None:
         return 0.0
@@ -158,11 +162,10 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     back to the unfiltered set when it would leave nobody), then the rest of the people of
     the patient's sex, each group in keyed order: when the QA gate turns the best-suited
     down, a less well matched face is tried before the photo is refused, but never one of
-    the other sex, nor an adult for a child (empty list: the photo is held). The exclusion of
-    look-alikes never falls back. The person this patient
-    was given before comes first whatever this photo's measured skin tone, age or pose say
-    (they wobble from photo to photo, the patient does not), unless this photo makes them a
-    look-alike.
+    the other sex, nor an adult for a child or a child for an adult (empty list: the photo is
+    held). The exclusion of look-alikes never falls back. The person this patient was given
+    before comes first whatever this photo's measured skin tone, age or pose say (they wobble
+    from photo to photo, the patient does not), unless this photo makes them a look-alike.
     """
     people = {
         person: photos
@@ -190,9 +193,16 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
         # patient was given a woman's face inside his own beard.
         for person in [k for k, v in people.items() if v[0].sex not in (None, ctx.sex)]:
             del people[person]
-    if ctx.age_years is not None and ctx.age_years < ADULT_AGE_YEARS:
+    if ctx.age_years is not None:
+        # Strict across childhood both ways: never an adult's face for a child, nor a child's
+        # for an adult (a site pool of SFHQ faces gave a bearded old man a toddler's face
+        # once his best-suited people had failed QA).
+        child = ctx.age_years < ADULT_AGE_YEARS
         for person in [
-            k for k, v in people.items() if _age_gap(v[0].age_band, ctx.age_years) > CHILD_AGE_TOLERANCE_YEARS
+            k
+            for k, v in people.items()
+            if (child or _child_band(v[0].age_band))
+            and _age_gap(v[0].age_band, ctx.age_years) > CHILD_AGE_TOLERANCE_YEARS
         ]:
             del people[person]
     same_sex = dict(people)
@@ -378,16 +388,67 @@ def prepare(surrogate: Surrogate) -> Prepared:
     take about a second a photo)."""
     cached = _PREPARED.get(surrogate.sha256)
     if cached is None:
-        img, landmarks = surrogate.image, surrogate.landmarks
-        skin = _face_skin(img, landmarks, surrogate.skin_lab)
-        bare = _bare_skin(skin, landmarks)
-        always = np.zeros_like(bare)
-        paint(always, similarity(TEMPLATE, landmarks), [_FEATURES, _BROWS])
-        always &= _skin_hull(bare)
-        cached = _PREPARED[surrogate.sha256] = Prepared(
-            _paint_temples(img, landmarks, skin, always), _face_area(landmarks, bare, always)
+        cached = _PREPARED[surrogate.sha256] = _prepare(
+            surrogate.image, surrogate.landmarks, surrogate.skin_lab
         )
     return cached
+
+
+def _prepare(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> Prepared:
+    skin = _face_skin(img, landmarks, tone)
+    bare = _bare_skin(skin, landmarks)
+    always = np.zeros_like(bare)
+    paint(always, similarity(TEMPLATE, landmarks), [_FEATURES, _BROWS])
+    always &= _skin_hull(bare)
+    return Prepared(_paint_temples(img, landmarks, skin, always), _face_area(landmarks, bare, always))
+
+
+# A pool photo whose pasted face area holds more than this share of pixels far from its cheek
+# tone (outside eyes, brows and lips) shows hair or something else over its face. Measured on
+# 96 SFHQ faces and the 20 openpeople crops: the openpeople crops reach 0.09 (a moustache);
+# above 0.12 were a green or a white fringe over the forehead, a blonde cap, strands across a
+# cheek, a mirrored chin below a face at the photo's edge, and a goatee.
+MAX_FOREIGN_SHARE = 0.12
+# Share of that area that may lie past the source photo's edge (mirrored in the crop): a sliver
+# of the jaw or the cheek at the edge (SFHQ crops: 1-3%), not a mirrored chin (5-51%).
+MAX_MIRRORED_SHARE = 0.04
+
+
+def pool_photo_problem(
+    img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray, inside: np.ndarray
+) -> str | None:
+    """Why a candidate pool crop would paste badly, or None; ``pool.build`` skips it then.
+    ``inside`` is True where the crop shows the source photo, False where it was mirrored
+    past the photo's edge.
+
+    The render takes whatever the crop's face area (``Prepared.valid``) holds, and that area
+    is found by colour and shape: a light or dyed fringe, or hair across a cheek, is taken
+    into it (on a site pool of SFHQ faces a green fringe was pasted onto an old woman's
+    forehead), and so is the mirror image of a chin cut by the photo's edge. Checked once,
+    when the pool is built, so the hot path does not pay for it.
+    """
+    valid = _prepare(img, landmarks, tone).valid > 0.5
+    mirrored = float((valid & ~inside).sum()) / max(1, int(valid.sum()))
+    if mirrored > MAX_MIRRORED_SHARE:
+        return (
+            f"the face runs off the photo's edge ({mirrored:.0%} of its area lies past it); "
+            "pool photos need room round the face"
+        )
+    to_img = similarity(TEMPLATE, landmarks)
+    zone = np.zeros(img.shape[:2], np.uint8)
+    paint(zone, to_img, [face_outline(max(OVAL_LADDER))])
+    paint(zone, to_img, [_FEATURES, _BROWS, _LIPS], 0)
+    area = valid & (zone > 0)
+    if not area.any():
+        return "no face skin found where the face would be pasted"
+    # Looser than the sure-skin test of _face_skin: shade and highlights are still skin here.
+    foreign = 1.0 - float(skin_mask(img, tone, light=45.0, chroma=20.0)[area].mean())
+    if foreign > MAX_FOREIGN_SHARE:
+        return (
+            f"{foreign:.0%} of the face area that would be pasted is not skin (hair over the "
+            f"forehead or a cheek, a hand, a beard; limit {MAX_FOREIGN_SHARE:.0%})"
+        )
+    return None
 
 
 def _opening_kernel(landmarks: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -25,6 +26,7 @@ from dicom_anon.faces.replace import (
     candidates,
     feature_landmarks,
     parse_age,
+    pool_photo_problem,
     smile,
 )
 from dicom_anon.headers.errors import Refused
@@ -86,6 +88,23 @@ def test_a_child_never_gets_an_adults_face(site_key) -> None:
     assert candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("008Y"))) == []
     teen = candidates(pool, PatientContext(pseudonym="x", key=site_key, age_years=parse_age("016Y")))
     assert teen and all(s.age_band[0] <= 20 for s in teen)
+
+
+def test_an_adult_never_gets_a_childs_face(site_key) -> None:
+    # A site pool may hold children (SFHQ has toddlers); make one openpeople person a child.
+    base = P.get_pool()
+    young = base.surrogates[0].person
+    pool = dataclasses.replace(
+        base,
+        surrogates=tuple(
+            dataclasses.replace(s, age_band=(3, 8)) if s.person == young else s for s in base.surrogates
+        ),
+    )
+    for age in ("070Y", "030Y"):
+        ctx = PatientContext(pseudonym="x", key=site_key, age_years=parse_age(age))
+        assert young not in {s.person for s in candidates(pool, ctx)}
+    ctx = PatientContext(pseudonym="x", key=site_key, age_years=parse_age("006Y"))
+    assert {s.person for s in candidates(pool, ctx)} == {young}
 
 
 def test_the_photo_whose_expression_matches_the_patients_is_chosen(site_key) -> None:
@@ -179,25 +198,80 @@ def test_pool_checksums_are_verified(tmp_path) -> None:
         P.load(tmp_path / "pool")
 
 
-def test_build_from_a_folder_records_source_and_licence(tmp_path, face_a) -> None:
+def test_build_from_a_folder_records_source_and_licence(tmp_path, face_a, face_b) -> None:
     from PIL import Image
 
     (tmp_path / "src" / "alice").mkdir(parents=True)
     Image.fromarray(face_a).save(tmp_path / "src" / "alice" / "front.jpg")
     (tmp_path / "src" / "alice" / "metadata.json").write_text('{"sex": "female", "age_range": "30-40"}')
-    entries, skipped = P.build(
+    # No metadata: sex and age band are estimated (a young woman, per the estimator ~26).
+    Image.fromarray(face_b).save(tmp_path / "src" / "bea.jpg")
+    entries, notes = P.build(
         P.folder_sources(tmp_path / "src", "CC0 test"),
         tmp_path / "pool",
         get_detector("cpu"),
         get_recognizer(),
     )
-    assert not skipped
+    assert not notes
     P.write_manifest(tmp_path / "pool", entries, ["test"])
     manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
-    (entry,) = manifest["surrogates"]
-    assert entry["licence"] == "CC0 test" and entry["sex"] == "F" and entry["age_band"] == [30, 40]
-    assert len(entry["embedding"]) == 128 and len(entry["landmarks"]) == 5
-    assert P.load(tmp_path / "pool").surrogates[0].person == "src-alice"
+    stated, guessed = sorted(manifest["surrogates"], key=lambda e: e["person"])
+    assert stated["licence"] == "CC0 test" and stated["sex"] == "F" and stated["age_band"] == [30, 40]
+    assert "estimated" not in stated
+    assert len(stated["embedding"]) == 128 and len(stated["landmarks"]) == 5
+    assert guessed["estimated"] == ["sex", "age_band"] and guessed["sex"] == "F"
+    lo, hi = guessed["age_band"]
+    assert hi - lo == 10 and 18 <= lo <= 35
+    people = {s.person: s for s in P.load(tmp_path / "pool").surrogates}
+    assert set(people) == {"src-alice", "src-bea"} and people["src-bea"].age_band == (lo, hi)
+
+
+def _build_one(tmp_path, img: np.ndarray) -> list[str]:
+    from PIL import Image
+
+    (tmp_path / "src").mkdir(parents=True)
+    Image.fromarray(img).save(tmp_path / "src" / "one.png")
+    entries, notes = P.build(
+        P.folder_sources(tmp_path / "src", "test"),
+        tmp_path / "pool",
+        get_detector("cpu"),
+        get_recognizer(),
+        check=pool_photo_problem,
+    )
+    assert len(entries) == 1 - len(notes)
+    return notes
+
+
+def test_build_skips_a_photo_with_hair_over_the_face(tmp_path, testdata) -> None:
+    from PIL import Image
+
+    # An SFHQ woman with a green fringe over her forehead: the fringe was pasted onto a patient.
+    fringe = np.asarray(Image.open(testdata / "faces" / "sfhq" / "SFHQ_sample_4x8_028.jpg").convert("RGB"))
+    (note,) = _build_one(tmp_path, fringe)
+    assert "is not skin" in note
+
+
+def test_build_skips_a_face_cut_by_the_photos_edge(tmp_path, face_a) -> None:
+    face = get_detector("cpu").detect([face_a])[0][0]
+    chin_cut = face_a[: round(face.landmarks[3:, 1].max() + 0.25 * face.eye_distance)]
+    (note,) = _build_one(tmp_path, chin_cut)
+    assert "runs off the photo's edge" in note
+    assert _build_one(tmp_path / "whole", face_a) == []
+
+
+def test_every_default_pool_photo_passes_the_build_check() -> None:
+    for s in P.get_pool().surrogates:
+        assert pool_photo_problem(s.image, s.landmarks, s.skin_lab, np.ones(s.image.shape[:2], bool)) is None
+
+
+def test_estimates_settle_per_person_and_a_disputed_sex_stays_open() -> None:
+    entry = {"sex": None, "age_band": None}
+    P._fill_estimates(entry, [{"sex": "F", "age_years": 30.0}, {"sex": "M", "age_years": 40.0}])
+    assert entry == {"sex": None, "age_band": [30, 40], "estimated": ["age_band"]}
+    # Unconfident estimates (None) do not dispute a confident one; stated fields are kept.
+    entry = {"sex": None, "age_band": [60, 70]}
+    P._fill_estimates(entry, [{"sex": None, "age_years": 30.0}, {"sex": "M", "age_years": 31.0}])
+    assert entry == {"sex": "M", "age_band": [60, 70], "estimated": ["sex"]}
 
 
 def test_no_surrogate_when_the_only_pool_person_is_the_patient(tmp_path, face_a, site_key) -> None:
