@@ -198,6 +198,19 @@ def test_pool_checksums_are_verified(tmp_path) -> None:
         P.load(tmp_path / "pool")
 
 
+def _build(
+    tmp_path, licence: str = "test", check: P.PhotoCheck | None = None
+) -> tuple[list[dict], list[str]]:
+    """``tmp_path/src`` built into ``tmp_path/pool``."""
+    return P.build(
+        P.folder_sources(tmp_path / "src", licence),
+        tmp_path / "pool",
+        get_detector("cpu"),
+        get_recognizer(),
+        check=check,
+    )
+
+
 def test_build_from_a_folder_records_source_and_licence(tmp_path, face_a, face_b) -> None:
     from PIL import Image
 
@@ -206,12 +219,7 @@ def test_build_from_a_folder_records_source_and_licence(tmp_path, face_a, face_b
     (tmp_path / "src" / "alice" / "metadata.json").write_text('{"sex": "female", "age_range": "30-40"}')
     # No metadata: sex and age band are estimated (a young woman, per the estimator ~26).
     Image.fromarray(face_b).save(tmp_path / "src" / "bea.jpg")
-    entries, notes = P.build(
-        P.folder_sources(tmp_path / "src", "CC0 test"),
-        tmp_path / "pool",
-        get_detector("cpu"),
-        get_recognizer(),
-    )
+    entries, notes = _build(tmp_path, "CC0 test")
     assert not notes
     P.write_manifest(tmp_path / "pool", entries, ["test"])
     manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
@@ -231,13 +239,7 @@ def _build_one(tmp_path, img: np.ndarray) -> list[str]:
 
     (tmp_path / "src").mkdir(parents=True)
     Image.fromarray(img).save(tmp_path / "src" / "one.png")
-    entries, notes = P.build(
-        P.folder_sources(tmp_path / "src", "test"),
-        tmp_path / "pool",
-        get_detector("cpu"),
-        get_recognizer(),
-        check=pool_photo_problem,
-    )
+    entries, notes = _build(tmp_path, check=pool_photo_problem)
     assert len(entries) == 1 - len(notes)
     return notes
 
@@ -279,9 +281,7 @@ def test_no_surrogate_when_the_only_pool_person_is_the_patient(tmp_path, face_a,
 
     (tmp_path / "src").mkdir()
     Image.fromarray(face_a).save(tmp_path / "src" / "patient.jpg")
-    entries, _ = P.build(
-        P.folder_sources(tmp_path / "src", "test"), tmp_path / "pool", get_detector("cpu"), get_recognizer()
-    )
+    entries, _ = _build(tmp_path)
     P.write_manifest(tmp_path / "pool", entries, ["test"])
     settings = PixelSettings(preserve=["mouth"], device="cpu", pool=tmp_path / "pool")
     with pytest.raises(Refused) as exc:
