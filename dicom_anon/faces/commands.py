@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import track
 from rich.table import Table
 
 from ..console import err, fail, out
@@ -51,8 +52,10 @@ def build_surrogates(
                 "--licence is required for a folder source: say under which terms the faces may be used"
             )
         sources = folder_sources(folder, licence)
+    # A bar, not silence: each photo is detected, segmented and embedded (~0.3 s on CPU).
+    photos = track(list(sources), description="building the pool", console=err, transient=True)
     entries, notes = build(
-        sources, target, FaceDetector(device=device), get_recognizer(), check=pool_photo_problem
+        photos, target, FaceDetector(device=device), get_recognizer(), check=pool_photo_problem
     )
     for note in notes:
         err.print(note, highlight=False)
@@ -66,8 +69,8 @@ def build_surrogates(
     guessed = {e["person"] for e in entries if "estimated" in e}
     if guessed:
         out.print(
-            f'sex or age band estimated from the photos for {len(guessed)} people ("estimated" in the '
-            "manifest); a metadata.json beside a person's photos states them instead",
+            f"{len(guessed)} of the {people} people: sex or age band estimated from the photos "
+            '("estimated" in the manifest); a metadata.json beside their photos states them instead',
             highlight=False,
         )
 

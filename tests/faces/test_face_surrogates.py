@@ -261,6 +261,30 @@ def test_build_skips_a_face_cut_by_the_photos_edge(tmp_path, face_a) -> None:
     assert _build_one(tmp_path / "whole", face_a) == []
 
 
+def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, face_a) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dicom_anon.cli import app
+
+    face = get_detector("cpu").detect([face_a])[0][0]
+    (tmp_path / "src").mkdir()
+    Image.fromarray(face_a).save(tmp_path / "src" / "whole.png")
+    Image.fromarray(face_a[: round(face.landmarks[3:, 1].max() + 0.25 * face.eye_distance)]).save(
+        tmp_path / "src" / "cut.png"
+    )
+    args = ["models", "build-surrogates", "--from", str(tmp_path / "src"), "-o", str(tmp_path / "pool")]
+    runner = CliRunner()
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "--licence is required" in refused.output
+    result = runner.invoke(app, [*args, "--licence", "CC0 test"])
+    assert result.exit_code == 0, result.output
+    assert "skipped src/cut.png: the face runs off the photo's edge" in result.output
+    assert "1 surrogate photos of 1 people" in result.output
+    assert "1 of the 1 people: sex or age band estimated" in result.output
+    assert len(P.load(tmp_path / "pool").surrogates) == 1
+
+
 def test_every_default_pool_photo_passes_the_build_check() -> None:
     for s in P.get_pool().surrogates:
         assert pool_photo_problem(s.image, s.landmarks, s.skin_lab, np.ones(s.image.shape[:2], bool)) is None
