@@ -245,7 +245,11 @@ def build(
     estimates: dict[str, list[dict]] = {}
     estimating = True
     for src in sources:
-        rgb = np.asarray(Image.open(src.path).convert("RGB"))
+        try:
+            rgb = np.asarray(Image.open(src.path).convert("RGB"))
+        except OSError as exc:  # PIL's UnidentifiedImageError included
+            notes.append(f"skipped {src.source}: not a readable image ({exc})")
+            continue
         faces = detector.detect([rgb])[0]
         if len(faces) != 1:
             notes.append(f"skipped {src.source}: {len(faces)} faces found, need exactly one")

@@ -270,6 +270,7 @@ def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, f
     face = get_detector("cpu").detect([face_a])[0][0]
     (tmp_path / "src").mkdir()
     Image.fromarray(face_a).save(tmp_path / "src" / "whole.png")
+    (tmp_path / "src" / "broken.jpg").write_bytes(b"not a jpeg")
     Image.fromarray(face_a[: round(face.landmarks[3:, 1].max() + 0.25 * face.eye_distance)]).save(
         tmp_path / "src" / "cut.png"
     )
@@ -280,6 +281,7 @@ def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, f
     result = runner.invoke(app, [*args, "--licence", "CC0 test"])
     assert result.exit_code == 0, result.output
     assert "skipped src/cut.png: the face runs off the photo's edge" in result.output
+    assert "skipped src/broken.jpg: not a readable image" in result.output
     assert "1 surrogate photos of 1 people" in result.output
     assert "1 of the 1 people: sex or age band estimated" in result.output
     assert len(P.load(tmp_path / "pool").surrogates) == 1
