@@ -659,6 +659,19 @@ def check_references(settings: Settings, raw: Any, path: Path) -> None:
             problems.append(
                 _problem(raw, path, loc, f"file {file} does not exist; give the path of a PEM file")
             )
+    for name, profile in settings.profiles.items():
+        pool = profile.pixels.pool if profile.pixels is not None else None
+        if pool is not None and not (pool / "manifest.json").is_file():
+            # Caught here, not at the first photo: every photo of the route would be quarantined.
+            problems.append(
+                _problem(
+                    raw,
+                    path,
+                    ("profiles", name, "pixels", "pool"),
+                    f"{pool} holds no surrogate pool (no manifest.json); build one there with: "
+                    f"dicom-anon models build-surrogates --from DIR --licence TEXT -o {pool}",
+                )
+            )
     if problems:
         raise ConfigError("\n".join(problems))
 

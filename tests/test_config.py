@@ -149,6 +149,16 @@ def test_missing_tls_file_is_named(tmp_path):
     assert "none.pem does not exist" in msg and "ingress.tls.certificate" in msg
 
 
+def test_a_pool_that_was_never_built_is_named_with_the_command_to_build_it(tmp_path):
+    text = GOOD + f"profiles:\n  derm:\n    pixels:\n      preserve: mouth\n      pool: {tmp_path}/pool\n"
+    msg = problems(tmp_path, text)
+    assert "settings.yaml:17:" in msg and "holds no surrogate pool" in msg
+    assert f"dicom-anon models build-surrogates --from DIR --licence TEXT -o {tmp_path}/pool" in msg
+    (tmp_path / "pool").mkdir()
+    (tmp_path / "pool" / "manifest.json").write_text("{}")
+    assert load_settings(write(tmp_path, text)).profile("derm").pixels.pool == tmp_path / "pool"
+
+
 def test_pixel_options_belong_in_pixel_settings(tmp_path):
     text = GOOD + "profiles:\n  p:\n    options: [clean-pixel-data]\n"
     msg = problems(tmp_path, text)

@@ -118,6 +118,7 @@ def eval_command(
     from ..config import PixelSettings
     from . import evaluate as ev
     from .pipeline import get_pipeline
+    from .pool import PoolError
     from .replace import methods as known_methods
 
     unknown = [m for m in method if m not in known_methods()]
@@ -132,7 +133,10 @@ def eval_command(
     images = ev.collect(faces, limit)
     if not images:
         raise fail("no readable images in the inputs")
-    evaluator = ev.Evaluator(settings, method)
+    try:
+        evaluator = ev.Evaluator(settings, method)
+    except PoolError as exc:
+        raise fail(str(exc)) from None
     with out.status("evaluating") as status:
         reports, originals = evaluator.run(images, lambda m, s: status.update(f"{m}: {s}"))
     rows = [r.row(len(images)) for r in reports.values()]

@@ -344,7 +344,9 @@ def load(root: Path = DEFAULT_POOL) -> Pool:
     """Read and verify a built pool."""
     root = Path(root)
     path = root / MANIFEST
-    hint = "run: dicom-anon models build-surrogates --from openpeople"
+    hint = "run: dicom-anon models build-surrogates " + (
+        "--from openpeople" if root == DEFAULT_POOL else f"--from DIR --licence TEXT -o {root}"
+    )
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

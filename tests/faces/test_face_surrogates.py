@@ -287,6 +287,20 @@ def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, f
     assert len(P.load(tmp_path / "pool").surrogates) == 1
 
 
+def test_eval_with_a_pool_that_was_never_built_is_one_clear_error(tmp_path, face_a) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dicom_anon.cli import app
+
+    Image.fromarray(face_a).save(tmp_path / "face.png")
+    args = ["eval", str(tmp_path / "face.png"), "--method", "surrogate", "--pool", str(tmp_path / "none")]
+    result = CliRunner().invoke(app, [*args, "--no-consistency"])
+    assert result.exit_code == 2, result.output
+    assert "cannot read the surrogate pool" in result.output
+    assert f"build-surrogates --from DIR --licence TEXT -o {tmp_path / 'none'}" in result.output
+
+
 def test_every_default_pool_photo_passes_the_build_check() -> None:
     for s in P.get_pool().surrogates:
         assert pool_photo_problem(s.image, s.landmarks, s.skin_lab, np.ones(s.image.shape[:2], bool)) is None
