@@ -75,6 +75,39 @@ def build_surrogates(
         )
 
 
+@models_app.command("check-pool")
+def check_pool(
+    pool: Annotated[
+        Path | None, typer.Option(help="Surrogate pool folder (default models/surrogates).")
+    ] = None,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Also write every pool photo, labelled, to this PNG.")
+    ] = None,
+) -> None:
+    """Say who is in a surrogate pool and what to add or remove before routes use it."""
+    from .pool import DEFAULT_POOL, PoolError, contact_sheet, load, report
+
+    try:
+        loaded = load(pool or DEFAULT_POOL)
+    except PoolError as exc:
+        raise fail(str(exc)) from None
+    r = report(loaded)
+    table = Table(title=f"surrogate pool {loaded.root}")
+    for col in ("people", "photos", "women", "men", "sex unknown", "children", "estimated"):
+        table.add_column(col)
+    counts = (r.people, r.photos, r.sexes.get("F", 0), r.sexes.get("M", 0), r.sexes.get("?", 0))
+    table.add_row(*(str(v) for v in (*counts, r.children, r.estimated)))
+    out.print(table)
+    for a, b, sim in r.look_alikes[:10]:
+        out.print(f"look-alikes: {a} and {b} (SFace {sim:.2f})", highlight=False)
+    if len(r.look_alikes) > 10:
+        out.print(f"... and {len(r.look_alikes) - 10} more pairs", highlight=False)
+    for note in r.warnings():
+        err.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    if sheet is not None:
+        out.print(f"contact sheet: {contact_sheet(loaded, sheet)}", highlight=False)
+
+
 def eval_command(
     faces: Annotated[
         list[str],

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .attributes import AttributesRefused, ModelsError, estimate
 from .detect import Face, FaceDetector
-from .embed import Recognizer, model_checksums
+from .embed import SFACE_SAME_PERSON, Recognizer, cosine, model_checksums
 from .masks import TEMPLATE, TEMPLATE_EYE_DISTANCE, apply, ellipse, invert, similarity
 
 DEFAULT_POOL = Path(__file__).resolve().parents[2] / "models" / "surrogates"
@@ -37,6 +37,12 @@ _EYE_DISTANCE = 180.0
 _CROP_EYE_DISTANCES = 4.6
 _MAX_POOL_YAW = 20.0
 _OPENPEOPLE_ASSETS = ("studio_portrait", "amateur_selfie")
+
+# A pool person whose age band ends below this is a child: given to children only.
+ADULT_AGE_YEARS = 18.0
+# Fewer people than this of one sex: patients of that sex share new faces often and are refused
+# more (docs/faces.md, consistency: ten people gave 50% different-person separation, 76 gave 86%).
+FEW_PEOPLE_PER_SEX = 50
 
 # An estimated age becomes a band this many years either side (the stated bands of openpeople
 # are ten years wide; the estimator is within a few years on adults).
@@ -140,6 +146,7 @@ class Surrogate:
     age_band: tuple[int, int] | None = None
     source: str = ""
     licence: str = ""
+    estimated: tuple[str, ...] = ()  # which of sex, age_band the builder estimated
 
     @cached_property
     def image(self) -> np.ndarray:
@@ -372,11 +379,95 @@ def load(root: Path = DEFAULT_POOL) -> Pool:
                 age_band=tuple(e["age_band"]) if e.get("age_band") else None,
                 source=e.get("source", ""),
                 licence=e.get("licence", ""),
+                estimated=tuple(e.get("estimated", ())),
             )
         )
     if not surrogates:
         raise PoolError(f"{path}: the pool is empty; {hint}")
     return Pool(root=root, surrogates=tuple(surrogates), info={"sources": manifest.get("sources", [])})
+
+
+@dataclass(frozen=True)
+class PoolReport:
+    """What a records officer should know about a pool before a route uses it."""
+
+    people: int
+    photos: int
+    sexes: dict[str, int]  # "F", "M", and "?" for neither stated nor confidently estimated
+    children: int
+    estimated: int  # people with a sex or age band the builder estimated
+    look_alikes: list[tuple[str, str, float]]  # person pairs SFace calls the same, closest first
+
+    def warnings(self) -> list[str]:
+        notes = []
+        for sex, word in (("F", "women"), ("M", "men")):
+            if self.sexes.get(sex, 0) < FEW_PEOPLE_PER_SEX:
+                notes.append(
+                    f"{self.sexes.get(sex, 0)} {word}: patients of that sex will often share a new face, "
+                    f"and more of them are held as look-alikes; aim for {FEW_PEOPLE_PER_SEX} or more"
+                )
+        if self.sexes.get("?", 0):
+            notes.append(
+                f"{self.sexes['?']} people of unknown sex are offered to patients of either sex; "
+                "state it in a metadata.json beside their photos"
+            )
+        if not self.children:
+            notes.append("no children: photos of child patients are held (no-surrogate)")
+        if self.look_alikes:
+            notes.append(
+                f"{len(self.look_alikes)} pairs of people look alike to the recogniser (SFace >= "
+                f"{SFACE_SAME_PERSON}): two patients given them can come out as one person; keep one of each"
+            )
+        return notes
+
+
+def report(pool: Pool) -> PoolReport:
+    """Counts by sex and age, and the pairs of people the recogniser cannot tell apart.
+
+    A pair counts when any photo of one is within ``SFACE_SAME_PERSON`` of any photo of the
+    other: different patients given those two came out as one person in the consistency test.
+    """
+    people = pool.people()
+    first = {person: photos[0] for person, photos in people.items()}
+    sexes: dict[str, int] = {}
+    for s in first.values():
+        sexes[s.sex or "?"] = sexes.get(s.sex or "?", 0) + 1
+    names = sorted(people)
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            sim = max(cosine(x.embedding, y.embedding) for x in people[a] for y in people[b])
+            if sim >= SFACE_SAME_PERSON:
+                pairs.append((a, b, round(sim, 3)))
+    return PoolReport(
+        people=len(people),
+        photos=len(pool.surrogates),
+        sexes=sexes,
+        children=sum(s.age_band is not None and s.age_band[1] < ADULT_AGE_YEARS for s in first.values()),
+        estimated=sum(bool(s.estimated) for s in first.values()),
+        look_alikes=sorted(pairs, key=lambda p: -p[2]),
+    )
+
+
+def contact_sheet(pool: Pool, path: Path, size: int = 160, columns: int = 8) -> Path:
+    """Every pool photo as a labelled thumbnail (person, sex, age band; ``~`` marks an estimate),
+    for looking the pool over before going live: hair over a face, closed eyes, odd light."""
+    rows = -(-len(pool.surrogates) // columns)
+    label = 28
+    sheet = Image.new("RGB", (columns * size, rows * (size + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, s in enumerate(pool.surrogates):
+        x, y = (i % columns) * size, (i // columns) * (size + label)
+        thumb = Image.open(s.path).convert("RGB")
+        thumb.thumbnail((size, size))
+        sheet.paste(thumb, (x, y))
+        sex = ("~" if "sex" in s.estimated else "") + (s.sex or "?")
+        band = "?" if s.age_band is None else f"{s.age_band[0]}-{s.age_band[1]}"
+        age = ("~" if "age_band" in s.estimated else "") + band
+        draw.text((x + 3, y + size + 2), f"{s.person[-18:]}\n{sex}  {age}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
 
 
 @lru_cache(maxsize=4)

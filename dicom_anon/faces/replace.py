@@ -28,7 +28,7 @@ from . import blend
 from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face, landmark_eye_distance
 from .embed import cosine
 from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, ellipse, face_outline, paint, similarity
-from .pool import Pool, Surrogate, skin_lab, skin_mask
+from .pool import ADULT_AGE_YEARS, Pool, Surrogate, skin_lab, skin_mask
 
 # A pool person whose embedding is at least this close to the patient's is never used:
 # SFace calls 0.363 "same person"; we keep a margin below it.
@@ -38,9 +38,9 @@ MAX_SKIN_DELTA_E = 22.0
 AGE_TOLERANCE_YEARS = 10.0
 # An age estimated from the photo (faces/attributes.py) reads older adults about ten years young.
 ESTIMATED_AGE_TOLERANCE_YEARS = 15.0
-# Below this age an adult's features look absurd (orthodontic patients are mostly children):
-# a child gets only a pool person within the age tolerance, or none, and the photo is held.
-ADULT_AGE_YEARS = 18.0
+# Below ADULT_AGE_YEARS (pool.py) an adult's features look absurd (orthodontic patients are
+# mostly children): a child gets only a pool person within the age tolerance, or none, and the
+# photo is held.
 # Faces change fast in childhood: a child's surrogate must be this close in age (years).
 CHILD_AGE_TOLERANCE_YEARS = 4.0
 MAX_YAW_DIFFERENCE = 25.0

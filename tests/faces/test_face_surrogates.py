@@ -301,6 +301,52 @@ def test_eval_with_a_pool_that_was_never_built_is_one_clear_error(tmp_path, face
     assert f"build-surrogates --from DIR --licence TEXT -o {tmp_path / 'none'}" in result.output
 
 
+def test_pool_report_counts_people_and_names_look_alikes() -> None:
+    r = P.report(P.get_pool())
+    assert (r.people, r.photos, r.sexes, r.children, r.estimated) == (10, 20, {"F": 7, "M": 3}, 0, 0)
+    sims = [sim for _, _, sim in r.look_alikes]
+    assert sims == sorted(sims, reverse=True) and min(sims) >= 0.363
+    # The two closest openpeople women (SFace 0.72 between their photos).
+    assert r.look_alikes[0][:2] == ("openpeople-P004", "openpeople-P010")
+    warnings = " | ".join(r.warnings())
+    assert "3 men" in warnings and "no children" in warnings and "16 pairs" in warnings
+    assert "unknown sex" not in warnings
+
+
+def test_pool_report_counts_children_estimates_and_open_sexes() -> None:
+    base = P.get_pool()
+    kid, open_sex = base.surrogates[0].person, base.surrogates[-1].person
+
+    def edit(s: P.Surrogate) -> P.Surrogate:
+        if s.person == kid:
+            return dataclasses.replace(s, age_band=(3, 8), estimated=("age_band",))
+        if s.person == open_sex:
+            return dataclasses.replace(s, sex=None)
+        return s
+
+    r = P.report(dataclasses.replace(base, surrogates=tuple(edit(s) for s in base.surrogates)))
+    assert (r.children, r.estimated, r.sexes.get("?")) == (1, 1, 1)
+    warnings = " | ".join(r.warnings())
+    assert "no children" not in warnings and "1 people of unknown sex" in warnings
+
+
+def test_check_pool_command_prints_the_report_and_draws_the_pool(tmp_path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dicom_anon.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["models", "check-pool", "--sheet", str(tmp_path / "pool.png")])
+    assert result.exit_code == 0, result.output
+    assert "look-alikes: openpeople-P004 and openpeople-P010" in result.output
+    assert "no children" in result.output
+    # 20 photos, 8 to a row: 3 rows of 160 px thumbnails and their labels.
+    assert Image.open(tmp_path / "pool.png").size == (8 * 160, 3 * (160 + 28))
+    missing = runner.invoke(app, ["models", "check-pool", "--pool", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "cannot read the surrogate pool" in missing.output
+
+
 def test_every_default_pool_photo_passes_the_build_check() -> None:
     for s in P.get_pool().surrogates:
         assert pool_photo_problem(s.image, s.landmarks, s.skin_lab, np.ones(s.image.shape[:2], bool)) is None
