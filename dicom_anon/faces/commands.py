@@ -73,6 +73,7 @@ def build_surrogates(
             '("estimated" in the manifest); a metadata.json beside their photos states them instead',
             highlight=False,
         )
+    out.print(f"look it over: dicom-anon models check-pool --pool {target} --sheet pool.png", highlight=False)
 
 
 @models_app.command("check-pool")

@@ -284,6 +284,7 @@ def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, f
     assert "skipped src/broken.jpg: not a readable image" in result.output
     assert "1 surrogate photos of 1 people" in result.output
     assert "1 of the 1 people: sex or age band estimated" in result.output
+    assert f"dicom-anon models check-pool --pool {tmp_path / 'pool'}" in result.output
     assert len(P.load(tmp_path / "pool").surrogates) == 1
 
 
