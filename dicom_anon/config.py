@@ -197,6 +197,9 @@ class PixelSettings(_Strict):
     # The face pipeline's own settings (dicom_anon/faces, docs/faces.md).
     face_boxes: list[FaceBox] = Field(default_factory=list)
     surroundings: Literal["keep", "blur", "replace"] = "keep"
+    # A patient's later photo on which their remembered new face fails QA: "prefer" gives it the
+    # next pool person (forwarded, but a second new face in the series); "require" holds it.
+    same_new_face: Literal["prefer", "require"] = "prefer"
     output: Literal["explicit-le", "rle", "jpeg2000-lossless", "jpeg-baseline", "jpeg2000"] = "explicit-le"
     lossy_quality: int = Field(default=92, ge=50, le=100)
     device: str = "auto"

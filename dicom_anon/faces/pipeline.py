@@ -206,6 +206,15 @@ class FacePipeline:
             ),
         )
         options = self.backend.candidates(ctx)
+        strict = remembered is not None and self.settings.same_new_face == "require"
+        if strict:
+            options = [c for c in options if c.info.get("person") == remembered]
+            if not options:
+                raise FaceRefused(
+                    "no-surrogate",
+                    f"{where}: this photo resembles the patient's new face ({remembered}), and the "
+                    "route gives each patient one new face (same_new_face: require)",
+                )
         if not options:
             child = hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS
             if child:
@@ -317,6 +326,8 @@ class FacePipeline:
             if x.get("identity_similarity") is not None
         ]
         detail = f"; lowest SFace similarity {min(sims):.2f}" if sims else ""
+        if strict:
+            detail += f"; only the patient's new face ({remembered}) was tried (same_new_face: require)"
         raise FaceRefused(
             code,
             f"{where}: no candidate passed QA after {len(attempts)} tries ({', '.join(sorted(set(codes)))})"

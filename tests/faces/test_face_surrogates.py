@@ -189,6 +189,54 @@ def test_pipeline_remembers_the_patients_first_new_face(face_a, lenient) -> None
     assert again.faces[0]["person"] == person and again.faces[0]["remembered"]
 
 
+def test_a_route_may_require_one_new_face_per_patient(lenient) -> None:
+    import openpeople
+    from PIL import Image
+
+    # The patient is pool person P001 and has been given P001 before (as if the pool had
+    # changed): on this photo P001 is a look-alike and is never offered.
+    p001 = next(p for p in openpeople.curated.list() if p.person_id == "P001")
+    img = Image.open(p001.asset_path("studio_portrait")).convert("RGB")
+    img.thumbnail((384, 384))
+    photo = np.asarray(img)[None]
+
+    def run(same_new_face: str) -> tuple[str | None, str | None]:
+        memory = InMemoryIdentities()
+        memory.remember_surrogate("ANONREQ", "openpeople-P001")
+        settings = lenient.model_copy(update={"same_new_face": same_new_face})
+        try:
+            res = get_pipeline(settings, "surrogate").process_frames(
+                photo, Patient("ANONREQ", SiteKey(b"r" * 32), memory=memory)
+            )
+        except Refused as exc:
+            return None, f"{exc.code}: {exc.reason}"
+        return res.faces[0]["person"], None
+
+    person, _ = run("prefer")
+    assert person is not None and person != "openpeople-P001"
+    person, refused = run("require")
+    assert person is None and refused.startswith("no-surrogate")
+    assert "openpeople-P001" in refused and "same_new_face: require" in refused
+
+
+def test_a_required_new_face_that_fails_qa_holds_the_photo(face_a, lenient) -> None:
+    memory = InMemoryIdentities()
+    first = get_pipeline(lenient, "surrogate").process_frames(
+        face_a[None], Patient("ANONQA", SiteKey(b"q" * 32), memory=memory)
+    )
+    person = first.faces[0]["person"]
+    strict = lenient.model_copy(update={"same_new_face": "require", "max_identity_similarity": 0.01})
+    with pytest.raises(Refused) as exc:
+        get_pipeline(strict, "surrogate").process_frames(
+            face_a[None], Patient("ANONQA", SiteKey(b"q" * 32), memory=memory)
+        )
+    assert exc.value.code == "qa-identity-too-similar"
+    assert f"only the patient's new face ({person}) was tried" in exc.value.reason
+    # Each of that person's photos at each oval size, nobody else.
+    tries = int(exc.value.reason.split(" tries")[0].rsplit(" ", 1)[1])
+    assert tries <= 2 * len(M.OVAL_LADDER)
+
+
 def test_pool_checksums_are_verified(tmp_path) -> None:
     shutil.copytree(P.DEFAULT_POOL, tmp_path / "pool")
     assert len(P.load(tmp_path / "pool").surrogates) == len(P.get_pool().surrogates)
