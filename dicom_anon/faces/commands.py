@@ -145,6 +145,13 @@ def eval_command(
     max_similarity: Annotated[
         float, typer.Option(help="QA gate: SFace similarity must stay below this.")
     ] = 0.30,
+    same_new_face: Annotated[
+        str,
+        typer.Option(
+            help="Consistency test: 'prefer' (a later photo whose new face fails QA gets another) "
+            "or 'require' (it is held), as the route setting of that name."
+        ),
+    ] = "prefer",
 ) -> None:
     """Measure identity removal, clinical exactness and skin drift per method; write a contact sheet."""
     from pydantic import ValidationError
@@ -160,10 +167,17 @@ def eval_command(
         raise fail(f"unknown method {', '.join(unknown)}; choose from: {', '.join(known_methods())}")
     try:
         settings = PixelSettings(
-            preserve=preserve, device=device, max_identity_similarity=max_similarity, pool=pool
+            preserve=preserve,
+            device=device,
+            max_identity_similarity=max_similarity,
+            pool=pool,
+            same_new_face=same_new_face,
         )
     except ValidationError as exc:
-        raise fail(exc.errors()[0]["msg"]) from None
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        option = {"max_identity_similarity": "max-similarity"}.get(field, field.replace("_", "-"))
+        raise fail(f"--{option}: {first['msg']}") from None
     images = ev.collect(faces, limit)
     if not images:
         raise fail("no readable images in the inputs")

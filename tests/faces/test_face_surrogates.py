@@ -336,7 +336,7 @@ def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, f
     assert len(P.load(tmp_path / "pool").surrogates) == 1
 
 
-def test_eval_with_a_pool_that_was_never_built_is_one_clear_error(tmp_path, face_a) -> None:
+def test_eval_settings_errors_are_one_clear_line(tmp_path, face_a) -> None:
     from PIL import Image
     from typer.testing import CliRunner
 
@@ -348,6 +348,8 @@ def test_eval_with_a_pool_that_was_never_built_is_one_clear_error(tmp_path, face
     assert result.exit_code == 2, result.output
     assert "cannot read the surrogate pool" in result.output
     assert f"build-surrogates --from DIR --licence TEXT -o {tmp_path / 'none'}" in result.output
+    wrong = CliRunner().invoke(app, ["eval", str(tmp_path / "face.png"), "--same-new-face", "always"])
+    assert wrong.exit_code == 2 and "--same-new-face: Input should be 'prefer' or 'require'" in wrong.output
 
 
 def test_pool_report_counts_people_and_names_look_alikes() -> None:
