@@ -387,6 +387,11 @@ def load(root: Path = DEFAULT_POOL) -> Pool:
     return Pool(root=root, surrogates=tuple(surrogates), info={"sources": manifest.get("sources", [])})
 
 
+def child_band(band: tuple[int, int] | None) -> bool:
+    """A pool person whose stated or estimated age band ends before adulthood."""
+    return band is not None and band[1] < ADULT_AGE_YEARS
+
+
 @dataclass(frozen=True)
 class PoolReport:
     """What a records officer should know about a pool before a route uses it."""
@@ -443,7 +448,7 @@ def report(pool: Pool) -> PoolReport:
         people=len(people),
         photos=len(pool.surrogates),
         sexes=sexes,
-        children=sum(s.age_band is not None and s.age_band[1] < ADULT_AGE_YEARS for s in first.values()),
+        children=sum(child_band(s.age_band) for s in first.values()),
         estimated=sum(bool(s.estimated) for s in first.values()),
         look_alikes=sorted(pairs, key=lambda p: -p[2]),
     )

@@ -28,7 +28,7 @@ from . import blend
 from .detect import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE, Face, landmark_eye_distance
 from .embed import cosine
 from .masks import OVAL_LADDER, TEMPLATE, FaceMasks, ellipse, face_outline, paint, similarity
-from .pool import ADULT_AGE_YEARS, Pool, Surrogate, skin_lab, skin_mask
+from .pool import ADULT_AGE_YEARS, Pool, Surrogate, child_band, skin_lab, skin_mask
 
 # A pool person whose embedding is at least this close to the patient's is never used:
 # SFace calls 0.363 "same person"; we keep a margin below it.
@@ -143,10 +143,6 @@ def _rendezvous(ctx: PatientContext, person: str) -> bytes:
     return ctx.key.digest("surrogate", f"{ctx.pseudonym}\x00{person}")
 
 
-def _child_band(band: tuple[int, int] | None) -> bool:
-    return band is not None and band[1] < ADULT_AGE_YEARS
-
-
 def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
     if band is None or age is None:
         return 0.0
@@ -201,7 +197,7 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
         for person in [
             k
             for k, v in people.items()
-            if (child or _child_band(v[0].age_band))
+            if (child or child_band(v[0].age_band))
             and _age_gap(v[0].age_band, ctx.age_years) > CHILD_AGE_TOLERANCE_YEARS
         ]:
             del people[person]
