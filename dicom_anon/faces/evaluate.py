@@ -4,7 +4,9 @@ Each input image is its own patient. For every method we run the same pipeline t
 service runs (the surrogate method with its QA gate, so refusals count as refusals;
 the baselines ungated, since they are shown only for comparison) and measure:
 face found again (MTCNN and YuNet), re-identification (SFace cosine >= 0.363 against
-the original), rank-1 identification against the whole gallery of originals,
+the original), rank-1 identification against the whole gallery of originals, both again
+with a recogniser the gate never consults (dlib, ``judge``), with the rate at which that
+recogniser takes two different originals for one person as its chance level,
 preserved-area max abs difference, skin colour drift (CIELAB delta E of the cheeks,
 the new face against the patient's) and seconds per image. The attacker aligns on the
 face YuNet finds in the output, or on the original landmarks when it finds none.
@@ -28,6 +30,7 @@ from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
 from .detect import Face, FaceDetector
 from .embed import SFACE_SAME_PERSON, cosine
+from .judge import DLIB_SAME_PERSON, distance, get_judge
 from .pipeline import FacePipeline, InMemoryIdentities, Patient
 from .pool import skin_lab
 from .qa import iou
@@ -146,15 +149,35 @@ class Outcome:
     yunet_found: bool = False
     similarity: float | None = None
     rank1: bool = False
+    judge_distance: float | None = None
+    judge_rank1: bool = False
     preserved_diff: int = 0
     delta_e: float | None = None
     attempts: int = 0
     surrogate: str | None = None
 
 
+@dataclass(frozen=True)
+class Gallery:
+    """The originals every output is compared with, under both recognisers."""
+
+    sface: list[tuple[str, np.ndarray]]
+    judge: list[tuple[str, np.ndarray]]
+
+    def judge_chance(self) -> float:
+        """Share of pairs of different originals the judge takes for one person: what its
+        re-identification rate would be if the outputs were strangers."""
+        vecs = np.stack([v for _, v in self.judge]) if len(self.judge) > 1 else None
+        if vecs is None:
+            return 0.0
+        apart = np.linalg.norm(vecs[:, None] - vecs[None], axis=2)[np.triu_indices(len(vecs), 1)]
+        return float(np.mean(apart < DLIB_SAME_PERSON))
+
+
 @dataclass
 class MethodReport:
     method: str
+    gallery: Gallery
     outcomes: list[Outcome] = field(default_factory=list)
 
     def _refused(self) -> str:
@@ -163,10 +186,13 @@ class MethodReport:
         detail = ", ".join(f"{c} {n}" for c, n in codes.most_common())
         return f"{share:.1f}%" + (f" ({detail})" if detail else "")
 
-    def row(self, gallery_size: int) -> dict[str, str]:
+    def row(self) -> dict[str, str]:
         done = [o for o in self.outcomes if o.output is not None]
         n = max(1, len(done))
         de = [o.delta_e for o in done if o.delta_e is not None]
+        judged = [o for o in done if o.judge_distance is not None]
+        m = max(1, len(judged))
+        size = max(1, len(self.gallery.sface))
         return {
             "method": self.method,
             "images": str(len(self.outcomes)),
@@ -176,8 +202,14 @@ class MethodReport:
             "re-ID (SFace>=0.363)": (
                 f"{100 * sum((o.similarity or 0) >= SFACE_SAME_PERSON for o in done) / n:.1f}%"
             ),
-            "rank-1": (
-                f"{100 * sum(o.rank1 for o in done) / n:.1f}% (chance {100 / max(1, gallery_size):.1f}%)"
+            "rank-1": f"{100 * sum(o.rank1 for o in done) / n:.1f}% (chance {100 / size:.1f}%)",
+            f"re-ID (dlib<{DLIB_SAME_PERSON})": (
+                f"{100 * sum(o.judge_distance < DLIB_SAME_PERSON for o in judged) / m:.1f}% "
+                f"(chance {100 * self.gallery.judge_chance():.1f}%)"
+            ),
+            "rank-1 (dlib)": (
+                f"{100 * sum(o.judge_rank1 for o in judged) / m:.1f}% "
+                f"(chance {100 / max(1, len(self.gallery.judge)):.1f}%)"
             ),
             "preserved max diff": str(max((o.preserved_diff for o in done), default=0)),
             "skin dE median/p95": (
@@ -197,6 +229,7 @@ class Evaluator:
             self.pipelines[m] = FacePipeline(settings, method=m, gate=m not in BASELINES)
         first = next(iter(self.pipelines.values()))
         self.detector, self.recognizer = first.detector, first.recognizer
+        self.judge = get_judge()
 
     def _face(self, rgb: np.ndarray) -> Face | None:
         faces = self.detector.detect([rgb])[0]
@@ -206,13 +239,16 @@ class Evaluator:
         self, images: Sequence[EvalImage], progress: Callable[[str, str], None] | None = None
     ) -> tuple[dict[str, MethodReport], dict[str, tuple[Face | None, np.ndarray | None]]]:
         originals: dict[str, tuple[Face | None, np.ndarray | None]] = {}
+        judged: list[tuple[str, np.ndarray]] = []
         for img in images:
             face = self._face(img.rgb)
             originals[img.stem] = (face, self.recognizer.embed(img.rgb, face) if face else None)
-        gallery = [(s, e) for s, (_, e) in originals.items() if e is not None]
+            if face is not None:
+                judged.append((img.stem, self.judge.describe(img.rgb, face)))
+        gallery = Gallery([(s, e) for s, (_, e) in originals.items() if e is not None], judged)
         reports = {}
         for method, pipeline in self.pipelines.items():
-            report = MethodReport(method)
+            report = MethodReport(method, gallery)
             for img in images:
                 if progress:
                     progress(method, img.stem)
@@ -225,7 +261,7 @@ class Evaluator:
         pipeline: FacePipeline,
         img: EvalImage,
         original: tuple[Face | None, np.ndarray | None],
-        gallery: list[tuple[str, np.ndarray]],
+        gallery: Gallery,
     ) -> Outcome:
         face, emb = original
         outcome = Outcome(img.stem)
@@ -252,8 +288,12 @@ class Evaluator:
         outcome.yunet_found = bool(yunet)
         probe = self.recognizer.embed(out, yunet[0] if yunet else face)
         outcome.similarity = cosine(emb, probe)
-        best = max(gallery, key=lambda g: cosine(g[1], probe))
+        best = max(gallery.sface, key=lambda g: cosine(g[1], probe))
         outcome.rank1 = best[0] == img.stem
+        described = self.judge.describe(out, face)
+        own = next(v for s, v in gallery.judge if s == img.stem)
+        outcome.judge_distance = distance(own, described)
+        outcome.judge_rank1 = min(gallery.judge, key=lambda g: distance(g[1], described))[0] == img.stem
         outcome.delta_e = float(np.linalg.norm(skin_lab(out, face) - skin_lab(img.rgb, face)))
         return outcome
 

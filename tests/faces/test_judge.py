@@ -1,0 +1,50 @@
+"""The evaluation's second recogniser (dlib), the one the QA gate never consults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicom_anon.config import PixelSettings
+from dicom_anon.faces import evaluate as ev
+from dicom_anon.faces.detect import get_detector
+from dicom_anon.faces.judge import DLIB_SAME_PERSON, distance, get_judge
+
+openpeople = pytest.importorskip("openpeople")
+
+
+@pytest.fixture(scope="module")
+def portraits() -> dict[str, ev.EvalImage]:
+    return {im.stem: im for im in ev.openpeople_images(("studio_portrait", "amateur_selfie"))}
+
+
+def _describe(img: ev.EvalImage) -> np.ndarray:
+    face = get_detector("cpu").detect([img.rgb])[0][0]
+    return get_judge().describe(img.rgb, face)
+
+
+def test_judge_tells_one_person_from_another(portraits) -> None:
+    studio, selfie = _describe(portraits["P003_studio_portrait"]), _describe(portraits["P003_amateur_selfie"])
+    other = _describe(portraits["P005_studio_portrait"])
+    # Measured: 0.38 between P003's two photos, 1.01 from P003 to P005 (an older man).
+    assert distance(studio, selfie) < DLIB_SAME_PERSON < distance(studio, other)
+
+
+def test_judge_chance_is_the_share_of_originals_it_confuses() -> None:
+    near = np.zeros(128)
+    gallery = ev.Gallery(sface=[], judge=[("a", near), ("b", near + 0.01), ("c", near + 1.0)])
+    # a~b is one confusion among the three pairs.
+    assert gallery.judge_chance() == pytest.approx(1 / 3)
+
+
+def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits) -> None:
+    images = [portraits["P003_studio_portrait"], portraits["P005_studio_portrait"]]
+    evaluator = ev.Evaluator(PixelSettings(preserve=["mouth"], device="cpu"), ["eyebar"])
+    reports, _ = evaluator.run(images)
+    row = reports["eyebar"].row()
+    assert row[f"re-ID (dlib<{DLIB_SAME_PERSON})"] == "100.0% (chance 0.0%)"
+    assert row["rank-1 (dlib)"] == "100.0% (chance 50.0%)"
+    assert all(
+        o.judge_distance is not None and o.judge_distance < DLIB_SAME_PERSON
+        for o in reports["eyebar"].outcomes
+    )
