@@ -204,6 +204,11 @@ class PixelSettings(_Strict):
     lossy_quality: int = Field(default=92, ge=50, le=100)
     device: str = "auto"
     max_identity_similarity: float = Field(default=0.30, gt=0.0, lt=1.0)
+    # Also require dlib's recogniser (faces/judge.py) to tell the new face from the patient's
+    # (descriptor distance >= 0.6): two recognisers trained apart must both be fooled. With SFace
+    # alone, dlib still matched 3.9% of the forwarded evaluation faces; with both, 0.6%, and no
+    # more photos were held. `false` leaves dlib as a judge the gate never saw (`eval`).
+    second_recognizer: bool = True
     min_eye_distance: float = Field(default=24.0, ge=8.0)
     max_yaw: float = Field(default=35.0, gt=0.0, le=90.0)
     max_candidates: int = Field(default=8, ge=1, le=100)

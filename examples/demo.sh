@@ -7,6 +7,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
+dcmtk() {  # dcmtk's tool: an activated venv puts pynetdicom's same-named script first on PATH
+    local tool
+    for tool in $(type -ap "$1"); do
+        if "$tool" --version 2>/dev/null | grep -q '^\$dcmtk:'; then echo "$tool"; return 0; fi
+    done
+    echo "demo: dcmtk's $1 is not installed (apt-get install -y dcmtk)" >&2
+    return 1
+}
+STORESCP=$(dcmtk storescp)
+STORESCU=$(dcmtk storescu)
+
 free_port() { "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() {  # wait until something listens on 127.0.0.1:$1 (bounded)
     for _ in $(seq 100); do
@@ -24,7 +35,7 @@ mkdir -p out/archive
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 
-storescp -aet TEACHING +xa -od out/archive -fe .dcm "$ARCHIVE_PORT" &
+"$STORESCP" -aet TEACHING +xa -od out/archive -fe .dcm "$ARCHIVE_PORT" &
 pids+=($!)
 dicom-anon serve --config config/dicom-anon.yaml --listen "127.0.0.1:$SERVICE_PORT" --data-dir .demo-data \
     --destination "teaching=TEACHING@127.0.0.1:$ARCHIVE_PORT" > out/service.log 2>&1 &
@@ -34,7 +45,7 @@ wait_port "$SERVICE_PORT"
 
 sent=(examples/*.dcm)
 echo "demo: the clinic PACS (storescu) sends ${#sent[@]} example photos to dicom-anon on port $SERVICE_PORT"
-TCP_NODELAY=1 storescu -aet CLINIC -aec DICOM_ANON -xy 127.0.0.1 "$SERVICE_PORT" "${sent[@]}"
+TCP_NODELAY=1 "$STORESCU" -aet CLINIC -aec DICOM_ANON -xy 127.0.0.1 "$SERVICE_PORT" "${sent[@]}"
 
 # Wait until every instance is either in the archive or in quarantine (bounded: 3 minutes).
 for _ in $(seq 360); do

@@ -145,6 +145,15 @@ def eval_command(
     max_similarity: Annotated[
         float, typer.Option(help="QA gate: SFace similarity must stay below this.")
     ] = 0.30,
+    second_recognizer: Annotated[
+        bool,
+        typer.Option(
+            "--second-recognizer/--no-second-recognizer",
+            help="QA gate: dlib's recogniser must also tell the new face from the patient's, as the "
+            "route setting of that name (default on; the dlib columns then measure a gate, marked "
+            "'gated'; --no-second-recognizer leaves dlib a judge the gate never saw).",
+        ),
+    ] = True,
     same_new_face: Annotated[
         str,
         typer.Option(
@@ -155,9 +164,10 @@ def eval_command(
 ) -> None:
     """Measure identity removal, clinical exactness and skin drift per method; write a contact sheet.
 
-    Re-identification is measured twice: with SFace, the recogniser the QA gate uses (so the
-    surrogate method's figure is low by construction), and with dlib's, which the gate never
-    consults, beside the rate at which dlib confuses two different originals (its chance level).
+    Re-identification is measured twice: with SFace and with dlib's recogniser, beside the rate
+    at which dlib confuses two different originals (its chance level). The QA gate uses both by
+    default, so both figures are low by construction; --no-second-recognizer gates on SFace
+    alone and leaves dlib a judge the gate never saw.
     """
     from pydantic import ValidationError
 
@@ -177,6 +187,7 @@ def eval_command(
             max_identity_similarity=max_similarity,
             pool=pool,
             same_new_face=same_new_face,
+            second_recognizer=second_recognizer,
         )
     except ValidationError as exc:
         first = exc.errors()[0]

@@ -179,6 +179,8 @@ class MethodReport:
     method: str
     gallery: Gallery
     outcomes: list[Outcome] = field(default_factory=list)
+    # The route's second_recognizer made dlib a gate too: its figures are no longer unseen.
+    judge_gated: bool = False
 
     def _refused(self) -> str:
         codes = Counter(o.refused for o in self.outcomes if o.refused)
@@ -205,7 +207,7 @@ class MethodReport:
             "rank-1": f"{100 * sum(o.rank1 for o in done) / n:.1f}% (chance {100 / size:.1f}%)",
             f"re-ID (dlib<{DLIB_SAME_PERSON})": (
                 f"{100 * sum(o.judge_distance < DLIB_SAME_PERSON for o in judged) / m:.1f}% "
-                f"(chance {100 * self.gallery.judge_chance():.1f}%)"
+                f"(chance {100 * self.gallery.judge_chance():.1f}%{'; gated' if self.judge_gated else ''})"
             ),
             "rank-1 (dlib)": (
                 f"{100 * sum(o.judge_rank1 for o in judged) / m:.1f}% "
@@ -248,7 +250,7 @@ class Evaluator:
         gallery = Gallery([(s, e) for s, (_, e) in originals.items() if e is not None], judged)
         reports = {}
         for method, pipeline in self.pipelines.items():
-            report = MethodReport(method, gallery)
+            report = MethodReport(method, gallery, judge_gated=pipeline.judge is not None)
             for img in images:
                 if progress:
                     progress(method, img.stem)

@@ -1,11 +1,12 @@
-"""A second face recogniser that the QA gate never consults: dlib's ResNet (``dlib-bin``), with
-its weights from the ``face_recognition_models`` package.
+"""A second face recogniser: dlib's ResNet (``dlib-bin``), with its weights from the
+``face_recognition_models`` package.
 
 The gate turns down every rendering SFace still takes for the patient, so SFace's own
 re-identification rate on what leaves is zero by construction: it grades its own work. An
 attacker would bring another recogniser. This one was trained on other data with another
 architecture and aligns faces with its own HOG detector and 5-point shape model, so the
-evaluation can say how often an unseen recogniser still finds the patient.
+evaluation can say how often an unseen recogniser still finds the patient. A route may also
+make it a second gate (``pixels.second_recognizer``); its figure is then no longer unseen.
 
 Both model files are CC0 (Davis King, dlib-models); the package is MIT. We locate them
 without importing ``face_recognition_models``, whose ``__init__`` needs ``pkg_resources``
@@ -23,7 +24,6 @@ import cv2
 import numpy as np
 
 from .detect import Face
-from .qa import iou
 
 # dlib's published threshold: descriptors closer than this are the same person (LFW 99.38%).
 DLIB_SAME_PERSON = 0.6
@@ -95,7 +95,7 @@ class Judge:
         found = [
             r
             for r in detector(window, 1)
-            if iou(np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64), ours) >= 0.3
+            if ours[0] <= r.center().x <= ours[2] and ours[1] <= r.center().y <= ours[3]
         ]
         rect = (
             max(found, key=lambda r: r.area()) if found else dlib.rectangle(*(round(float(v)) for v in ours))

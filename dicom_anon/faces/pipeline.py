@@ -29,8 +29,9 @@ from . import masks as M
 from .attributes import AttributesRefused, ModelsError, estimate
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
+from .judge import DLIB_SAME_PERSON, get_judge
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
-from .qa import FaceRefused, Verdict, check, preserved_diff
+from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
 from .replace import (
     ADULT_AGE_YEARS,
     AGE_TOLERANCE_YEARS,
@@ -117,6 +118,7 @@ class FacePipeline:
         self.device = resolve_device(settings.device)
         self.detector = get_detector(str(self.device))
         self.recognizer = get_recognizer()
+        self.judge = get_judge() if settings.second_recognizer and gate else None
         self.method = method or settings.method
         pool = None
         if self.method not in BASELINES:
@@ -185,6 +187,7 @@ class FacePipeline:
         """
         started = time.perf_counter()
         embedding = self.recognizer.embed(original, face)
+        second = SecondOpinion(self.judge, self.judge.describe(original, face)) if self.judge else None
         # The first (largest) face is the patient's; others in the frame are other people.
         remembered = patient.memory.surrogate_for(patient.pseudonym) if patient.memory and not used else None
         hints = _hints(original, face, patient)
@@ -280,6 +283,7 @@ class FacePipeline:
                     self.recognizer,
                     limit,
                     roi=fm.roi,
+                    second=second,
                 )
             else:
                 v = Verdict(preserved_diff(original, result, fm.preserved, fm.roi), True, None, None)
@@ -326,6 +330,9 @@ class FacePipeline:
             if x.get("identity_similarity") is not None
         ]
         detail = f"; lowest SFace similarity {min(sims):.2f}" if sims else ""
+        apart = [a["second_recognizer_distance"] for a in attempts if "second_recognizer_distance" in a]
+        if apart:
+            detail += f"; largest dlib distance {max(apart):.2f} (needs {DLIB_SAME_PERSON})"
         if strict:
             detail += f"; only the patient's new face ({remembered}) was tried (same_new_face: require)"
         raise FaceRefused(

@@ -13,6 +13,7 @@ import numpy as np
 from ..headers.errors import Refused
 from .detect import Face, FaceDetector
 from .embed import Recognizer, cosine
+from .judge import DLIB_SAME_PERSON, Judge, distance
 
 # Width the face is scaled down to (never up) before MTCNN looks for it again.
 REFIND_FACE_WIDTH = 224.0
@@ -35,15 +36,28 @@ class Verdict:
     face_found: bool
     identity_similarity: float | None
     code: str | None
+    # dlib descriptor distance to the patient, when the route asks for a second recogniser.
+    second_distance: float | None = None
 
     def figures(self) -> dict:
-        return {
+        figures = {
             "preserved_max_abs_diff": self.preserved_max_abs_diff,
             "face_found": self.face_found,
             "identity_similarity": None
             if self.identity_similarity is None
             else round(self.identity_similarity, 4),
         }
+        if self.second_distance is not None:
+            figures["second_recognizer_distance"] = round(self.second_distance, 4)
+        return figures
+
+
+@dataclass(frozen=True)
+class SecondOpinion:
+    """dlib's recogniser and its descriptor of the patient's face, for ``check``."""
+
+    judge: Judge
+    patient: np.ndarray
 
 
 def preserved_diff(
@@ -120,9 +134,11 @@ def check(
     recognizer: Recognizer,
     max_similarity: float,
     roi: tuple[int, int, int, int] | None = None,
+    second: SecondOpinion | None = None,
 ) -> Verdict:
     """Judge one rendering of ``face`` (``before``/``after`` are whole frames; ``preserved`` covers
-    ``roi`` when given, else the whole frame)."""
+    ``roi`` when given, else the whole frame). With ``second``, dlib must also tell the new face
+    from the patient's."""
     diff = preserved_diff(before, after, preserved, roi)
     if diff:
         return Verdict(diff, False, None, "qa-preserved-area-changed")
@@ -130,4 +146,9 @@ def check(
     if found is None:
         return Verdict(0, False, None, "qa-face-not-found")
     sim = cosine(patient_embedding, recognizer.embed(after, found))
-    return Verdict(0, True, sim, None if sim < max_similarity else "qa-identity-too-similar")
+    if sim >= max_similarity:
+        return Verdict(0, True, sim, "qa-identity-too-similar")
+    if second is None:
+        return Verdict(0, True, sim, None)
+    apart = distance(second.patient, second.judge.describe(after, found))
+    return Verdict(0, True, sim, None if apart >= DLIB_SAME_PERSON else "qa-identity-too-similar", apart)

@@ -48,3 +48,52 @@ def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits) -> None:
         o.judge_distance is not None and o.judge_distance < DLIB_SAME_PERSON
         for o in reports["eyebar"].outcomes
     )
+
+
+def _gate(portraits, before: str, after: str):
+    from dicom_anon.faces.embed import get_recognizer
+    from dicom_anon.faces.qa import SecondOpinion, check
+
+    patient, shown = portraits[before].rgb, portraits[after].rgb
+    face = get_detector("cpu").detect([patient])[0][0]
+    second = SecondOpinion(get_judge(), get_judge().describe(patient, face))
+    nothing_kept = np.zeros(patient.shape[:2], bool)
+    embedding = get_recognizer().embed(patient, face)
+    # SFace's limit is out of reach here (above 1), so only the second recogniser can refuse.
+    return check(
+        patient,
+        shown,
+        nothing_kept,
+        face,
+        embedding,
+        get_detector("cpu"),
+        get_recognizer(),
+        1.01,
+        second=second,
+    )
+
+
+def test_second_recognizer_refuses_a_face_dlib_still_takes_for_the_patient(portraits) -> None:
+    verdict = _gate(portraits, "P003_studio_portrait", "P003_studio_portrait")
+    assert verdict.code == "qa-identity-too-similar"
+    assert verdict.second_distance is not None and verdict.second_distance < 0.1
+    assert verdict.figures()["second_recognizer_distance"] == round(verdict.second_distance, 4)
+
+
+def test_second_recognizer_passes_another_person(portraits) -> None:
+    verdict = _gate(portraits, "P003_studio_portrait", "P005_studio_portrait")
+    assert verdict.code is None and verdict.second_distance > DLIB_SAME_PERSON
+
+
+def test_route_with_a_second_recognizer_records_its_distance(face_a, lenient, site_key) -> None:
+    from facekit import photo_dataset
+
+    from dicom_anon.faces.pipeline import process_photo
+
+    assert lenient.second_recognizer  # the default
+    result = process_photo(photo_dataset(face_a[None]), lenient, "ANONPATIENT0001", site_key)
+    face = result.qa_figures["faces"][0]
+    assert face["second_recognizer_distance"] >= DLIB_SAME_PERSON
+    sface_only = lenient.model_copy(update={"second_recognizer": False})
+    plain = process_photo(photo_dataset(face_a[None]), sface_only, "ANONPATIENT0001", site_key)
+    assert "second_recognizer_distance" not in plain.qa_figures["faces"][0]
