@@ -187,7 +187,7 @@ class FacePipeline:
         """
         started = time.perf_counter()
         embedding = self.recognizer.embed(original, face)
-        second = SecondOpinion(self.judge, self.judge.describe(original, face)) if self.judge else None
+        second = SecondOpinion(self.judge, original, face) if self.judge else None
         # The first (largest) face is the patient's; others in the frame are other people.
         remembered = patient.memory.surrogate_for(patient.pseudonym) if patient.memory and not used else None
         hints = _hints(original, face, patient)

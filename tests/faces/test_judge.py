@@ -56,7 +56,7 @@ def _gate(portraits, before: str, after: str):
 
     patient, shown = portraits[before].rgb, portraits[after].rgb
     face = get_detector("cpu").detect([patient])[0][0]
-    second = SecondOpinion(get_judge(), get_judge().describe(patient, face))
+    second = SecondOpinion(get_judge(), patient, face)
     nothing_kept = np.zeros(patient.shape[:2], bool)
     embedding = get_recognizer().embed(patient, face)
     # SFace's limit is out of reach here (above 1), so only the second recogniser can refuse.
