@@ -206,7 +206,7 @@ class PixelSettings(_Strict):
     max_identity_similarity: float = Field(default=0.30, gt=0.0, lt=1.0)
     # Also require dlib's recogniser (faces/judge.py) to tell the new face from the patient's
     # (descriptor distance >= 0.6): two recognisers trained apart must both be fooled. With SFace
-    # alone, dlib still matched 3.9% of the forwarded evaluation faces; with both, 0.6%, and no
+    # alone, dlib still matched 3.2% of the forwarded evaluation faces; with both, none, and no
     # more photos were held. `false` leaves dlib as a judge the gate never saw (`eval`).
     second_recognizer: bool = True
     min_eye_distance: float = Field(default=24.0, ge=8.0)

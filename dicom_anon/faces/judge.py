@@ -35,7 +35,8 @@ _SHAPE = "shape_predictor_5_face_landmarks.dat"
 
 
 class JudgeUnavailable(RuntimeError):
-    """dlib or its models are not installed; the evaluation leaves the second opinion out."""
+    """dlib or its models are missing (a broken install): a route that gates on them holds its
+    photos (``method-unavailable``), and ``eval`` cannot run."""
 
 
 def model_dir() -> Path:

@@ -29,7 +29,7 @@ from . import masks as M
 from .attributes import AttributesRefused, ModelsError, estimate
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
-from .judge import DLIB_SAME_PERSON, get_judge
+from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
 from .replace import (
@@ -546,6 +546,11 @@ def process_photo(
         raise Refused("method-unavailable", str(exc)) from None
     except PoolError as exc:
         raise Refused("surrogate-pool-unavailable", str(exc)) from None
+    except JudgeUnavailable as exc:
+        raise Refused(
+            "method-unavailable",
+            f"the QA gate's second recogniser cannot run: {exc} (or set second_recognizer: false)",
+        ) from None
     return pipeline.process_photo(ds, pseudonym, key, memory)
 
 

@@ -97,3 +97,22 @@ def test_route_with_a_second_recognizer_records_its_distance(face_a, lenient, si
     sface_only = lenient.model_copy(update={"second_recognizer": False})
     plain = process_photo(photo_dataset(face_a[None]), sface_only, "ANONPATIENT0001", site_key)
     assert "second_recognizer_distance" not in plain.qa_figures["faces"][0]
+
+
+def test_a_missing_second_recognizer_holds_the_photo(face_a, lenient, site_key, monkeypatch) -> None:
+    from facekit import photo_dataset
+
+    from dicom_anon.faces import pipeline
+    from dicom_anon.faces.judge import JudgeUnavailable
+    from dicom_anon.headers.errors import Refused
+
+    def missing():
+        raise JudgeUnavailable("the 'dlib-bin' package is not installed")
+
+    monkeypatch.setattr(pipeline, "get_judge", missing)
+    # A settings value no other test uses, so the cached pipeline of another test is not reused.
+    settings = lenient.model_copy(update={"max_candidates": 7})
+    with pytest.raises(Refused) as refused:
+        pipeline.process_photo(photo_dataset(face_a[None]), settings, "ANONPATIENT0001", site_key)
+    assert refused.value.code == "method-unavailable"
+    assert "second recogniser cannot run: the 'dlib-bin' package is not installed" in str(refused.value)
