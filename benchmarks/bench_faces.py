@@ -128,6 +128,11 @@ def main() -> None:
         default=0.30,
         help="QA identity limit; 0.9 shows the one-candidate floor",
     )
+    ap.add_argument(
+        "--no-second-recognizer",
+        action="store_true",
+        help="gate on SFace alone (the route setting second_recognizer: false)",
+    )
     args = ap.parse_args()
 
     settings = PixelSettings(
@@ -135,11 +140,14 @@ def main() -> None:
         device=args.device,
         output=args.output,
         max_identity_similarity=args.max_similarity,
+        second_recognizer=not args.no_second_recognizer,
     )
     photos = faces(args.faces)
     worst = photo(openpeople_face("P003"), "BENCH-P003", "F", "030Y")
     pipe = pipeline.get_pipeline(settings)
-    print(f"device {pipe.device}, torch threads {torch.get_num_threads()}, output {args.output}")
+    gate = "SFace + dlib" if settings.second_recognizer else "SFace only"
+    threads = torch.get_num_threads()
+    print(f"device {pipe.device}, torch threads {threads}, output {args.output}, QA gate {gate}")
     run(photos[0][1], settings)  # warm-up: model load, caches
     # A running service has prepared every pool photo it used (GrabCut, inpainting: once per
     # process); the figures below are that steady state, this is the one-off cost.
