@@ -116,3 +116,30 @@ def test_a_missing_second_recognizer_holds_the_photo(face_a, lenient, site_key, 
         pipeline.process_photo(photo_dataset(face_a[None]), settings, "ANONPATIENT0001", site_key)
     assert refused.value.code == "method-unavailable"
     assert "second recogniser cannot run: the 'dlib-bin' package is not installed" in str(refused.value)
+
+
+def test_eval_marks_dlib_gated_when_the_route_gates_on_it() -> None:
+    gallery = ev.Gallery(sface=[("a", np.ones(128))], judge=[("a", np.zeros(128)), ("b", np.ones(128))])
+    done = ev.Outcome("a", output=np.zeros((2, 2, 3), np.uint8), judge_distance=0.7)
+    column = f"re-ID (dlib<{DLIB_SAME_PERSON})"
+    assert (
+        ev.MethodReport("surrogate", gallery, [done], judge_gated=True).row()[column]
+        == "0.0% (chance 0.0%; gated)"
+    )
+    assert ev.MethodReport("surrogate", gallery, [done]).row()[column] == "0.0% (chance 0.0%)"
+
+
+def test_eval_cli_gates_on_dlib_unless_told_not_to(tmp_path, face_a) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dicom_anon.cli import app
+
+    Image.fromarray(face_a).save(tmp_path / "face.png")
+    base = ["eval", str(tmp_path / "face.png"), "--method", "surrogate", "--no-consistency"]
+    for flag, gated in (([], True), (["--no-second-recognizer"], False)):
+        report = tmp_path / f"report{len(flag)}.md"
+        args = [*base, *flag, "--sheet", str(tmp_path / "sheet.png"), "--report", str(report)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert ("; gated)" in report.read_text()) is gated
