@@ -87,6 +87,28 @@ class Face:
         return np.array([x1, y1, x2 - x1, y2 - y1, *self.landmarks.reshape(-1), self.score], dtype=np.float32)
 
 
+def face_window(
+    frame: np.ndarray, box: np.ndarray, margin: float, width: float
+) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
+    """The part of ``frame`` round a face box (``margin`` face widths and heights on each side,
+    clipped to the frame), scaled down so the face is at most ``width`` px wide; where that part
+    lies in the frame (x0, y0, x1, y1); and the scale (1.0 when it was not scaled).
+
+    For a second look at one face (the QA re-find, dlib's descriptor): a network that scans
+    pixels costs less on a small copy, and a face far above its minimum size gains nothing.
+    """
+    h, w = frame.shape[:2]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    x0, y0 = int(max(0, box[0] - margin * bw)), int(max(0, box[1] - margin * bh))
+    x1, y1 = int(min(w, box[2] + margin * bw)), int(min(h, box[3] + margin * bh))
+    crop = frame[y0:y1, x0:x1]
+    scale = min(1.0, width / max(float(bw), 1.0))
+    if scale < 1.0:
+        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(crop), (x0, y0, x1, y1), scale
+
+
 class FaceDetector:
     """MTCNN on one torch device; frames of equal size go through it as one batch."""
 

@@ -20,10 +20,9 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from .detect import Face
+from .detect import Face, face_window
 
 # dlib's published threshold: descriptors closer than this are the same person (LFW 99.38%).
 DLIB_SAME_PERSON = 0.6
@@ -84,15 +83,7 @@ class Judge:
         import dlib
 
         detector, shape, recognition = self._nets()
-        h, w = rgb.shape[:2]
-        bw, bh = face.box[2] - face.box[0], face.box[3] - face.box[1]
-        x0, y0 = int(max(0, face.box[0] - bw / 2)), int(max(0, face.box[1] - bh / 2))
-        x1, y1 = int(min(w, face.box[2] + bw / 2)), int(min(h, face.box[3] + bh / 2))
-        scale = min(1.0, _FACE_WIDTH / max(float(bw), 1.0))
-        window = np.ascontiguousarray(rgb[y0:y1, x0:x1])
-        if scale < 1.0:
-            size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-            window = cv2.resize(window, size, interpolation=cv2.INTER_AREA)
+        window, (x0, y0, _, _), scale = face_window(rgb, face.box, 0.5, _FACE_WIDTH)
         ours = (face.box - [x0, y0, x0, y0]) * scale
         found = [
             r

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from ..headers.errors import Refused
-from .detect import Face, FaceDetector
+from .detect import Face, FaceDetector, face_window
 from .embed import Recognizer, cosine
 from .judge import DLIB_SAME_PERSON, Judge, distance
 
@@ -109,17 +109,9 @@ def refind(detector: FaceDetector, frame: np.ndarray, face: Face) -> Face | None
     The crop is scaled so the face is at most ``REFIND_FACE_WIDTH`` px wide: MTCNN's cost grows
     with the pixels it scans, and a face that size is far above the 20 px it needs.
     """
-    h, w = frame.shape[:2]
-    bw, bh = face.box[2] - face.box[0], face.box[3] - face.box[1]
-    x0, y0 = int(max(0, face.box[0] - bw)), int(max(0, face.box[1] - bh))
-    x1, y1 = int(min(w, face.box[2] + bw)), int(min(h, face.box[3] + bh))
-    crop = frame[y0:y1, x0:x1]
-    scale = min(1.0, REFIND_FACE_WIDTH / max(float(bw), 1.0))
-    if scale < 1.0:
-        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    crop, (x0, y0, x1, y1), _ = face_window(frame, face.box, 1.0, REFIND_FACE_WIDTH)
     sx, sy = (x1 - x0) / crop.shape[1], (y1 - y0) / crop.shape[0]
-    found = detector.detect([np.ascontiguousarray(crop)])[0]
+    found = detector.detect([crop])[0]
     offset = np.array([x0, y0, x0, y0], np.float64)
     best, best_iou = None, 0.3
     for f in found:
