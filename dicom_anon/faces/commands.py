@@ -194,6 +194,9 @@ def eval_command(
         field = str(first["loc"][0]) if first["loc"] else ""
         option = {"max_identity_similarity": "max-similarity"}.get(field, field.replace("_", "-"))
         raise fail(f"--{option}: {first['msg']}") from None
+    missing = [item for item in faces if item != "openpeople" and not Path(item).exists()]
+    if missing:
+        raise fail(f"{missing[0]}: no such file or folder (give image/DICOM files, folders or 'openpeople')")
     images = ev.collect(faces, limit)
     if not images:
         raise fail("no readable images in the inputs")

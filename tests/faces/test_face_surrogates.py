@@ -350,6 +350,8 @@ def test_eval_settings_errors_are_one_clear_line(tmp_path, face_a) -> None:
     assert f"build-surrogates --from DIR --licence TEXT -o {tmp_path / 'none'}" in result.output
     wrong = CliRunner().invoke(app, ["eval", str(tmp_path / "face.png"), "--same-new-face", "always"])
     assert wrong.exit_code == 2 and "--same-new-face: Input should be 'prefer' or 'require'" in wrong.output
+    typo = CliRunner().invoke(app, ["eval", str(tmp_path / "face.png"), str(tmp_path / "fcaes")])
+    assert typo.exit_code == 2 and f"{tmp_path / 'fcaes'}: no such file or folder" in typo.output
 
 
 def test_pool_report_counts_people_and_names_look_alikes() -> None:
