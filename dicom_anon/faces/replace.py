@@ -53,8 +53,6 @@ SMILE_PER_10_DEGREES = 0.1
 # Stubble and hard side light put a shaven patient at up to ~0.85, hence the higher bar there.
 BEARDED = 0.85
 PATIENT_BEARDED = 0.9
-# Photos of the remembered person tried (each at every oval) before another person is.
-REMEMBERED_PHOTOS = 2
 
 # The new face's eyes and nose move at most this far (eye distances) from the patient's towards
 # the surrogate's own proportions (half the pool/test pairs need 0.1, 5% more than 0.23).
@@ -151,8 +149,8 @@ def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
 
 
 def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
-    """Suitable surrogates, in this patient's keyed order; one photo per person (the closest in
-    pose and expression).
+    """Suitable surrogates, in this patient's keyed order; every photo of each person, the one
+    closest in pose and expression first.
 
     The best-suited people come first (sex, age band, skin tone, pose, beard, each filter falling
     back to the unfiltered set when it would leave nobody), then the rest of the people of
@@ -215,13 +213,14 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     if ctx.beard is not None and ctx.beard < PATIENT_BEARDED:
         narrow(lambda photos: min(p.beard for p in photos) < BEARDED)
     order = keyed(people) + keyed(set(same_sex) - set(people))
-    best = [min(eligible[p], key=lambda s: (_photo_cost(s, ctx), s.id)) for p in order]
-    if again is None:
-        return best
-    # The remembered person leads with every photo of theirs (the best-matched first): another
-    # photo of the same person is a smaller change to the patient's series than another person.
-    mine = sorted(again, key=lambda s: (_photo_cost(s, ctx), s.id))[:REMEMBERED_PHOTOS]
-    return mine + [s for s in best if s.person != ctx.remembered]
+    if again is not None:
+        # Another photo of the same person is a smaller change to the patient's series than
+        # another person.
+        order = [ctx.remembered] + [p for p in order if p != ctx.remembered]
+    # Every photo of each person, the best-matched first: where one photo of a person still
+    # looks like the patient, their other photo often does not (13 of the 27 SFHQ faces that
+    # were held as look-alikes with one photo a person passed both recognisers with the other).
+    return [s for p in order for s in sorted(eligible[p], key=lambda s: (_photo_cost(s, ctx), s.id))]
 
 
 # --- geometry --------------------------------------------------------------------------
@@ -650,7 +649,7 @@ class SurrogateBackend(ReplacementBackend):
             )
 
         chosen = candidates(self.pool, ctx)
-        # max_candidates counts people; the remembered person may bring more than one photo.
+        # max_candidates counts people, each with every photo of theirs.
         people = list(dict.fromkeys(s.person for s in chosen))[: self.max_candidates]
         return [make(s) for s in chosen if s.person in people]
 

@@ -141,7 +141,8 @@ def test_identity_still_too_similar_is_refused(face_a, site_key) -> None:
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(face_a[None]), settings, PSEUDONYM, site_key)
     assert exc.value.code == "qa-identity-too-similar"
-    assert "after 3 tries" in exc.value.reason  # one candidate at each face-oval size
+    # One person (max_candidates counts people) with both photos, each at every face-oval size.
+    assert "after 6 tries" in exc.value.reason
 
 
 def test_undecodable_pixels_are_refused(face_a, lenient, site_key) -> None:

@@ -92,3 +92,14 @@ def test_an_encoder_for_another_latent_space_is_refused(tiny_generator: FaceGene
 
     with pytest.raises(ModelCardError, match="expects 4"):
         GanBackend(tiny_generator, Encoder(64, 100, width=8))
+
+
+def test_pool_contexts_are_different_people(tiny_generator: FaceGenerator, site_key: SiteKey) -> None:
+    # The pool offers every photo of each person; a context is an identity, so one photo a person.
+    from dicom_anon.faces.pool import get_pool
+
+    torch.manual_seed(0)
+    pool_backend = GanBackend(tiny_generator, Encoder(64, 4, width=8), pool=get_pool(), max_candidates=3)
+    infos = [info for _, info in pool_backend.contexts(_ctx(site_key))]
+    people = [info["surrogate"].rsplit("-", 1)[0] for info in infos]
+    assert len(infos) == 3 and len(set(people)) == 3 and all(i["context"] == "pool" for i in infos)

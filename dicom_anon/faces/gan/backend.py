@@ -25,7 +25,7 @@ import torch
 from .. import blend
 from ..detect import Face
 from ..masks import FaceMasks
-from ..pool import Pool
+from ..pool import Pool, Surrogate
 from ..replace import Candidate, PatientContext, ReplacementBackend, candidates
 from .data import IDENTITY_FRAME, Frame, to_aligned, to_rgb8, to_tensor, warp_into_frame
 from .encoder import Encoder, load_encoder
@@ -85,7 +85,11 @@ class GanBackend(ReplacementBackend):
         """Context faces in the aligned frame, ``(3, R, R)`` in [-1, 1], best first."""
         r = self.generator.resolution
         if self.pool is not None:
-            for surrogate in candidates(self.pool, ctx)[: self.max_candidates]:
+            # One photo a person, the best-matched: each context should be another identity.
+            people: dict[str, Surrogate] = {}
+            for surrogate in candidates(self.pool, ctx):
+                people.setdefault(surrogate.person, surrogate)
+            for surrogate in list(people.values())[: self.max_candidates]:
                 fake = Face(box=np.zeros(4), landmarks=surrogate.landmarks, score=1.0)
                 m = to_aligned(fake, r, self.generator.card.frame)
                 aligned = warp_into_frame(surrogate.image, m, r)
