@@ -5,10 +5,12 @@ service runs (the surrogate method with its QA gate, so refusals count as refusa
 the baselines ungated, since they are shown only for comparison) and measure:
 face found again (MTCNN and YuNet), re-identification (SFace cosine >= 0.363 against
 the original), rank-1 identification against the whole gallery of originals, both again
-with a recogniser the gate never consults (dlib, ``judge``), with the rate at which that
-recogniser takes two different originals for one person as its chance level,
-preserved-area max abs difference, skin colour drift (CIELAB delta E of the cheeks,
-the new face against the patient's) and seconds per image. The attacker aligns on the
+with a second recogniser (dlib, ``judge``; also a QA gate unless ``second_recognizer`` is
+off, and the table then says so), with the rate at which it takes two different originals
+for one person as its chance level, how often the outputs of two different patients are
+told apart (against the same for their originals), preserved-area max abs difference,
+skin colour drift (CIELAB delta E of the cheeks, the new face against the patient's) and
+seconds per image. The attacker aligns on the
 face YuNet finds in the output, or on the original landmarks when it finds none.
 """
 
@@ -155,6 +157,9 @@ class Outcome:
     delta_e: float | None = None
     attempts: int = 0
     surrogate: str | None = None
+    # Who is in the image (``EvalImage.person``) and SFace's embedding of the output's face.
+    person: str = ""
+    probe: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,31 @@ class MethodReport:
         detail = ", ".join(f"{c} {n}" for c, n in codes.most_common())
         return f"{share:.1f}%" + (f" ({detail})" if detail else "")
 
+    def _apart(self) -> str:
+        """Share of pairs of different patients whose outputs SFace tells apart (< 0.363), beside
+        the same share for their originals.
+
+        The consistency test's different-person figure uses openpeople, whose ten people are
+        also the default pool; here every input is its own patient and none is in the pool,
+        so this is the same question asked the way a clinic's patients would.
+        """
+        originals = dict(self.gallery.sface)
+        done = [o for o in self.outcomes if o.probe is not None and o.stem in originals]
+        if len(done) < 2:
+            return "-"
+        upper = np.triu_indices(len(done), 1)
+        people = np.array([o.person for o in done])
+        different = people[upper[0]] != people[upper[1]]
+        if not different.any():
+            return "-"
+
+        def apart(vectors: list[np.ndarray]) -> float:
+            m = np.stack(vectors)
+            return 100 * float(np.mean((m @ m.T)[upper][different] < SFACE_SAME_PERSON))
+
+        outputs = apart([o.probe for o in done if o.probe is not None])
+        return f"{outputs:.1f}% (originals {apart([originals[o.stem] for o in done]):.1f}%)"
+
     def row(self) -> dict[str, str]:
         done = [o for o in self.outcomes if o.output is not None]
         n = max(1, len(done))
@@ -213,6 +243,7 @@ class MethodReport:
                 f"{100 * sum(o.judge_rank1 for o in judged) / m:.1f}% "
                 f"(chance {100 / max(1, len(self.gallery.judge)):.1f}%)"
             ),
+            "different patients apart": self._apart(),
             "preserved max diff": str(max((o.preserved_diff for o in done), default=0)),
             "skin dE median/p95": (
                 f"{statistics.median(de):.1f} / {float(np.percentile(de, 95)):.1f}" if de else "-"
@@ -266,7 +297,7 @@ class Evaluator:
         gallery: Gallery,
     ) -> Outcome:
         face, emb = original
-        outcome = Outcome(img.stem)
+        outcome = Outcome(img.stem, person=img.person)
         started = time.perf_counter()
         try:
             result = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
@@ -290,6 +321,7 @@ class Evaluator:
         outcome.yunet_found = bool(yunet)
         probe = self.recognizer.embed(out, yunet[0] if yunet else face)
         outcome.similarity = cosine(emb, probe)
+        outcome.probe = probe
         best = max(gallery.sface, key=lambda g: cosine(g[1], probe))
         outcome.rank1 = best[0] == img.stem
         described = self.judge.describe(out, face)
