@@ -181,7 +181,8 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
         return sorted(names, key=lambda person: _rendezvous(ctx, person), reverse=True)
 
     eligible = dict(people)
-    again = people.get(ctx.remembered or "")
+    # Before the filters: the remembered person leads whatever this photo measures.
+    remembered = ctx.remembered if ctx.remembered in people else None
     if ctx.sex:
         # Strict, unlike the filters below: with every man in the pool a look-alike, a bearded
         # patient was given a woman's face inside his own beard.
@@ -213,10 +214,10 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     if ctx.beard is not None and ctx.beard < PATIENT_BEARDED:
         narrow(lambda photos: min(p.beard for p in photos) < BEARDED)
     order = keyed(people) + keyed(set(same_sex) - set(people))
-    if again is not None:
+    if remembered is not None:
         # Another photo of the same person is a smaller change to the patient's series than
         # another person.
-        order = [ctx.remembered] + [p for p in order if p != ctx.remembered]
+        order = [remembered, *(p for p in order if p != remembered)]
     # Every photo of each person, the best-matched first: where one photo of a person still
     # looks like the patient, their other photo often does not (13 of the 27 SFHQ faces that
     # were held as look-alikes with one photo a person passed both recognisers with the other).
