@@ -173,6 +173,7 @@ def eval_command(
 
     from ..config import PixelSettings
     from . import evaluate as ev
+    from .judge import JudgeUnavailable
     from .pipeline import get_pipeline
     from .pool import PoolError
     from .replace import methods as known_methods
@@ -204,6 +205,8 @@ def eval_command(
         evaluator = ev.Evaluator(settings, method)
     except PoolError as exc:
         raise fail(str(exc)) from None
+    except JudgeUnavailable as exc:
+        raise fail(f"the second recogniser (dlib) cannot run: {exc}; install the 'faces' extra") from None
     with out.status("evaluating") as status:
         reports, originals = evaluator.run(images, lambda m, s: status.update(f"{m}: {s}"))
     rows = [r.row() for r in reports.values()]

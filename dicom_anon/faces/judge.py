@@ -5,8 +5,9 @@ The gate turns down every rendering SFace still takes for the patient, so SFace'
 re-identification rate on what leaves is zero by construction: it grades its own work. An
 attacker would bring another recogniser. This one was trained on other data with another
 architecture and aligns faces with its own HOG detector and 5-point shape model, so the
-evaluation can say how often an unseen recogniser still finds the patient. A route may also
-make it a second gate (``pixels.second_recognizer``); its figure is then no longer unseen.
+evaluation can say how often an unseen recogniser still finds the patient. By default it is
+also the QA gate's second recogniser (``pixels.second_recognizer``); its figure is then no
+longer unseen, and ``eval --no-second-recognizer`` measures it as a judge again.
 
 Both model files are CC0 (Davis King, dlib-models); the package is MIT. We locate them
 without importing ``face_recognition_models``, whose ``__init__`` needs ``pkg_resources``

@@ -143,3 +143,21 @@ def test_eval_cli_gates_on_dlib_unless_told_not_to(tmp_path, face_a) -> None:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
         assert ("; gated)" in report.read_text()) is gated
+
+
+def test_eval_without_the_second_recognizer_is_one_clear_error(tmp_path, face_a, monkeypatch) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dicom_anon.cli import app
+    from dicom_anon.faces.judge import JudgeUnavailable
+
+    def missing():
+        raise JudgeUnavailable("the 'dlib-bin' package is not installed")
+
+    monkeypatch.setattr(ev, "get_judge", missing)
+    Image.fromarray(face_a).save(tmp_path / "face.png")
+    args = ["eval", str(tmp_path / "face.png"), "--method", "blur", "--no-consistency"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "second recogniser (dlib) cannot run: the 'dlib-bin' package is not installed" in result.output
