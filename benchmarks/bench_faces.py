@@ -34,7 +34,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from dicom_anon.config import PixelSettings
-from dicom_anon.faces import blend, detect, embed, pipeline, qa, replace
+from dicom_anon.faces import blend, detect, embed, pipeline, prepare, qa, replace
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 from dicom_anon.pixels import codec
@@ -153,7 +153,7 @@ def main() -> None:
     # process); the figures below are that steady state, this is the one-off cost.
     started = time.perf_counter()
     for surrogate in pipe.backend.pool.surrogates:
-        replace.prepare(surrogate)
+        prepare.prepare(surrogate)
     count = len(pipe.backend.pool.surrogates)
     print(f"preparing the {count} pool photos, once per process: {time.perf_counter() - started:.1f} s")
 

@@ -38,7 +38,7 @@ def build_surrogates(
     from .detect import FaceDetector
     from .embed import get_recognizer
     from .pool import DEFAULT_POOL, build, folder_sources, openpeople_sources, write_manifest
-    from .replace import pool_photo_problem
+    from .prepare import pool_photo_problem
 
     target = output or DEFAULT_POOL
     if source == "openpeople":

@@ -27,23 +27,20 @@ from ..headers.pseudonyms import SiteKey
 from ..pixels import OutputEncoding, decode, encode
 from . import masks as M
 from .attributes import AttributesRefused, ModelsError, estimate
-from .detect import Face, get_detector, resolve_device
-from .embed import cosine, get_recognizer
-from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
-from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
-from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
-from .replace import (
-    ADULT_AGE_YEARS,
+from .choice import (
     AGE_TOLERANCE_YEARS,
-    BASELINES,
     ESTIMATED_AGE_TOLERANCE_YEARS,
-    Candidate,
     PatientContext,
-    make_backend,
     parse_age,
     parse_sex,
     smile,
 )
+from .detect import Face, get_detector, resolve_device
+from .embed import cosine, get_recognizer
+from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
+from .pool import ADULT_AGE_YEARS, DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
+from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
+from .replace import BASELINES, Candidate, make_backend
 
 SCREEN_EYE_DISTANCE = 90.0
 # Eyes, nose and mouth must lie at least this many eye distances inside the photo.

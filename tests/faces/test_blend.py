@@ -12,23 +12,14 @@ import torch
 
 from dicom_anon.faces import blend
 from dicom_anon.faces import masks as M
+from dicom_anon.faces.choice import PatientContext, candidates
 from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.embed import cosine, get_recognizer
 from dicom_anon.faces.pool import DEFAULT_POOL, get_pool
+from dicom_anon.faces.prepare import _TEMPLES, BROWS, FEATURES, _bare_skin, _face_skin, _skin_hull, prepare
 from dicom_anon.faces.qa import preserved_diff
-from dicom_anon.faces.replace import (
-    _BROWS,
-    _FEATURES,
-    _TEMPLES,
-    PatientContext,
-    SurrogateBackend,
-    _bare_skin,
-    _face_skin,
-    _skin_hull,
-    candidates,
-    prepare,
-    warp_maps,
-)
+from dicom_anon.faces.replace import SurrogateBackend
+from dicom_anon.faces.warp import warp_maps
 from dicom_anon.headers.pseudonyms import SiteKey
 
 
@@ -348,7 +339,7 @@ def test_hair_at_a_curly_surrogates_temples_is_painted_over_with_its_skin() -> N
     to_img = M.similarity(M.TEMPLATE, curly.landmarks)
     temples, face = np.zeros(curly.image.shape[:2], np.uint8), np.zeros(curly.image.shape[:2], np.uint8)
     M.paint(temples, to_img, _TEMPLES)
-    M.paint(face, to_img, [_FEATURES, _BROWS])
+    M.paint(face, to_img, [FEATURES, BROWS])
     skin = _face_skin(curly.image, curly.landmarks, curly.skin_lab)
     hull = _skin_hull(_bare_skin(skin, curly.landmarks)) > 0
     inside, beyond = (temples & face) > 0, ((temples & face) > 0) & ~hull

@@ -15,20 +15,14 @@ from facekit import photo_dataset
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import masks as M
 from dicom_anon.faces import pool as P
+from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
 from dicom_anon.faces.pipeline import InMemoryIdentities, Patient, get_pipeline, process_photo
+from dicom_anon.faces.prepare import pool_photo_problem
 from dicom_anon.faces.qa import check
-from dicom_anon.faces.replace import (
-    MAX_FEATURE_SHIFT,
-    PatientContext,
-    candidates,
-    feature_landmarks,
-    parse_age,
-    pool_photo_problem,
-    smile,
-)
+from dicom_anon.faces.warp import MAX_FEATURE_SHIFT, feature_landmarks
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 
@@ -44,7 +38,7 @@ def test_choice_is_stable_across_runs_and_processes(site_key) -> None:
     assert here == [chosen(site_key, p) for p in PSEUDONYMS]
     code = (
         "from dicom_anon.faces.pool import get_pool\n"
-        "from dicom_anon.faces.replace import PatientContext, candidates\n"
+        "from dicom_anon.faces.choice import PatientContext, candidates\n"
         "from dicom_anon.headers.pseudonyms import SiteKey\n"
         f"key = SiteKey({site_key.secret!r})\n"
         f"ctx = [PatientContext(pseudonym=p, key=key) for p in {PSEUDONYMS!r}]\n"

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dicom_anon.faces import masks as M
+from dicom_anon.faces.choice import PatientContext
 from dicom_anon.faces.detect import Face
 from dicom_anon.faces.gan.backend import GanBackend, context_seed
 from dicom_anon.faces.gan.encoder import Encoder
 from dicom_anon.faces.gan.generators import FaceGenerator
-from dicom_anon.faces.replace import PatientContext
 from dicom_anon.headers.pseudonyms import SiteKey
 
 

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from .. import blend
+from ..choice import PatientContext, candidates
 from ..detect import Face
 from ..masks import FaceMasks
 from ..pool import Pool, Surrogate
-from ..replace import Candidate, PatientContext, ReplacementBackend, candidates
+from ..replace import Candidate, ReplacementBackend
 from .data import IDENTITY_FRAME, Frame, to_aligned, to_rgb8, to_tensor, warp_into_frame
 from .encoder import Encoder, load_encoder
 from .generators import FaceGenerator, open_generator, sha256_file

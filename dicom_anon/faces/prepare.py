@@ -1,0 +1,226 @@
+"""A pool photo made ready to paste: where it shows its face, with hair at its temples painted over.
+
+Worked out once per photo and process (GrabCut and inpainting take about a second a photo), and
+once more when a pool is built, to turn away crops that would paste hair or a mirrored chin.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from .detect import NOSE, landmark_eye_distance
+from .masks import OVAL_LADDER, TEMPLATE, ellipse, face_outline, paint, similarity
+from .pool import Surrogate, skin_mask
+
+# Brows, eyes and nose, and the lips (template units): a surrogate's features that are not
+# skin-coloured but belong to its face. The brow band reaches the brows' outer ends (cut short,
+# the patient's own brow ends showed above the new ones); the lips stop short of where a
+# moustache grows.
+FEATURES = ellipse(56.0, 57.0, 36.0, 22.0)
+BROWS = ellipse(56.0, 43.0, 40.0, 10.0)
+LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
+# Beside the brows' outer ends (template units): where a curly or low hairline hangs into the
+# area that always counts as the surrogate's face.
+_TEMPLES = (ellipse(21.0, 47.0, 7.0, 14.0), ellipse(91.0, 47.0, 7.0, 14.0))
+
+
+# The surrogate's skin is segmented at this fraction of its photo's size: GrabCut's cost grows
+# with the pixels, its colour models do not need them.
+_SEGMENT_SCALE = 0.5
+# Pixels this much darker (L*) than the cheek tone and off its hue are hair, never skin.
+_HAIR_DARKER = 20.0
+
+
+def _face_skin(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> np.ndarray:
+    """float32 1 where a pool photo shows the face's skin: GrabCut (OpenCV) seeded with the skin
+    that is sure (close to the cheek ``tone``), probable inside the largest replaced oval,
+    probable background in a band round it, background beyond; dark pixels off the skin's hue
+    (beard, hair) are never skin.
+
+    A fixed test against the cheek tone alone (``skin_mask``) missed highlights and the
+    shaded half of the selfies lit from one side; cut off from the face, those parts counted
+    as background and the patient's own cheek or temple stayed in the new face (up to half
+    of it). GrabCut learns the face's own colours, highlights and shade included. Seeded
+    with a fixed RNG state so every process draws the same mask.
+    """
+    h, w = img.shape[:2]
+    size = (round(w * _SEGMENT_SCALE), round(h * _SEGMENT_SCALE))
+    small = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    lm = landmarks * _SEGMENT_SCALE
+    to_img = similarity(TEMPLATE, lm)
+    oval = np.zeros(small.shape[:2], np.uint8)
+    paint(oval, to_img, [face_outline(max(OVAL_LADDER))])
+    band = np.zeros_like(oval)
+    paint(band, to_img, [face_outline(1.15 * max(OVAL_LADDER))])
+    sure = skin_mask(small, tone, light=25.0, chroma=10.0).astype(np.uint8) & oval
+    sure = cv2.morphologyEx(sure, cv2.MORPH_OPEN, _opening_kernel(lm))
+    seeds = np.full(small.shape[:2], cv2.GC_BGD, np.uint8)
+    seeds[band > 0] = cv2.GC_PR_BGD
+    seeds[oval > 0] = cv2.GC_PR_FGD
+    seeds[sure > 0] = cv2.GC_FGD
+    cv2.setRNGSeed(0)
+    cv2.grabCut(small, seeds, None, np.zeros((1, 65)), np.zeros((1, 65)), 4, cv2.GC_INIT_WITH_MASK)
+    skin = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+    lab = cv2.cvtColor(small.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    hair = (lab[..., 0] < tone[0] - _HAIR_DARKER) & (np.linalg.norm(lab[..., 1:] - tone[1:], axis=-1) > 12.0)
+    skin = (skin & ~hair).astype(np.uint8)
+    return cv2.resize(skin, (w, h), interpolation=cv2.INTER_NEAREST).astype(np.float32)
+
+
+class Prepared(NamedTuple):
+    """A pool photo made ready to paste: the photo itself, its temples' hair painted over, and
+    where it shows its face (float32 0-1)."""
+
+    photo: np.ndarray
+    valid: np.ndarray
+
+
+_PREPARED: dict[str, Prepared] = {}
+
+
+def prepare(surrogate: Surrogate) -> Prepared:
+    """The surrogate's ``Prepared`` photo, worked out once per process (GrabCut and inpainting
+    take about a second a photo)."""
+    cached = _PREPARED.get(surrogate.sha256)
+    if cached is None:
+        cached = _PREPARED[surrogate.sha256] = _prepare(
+            surrogate.image, surrogate.landmarks, surrogate.skin_lab
+        )
+    return cached
+
+
+def _prepare(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> Prepared:
+    skin = _face_skin(img, landmarks, tone)
+    bare = _bare_skin(skin, landmarks)
+    always = np.zeros_like(bare)
+    paint(always, similarity(TEMPLATE, landmarks), [FEATURES, BROWS])
+    always &= _skin_hull(bare)
+    return Prepared(_paint_temples(img, landmarks, skin, always), _face_area(landmarks, bare, always))
+
+
+# A pool photo whose pasted face area holds more than this share of pixels far from its cheek
+# tone (outside eyes, brows and lips) shows hair or something else over its face. Measured on
+# 96 SFHQ faces and the 20 openpeople crops: the openpeople crops reach 0.09 (a moustache);
+# above 0.12 were a green or a white fringe over the forehead, a blonde cap, strands across a
+# cheek, a mirrored chin below a face at the photo's edge, and a goatee.
+MAX_FOREIGN_SHARE = 0.12
+# Share of that area that may lie past the source photo's edge (mirrored in the crop): a sliver
+# of the jaw or the cheek at the edge (SFHQ crops: 1-3%), not a mirrored chin (5-51%).
+MAX_MIRRORED_SHARE = 0.04
+
+
+def pool_photo_problem(
+    img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray, inside: np.ndarray
+) -> str | None:
+    """Why a candidate pool crop would paste badly, or None; ``pool.build`` skips it then.
+    ``inside`` is True where the crop shows the source photo, False where it was mirrored
+    past the photo's edge.
+
+    The render takes whatever the crop's face area (``Prepared.valid``) holds, and that area
+    is found by colour and shape: a light or dyed fringe, or hair across a cheek, is taken
+    into it (on a site pool of SFHQ faces a green fringe was pasted onto an old woman's
+    forehead), and so is the mirror image of a chin cut by the photo's edge. Checked once,
+    when the pool is built, so the hot path does not pay for it.
+    """
+    valid = _prepare(img, landmarks, tone).valid > 0.5
+    mirrored = float((valid & ~inside).sum()) / max(1, int(valid.sum()))
+    if mirrored > MAX_MIRRORED_SHARE:
+        return (
+            f"the face runs off the photo's edge ({mirrored:.0%} of its area lies past it); "
+            "pool photos need room round the face"
+        )
+    to_img = similarity(TEMPLATE, landmarks)
+    zone = np.zeros(img.shape[:2], np.uint8)
+    paint(zone, to_img, [face_outline(max(OVAL_LADDER))])
+    paint(zone, to_img, [FEATURES, BROWS, LIPS], 0)
+    area = valid & (zone > 0)
+    if not area.any():
+        return "no face skin found where the face would be pasted"
+    # Looser than the sure-skin test of _face_skin: shade and highlights are still skin here.
+    foreign = 1.0 - float(skin_mask(img, tone, light=45.0, chroma=20.0)[area].mean())
+    if foreign > MAX_FOREIGN_SHARE:
+        return (
+            f"{foreign:.0%} of the face area that would be pasted is not skin (hair over the "
+            f"forehead or a cheek, a hand, a beard; limit {MAX_FOREIGN_SHARE:.0%})"
+        )
+    return None
+
+
+def _opening_kernel(landmarks: np.ndarray) -> np.ndarray:
+    """Specks and strands narrower than this (0.12 eye distances) are not face."""
+    return cv2.getStructuringElement(
+        cv2.MORPH_ELLIPSE, (max(3, round(0.12 * landmark_eye_distance(landmarks))) | 1,) * 2
+    )
+
+
+def _bare_skin(skin: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """uint8 1 where the face's ``skin`` lies within the largest replaced oval, specks removed."""
+    oval = np.zeros(skin.shape, np.uint8)
+    paint(oval, similarity(TEMPLATE, landmarks), [face_outline(max(OVAL_LADDER))])
+    return cv2.morphologyEx(skin.astype(np.uint8) & oval, cv2.MORPH_OPEN, _opening_kernel(landmarks))
+
+
+def _skin_hull(bare: np.ndarray) -> np.ndarray:
+    """uint8 1 inside the convex hull of the ``bare`` skin.
+
+    The area that always counts as face (brows, eyes, nose) is cut to it: on a narrow face
+    that area reached past the temples into the hair, which was pasted as dark bars or,
+    painted over, as flat skin-coloured wings.
+    """
+    hull = np.zeros_like(bare)
+    points = cv2.findNonZero(bare)
+    if points is not None:
+        cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    return hull
+
+
+def _face_area(landmarks: np.ndarray, bare: np.ndarray, always: np.ndarray) -> np.ndarray:
+    """Where the surrogate photo shows its face, not hair, beard, a hand or background.
+
+    Its ``bare`` skin, plus the area that ``always`` counts as face (brows, eyes and nose,
+    within the skin's hull) and the lips, all in the piece of face connected to the nose,
+    with its holes (highlights, freckles) filled. A beard or a moustache is left out: on a
+    clean-shaven patient it showed as a dark block over the lip.
+    """
+    lips = np.zeros_like(bare)
+    paint(lips, similarity(TEMPLATE, landmarks), [LIPS])
+    face = cv2.morphologyEx(bare | always | lips, cv2.MORPH_CLOSE, _opening_kernel(landmarks))
+    _, labels = cv2.connectedComponents(face)
+    nose = np.round(landmarks[NOSE]).astype(int)
+    face = (labels == labels[nose[1], nose[0]]).astype(np.uint8)
+    # Fill holes: flood the background from the border; whatever it cannot reach is inside.
+    outside = np.pad(1 - face, 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), 2)
+    face = (outside[1:-1, 1:-1] != 2).astype(np.float32)
+    return cv2.GaussianBlur(face, (0, 0), 0.06 * landmark_eye_distance(landmarks))
+
+
+def _paint_temples(
+    img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, always: np.ndarray
+) -> np.ndarray:
+    """``img`` with the hair at its temples, where it falls inside the area that ``always`` counts
+    as face, painted over from the skin round it.
+
+    The brows' area always counts as the surrogate's face (``_face_area``), so the locks of a
+    curly-haired surrogate that hang beside the brows' outer ends were pasted too, as dark
+    bars beside the new eyes. Leaving them out of the face let the patient's own temples
+    through and held 7-10 more of the 217 test faces as look-alikes; painted over (OpenCV's
+    Telea inpainting), the surrogate's skin stays there. The hair round them is painted
+    too before the copy is taken, so the paint comes from skin, not from the hair beyond.
+    """
+    temples = np.zeros_like(always)
+    paint(temples, similarity(TEMPLATE, landmarks), _TEMPLES)
+    hair = (temples & always).astype(bool) & (skin == 0)
+    if not hair.any():
+        return img
+    ed = landmark_eye_distance(landmarks)
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, round(0.3 * ed)) | 1,) * 2)
+    around = cv2.dilate(hair.astype(np.uint8), grow).astype(bool) & (skin == 0)
+    painted = cv2.inpaint(img, (around | hair).astype(np.uint8), 0.05 * ed, cv2.INPAINT_TELEA)
+    out = img.copy()
+    take = cv2.dilate(hair.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    out[take] = painted[take]
+    return out
