@@ -1,4 +1,5 @@
-"""A pool photo made ready to paste: where it shows its face, with hair at its temples painted over.
+"""A pool photo made ready to paste: where it shows its face, its shine taken down, and hair at its
+temples painted over.
 
 Worked out once per photo and process (GrabCut and inpainting take about a second a photo), and
 once more when a pool is built, to turn away crops that would paste hair or a mirrored chin.
@@ -26,6 +27,19 @@ LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
 # area that always counts as the surrogate's face.
 _TEMPLES = (ellipse(21.0, 47.0, 7.0, 14.0), ellipse(91.0, 47.0, 7.0, 14.0))
 
+
+# Shine on a pool photo's skin (a studio light's sheen, a selfie's sun on the forehead) is light
+# the patient's photo did not have. Relit to a pale patient's skin it came out as a white blotch
+# on the new forehead (P006 and P010 on fair or grey-haired women). What is more than SHINE_START
+# (L*) lighter than the skin round it (measured over SHINE_SIGMA eye distances), and paler, keeps
+# SHINE_KEEP of its excess and takes on that skin's colour; eyes and mouth keep their own.
+SHINE_START = 6.0
+SHINE_KEEP = 0.4
+# Shine is also paler than the skin: it counts in full where its chroma is this share below the skin's.
+SHINE_PALER = 0.25
+SHINE_SIGMA = 0.35
+# Eyes (catchlights, the whites) and mouth (teeth) in template units: bright, but not shine.
+_NOT_SHINE = (ellipse(38.3, 51.7, 10.0, 6.0), ellipse(73.5, 51.5, 10.0, 6.0), ellipse(56.1, 93.0, 18.0, 9.0))
 
 # The surrogate's skin is segmented at this fraction of its photo's size: GrabCut's cost grows
 # with the pixels, its colour models do not need them.
@@ -71,8 +85,8 @@ def _face_skin(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> np.n
 
 
 class Prepared(NamedTuple):
-    """A pool photo made ready to paste: the photo itself, its temples' hair painted over, and
-    where it shows its face (float32 0-1)."""
+    """A pool photo made ready to paste: the photo itself, its shine taken down and its temples'
+    hair painted over, and where it shows its face (float32 0-1)."""
 
     photo: np.ndarray
     valid: np.ndarray
@@ -98,7 +112,10 @@ def _prepare(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> Prepar
     always = np.zeros_like(bare)
     paint(always, similarity(TEMPLATE, landmarks), [FEATURES, BROWS])
     always &= _skin_hull(bare)
-    return Prepared(_paint_temples(img, landmarks, skin, always), _face_area(landmarks, bare, always))
+    valid = _face_area(landmarks, bare, always)
+    return Prepared(
+        _paint_temples(_take_down_shine(img, landmarks, valid, bare), landmarks, skin, always), valid
+    )
 
 
 # A pool photo whose pasted face area holds more than this share of pixels far from its cheek
@@ -147,6 +164,52 @@ def pool_photo_problem(
             f"forehead or a cheek, a hand, a beard; limit {MAX_FOREIGN_SHARE:.0%})"
         )
     return None
+
+
+def _take_down_shine(
+    img: np.ndarray, landmarks: np.ndarray, valid: np.ndarray, bare: np.ndarray
+) -> np.ndarray:
+    """``img`` with the shine on its face (``valid``) taken down towards its ``bare`` skin round it.
+
+    Done once on the pool photo, in CIELAB, rather than in the render: the render's relight is a
+    per-channel gain from skin to skin, right for the face's light but not for a sheen that is
+    paler than the skin it lies on. Shine is what is both lighter and paler than that skin: lit
+    skin keeps its colour, and flattening all of it took the face's modelling away. The skin's
+    level is a normalised Gaussian blur, measured again without what the first pass found far
+    lighter or darker (the shine itself, the shade under the brows and nose).
+    """
+    face = (valid > 0.5).astype(np.float32)
+    not_shine = np.zeros(face.shape, np.uint8)
+    paint(not_shine, similarity(TEMPLATE, landmarks), _NOT_SHINE)
+    face[not_shine > 0] = 0.0
+    lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    sigma = SHINE_SIGMA * landmark_eye_distance(landmarks)
+
+    def level(weight: np.ndarray) -> np.ndarray:
+        norm = np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-4)[..., None]
+        return cv2.GaussianBlur(lab * weight[..., None], (0, 0), sigma) / norm
+
+    skin_w = bare.astype(np.float32) * face
+    skin = level(skin_w)
+    offset = lab[..., 0] - skin[..., 0]
+    skin = level(skin_w * (np.abs(offset) < SHINE_START))
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    skin_chroma = np.maximum(np.hypot(skin[..., 1], skin[..., 2]), 1.0)
+    paler = np.clip((skin_chroma - chroma) / (SHINE_PALER * skin_chroma), 0.0, 1.0)
+    excess = np.clip(lab[..., 0] - skin[..., 0] - SHINE_START, 0.0, None) * paler * face
+    if not excess.any():
+        return img
+    out = lab.copy()
+    out[..., 0] -= excess * (1.0 - SHINE_KEEP)
+    # The brighter the shine, the more of the skin's colour it takes (all of it 8 L* above the start).
+    share = np.clip(excess / 8.0, 0.0, 1.0)[..., None]
+    out[..., 1:] += share * (skin[..., 1:] - lab[..., 1:])
+    rgb = np.clip(cv2.cvtColor(out, cv2.COLOR_LAB2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    # Only the shine is written back: the CIELAB round trip moves other pixels by a level.
+    shine = excess > 0
+    result = img.copy()
+    result[shine] = rgb[shine]
+    return result
 
 
 def _opening_kernel(landmarks: np.ndarray) -> np.ndarray:

@@ -13,10 +13,19 @@ import torch
 from dicom_anon.faces import blend
 from dicom_anon.faces import masks as M
 from dicom_anon.faces.choice import PatientContext, candidates
-from dicom_anon.faces.detect import get_detector
+from dicom_anon.faces.detect import get_detector, landmark_eye_distance
 from dicom_anon.faces.embed import cosine, get_recognizer
 from dicom_anon.faces.pool import DEFAULT_POOL, get_pool
-from dicom_anon.faces.prepare import _TEMPLES, BROWS, FEATURES, _bare_skin, _face_skin, _skin_hull, prepare
+from dicom_anon.faces.prepare import (
+    _TEMPLES,
+    BROWS,
+    FEATURES,
+    _bare_skin,
+    _face_skin,
+    _skin_hull,
+    _take_down_shine,
+    prepare,
+)
 from dicom_anon.faces.qa import preserved_diff
 from dicom_anon.faces.replace import SurrogateBackend
 from dicom_anon.faces.warp import warp_maps
@@ -357,6 +366,56 @@ def test_hair_at_a_curly_surrogates_temples_is_painted_over_with_its_skin() -> N
     assert gap_after < gap_before / 2
     assert (ready.valid[curls] > 0.5).mean() > 0.9  # and it is the surrogate's face that shows there
     assert beyond.sum() > 0.1 * inside.sum() and (ready.valid[beyond] < 0.5).mean() > 0.9
-    # Nothing else changes.
+    # Nothing else changes (but for the shine, taken down first).
     untouched = cv2.dilate(temples, np.ones((9, 9), np.uint8)) == 0
-    assert np.array_equal(ready.photo[untouched], curly.image[untouched])
+    shine_down = _take_down_shine(
+        curly.image, curly.landmarks, ready.valid, _bare_skin(skin, curly.landmarks)
+    )
+    assert np.array_equal(ready.photo[untouched], shine_down[untouched])
+
+
+def test_shine_on_a_pool_face_is_taken_down_to_its_skin_and_eyes_keep_their_catchlights() -> None:
+    # A studio light's sheen, relit to a pale patient's skin, came out as a white blotch on the
+    # new forehead. Painted here as a bright, paler disc on P004's forehead.
+    pool = get_pool(str(DEFAULT_POOL))
+    s = next(s for s in pool.surrogates if s.id == "openpeople-P004-studio_portrait")
+    valid = prepare(s).valid
+    bare = _bare_skin(_face_skin(s.image, s.landmarks, s.skin_lab), s.landmarks)
+    to_img = M.similarity(M.TEMPLATE, s.landmarks)
+    radius = round(0.15 * landmark_eye_distance(s.landmarks))
+
+    def lab(rgb: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+
+    def painted(
+        point: tuple[float, float], colour: tuple[float, ...]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The photo with a disc of ``colour`` at ``point`` (template units), the disc, a ring round it."""
+        x, y = np.round(M.apply(to_img, np.array([point]))[0]).astype(int)
+        out, disc = s.image.copy(), np.zeros(s.image.shape[:2], np.uint8)
+        cv2.circle(out, (int(x), int(y)), radius, colour, -1)
+        cv2.circle(disc, (int(x), int(y)), radius, 1, -1)
+        ring = (cv2.dilate(disc, np.ones((2 * radius, 2 * radius), np.uint8)) > 0) & (disc == 0)
+        return out, disc > 0, ring
+
+    shiny, disc, ring = painted((56.0, 30.0), (250, 245, 240))
+    skin = lab(s.image)[ring].mean(axis=0)
+    before = lab(shiny)[disc].mean(axis=0)
+    after = lab(_take_down_shine(shiny, s.landmarks, valid, bare))[disc].mean(axis=0)
+    # L* and chroma: the disc was far lighter and paler than the skin round it; now close to it.
+    assert before[0] - skin[0] > 15 and after[0] - skin[0] < (before[0] - skin[0]) / 2
+    assert np.linalg.norm(after[1:] - skin[1:]) < np.linalg.norm(before[1:] - skin[1:]) / 2
+    # Skin lit brighter keeps its colour, so it is light, not shine: the face keeps its modelling.
+    # (On the cheek: the forehead is too light to be lit further without clipping to paler.)
+    _, _, cheek_ring = painted((36.0, 74.0), (0, 0, 0))
+    lit_lab = lab(s.image)[cheek_ring].mean(axis=0) * np.array([1.0, 1.25, 1.25]) + np.array([12.0, 0.0, 0.0])
+    lit_rgb = cv2.cvtColor(lit_lab.reshape(1, 1, 3).astype(np.float32), cv2.COLOR_LAB2RGB)[0, 0] * 255.0
+    assert lit_rgb.max() < 250
+    lit, cheek, _ = painted((36.0, 74.0), tuple(float(c) for c in lit_rgb))
+    assert np.array_equal(_take_down_shine(lit, s.landmarks, valid, bare)[cheek], lit[cheek])
+    # The eye's whites and catchlights are not shine; nothing outside the face changes.
+    ex, ey = np.round(M.apply(to_img, np.array([[38.3, 51.7]]))[0]).astype(int)
+    eye = (slice(ey - 3, ey + 4), slice(ex - 3, ex + 4))
+    out = _take_down_shine(s.image, s.landmarks, valid, bare)
+    assert np.array_equal(out[eye], s.image[eye])
+    assert np.array_equal(out[valid < 0.01], s.image[valid < 0.01])
