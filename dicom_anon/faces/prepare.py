@@ -106,16 +106,29 @@ def prepare(surrogate: Surrogate) -> Prepared:
     return cached
 
 
-def _prepare(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> Prepared:
+class _Areas(NamedTuple):
+    """Where a pool photo shows skin, its ``bare`` skin in the oval, the area that ``always`` counts
+    as face, and the face area that is pasted (``valid``)."""
+
+    skin: np.ndarray
+    bare: np.ndarray
+    always: np.ndarray
+    valid: np.ndarray
+
+
+def _areas(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> _Areas:
     skin = _face_skin(img, landmarks, tone)
     bare = _bare_skin(skin, landmarks)
     always = np.zeros_like(bare)
     paint(always, similarity(TEMPLATE, landmarks), [FEATURES, BROWS])
     always &= _skin_hull(bare)
-    valid = _face_area(landmarks, bare, always)
-    return Prepared(
-        _paint_temples(_take_down_shine(img, landmarks, valid, bare), landmarks, skin, always), valid
-    )
+    return _Areas(skin, bare, always, _face_area(landmarks, bare, always))
+
+
+def _prepare(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> Prepared:
+    a = _areas(img, landmarks, tone)
+    shine_down = _take_down_shine(img, landmarks, a.valid, a.bare)
+    return Prepared(_paint_temples(shine_down, landmarks, a.skin, a.always), a.valid)
 
 
 # A pool photo whose pasted face area holds more than this share of pixels far from its cheek
@@ -142,7 +155,8 @@ def pool_photo_problem(
     forehead), and so is the mirror image of a chin cut by the photo's edge. Checked once,
     when the pool is built, so the hot path does not pay for it.
     """
-    valid = _prepare(img, landmarks, tone).valid > 0.5
+    # Only the face area counts here: the shine and the temples' paint would be thrown away.
+    valid = _areas(img, landmarks, tone).valid > 0.5
     mirrored = float((valid & ~inside).sum()) / max(1, int(valid.sum()))
     if mirrored > MAX_MIRRORED_SHARE:
         return (
