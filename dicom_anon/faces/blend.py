@@ -78,7 +78,7 @@ def harmonise(lab_s: torch.Tensor, lab_d: torch.Tensor, weight: torch.Tensor) ->
     return (lab_s - ms) * ratio + md
 
 
-def _masked_blur(x: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.Tensor:
+def masked_blur(x: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of ``x`` using only pixels where ``weight`` > 0 (normalised convolution),
     on a grid coarse enough that the cost does not depend on the photo's size."""
     h, w = x.shape[-2:]
@@ -118,7 +118,7 @@ def relight(
     wd = w if dst_weight is None else w * (dst_weight[None, None] if dst_weight.ndim == 2 else dst_weight)
     if float(wd.sum()) < 16:
         wd = w
-    gain = _masked_blur(rgb_d, wd, sigma) / _masked_blur(rgb_s, w, sigma).clamp_min(0.02)
+    gain = masked_blur(rgb_d, wd, sigma) / masked_blur(rgb_s, w, sigma).clamp_min(0.02)
     return rgb_s * gain.clamp(0.25, 4.0)
 
 
@@ -149,8 +149,8 @@ def match_contrast(
     log_s, log_d = _log_luma(rgb_s), _log_luma(rgb_d)
     blur_s, blur_d = [log_s], [log_d]
     for sigma in sigmas:
-        blur_s.append(_masked_blur(log_s, w, sigma))
-        blur_d.append(_masked_blur(log_d, w, sigma))
+        blur_s.append(masked_blur(log_s, w, sigma))
+        blur_d.append(masked_blur(log_d, w, sigma))
     softened = torch.zeros_like(log_s)
     for i in range(len(sigmas)):
         band_s, band_d = blur_s[i] - blur_s[i + 1], blur_d[i] - blur_d[i + 1]
@@ -182,8 +182,8 @@ def fade_zones(
     against its own skin blurred at ``sigma``, so its skin masks leave the zone's dark hair
     out of that base.
     """
-    base_s = _masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
-    base_d = _masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
+    base_s = masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
+    base_d = masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
     luma = torch.tensor([0.299, 0.587, 0.114], device=rgb_s.device).view(1, 3, 1, 1)
     out = rgb_s.clone()
     for zone in zones:

@@ -215,7 +215,7 @@ class MethodReport:
             m = np.stack(vectors)
             return 100 * float(np.mean((m @ m.T)[upper][different] < SFACE_SAME_PERSON))
 
-        outputs = apart([o.probe for o in done if o.probe is not None])
+        outputs = apart([o.probe for o in done])
         return f"{outputs:.1f}% (originals {apart([originals[o.stem] for o in done]):.1f}%)"
 
     def row(self) -> dict[str, str]:

@@ -11,7 +11,9 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import torch
 
+from . import blend
 from .detect import NOSE, landmark_eye_distance
 from .masks import OVAL_LADDER, TEMPLATE, ellipse, face_outline, paint, similarity
 from .pool import Surrogate, skin_mask
@@ -199,18 +201,13 @@ def _take_down_shine(
     lab = cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
     sigma = SHINE_SIGMA * landmark_eye_distance(landmarks)
 
-    h, w = img.shape[:2]
-    # The level is smooth: worked out on a grid a few pixels per sigma (at full size the blurs'
-    # wide kernels took half a second a photo).
-    step = max(1.0, sigma / 4.0)
-    coarse = (max(1, round(w / step)), max(1, round(h / step)))
+    channels = torch.from_numpy(np.ascontiguousarray(lab.transpose(2, 0, 1)))[None]
 
     def level(weight: np.ndarray) -> np.ndarray:
-        small_w = cv2.resize(weight, coarse, interpolation=cv2.INTER_AREA)
-        small = cv2.resize(lab * weight[..., None], coarse, interpolation=cv2.INTER_AREA)
-        norm = np.maximum(cv2.GaussianBlur(small_w, (0, 0), sigma / step), 1e-4)[..., None]
-        smooth = cv2.GaussianBlur(small, (0, 0), sigma / step) / norm
-        return cv2.resize(smooth, (w, h), interpolation=cv2.INTER_LINEAR)
+        # The render's normalised blur, worked out on a coarse grid (a full-size blur with this
+        # wide a kernel took half a second a photo).
+        smooth = blend.masked_blur(channels, torch.from_numpy(weight)[None, None], sigma)
+        return smooth[0].permute(1, 2, 0).numpy()
 
     skin_w = bare.astype(np.float32) * face
     skin = level(skin_w)
