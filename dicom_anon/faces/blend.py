@@ -103,9 +103,11 @@ def relight(
     weight: torch.Tensor,
     sigma: float,
     dst_weight: torch.Tensor | None = None,
+    own_hue: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Give ``rgb_s`` ``rgb_d``'s light and skin colour: a per-channel gain, the ratio of the two
-    photos' skin blurred at ``sigma``.
+    photos' skin blurred at ``sigma``; where ``own_hue`` (HxW, 0-1) is set, the ratio of their
+    luma only, so those pixels keep their hue.
 
     A studio-lit surrogate keeps its features (everything finer than ``sigma``) but takes the
     patient's light direction and colour. A gain, not an offset: an offset moved towards a pale
@@ -118,7 +120,12 @@ def relight(
     wd = w if dst_weight is None else w * (dst_weight[None, None] if dst_weight.ndim == 2 else dst_weight)
     if float(wd.sum()) < 16:
         wd = w
-    gain = masked_blur(rgb_d, wd, sigma) / masked_blur(rgb_s, w, sigma).clamp_min(0.02)
+    base_d, base_s = masked_blur(rgb_d, wd, sigma), masked_blur(rgb_s, w, sigma).clamp_min(0.02)
+    gain = base_d / base_s
+    if own_hue is not None:
+        luma = torch.tensor([0.299, 0.587, 0.114], device=rgb_s.device).view(1, 3, 1, 1)
+        light = ((base_d * luma).sum(1, keepdim=True) / (base_s * luma).sum(1, keepdim=True)).clamp_min(1e-3)
+        gain = light * (gain / light) ** (1.0 - own_hue)
     return rgb_s * gain.clamp(0.25, 4.0)
 
 
@@ -374,6 +381,7 @@ def new_face(
     surrogate_skin: torch.Tensor | None = None,
     contrast_sigma: float | None = None,
     fade: torch.Tensor | None = None,
+    own_hue: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
     surrogate (the patient itself when the region is too small to measure).
@@ -401,7 +409,7 @@ def new_face(
             rgb = match_contrast(rgb, patient, weight, (contrast_sigma, light_sigma))
             if fade is not None and surrogate_skin is not None and patient_skin is not None:
                 rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
-        ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin))
+        ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin, own_hue))
     else:
         ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)
     if detail_sigma and patient_skin is not None:

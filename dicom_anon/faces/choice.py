@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from ..headers.pseudonyms import SiteKey
@@ -32,6 +33,12 @@ ESTIMATED_AGE_TOLERANCE_YEARS = 15.0
 # photo is held.
 # Faces change fast in childhood: a child's surrogate must be this close in age (years).
 CHILD_AGE_TOLERANCE_YEARS = 4.0
+# Relit to the patient, a pool photo is multiplied channel by channel by the ratio of the two skins
+# (blend.relight). Darkening looks natural at any ratio; brightening by more than this in any
+# channel washed the new face out: highlights clipped flat white, the photo's colour casts came up
+# with it. On the 217 evaluation faces the five fair, pale patients given a much darker pool photo
+# needed 1.94-2.46 in blue and all five looked wrong; at 1.85 and below they looked natural.
+MAX_SKIN_GAIN = 1.9
 MAX_YAW_DIFFERENCE = 25.0
 # Choosing among one person's photos: this much mouth width (in eye distances) weighs as much as
 # ten degrees of yaw. A smiling selfie's cheek folds round a patient's closed, kept mouth read
@@ -93,6 +100,13 @@ def parse_sex(value: object) -> str | None:
     return text if text in ("M", "F") else None
 
 
+def skin_gain(patient_lab: np.ndarray, surrogate_lab: np.ndarray) -> float:
+    """The largest factor, over R, G and B, that relighting multiplies the surrogate's skin by to
+    reach the patient's (both CIELAB, L 0-100)."""
+    rgb = cv2.cvtColor(np.array([[patient_lab, surrogate_lab]], np.float32), cv2.COLOR_LAB2RGB)[0]
+    return float((rgb[0] / np.maximum(rgb[1], 0.02)).max())
+
+
 def _rendezvous(ctx: PatientContext, person: str) -> bytes:
     return ctx.key.digest("surrogate", f"{ctx.pseudonym}\x00{person}")
 
@@ -104,7 +118,11 @@ def _age_gap(band: tuple[int, int] | None, age: float | None) -> float:
     return max(0.0, lo - age, age - hi)
 
 
-def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
+def _light_enough(photo: Surrogate, ctx: PatientContext, gain_limit: float | None) -> bool:
+    return gain_limit is None or ctx.skin_lab is None or skin_gain(ctx.skin_lab, photo.skin_lab) <= gain_limit
+
+
+def candidates(pool: Pool, ctx: PatientContext, gain_limit: float | None = MAX_SKIN_GAIN) -> list[Surrogate]:
     """Suitable surrogates, in this patient's keyed order; every photo of each person, the one
     closest in pose and expression first.
 
@@ -113,18 +131,21 @@ def candidates(pool: Pool, ctx: PatientContext) -> list[Surrogate]:
     the patient's sex, each group in keyed order: when the QA gate turns the best-suited
     down, a less well matched face is tried before the photo is refused, but never one of
     the other sex, nor an adult for a child or a child for an adult (empty list: the photo is
-    held). The exclusion of look-alikes never falls back. The person this patient was given
-    before comes first whatever this photo's measured skin tone, age or pose say (they wobble
-    from photo to photo, the patient does not), unless this photo makes them a look-alike.
+    held). The exclusion of look-alikes never falls back, nor that of photos whose skin is too
+    dark to be relit to the patient's (``gain_limit``; None: no limit). The person this patient
+    was given before comes first whatever this photo's measured skin tone, age or pose say
+    (they wobble from photo to photo, the patient does not), unless this photo makes them a
+    look-alike.
     """
     people = {
-        person: photos
+        person: bright
         for person, photos in pool.people().items()
         if person not in ctx.exclude_people
         and not (
             ctx.embedding is not None
             and any(cosine(ctx.embedding, p.embedding) >= EXCLUDE_SIMILARITY for p in photos)
         )
+        and (bright := [p for p in photos if _light_enough(p, ctx, gain_limit)])
     }
 
     def narrow(keep: Callable[[list[Surrogate]], bool]) -> None:

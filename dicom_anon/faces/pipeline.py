@@ -31,6 +31,7 @@ from .choice import (
     AGE_TOLERANCE_YEARS,
     ESTIMATED_AGE_TOLERANCE_YEARS,
     PatientContext,
+    candidates,
     parse_age,
     parse_sex,
     smile,
@@ -216,11 +217,17 @@ class FacePipeline:
                     "route gives each patient one new face (same_new_face: require)",
                 )
         if not options:
+            pool = getattr(self.backend, "pool", None)
             child = hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS
             if child:
                 why = (
                     f"a child (age {hints['age_years']:.0f}, from the {hints['age_from']}) and the pool "
                     "holds nobody near that age; add synthetic children to the pool"
+                )
+            elif pool is not None and candidates(pool, ctx, gain_limit=None):
+                why = (
+                    "the patient's skin is much lighter than that of every pool person left (relit "
+                    "that far, a new face washes out); add people with lighter skin to the pool"
                 )
             elif hints["sex"]:
                 why = (

@@ -25,6 +25,8 @@ from .pool import Surrogate, skin_mask
 FEATURES = ellipse(56.0, 57.0, 36.0, 22.0)
 BROWS = ellipse(56.0, 43.0, 40.0, 10.0)
 LIPS = ellipse(56.1, 94.0, 16.5, 7.5)
+# The eyes with their lids (template units).
+EYES = (ellipse(38.3, 51.7, 10.0, 6.0), ellipse(73.5, 51.5, 10.0, 6.0))
 # Beside the brows' outer ends (template units): where a curly or low hairline hangs into the
 # area that always counts as the surrogate's face.
 _TEMPLES = (ellipse(21.0, 47.0, 7.0, 14.0), ellipse(91.0, 47.0, 7.0, 14.0))
@@ -41,7 +43,7 @@ SHINE_KEEP = 0.4
 SHINE_PALER = 0.25
 SHINE_SIGMA = 0.35
 # Eyes (catchlights, the whites) and mouth (teeth) in template units: bright, but not shine.
-_NOT_SHINE = (ellipse(38.3, 51.7, 10.0, 6.0), ellipse(73.5, 51.5, 10.0, 6.0), ellipse(56.1, 93.0, 18.0, 9.0))
+_NOT_SHINE = (*EYES, ellipse(56.1, 93.0, 18.0, 9.0))
 
 # The surrogate's skin is segmented at this fraction of its photo's size: GrabCut's cost grows
 # with the pixels, its colour models do not need them.

@@ -13,7 +13,7 @@ they are not offered to routes (blur can be reversed, an eye bar leaves the face
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ from .choice import PatientContext, candidates
 from .detect import LEFT_EYE, RIGHT_EYE, Face, landmark_eye_distance
 from .masks import TEMPLATE, FaceMasks, ellipse, paint, similarity
 from .pool import Pool, Surrogate, skin_lab, skin_mask
-from .prepare import LIPS, prepare
+from .prepare import EYES, LIPS, prepare
 from .warp import feature_landmarks, warp_maps
 
 # Shading broader than this (in eye distances) is the patient's light, finer detail the surrogate's face.
@@ -45,14 +45,16 @@ _UPPER_LIP = (ellipse(56.0, 81.0, 17.0, 6.0),)
 _FADED = ((_BROW_PAIR, ()), (_UPPER_LIP, (LIPS,)))
 
 
-def _fade_zones(size: tuple[int, int], landmarks: np.ndarray, eye_distance: float) -> np.ndarray:
-    """Soft masks (one per entry of ``_FADED``) of a ``size`` (width, height) image whose face has
-    these ``landmarks``: where the surrogate's brows and stubble are faded."""
-    zones = np.zeros((len(_FADED), size[1], size[0]), np.float32)
+def _zones(
+    size: tuple[int, int], landmarks: np.ndarray, eye_distance: float, zones: Sequence[tuple[tuple, tuple]]
+) -> np.ndarray:
+    """Soft masks, one per (polygons, less polygons) entry of ``zones`` (template units), of a
+    ``size`` (width, height) image whose face has these ``landmarks``."""
+    out = np.zeros((len(zones), size[1], size[0]), np.float32)
     to_img = similarity(TEMPLATE, landmarks)
     soft = 0.08 * eye_distance
     margin = int(3 * soft) + 1
-    for zone, (polys, cut) in zip(zones, _FADED, strict=True):
+    for zone, (polys, cut) in zip(out, zones, strict=True):
         paint(zone, to_img, polys, 1.0)
         paint(zone, to_img, cut, 0.0)
         # Feathered within the zone's box and a margin only: over the whole face the blur cost
@@ -60,7 +62,7 @@ def _fade_zones(size: tuple[int, int], landmarks: np.ndarray, eye_distance: floa
         x, y, w, h = cv2.boundingRect((zone > 0).astype(np.uint8))
         box = np.s_[max(0, y - margin) : y + h + margin, max(0, x - margin) : x + w + margin]
         zone[box] = cv2.GaussianBlur(zone[box], (0, 0), soft)
-    return zones
+    return out
 
 
 # --- backends ---------------------------------------------------------------------------
@@ -153,7 +155,11 @@ class SurrogateBackend(ReplacementBackend):
         warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)
-        fade = _fade_zones(size, landmarks, eye_distance)
+        fade = _zones(size, landmarks, eye_distance, _FADED)
+        # The eyes keep their own hue under the patient's light: with the skin's colour gain a
+        # fair patient's new face got blue-grey irises from the pool's brown ones. The lids,
+        # being skin, take the skin's colour.
+        own_hue = _zones(size, landmarks, eye_distance, ((EYES, ()),))[0] * (1.0 - surrogate_skin)
         # The membrane is pinned only where both photos show skin: pinned where the surrogate
         # shows beard or hair next to the patient's skin, it lifted the whole new face by that
         # difference (+35 L* on a dark-skinned man given a bearded surrogate).
@@ -171,6 +177,7 @@ class SurrogateBackend(ReplacementBackend):
                 surrogate_skin=torch.from_numpy(surrogate_skin).to(self.device),
                 contrast_sigma=CONTRAST_SIGMA * eye_distance,
                 fade=torch.from_numpy(fade).to(self.device),
+                own_hue=torch.from_numpy(own_hue).to(self.device),
             )
             new = blend.to_uint8(new)
         if not full:

@@ -205,6 +205,30 @@ def test_relight_gives_the_patients_skin_colour_and_leaves_dark_features_dark() 
     assert float(brow.max() - brow.min()) < 0.05
 
 
+def test_relight_leaves_the_eyes_their_own_hue() -> None:
+    # A warm, darker surrogate with a dark brown iris, onto a fair, pale patient: the skins' ratio
+    # in blue is nearly twice that in red, which turned the pool's brown eyes blue-grey.
+    surrogate = _flat((0.62, 0.44, 0.34))
+    surrogate[..., 28:36, 28:36] = torch.tensor([0.20, 0.12, 0.08]).view(1, 3, 1, 1)
+    skin_s = torch.ones(64, 64)
+    skin_s[28:36, 28:36] = 0.0
+    eyes = torch.zeros(64, 64)
+    eyes[26:38, 26:38] = 1.0
+    patient = _flat((0.90, 0.80, 0.76))
+    kept = blend.relight(surrogate, patient, skin_s, 20.0, torch.ones(64, 64), own_hue=eyes)
+    tinted = blend.relight(surrogate, patient, skin_s, 20.0, torch.ones(64, 64))
+    # The skin takes the patient's colour either way ...
+    assert torch.allclose(kept[0, :, 50, 50], patient[0, :, 50, 50], atol=0.01)
+    assert torch.allclose(kept[0, :, 50, 50], tinted[0, :, 50, 50])
+    # ... the iris is brightened with the light but keeps its red-to-blue balance (2.5) ...
+    iris = kept[0, :, 32, 32]
+    assert float(iris[0] / iris[2]) == pytest.approx(2.5, rel=0.02)
+    assert float(iris.mean()) > 0.133 * 1.2
+    # ... where the skin's colour gain made it cold (R/B 1.6).
+    before = tinted[0, :, 32, 32]
+    assert float(before[0] / before[2]) < 1.7
+
+
 def _browed(skin: tuple[float, float, float], brow: tuple[float, float, float]) -> torch.Tensor:
     face = _flat(skin)
     face[..., 20:26, 10:54] = torch.tensor(brow).view(1, 3, 1, 1)

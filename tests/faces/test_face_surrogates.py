@@ -15,7 +15,7 @@ from facekit import photo_dataset
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import masks as M
 from dicom_anon.faces import pool as P
-from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
+from dicom_anon.faces.choice import MAX_SKIN_GAIN, PatientContext, candidates, parse_age, skin_gain, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
@@ -439,6 +439,40 @@ def test_no_surrogate_when_the_only_pool_person_is_the_patient(tmp_path, face_a,
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(face_a[None]), settings, "ANONX", site_key)
     assert exc.value.code == "no-surrogate"
+
+
+def test_no_pool_photo_too_dark_to_be_relit_to_a_pale_patient(site_key) -> None:
+    pool = P.get_pool()
+    # A fair, pale patient (SFHQ_sample_3x6_015's cheeks): the pool's selfies, lit darker than its
+    # studio portraits, would need more than twice the blue to reach that skin.
+    pale = np.array([84.7, 7.9, 8.9])
+    ctx = PatientContext(pseudonym="x", key=site_key, skin_lab=pale)
+    offered = candidates(pool, ctx)
+    unlimited = candidates(pool, ctx, gain_limit=None)
+    assert offered and len(offered) < len(unlimited) == len(pool.surrogates)
+    assert all(skin_gain(pale, s.skin_lab) <= MAX_SKIN_GAIN for s in offered)
+    dropped = {s.id for s in unlimited} - {s.id for s in offered}
+    assert "openpeople-P008-amateur_selfie" in dropped
+    # Darkening has no limit: a dark-skinned patient is offered every photo.
+    dark = PatientContext(pseudonym="x", key=site_key, skin_lab=np.array([22.0, 12.0, 3.0]))
+    assert len(candidates(pool, dark)) == len(pool.surrogates)
+    assert skin_gain(np.array([22.0, 12.0, 3.0]), pool.surrogates[0].skin_lab) < 1.0
+
+
+def test_no_surrogate_names_a_pool_too_dark_for_a_pale_patient(tmp_path, face_a, site_key) -> None:
+    from PIL import Image
+
+    # The pool's only person is someone else photographed far darker than the patient.
+    other = np.asarray(Image.open(P.DEFAULT_POOL / "openpeople-P003-studio_portrait.jpg").convert("RGB"))
+    (tmp_path / "src").mkdir()
+    Image.fromarray((other * 0.4).astype(np.uint8)).save(tmp_path / "src" / "dark.png")
+    entries, _ = _build(tmp_path)
+    P.write_manifest(tmp_path / "pool", entries, ["test"])
+    settings = PixelSettings(preserve=["mouth"], device="cpu", pool=tmp_path / "pool")
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(face_a[None]), settings, "ANONPALE", site_key)
+    assert exc.value.code == "no-surrogate"
+    assert "lighter skin" in exc.value.reason
 
 
 def _face_of(img: np.ndarray) -> Face:
