@@ -3,10 +3,11 @@
 A surrogate face pasted as it is shows its own skin tone, light and a visible edge.
 Two steps fix that: (1) soften the surrogate's features (brows, make-up, deep sockets) to
 the patient's contrast, then give it the patient's light and skin colour with a smooth
-per-channel gain, measured skin to skin, (2) a membrane (Laplace) correction: the difference between the
+per-channel gain, measured skin to skin, (2) a membrane (Laplace) correction: the ratio between the
 patient and the harmonised surrogate on the boundary of the replaced region is
-interpolated smoothly across it and added, which is Poisson image editing with the
-surrogate's own gradients as guidance (Pérez et al. 2003, Farbman et al. 2009).
+interpolated smoothly across it (in the log domain) and applied, which is Poisson image
+editing with the surrogate's own log gradients as guidance (Pérez et al. 2003, Farbman et
+al. 2009).
 The membrane is smooth, so it is solved on a coarse grid and upsampled, which keeps the
 cost independent of the photo's resolution: exactly (one dense linear solve) on the coarsest
 level of a pyramid, then a few Jacobi sweeps per finer level to refine the boundary.
@@ -44,6 +45,8 @@ FADE_FLOOR = 0.3
 CONTRAST_FLOOR = 0.5
 # Where the patient is this much darker than their skin (log luma) in a fade zone, it is hair.
 HAIR_DARKER = -0.1
+# Added before taking logs, so black stays finite (about 5 levels of 255).
+_LOG_FLOOR = 0.02
 
 
 def to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -131,7 +134,7 @@ def relight(
 
 def _log_luma(rgb: torch.Tensor) -> torch.Tensor:
     weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
-    return torch.log((rgb * weights).sum(1, keepdim=True) + 0.02)
+    return torch.log((rgb * weights).sum(1, keepdim=True) + _LOG_FLOOR)
 
 
 def match_contrast(
@@ -422,5 +425,17 @@ def new_face(
     solve = region if trusted is None else region | ~trusted
     if int((~solve).sum()) < 16:
         solve = region
-    correction = membrane(patient - harmonised, solve, MEMBRANE_DECAY)
-    return (harmonised + correction).clamp(0, 1)
+    return carry_boundary(patient, harmonised, solve)
+
+
+def carry_boundary(patient: torch.Tensor, new: torch.Tensor, solve: torch.Tensor) -> torch.Tensor:
+    """``new`` (1x3xHxW) times the ratio of ``patient`` to it, taken where ``solve`` is False and
+    interpolated across ``solve`` by the screened membrane, so the new face meets the patient's
+    pixels without a seam.
+
+    A ratio, not an offset, as in ``relight``: an offset gave dark features the skin's tint in
+    full, greying deep skin and the new brows; as a ratio they take their share of it.
+    """
+    log_ratio = torch.log(patient + _LOG_FLOOR) - torch.log(new + _LOG_FLOOR)
+    correction = membrane(log_ratio, solve, MEMBRANE_DECAY)
+    return ((new + _LOG_FLOOR) * torch.exp(correction) - _LOG_FLOOR).clamp(0, 1)

@@ -428,17 +428,22 @@ def test_estimates_settle_per_person_and_a_disputed_sex_stays_open() -> None:
     assert entry == {"sex": "M", "age_band": [60, 70], "estimated": ["sex"]}
 
 
-def test_no_surrogate_when_the_only_pool_person_is_the_patient(tmp_path, face_a, site_key) -> None:
+def _refused_with_pool_of(tmp_path, person: np.ndarray, patient: np.ndarray, site_key) -> Refused:
+    """Why ``patient``'s photo is held by a pool built from the one photo ``person``."""
     from PIL import Image
 
     (tmp_path / "src").mkdir()
-    Image.fromarray(face_a).save(tmp_path / "src" / "patient.jpg")
+    Image.fromarray(person).save(tmp_path / "src" / "person.png")
     entries, _ = _build(tmp_path)
     P.write_manifest(tmp_path / "pool", entries, ["test"])
     settings = PixelSettings(preserve=["mouth"], device="cpu", pool=tmp_path / "pool")
     with pytest.raises(Refused) as exc:
-        process_photo(photo_dataset(face_a[None]), settings, "ANONX", site_key)
-    assert exc.value.code == "no-surrogate"
+        process_photo(photo_dataset(patient[None]), settings, "ANONX", site_key)
+    return exc.value
+
+
+def test_no_surrogate_when_the_only_pool_person_is_the_patient(tmp_path, face_a, site_key) -> None:
+    assert _refused_with_pool_of(tmp_path, face_a, face_a, site_key).code == "no-surrogate"
 
 
 def test_no_pool_photo_too_dark_to_be_relit_to_a_pale_patient(site_key) -> None:
@@ -464,15 +469,9 @@ def test_no_surrogate_names_a_pool_too_dark_for_a_pale_patient(tmp_path, face_a,
 
     # The pool's only person is someone else photographed far darker than the patient.
     other = np.asarray(Image.open(P.DEFAULT_POOL / "openpeople-P003-studio_portrait.jpg").convert("RGB"))
-    (tmp_path / "src").mkdir()
-    Image.fromarray((other * 0.4).astype(np.uint8)).save(tmp_path / "src" / "dark.png")
-    entries, _ = _build(tmp_path)
-    P.write_manifest(tmp_path / "pool", entries, ["test"])
-    settings = PixelSettings(preserve=["mouth"], device="cpu", pool=tmp_path / "pool")
-    with pytest.raises(Refused) as exc:
-        process_photo(photo_dataset(face_a[None]), settings, "ANONPALE", site_key)
-    assert exc.value.code == "no-surrogate"
-    assert "lighter skin" in exc.value.reason
+    refused = _refused_with_pool_of(tmp_path, (other * 0.4).astype(np.uint8), face_a, site_key)
+    assert refused.code == "no-surrogate"
+    assert "lighter skin" in refused.reason
 
 
 def _face_of(img: np.ndarray) -> Face:
