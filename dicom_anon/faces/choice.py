@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from ..headers.pseudonyms import SiteKey
 from .detect import MOUTH_LEFT, MOUTH_RIGHT, landmark_eye_distance
 from .embed import cosine
-from .pool import ADULT_AGE_YEARS, Pool, Surrogate, child_band
+from .pool import ADULT_AGE_YEARS, MAX_SKIN_GAIN, Pool, Surrogate, child_band, skin_gain
 
 # A pool person whose embedding is at least this close to the patient's is never used:
 # SFace calls 0.363 "same person"; we keep a margin below it.
@@ -33,12 +32,6 @@ ESTIMATED_AGE_TOLERANCE_YEARS = 15.0
 # photo is held.
 # Faces change fast in childhood: a child's surrogate must be this close in age (years).
 CHILD_AGE_TOLERANCE_YEARS = 4.0
-# Relit to the patient, a pool photo is multiplied channel by channel by the ratio of the two skins
-# (blend.relight). Darkening looks natural at any ratio; brightening by more than this in any
-# channel washed the new face out: highlights clipped flat white, the photo's colour casts came up
-# with it. On the 217 evaluation faces the five fair, pale patients given a much darker pool photo
-# needed 1.94-2.46 in blue and all five looked wrong; at 1.85 and below they looked natural.
-MAX_SKIN_GAIN = 1.9
 MAX_YAW_DIFFERENCE = 25.0
 # Choosing among one person's photos: this much mouth width (in eye distances) weighs as much as
 # ten degrees of yaw. A smiling selfie's cheek folds round a patient's closed, kept mouth read
@@ -98,13 +91,6 @@ def parse_age(value: object) -> float | None:
 def parse_sex(value: object) -> str | None:
     text = str(value or "").strip().upper()
     return text if text in ("M", "F") else None
-
-
-def skin_gain(patient_lab: np.ndarray, surrogate_lab: np.ndarray) -> float:
-    """The largest factor, over R, G and B, that relighting multiplies the surrogate's skin by to
-    reach the patient's (both CIELAB, L 0-100)."""
-    rgb = cv2.cvtColor(np.array([[patient_lab, surrogate_lab]], np.float32), cv2.COLOR_LAB2RGB)[0]
-    return float((rgb[0] / np.maximum(rgb[1], 0.02)).max())
 
 
 def _rendezvous(ctx: PatientContext, person: str) -> bytes:

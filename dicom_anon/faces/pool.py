@@ -52,6 +52,16 @@ _ESTIMATED_AGE_HALF_BAND = 5
 _CHEEKS = ((33.0, 74.0), (79.0, 74.0))
 _CHEEK_RADIUS = 6.5
 
+# Relit to the patient, a pool photo is multiplied channel by channel by the ratio of the two skins
+# (blend.relight). Darkening looks natural at any ratio; brightening by more than this in any
+# channel washed the new face out: highlights clipped flat white, the photo's colour casts came up
+# with it. On the 217 evaluation faces the five fair, pale patients given a much darker pool photo
+# needed 1.94-2.46 in blue and all five looked wrong; at 1.85 and below they looked natural.
+MAX_SKIN_GAIN = 1.9
+# A fair, pale cheek (CIELAB; the palest of the 217 evaluation faces): a pool whose people of a
+# sex are all too dark to be relit to it holds such patients' photos.
+FAIR_SKIN_LAB = (85.0, 8.0, 9.0)
+
 
 class PoolError(Exception):
     """The pool is missing, unreadable or fails its checksums; the message says how to rebuild it."""
@@ -76,6 +86,13 @@ def skin_lab(rgb: np.ndarray, face: Face) -> np.ndarray:
         return np.array([50.0, 0.0, 0.0])
     lab = cv2.cvtColor(pix[None].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[0]
     return np.median(lab, axis=0).astype(np.float64)
+
+
+def skin_gain(patient_lab: np.ndarray, surrogate_lab: np.ndarray) -> float:
+    """The largest factor, over R, G and B, that relighting multiplies the surrogate's skin by to
+    reach the patient's (both CIELAB, L 0-100)."""
+    rgb = cv2.cvtColor(np.array([[patient_lab, surrogate_lab]], np.float32), cv2.COLOR_LAB2RGB)[0]
+    return float((rgb[0] / np.maximum(rgb[1], 0.02)).max())
 
 
 def skin_mask(rgb: np.ndarray, tone: np.ndarray, light: float = 35.0, chroma: float = 16.0) -> np.ndarray:
@@ -402,6 +419,8 @@ class PoolReport:
     children: int
     estimated: int  # people with a sex or age band the builder estimated
     look_alikes: list[tuple[str, str, float]]  # person pairs SFace calls the same, closest first
+    # Per sex ("F", "M"), the least any of its photos must be brightened to reach FAIR_SKIN_LAB.
+    fair_gain: dict[str, float] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
         notes = []
@@ -418,6 +437,13 @@ class PoolReport:
             )
         if not self.children:
             notes.append("no children: photos of child patients are held (no-surrogate)")
+        for sex, word in (("F", "woman"), ("M", "man")):
+            if self.fair_gain.get(sex, 0.0) > MAX_SKIN_GAIN:
+                notes.append(
+                    f"no {word} light-skinned enough for a fair, pale patient (the lightest would need "
+                    f"{self.fair_gain[sex]:.1f}x brightening, the limit is {MAX_SKIN_GAIN}): such photos "
+                    "are held (no-surrogate); add people with lighter skin"
+                )
         if self.look_alikes:
             notes.append(
                 f"{len(self.look_alikes)} pairs of people look alike to the recogniser (SFace >= "
@@ -451,6 +477,11 @@ def report(pool: Pool) -> PoolReport:
         children=sum(child_band(s.age_band) for s in first.values()),
         estimated=sum(bool(s.estimated) for s in first.values()),
         look_alikes=sorted(pairs, key=lambda p: -p[2]),
+        fair_gain={
+            sex: min(skin_gain(np.array(FAIR_SKIN_LAB), s.skin_lab) for s in pool.surrogates if s.sex == sex)
+            for sex in ("F", "M")
+            if any(s.sex == sex for s in pool.surrogates)
+        },
     )
 
 

@@ -15,7 +15,7 @@ from facekit import photo_dataset
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import masks as M
 from dicom_anon.faces import pool as P
-from dicom_anon.faces.choice import MAX_SKIN_GAIN, PatientContext, candidates, parse_age, skin_gain, smile
+from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
@@ -379,6 +379,22 @@ def test_pool_report_counts_children_estimates_and_open_sexes() -> None:
     assert "no children" not in warnings and "1 people of unknown sex" in warnings
 
 
+def test_pool_report_warns_when_no_one_of_a_sex_is_light_enough_for_a_fair_patient() -> None:
+    base = P.get_pool()
+    # The default pool's lightest man (P005's studio portrait) just reaches a fair, pale cheek.
+    r = P.report(base)
+    assert r.fair_gain["F"] < r.fair_gain["M"] <= P.MAX_SKIN_GAIN
+    assert "light-skinned enough" not in " | ".join(r.warnings())
+    tanned = np.array([55.0, 20.0, 28.0])
+    men_tanned = tuple(
+        dataclasses.replace(s, skin_lab=tanned) if s.sex == "M" else s for s in base.surrogates
+    )
+    r = P.report(dataclasses.replace(base, surrogates=men_tanned))
+    assert r.fair_gain["M"] > P.MAX_SKIN_GAIN
+    (note,) = [w for w in r.warnings() if "light-skinned enough" in w]
+    assert note.startswith("no man ") and "add people with lighter skin" in note
+
+
 def test_check_pool_command_prints_the_report_and_draws_the_pool(tmp_path) -> None:
     from PIL import Image
     from typer.testing import CliRunner
@@ -455,13 +471,13 @@ def test_no_pool_photo_too_dark_to_be_relit_to_a_pale_patient(site_key) -> None:
     offered = candidates(pool, ctx)
     unlimited = candidates(pool, ctx, gain_limit=None)
     assert offered and len(offered) < len(unlimited) == len(pool.surrogates)
-    assert all(skin_gain(pale, s.skin_lab) <= MAX_SKIN_GAIN for s in offered)
+    assert all(P.skin_gain(pale, s.skin_lab) <= P.MAX_SKIN_GAIN for s in offered)
     dropped = {s.id for s in unlimited} - {s.id for s in offered}
     assert "openpeople-P008-amateur_selfie" in dropped
     # Darkening has no limit: a dark-skinned patient is offered every photo.
     dark = PatientContext(pseudonym="x", key=site_key, skin_lab=np.array([22.0, 12.0, 3.0]))
     assert len(candidates(pool, dark)) == len(pool.surrogates)
-    assert skin_gain(np.array([22.0, 12.0, 3.0]), pool.surrogates[0].skin_lab) < 1.0
+    assert P.skin_gain(np.array([22.0, 12.0, 3.0]), pool.surrogates[0].skin_lab) < 1.0
 
 
 def test_no_surrogate_names_a_pool_too_dark_for_a_pale_patient(tmp_path, face_a, site_key) -> None:
