@@ -126,15 +126,19 @@ def relight(
     base_d, base_s = masked_blur(rgb_d, wd, sigma), masked_blur(rgb_s, w, sigma).clamp_min(0.02)
     gain = base_d / base_s
     if own_hue is not None:
-        luma = torch.tensor([0.299, 0.587, 0.114], device=rgb_s.device).view(1, 3, 1, 1)
-        light = ((base_d * luma).sum(1, keepdim=True) / (base_s * luma).sum(1, keepdim=True)).clamp_min(1e-3)
+        light = (_luma(base_d) / _luma(base_s)).clamp_min(1e-3)
         gain = light * (gain / light) ** (1.0 - own_hue)
     return rgb_s * gain.clamp(0.25, 4.0)
 
 
-def _log_luma(rgb: torch.Tensor) -> torch.Tensor:
+def _luma(rgb: torch.Tensor) -> torch.Tensor:
+    """Rec. 601 luma of 1x3xHxW ``rgb`` (1x1xHxW)."""
     weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
-    return torch.log((rgb * weights).sum(1, keepdim=True) + _LOG_FLOOR)
+    return (rgb * weights).sum(1, keepdim=True)
+
+
+def _log_luma(rgb: torch.Tensor) -> torch.Tensor:
+    return torch.log(_luma(rgb) + _LOG_FLOOR)
 
 
 def match_contrast(
@@ -194,7 +198,6 @@ def fade_zones(
     """
     base_s = masked_blur(rgb_s, skin_s[None, None].float(), sigma).clamp_min(0.02)
     base_d = masked_blur(rgb_d, skin_d[None, None].float(), sigma).clamp_min(0.02)
-    luma = torch.tensor([0.299, 0.587, 0.114], device=rgb_s.device).view(1, 3, 1, 1)
     out = rgb_s.clone()
     for zone in zones:
         # Worked out in the zone's bounding box only: over the whole face the powers cost 0.1 s.
@@ -212,10 +215,10 @@ def fade_zones(
         d_d = rel_d.clamp_max(0)
         k = (_rms(d_d, inside) / _rms(d_s, inside).clamp_min(1e-6)).clamp(FADE_FLOOR, 1.0)
         hair = (inside > 0) & (rel_d < HAIR_DARKER)
-        hue = torch.ones_like(luma)
+        hue = torch.ones(1, 3, 1, 1, device=rgb_s.device)
         if int(hair.sum()) >= 16:
             ratio = ((dst + 0.02) / (b_d + 0.02))[:, :, hair[0, 0]].mean(dim=2).view(1, 3, 1, 1)
-            hue = ratio / (ratio * luma).sum(dim=1, keepdim=True)
+            hue = ratio / _luma(ratio)
         # Skin colour times the faded darkness; the darker the pixel, the more of the hair's hue.
         # What is lighter than the skin (the brow bone's highlight, make-up shimmer) is drawn as
         # skin: kept, it held 10 more of the 217 test faces as look-alikes.
