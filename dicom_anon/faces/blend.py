@@ -43,6 +43,10 @@ _JACOBI_ITERS = (20, 40, 80, 80, 80)
 FADE_FLOOR = 0.3
 # Features are softened at most to this share of their contrast.
 CONTRAST_FLOOR = 0.5
+# The surrogate's cheeks (folds, hollows, the shading of its cheekbones) are softened at most to
+# this share of their contrast, measured against the patient's own cheeks: an older pool
+# person's folds otherwise ran as grey streaks down a young patient's smooth cheeks.
+CHEEK_FLOOR = 0.2
 # Where the patient is this much darker than their skin (log luma) in a fade zone, it is hair.
 HAIR_DARKER = -0.1
 # Added before taking logs, so black stays finite (about 5 levels of 255).
@@ -142,11 +146,15 @@ def _log_luma(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def match_contrast(
-    rgb_s: torch.Tensor, rgb_d: torch.Tensor, weight: torch.Tensor, sigmas: Sequence[float]
+    rgb_s: torch.Tensor,
+    rgb_d: torch.Tensor,
+    weight: torch.Tensor,
+    sigmas: Sequence[float],
+    floor: float = CONTRAST_FLOOR,
 ) -> torch.Tensor:
     """Soften ``rgb_s``'s features to ``rgb_d``'s strength, band by band: log-luma detail finer
     than ``sigmas[0]``, then between each sigma and the next, each measured under ``weight``;
-    only ever softened, at most to CONTRAST_FLOOR.
+    only ever softened, at most to ``floor``.
 
     The pool's portraits have dark, sharp brows, eye make-up and studio shading; a fair or young
     patient's features are fainter. Moving the mean and spread of the colour channels (as
@@ -168,9 +176,30 @@ def match_contrast(
     softened = torch.zeros_like(log_s)
     for i in range(len(sigmas)):
         band_s, band_d = blur_s[i] - blur_s[i + 1], blur_d[i] - blur_d[i + 1]
-        ratio = (_rms(band_d, w) / _rms(band_s, w).clamp_min(1e-6)).clamp(CONTRAST_FLOOR, 1.0)
+        ratio = (_rms(band_d, w) / _rms(band_s, w).clamp_min(1e-6)).clamp(floor, 1.0)
         softened = softened + band_s * (1 - ratio)
     return rgb_s * torch.exp(-softened)
+
+
+def soften_zone(
+    rgb_s: torch.Tensor,
+    rgb_d: torch.Tensor,
+    weight: torch.Tensor,
+    zone: torch.Tensor,
+    sigmas: Sequence[float],
+) -> torch.Tensor:
+    """``match_contrast`` measured inside ``zone`` (HxW, 0-1) only, down to CHEEK_FLOOR, and
+    applied there.
+
+    Measured over the whole face, the patient's eyes, brows and lips set the ratio, and an older
+    surrogate's cheek folds kept at least half their contrast beside a young patient's kept,
+    closed mouth. Measured on the cheeks alone, smooth cheeks take the folds away and a patient
+    with folds of their own keeps the surrogate's.
+    """
+    z = zone[None, None]
+    w = weight[None, None] if weight.ndim == 2 else weight
+    soft = match_contrast(rgb_s, rgb_d, w * z, sigmas, CHEEK_FLOOR)
+    return rgb_s + z * (soft - rgb_s)
 
 
 def fade_zones(
@@ -388,6 +417,7 @@ def new_face(
     contrast_sigma: float | None = None,
     fade: torch.Tensor | None = None,
     own_hue: torch.Tensor | None = None,
+    cheeks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
     surrogate (the patient itself when the region is too small to measure).
@@ -413,8 +443,12 @@ def new_face(
         rgb = surrogate
         if contrast_sigma:
             rgb = match_contrast(rgb, patient, weight, (contrast_sigma, light_sigma))
-            if fade is not None and surrogate_skin is not None and patient_skin is not None:
-                rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
+            if surrogate_skin is not None and patient_skin is not None:
+                if fade is not None:
+                    rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
+                if cheeks is not None:
+                    both_skin = weight * surrogate_skin * patient_skin
+                    rgb = soften_zone(rgb, patient, both_skin, cheeks, (contrast_sigma, light_sigma))
         ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin, own_hue))
     else:
         ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)

@@ -43,6 +43,9 @@ _BROW_PAIR = (ellipse(38.3, 39.0, 14.0, 8.0), ellipse(73.5, 39.0, 14.0, 8.0))
 _UPPER_LIP = (ellipse(56.0, 81.0, 17.0, 6.0),)
 # Zones whose dark hair is faded to the patient's, each measured on its own (polygons, less polygons).
 _FADED = ((_BROW_PAIR, ()), (_UPPER_LIP, (LIPS,)))
+# The cheeks below the eyes, beside the nose and the mouth, down to the jaw: where an older
+# surrogate's folds and hollows are softened to the patient's own cheeks.
+_CHEEKS = ((ellipse(33.0, 88.0, 16.0, 24.0), ellipse(79.0, 88.0, 16.0, 24.0)), (LIPS,))
 
 
 def _zones(
@@ -155,7 +158,8 @@ class SurrogateBackend(ReplacementBackend):
         warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)
-        fade = _zones(size, landmarks, eye_distance, _FADED)
+        zones = _zones(size, landmarks, eye_distance, (*_FADED, _CHEEKS))
+        fade, cheeks = zones[:-1], zones[-1]
         # The eyes keep their own hue under the patient's light: with the skin's colour gain a
         # fair patient's new face got blue-grey irises from the pool's brown ones. The lids,
         # being skin, take the skin's colour.
@@ -178,6 +182,7 @@ class SurrogateBackend(ReplacementBackend):
                 contrast_sigma=CONTRAST_SIGMA * eye_distance,
                 fade=torch.from_numpy(fade).to(self.device),
                 own_hue=torch.from_numpy(own_hue).to(self.device),
+                cheeks=torch.from_numpy(cheeks).to(self.device),
             )
             new = blend.to_uint8(new)
         if not full:

@@ -283,6 +283,35 @@ def test_match_contrast_softens_broad_shading_in_its_own_band() -> None:
     assert float(both[0, 1, 32, 32]) > 1.3 * centre
 
 
+def test_soften_zone_takes_an_older_surrogates_cheek_folds_down_to_smooth_cheeks() -> None:
+    # Two dark folds on the surrogate, one inside the cheek zone and one outside it; dark eyes
+    # on the patient, so measured over the whole face the folds would keep half their contrast.
+    surrogate = _flat((0.6, 0.45, 0.35))
+    surrogate[..., 10:54, 20:22] *= 0.6
+    surrogate[..., 10:54, 44:46] *= 0.6
+    smooth = _flat((0.8, 0.62, 0.55))
+    smooth[..., 4:8, 24:40] *= 0.3
+    zone = torch.zeros(64, 64)
+    zone[8:56, 12:32] = 1.0
+    everywhere = torch.ones(64, 64)
+    out = blend.soften_zone(surrogate, smooth, everywhere, zone, sigmas=(4.0, 16.0))
+
+    def depth(img: torch.Tensor, col: int) -> float:
+        return float(1 - img[0, 1, 32, col] / img[0, 1, 32, col - 6])
+
+    assert depth(surrogate, 21) == pytest.approx(0.4, abs=0.01)
+    assert depth(out, 21) < 0.15  # the fold in the zone is mostly gone
+    assert depth(out, 45) == pytest.approx(0.4, abs=0.01)  # outside the zone: untouched
+    whole_face = blend.match_contrast(surrogate, smooth, everywhere, sigmas=(4.0, 16.0))
+    assert depth(whole_face, 21) > 0.15
+    # A patient with folds of their own keeps the surrogate's.
+    lined = smooth.clone()
+    lined[..., 10:54, 20:22] *= 0.6
+    assert torch.allclose(
+        blend.soften_zone(surrogate, lined, everywhere, zone, sigmas=(4.0, 16.0)), surrogate
+    )
+
+
 def test_fade_zones_fades_dark_hair_towards_skin_where_the_patients_is_fainter() -> None:
     # Zone 0: brows, a cool near-black brow on the surrogate, a blonde patient's faint golden
     # one. Zone 1: the upper lip, moustache stubble on both: as dark as it was. Each zone is
