@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 from rich.table import Table
 
 from . import __version__
@@ -23,6 +23,7 @@ from .headers.engine import Profile
 from .headers.errors import SiteKeyError
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 from .headers.pseudonyms import SiteKey
+from .review import page_paths, read_tile, sheets
 from .service.commands import quarantine_app, rules_app, serve
 
 app = typer.Typer(
@@ -30,6 +31,7 @@ app = typer.Typer(
     help="De-identify clinical DICOM photographs and forward them to a teaching archive.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(serve)
@@ -76,7 +78,8 @@ def deid(
         list[Path], typer.Argument(help="DICOM files or folders (searched recursively).", show_default=False)
     ],
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for the de-identified files (<new UID>.dcm).")
+        Path,
+        typer.Option("-o", "--output", help="Folder for the de-identified files (each named NEW-UID.dcm)."),
     ],
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="Settings YAML (default options, data dir).")
@@ -145,6 +148,60 @@ def deid(
     elapsed = time.perf_counter() - started
     _print_summary(outcomes, found.skipped, elapsed, dry_run, output)
     if any(not o.ok for o in outcomes) or found.missing:
+        raise typer.Exit(1)
+
+
+@app.command()
+def review(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="De-identified DICOM files or folders (searched recursively), e.g. an export of the "
+            "teaching archive or the service's outbox.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="PNG to write; more pages are numbered (review-1.png ...).")
+    ] = Path("review.png"),
+    size: Annotated[
+        int, typer.Option(min=64, max=1024, help="Width of each photo on the sheet, pixels.")
+    ] = 240,
+    columns: Annotated[int, typer.Option(min=1, max=20, help="Photos across a page.")] = 5,
+    per_page: Annotated[int, typer.Option(min=1, max=500, help="Photos on one page.")] = 30,
+) -> None:
+    """Lay de-identified photos side by side, each patient's together, to look at before teaching use.
+
+    Every forwarded photo has passed the privacy checks, but some new faces still show a seam, a
+    patch or heavy brows, and a patient's before and after photos should show one new face.
+    Each photo is labelled with its patient pseudonym, file name and SOP Instance UID. A file that
+    is not de-identified (Patient Identity Removed not YES) is never drawn: its tile says so and
+    the exit status is 1, as it is when any file could not be read or decoded.
+    """
+    found = collect_inputs(inputs)
+    for path in found.missing:
+        err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
+    if not found.files:
+        raise fail("no DICOM files found in the given inputs")
+    tiles = [
+        read_tile(path) for path in track(found.files, description="reading", console=err, transient=True)
+    ]
+    pages = sheets(tiles, size=size, columns=columns, per_page=per_page)
+    paths = page_paths(output, len(pages))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for page, path in zip(pages, paths, strict=True):
+        page.save(path)
+    withheld = [t for t in tiles if t.withheld]
+    patients = len({t.patient for t in tiles if not t.withheld})
+    out.print(
+        f"{len(tiles) - len(withheld)} photos of {patients} patients on {len(paths)} page(s): "
+        + ", ".join(str(p) for p in paths),
+        highlight=False,
+        soft_wrap=True,
+    )
+    for tile in withheld:
+        err.print(f"[red]{tile.source}:[/] {tile.withheld}", highlight=False, soft_wrap=True)
+    if withheld or found.missing:
         raise typer.Exit(1)
 
 

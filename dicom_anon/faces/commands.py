@@ -118,7 +118,12 @@ def eval_command(
     method: Annotated[
         list[str], typer.Option(help="surrogate, blur, pixelate, eyebar (repeatable; gan once installed).")
     ] = ["surrogate", "blur", "pixelate", "eyebar"],  # noqa: B006
-    save: Annotated[Path | None, typer.Option(help="Write DIR/<stem>.png and DIR/<stem>.mask.png.")] = None,
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write each result as DIR/STEM.png and its mask as DIR/STEM.mask.png (STEM: the input's)."
+        ),
+    ] = None,
     sheet: Annotated[Path, typer.Option(help="Contact sheet PNG.")] = Path("eval-contact-sheet.png"),
     sheet_rows: Annotated[int, typer.Option(help="Rows on the contact sheet.")] = 12,
     report: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,

@@ -1,0 +1,116 @@
+"""Review sheets: de-identified photos laid side by side, grouped by patient, for a person to look at
+before they become teaching material.
+
+Every photo that leaves has passed the privacy checks, but not every new face looks natural yet
+(docs/faces.md, Known weaknesses), and a patient's photos should all show one new face. Both are
+things people see at a glance and no measure catches well, so the sheet puts each patient's photos
+next to each other, labelled with the file and SOP Instance UID to withdraw a bad one by.
+
+The sheet is meant for de-identified files only: a file whose Patient Identity Removed (0012,0062)
+is not YES is never drawn, and neither its Patient ID nor its UIDs are written on the sheet; its
+tile says why it is empty, so a stray original among the outputs is noticed instead of shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .dicomio import read_instance
+from .headers.errors import Refused
+from .pixels.codec import decode
+
+# Tiles of photos that are not drawn, and the band under each tile that holds its label.
+_WITHHELD = (110, 24, 24)
+_LABEL_HEIGHT = 30
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One file on the sheet: its first frame, or why it is not drawn (``withheld``)."""
+
+    source: Path
+    patient: str = ""
+    uid: str = ""
+    image: np.ndarray | None = None
+    frames: int = 1
+    withheld: str = ""
+
+
+def read_tile(path: Path) -> Tile:
+    """The tile for one file; never raises for a bad file, the tile says what is wrong with it."""
+    try:
+        ds = read_instance(path)
+    except Refused as exc:
+        return Tile(path, withheld=f"not readable as DICOM: {exc}")
+    if str(ds.get("PatientIdentityRemoved", "")).strip().upper() != "YES":
+        return Tile(path, withheld="not de-identified (Patient Identity Removed is not YES): not shown")
+    patient, uid = str(ds.get("PatientID", "")), str(ds.get("SOPInstanceUID", ""))
+    try:
+        frames = decode(ds).frames
+    except Refused as exc:
+        return Tile(path, patient, uid, withheld=f"pixels not shown: {exc}")
+    return Tile(path, patient, uid, frames[0], len(frames))
+
+
+def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
+    """Files that could not be drawn first (someone has to look into them), then each patient's
+    photos together, by file name within a patient."""
+    return sorted(tiles, key=lambda t: (not t.withheld, t.patient, t.source.name))
+
+
+def _label(tile: Tile) -> tuple[str, str]:
+    if tile.withheld:
+        return tile.source.name, "not shown (why: above)"
+    frames = f"  frame 1 of {tile.frames}" if tile.frames > 1 else ""
+    return f"{tile.patient or '(no Patient ID)'}  {tile.source.name}", f"UID ...{tile.uid[-24:]}{frames}"
+
+
+def _draw(tile: Tile, size: int) -> Image.Image:
+    cell = Image.new("RGB", (size, size + _LABEL_HEIGHT), "white")
+    if tile.image is None:
+        cell.paste(_WITHHELD, (0, 0, size, size))
+        # Wrapped by hand: PIL's default font has no wrapping and the reasons run long.
+        words, lines = tile.withheld.split(), [""]
+        for word in words:
+            if len(lines[-1]) + len(word) > size // 7:
+                lines.append("")
+            lines[-1] = f"{lines[-1]} {word}".strip()
+        ImageDraw.Draw(cell).multiline_text((6, 8), "\n".join(lines), fill="white")
+    else:
+        photo = Image.fromarray(tile.image)
+        photo.thumbnail((size, size))
+        cell.paste(photo, ((size - photo.width) // 2, (size - photo.height) // 2))
+    first, second = _label(tile)
+    draw = ImageDraw.Draw(cell)
+    draw.text((3, size + 2), first[: size // 6], fill="black")
+    draw.text((3, size + 15), second[: size // 6], fill="dimgray")
+    return cell
+
+
+def sheets(tiles: Sequence[Tile], size: int = 240, columns: int = 5, per_page: int = 30) -> list[Image.Image]:
+    """The tiles, in review order, on pages of at most ``per_page``."""
+    ordered = in_review_order(tiles)
+    pages = []
+    for start in range(0, len(ordered), per_page):
+        page = ordered[start : start + per_page]
+        rows = -(-len(page) // columns)
+        width, height = columns * size + (columns - 1) * 4, rows * (size + _LABEL_HEIGHT + 4)
+        sheet = Image.new("RGB", (width, height), "white")
+        for i, tile in enumerate(page):
+            sheet.paste(
+                _draw(tile, size), ((i % columns) * (size + 4), (i // columns) * (size + _LABEL_HEIGHT + 4))
+            )
+        pages.append(sheet)
+    return pages
+
+
+def page_paths(out: Path, pages: int) -> list[Path]:
+    """``out`` itself for one page; ``out``'s stem numbered from 1 for more."""
+    if pages == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, pages + 1)]

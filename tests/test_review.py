@@ -1,0 +1,99 @@
+"""``dicom-anon review``: de-identified photos on a sheet, each patient's together; an original among
+them is never drawn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from factories import frames_dataset, write
+from PIL import Image
+from typer.testing import CliRunner
+
+from dicom_anon.cli import app
+from dicom_anon.review import Tile, in_review_order, page_paths, read_tile, sheets
+
+runner = CliRunner()
+GREEN = (0, 200, 0)
+BLUE = (0, 0, 200)
+
+
+def _photo(path: Path, colour: tuple[int, int, int], *, patient: str, removed: str | None = "YES") -> Path:
+    frames = np.zeros((1, 48, 64, 3), np.uint8)
+    frames[...] = colour
+    ds = frames_dataset(frames)
+    ds.PatientID = patient
+    if removed is not None:
+        ds.PatientIdentityRemoved = removed
+    return write(ds, path)
+
+
+def _has(image: Image.Image, colour: tuple[int, int, int]) -> bool:
+    return bool((np.asarray(image.convert("RGB")) == colour).all(-1).any())
+
+
+def test_each_patients_photos_sit_together_and_problems_come_first(tmp_path: Path) -> None:
+    tiles = [
+        read_tile(_photo(tmp_path / "b1.dcm", BLUE, patient="ANON-B")),
+        read_tile(_photo(tmp_path / "a2.dcm", BLUE, patient="ANON-A")),
+        read_tile(_photo(tmp_path / "c.dcm", GREEN, patient="MRN123", removed=None)),
+        read_tile(_photo(tmp_path / "a1.dcm", BLUE, patient="ANON-A")),
+    ]
+    order = [t.source.name for t in in_review_order(tiles)]
+    assert order == ["c.dcm", "a1.dcm", "a2.dcm", "b1.dcm"]
+
+
+def test_an_original_among_the_outputs_is_never_drawn_nor_its_patient_id_written(tmp_path: Path) -> None:
+    original = read_tile(_photo(tmp_path / "orig.dcm", GREEN, patient="MRN00482913", removed=None))
+    also = read_tile(_photo(tmp_path / "no.dcm", GREEN, patient="MRN00482914", removed="NO"))
+    shown = read_tile(_photo(tmp_path / "ok.dcm", BLUE, patient="ANON-A"))
+    for tile in (original, also):
+        assert tile.image is None and tile.patient == "" and tile.uid == ""
+        assert "not de-identified" in tile.withheld
+    assert shown.image is not None and shown.patient == "ANON-A" and not shown.withheld
+    (page,) = sheets([original, also, shown])
+    assert not _has(page, GREEN)
+    assert _has(page, BLUE)
+
+
+def test_unreadable_and_undecodable_files_say_why(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not a dicom file at all")
+    assert read_tile(junk).withheld.startswith("not readable as DICOM")
+    ds = frames_dataset(np.zeros((1, 8, 8, 3), np.uint8))
+    ds.PatientIdentityRemoved = "YES"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    tile = read_tile(write(ds, tmp_path / "deep.dcm"))
+    assert tile.withheld.startswith("pixels not shown") and "8 bits" in tile.withheld
+
+
+def test_pages_hold_at_most_per_page_photos_and_are_numbered(tmp_path: Path) -> None:
+    tiles = [Tile(Path(f"{i}.dcm"), "ANON", "1.2.3", np.zeros((10, 10, 3), np.uint8)) for i in range(7)]
+    pages = sheets(tiles, size=64, columns=2, per_page=3)
+    assert len(pages) == 3
+    assert pages[0].size[0] == 2 * 64 + 4
+    assert pages[-1].size[1] < pages[0].size[1]  # one photo on the last page: one row
+    assert page_paths(tmp_path / "r.png", 1) == [tmp_path / "r.png"]
+    assert page_paths(tmp_path / "r.png", 3)[2] == tmp_path / "r-3.png"
+
+
+def test_command_writes_the_sheet_and_exits_1_when_a_file_was_not_shown(tmp_path: Path) -> None:
+    _photo(tmp_path / "in" / "a.dcm", BLUE, patient="ANON-A")
+    _photo(tmp_path / "in" / "b.dcm", BLUE, patient="ANON-B")
+    ok = runner.invoke(app, ["review", str(tmp_path / "in"), "-o", str(tmp_path / "sheet.png")])
+    assert ok.exit_code == 0, ok.output
+    assert "2 photos of 2 patients on 1 page(s)" in ok.output
+    assert _has(Image.open(tmp_path / "sheet.png"), BLUE)
+
+    _photo(tmp_path / "in" / "orig.dcm", GREEN, patient="MRN00482913", removed=None)
+    held = runner.invoke(app, ["review", str(tmp_path / "in"), "-o", str(tmp_path / "sheet.png")])
+    assert held.exit_code == 1
+    assert "orig.dcm" in held.output and "not de-identified" in held.output
+    assert "MRN00482913" not in held.output
+    assert not _has(Image.open(tmp_path / "sheet.png"), GREEN)
+
+
+def test_command_with_nothing_to_review_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["review", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "no DICOM files found" in result.output
