@@ -193,9 +193,10 @@ def review(
         page.save(path)
     withheld = [t for t in tiles if t.withheld]
     patients = len({t.patient for t in tiles if not t.withheld})
+    kept = sum(1 for t in tiles if not t.withheld and not t.face_replaced)
     out.print(
-        f"{len(tiles) - len(withheld)} photos of {patients} patients on {len(paths)} page(s): "
-        + ", ".join(str(p) for p in paths),
+        f"{len(tiles) - len(withheld)} photos of {patients} patients ({kept} with no face replaced, "
+        f"marked in orange) on {len(paths)} page(s): " + ", ".join(str(p) for p in paths),
         highlight=False,
         soft_wrap=True,
     )

@@ -9,6 +9,9 @@ next to each other, labelled with the file and SOP Instance UID to withdraw a ba
 The sheet is meant for de-identified files only: a file whose Patient Identity Removed (0012,0062)
 is not YES is never drawn, and neither its Patient ID nor its UIDs are written on the sheet; its
 tile says why it is empty, so a stray original among the outputs is noticed instead of shown.
+A photo on which no face was replaced (Recognizable Visual Features not NO: an intraoral photo
+forwarded without a face, a file de-identified by its headers only) is drawn with an orange
+mark, since any face on it is still the patient's.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class Tile:
     image: np.ndarray | None = None
     frames: int = 1
     withheld: str = ""
+    # Recognizable Visual Features (0028,0302) is NO only where the face pipeline replaced every
+    # face; an intraoral photo forwarded without a face, or a headers-only file, says otherwise.
+    face_replaced: bool = False
 
 
 def read_tile(path: Path) -> Tile:
@@ -54,7 +60,8 @@ def read_tile(path: Path) -> Tile:
         frames = decode(ds).frames
     except Refused as exc:
         return Tile(path, patient, uid, withheld=f"pixels not shown: {exc}")
-    return Tile(path, patient, uid, frames[0], len(frames))
+    replaced = str(ds.get("RecognizableVisualFeatures", "")).strip().upper() == "NO"
+    return Tile(path, patient, uid, frames[0], len(frames), face_replaced=replaced)
 
 
 def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
@@ -67,7 +74,11 @@ def _label(tile: Tile) -> tuple[str, str]:
     if tile.withheld:
         return tile.source.name, "not shown (why: above)"
     frames = f"  frame 1 of {tile.frames}" if tile.frames > 1 else ""
-    return f"{tile.patient or '(no Patient ID)'}  {tile.source.name}", f"UID ...{tile.uid[-24:]}{frames}"
+    kept = "" if tile.face_replaced else "NO FACE REPLACED  "
+    return (
+        f"{tile.patient or '(no Patient ID)'}  {tile.source.name}",
+        f"{kept}UID ...{tile.uid[-24:]}{frames}",
+    )
 
 
 def _draw(tile: Tile, size: int) -> Image.Image:
@@ -88,7 +99,7 @@ def _draw(tile: Tile, size: int) -> Image.Image:
     first, second = _label(tile)
     draw = ImageDraw.Draw(cell)
     draw.text((3, size + 2), first[: size // 6], fill="black")
-    draw.text((3, size + 15), second[: size // 6], fill="dimgray")
+    draw.text((3, size + 15), second[: size // 6], fill="dimgray" if tile.face_replaced else "darkorange")
     return cell
 
 

@@ -18,11 +18,19 @@ GREEN = (0, 200, 0)
 BLUE = (0, 0, 200)
 
 
-def _photo(path: Path, colour: tuple[int, int, int], *, patient: str, removed: str | None = "YES") -> Path:
+def _photo(
+    path: Path,
+    colour: tuple[int, int, int],
+    *,
+    patient: str,
+    removed: str | None = "YES",
+    features: str = "NO",
+) -> Path:
     frames = np.zeros((1, 48, 64, 3), np.uint8)
     frames[...] = colour
     ds = frames_dataset(frames)
     ds.PatientID = patient
+    ds.RecognizableVisualFeatures = features
     if removed is not None:
         ds.PatientIdentityRemoved = removed
     return write(ds, path)
@@ -56,6 +64,19 @@ def test_an_original_among_the_outputs_is_never_drawn_nor_its_patient_id_written
     assert _has(page, BLUE)
 
 
+def test_a_photo_whose_face_was_not_replaced_is_marked(tmp_path: Path) -> None:
+    replaced = read_tile(_photo(tmp_path / "a.dcm", BLUE, patient="ANON-A"))
+    intraoral = read_tile(_photo(tmp_path / "b.dcm", BLUE, patient="ANON-A", features="YES"))
+    assert replaced.face_replaced and not intraoral.face_replaced
+
+    def orange_text(image: Image.Image) -> bool:  # the mark's anti-aliased letters on white
+        r, g, b = np.moveaxis(np.asarray(image, np.int16), -1, 0)
+        return bool(((r > 200) & (r - b > 90) & (g > b + 40) & (g < r - 40)).any())
+
+    assert not orange_text(sheets([replaced])[0])
+    assert orange_text(sheets([intraoral])[0])
+
+
 def test_unreadable_and_undecodable_files_say_why(tmp_path: Path) -> None:
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not a dicom file at all")
@@ -82,7 +103,7 @@ def test_command_writes_the_sheet_and_exits_1_when_a_file_was_not_shown(tmp_path
     _photo(tmp_path / "in" / "b.dcm", BLUE, patient="ANON-B")
     ok = runner.invoke(app, ["review", str(tmp_path / "in"), "-o", str(tmp_path / "sheet.png")])
     assert ok.exit_code == 0, ok.output
-    assert "2 photos of 2 patients on 1 page(s)" in ok.output
+    assert "2 photos of 2 patients (0 with no face replaced, marked in orange) on 1 page(s)" in ok.output
     assert _has(Image.open(tmp_path / "sheet.png"), BLUE)
 
     _photo(tmp_path / "in" / "orig.dcm", GREEN, patient="MRN00482913", removed=None)
