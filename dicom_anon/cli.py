@@ -184,7 +184,8 @@ def review(
     if not found.files:
         raise fail("no DICOM files found in the given inputs")
     tiles = [
-        read_tile(path) for path in track(found.files, description="reading", console=err, transient=True)
+        read_tile(path, size)
+        for path in track(found.files, description="reading", console=err, transient=True)
     ]
     pages = sheets(tiles, size=size, columns=columns, per_page=per_page)
     paths = page_paths(output, len(pages))

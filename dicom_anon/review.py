@@ -16,11 +16,11 @@ mark, since any face on it is still the patient's.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from .dicomio import read_instance
@@ -39,7 +39,7 @@ class Tile:
     source: Path
     patient: str = ""
     uid: str = ""
-    image: np.ndarray | None = None
+    image: Image.Image | None = None  # the first frame, already scaled down to the tile
     frames: int = 1
     withheld: str = ""
     # Recognizable Visual Features (0028,0302) is NO only where the face pipeline replaced every
@@ -47,8 +47,9 @@ class Tile:
     face_replaced: bool = False
 
 
-def read_tile(path: Path) -> Tile:
-    """The tile for one file; never raises for a bad file, the tile says what is wrong with it."""
+def read_tile(path: Path, size: int = 240) -> Tile:
+    """The tile for one file, its photo scaled to fit ``size`` (a 12 MP frame kept whole would hold
+    36 MB per photo of an export); never raises for a bad file, the tile says what is wrong."""
     try:
         ds = read_instance(path)
     except Refused as exc:
@@ -61,7 +62,9 @@ def read_tile(path: Path) -> Tile:
     except Refused as exc:
         return Tile(path, patient, uid, withheld=f"pixels not shown: {exc}")
     replaced = str(ds.get("RecognizableVisualFeatures", "")).strip().upper() == "NO"
-    return Tile(path, patient, uid, frames[0], len(frames), face_replaced=replaced)
+    thumbnail = Image.fromarray(frames[0])
+    thumbnail.thumbnail((size, size))
+    return Tile(path, patient, uid, thumbnail, len(frames), face_replaced=replaced)
 
 
 def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
@@ -85,16 +88,14 @@ def _draw(tile: Tile, size: int) -> Image.Image:
     cell = Image.new("RGB", (size, size + _LABEL_HEIGHT), "white")
     if tile.image is None:
         cell.paste(_WITHHELD, (0, 0, size, size))
-        # Wrapped by hand: PIL's default font has no wrapping and the reasons run long.
-        words, lines = tile.withheld.split(), [""]
-        for word in words:
-            if len(lines[-1]) + len(word) > size // 7:
-                lines.append("")
-            lines[-1] = f"{lines[-1]} {word}".strip()
-        ImageDraw.Draw(cell).multiline_text((6, 8), "\n".join(lines), fill="white")
+        # PIL draws no wrapped text; the reasons run long.
+        reason = "\n".join(textwrap.wrap(tile.withheld, width=max(8, size // 7)))
+        ImageDraw.Draw(cell).multiline_text((6, 8), reason, fill="white")
     else:
-        photo = Image.fromarray(tile.image)
-        photo.thumbnail((size, size))
+        photo = tile.image
+        if max(photo.size) > size:
+            photo = photo.copy()
+            photo.thumbnail((size, size))
         cell.paste(photo, ((size - photo.width) // 2, (size - photo.height) // 2))
     first, second = _label(tile)
     draw = ImageDraw.Draw(cell)

@@ -89,7 +89,7 @@ def test_unreadable_and_undecodable_files_say_why(tmp_path: Path) -> None:
 
 
 def test_pages_hold_at_most_per_page_photos_and_are_numbered(tmp_path: Path) -> None:
-    tiles = [Tile(Path(f"{i}.dcm"), "ANON", "1.2.3", np.zeros((10, 10, 3), np.uint8)) for i in range(7)]
+    tiles = [Tile(Path(f"{i}.dcm"), "ANON", "1.2.3", Image.new("RGB", (10, 10))) for i in range(7)]
     pages = sheets(tiles, size=64, columns=2, per_page=3)
     assert len(pages) == 3
     assert pages[0].size[0] == 2 * 64 + 4
