@@ -14,6 +14,7 @@ from rich.table import Table
 
 from . import __version__
 from .audit.commands import audit_app
+from .audit.trail import read_records
 from .batch import Outcome, collect_inputs, deid_file
 from .config import ConfigError, load_settings
 from .console import err, fail, out
@@ -23,7 +24,7 @@ from .headers.engine import Profile
 from .headers.errors import SiteKeyError
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 from .headers.pseudonyms import SiteKey
-from .review import page_paths, read_tile, sheets
+from .review import page_paths, qa_notes, read_tile, sheets
 from .service.commands import quarantine_app, rules_app, serve
 
 app = typer.Typer(
@@ -169,6 +170,13 @@ def review(
     ] = 240,
     columns: Annotated[int, typer.Option(min=1, max=20, help="Photos across a page.")] = 5,
     per_page: Annotated[int, typer.Option(min=1, max=500, help="Photos on one page.")] = 30,
+    trail: Annotated[
+        Path | None,
+        typer.Option(
+            help="The service's audit trail (audit/audit.jsonl in its data dir): adds under each photo "
+            "the pool photo its face was given, the oval size and SFace's similarity to the patient."
+        ),
+    ] = None,
 ) -> None:
     """Lay de-identified photos side by side, each patient's together, to look at before teaching use.
 
@@ -183,8 +191,13 @@ def review(
         err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
     if not found.files:
         raise fail("no DICOM files found in the given inputs")
+    if trail is not None and not trail.is_file():
+        raise fail(
+            f"--trail {trail}: no such file (the trail is audit/audit.jsonl in the service's data dir)"
+        )
+    notes = qa_notes(read_records(trail)) if trail is not None else {}
     tiles = [
-        read_tile(path, size)
+        read_tile(path, size, notes)
         for path in track(found.files, description="reading", console=err, transient=True)
     ]
     pages = sheets(tiles, size=size, columns=columns, per_page=per_page)

@@ -17,9 +17,10 @@ mark, since any face on it is still the patient's.
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -29,7 +30,7 @@ from .pixels.codec import decode
 
 # Tiles of photos that are not drawn, and the band under each tile that holds its label.
 _WITHHELD = (110, 24, 24)
-_LABEL_HEIGHT = 30
+_LABEL_HEIGHT = 44
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,31 @@ class Tile:
     # Recognizable Visual Features (0028,0302) is NO only where the face pipeline replaced every
     # face; an intraoral photo forwarded without a face, or a headers-only file, says otherwise.
     face_replaced: bool = False
+    qa: str = ""  # what the service's audit trail says of how the face was replaced
 
 
-def read_tile(path: Path, size: int = 240) -> Tile:
+def qa_notes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """New SOP Instance UID -> the pool photo, oval size and SFace similarity of each face the
+    service replaced, from the audit trail's ``instance_deidentified`` records.
+
+    On the sheet beside the photo: a reviewer sees which pool person each of a patient's photos
+    was given, and the photos most often flawed (a pool person's selfie, the largest oval,
+    docs/faces.md) can be looked at first.
+    """
+    notes = {}
+    for record in records:
+        uid = record.get("new_sop_uid")
+        faces = ((record.get("pixels") or {}).get("qa") or {}).get("faces") or []
+        if record.get("event") != "instance_deidentified" or not uid or not faces:
+            continue
+        notes[uid] = "; ".join(_qa_note(face) for face in faces)
+    return notes
+
+
+def read_tile(path: Path, size: int = 240, qa: Mapping[str, str] | None = None) -> Tile:
     """The tile for one file, its photo scaled to fit ``size`` (a 12 MP frame kept whole would hold
-    36 MB per photo of an export); never raises for a bad file, the tile says what is wrong."""
+    36 MB per photo of an export), with its ``qa`` note (``qa_notes``) if any; never raises for
+    a bad file, the tile says what is wrong."""
     try:
         ds = read_instance(path)
     except Refused as exc:
@@ -64,7 +85,8 @@ def read_tile(path: Path, size: int = 240) -> Tile:
     replaced = str(ds.get("RecognizableVisualFeatures", "")).strip().upper() == "NO"
     thumbnail = Image.fromarray(frames[0])
     thumbnail.thumbnail((size, size))
-    return Tile(path, patient, uid, thumbnail, len(frames), face_replaced=replaced)
+    note = (qa or {}).get(uid, "")
+    return Tile(path, patient, uid, thumbnail, len(frames), face_replaced=replaced, qa=note)
 
 
 def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
@@ -73,14 +95,23 @@ def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
     return sorted(tiles, key=lambda t: (not t.withheld, t.patient, t.source.name))
 
 
-def _label(tile: Tile) -> tuple[str, str]:
+def _qa_note(face: dict[str, Any]) -> str:
+    """``P003-studio_portrait oval 1.25 SFace 0.21``: short enough for a 240 px tile's label."""
+    similarity = face.get("identity_similarity")
+    sface = f"{similarity:.2f}" if isinstance(similarity, int | float) else "?"
+    pool_photo = str(face.get("surrogate", "?")).removeprefix("openpeople-")
+    return f"{pool_photo} oval {face.get('oval', '?')} SFace {sface}"
+
+
+def _label(tile: Tile) -> tuple[str, str, str]:
     if tile.withheld:
-        return tile.source.name, "not shown (why: above)"
+        return tile.source.name, "not shown (why: above)", ""
     frames = f"  frame 1 of {tile.frames}" if tile.frames > 1 else ""
     kept = "" if tile.face_replaced else "NO FACE REPLACED  "
     return (
         f"{tile.patient or '(no Patient ID)'}  {tile.source.name}",
         f"{kept}UID ...{tile.uid[-24:]}{frames}",
+        tile.qa,
     )
 
 
@@ -97,9 +128,10 @@ def _draw(tile: Tile, size: int) -> Image.Image:
             photo = photo.copy()
             photo.thumbnail((size, size))
         cell.paste(photo, ((size - photo.width) // 2, (size - photo.height) // 2))
-    first, second = _label(tile)
+    first, second, third = _label(tile)
     draw = ImageDraw.Draw(cell)
     draw.text((3, size + 2), first[: size // 6], fill="black")
+    draw.text((3, size + 28), third[: size // 6], fill="navy")
     draw.text((3, size + 15), second[: size // 6], fill="dimgray" if tile.face_replaced else "darkorange")
     return cell
 

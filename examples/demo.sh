@@ -102,7 +102,7 @@ sheet.save("out/before_after.png")
 print("demo: before/after sheet (example | what the archive received): out/before_after.png")
 PY
 echo "demo: the review sheet a records officer looks at before teaching use (de-identified files only):"
-dicom-anon review out/archive -o out/review.png
+dicom-anon review out/archive -o out/review.png --trail .demo-data/audit/audit.jsonl
 echo
 echo "demo: quarantine (not forwarded, with the reason):"
 dicom-anon quarantine list --config config/dicom-anon.yaml --data-dir .demo-data || true

@@ -3,15 +3,17 @@ them is never drawn."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from factories import frames_dataset, write
 from PIL import Image
 from typer.testing import CliRunner
 
 from dicom_anon.cli import app
-from dicom_anon.review import Tile, in_review_order, page_paths, read_tile, sheets
+from dicom_anon.review import Tile, in_review_order, page_paths, qa_notes, read_tile, sheets
 
 runner = CliRunner()
 GREEN = (0, 200, 0)
@@ -112,6 +114,32 @@ def test_command_writes_the_sheet_and_exits_1_when_a_file_was_not_shown(tmp_path
     assert "orig.dcm" in held.output and "not de-identified" in held.output
     assert "MRN00482913" not in held.output
     assert not _has(Image.open(tmp_path / "sheet.png"), GREEN)
+
+
+def _deidentified_record(uid: str, surrogate: str, oval: float, similarity: float) -> dict:
+    face = {"surrogate": surrogate, "oval": oval, "identity_similarity": similarity}
+    return {"event": "instance_deidentified", "new_sop_uid": uid, "pixels": {"qa": {"faces": [face]}}}
+
+
+def test_the_audit_trail_says_which_pool_photo_each_face_was_given(tmp_path: Path) -> None:
+    photo = _photo(tmp_path / "in" / "a.dcm", BLUE, patient="ANON-A")
+    uid = str(pydicom.dcmread(photo).SOPInstanceUID)
+    records = [
+        {"event": "instance_received", "sop_uid_hash": "x"},
+        _deidentified_record(uid, "openpeople-P003-studio_portrait", 1.25, 0.21),
+        _deidentified_record("1.2.3", "openpeople-P005-amateur_selfie", 1.0, 0.1),
+    ]
+    notes = qa_notes(records)
+    assert notes[uid] == "P003-studio_portrait oval 1.25 SFace 0.21"
+    assert read_tile(photo, qa=notes).qa == notes[uid]
+    assert read_tile(photo).qa == ""
+
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text("".join(json.dumps(r) + "\n" for r in records) + "a damaged line\n")
+    args = ["review", str(tmp_path / "in"), "-o", str(tmp_path / "s.png"), "--trail"]
+    assert runner.invoke(app, [*args, str(trail)]).exit_code == 0
+    missing = runner.invoke(app, [*args, str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
 
 
 def test_command_with_nothing_to_review_is_a_clear_error(tmp_path: Path) -> None:
