@@ -79,6 +79,18 @@ def test_a_photo_whose_face_was_not_replaced_is_marked(tmp_path: Path) -> None:
     assert orange_text(sheets([intraoral])[0])
 
 
+def test_a_multi_frame_instance_shows_its_first_frame_and_says_how_many(tmp_path: Path) -> None:
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    frames[0] = BLUE
+    frames[1:] = GREEN
+    ds = frames_dataset(frames)
+    ds.PatientIdentityRemoved, ds.RecognizableVisualFeatures, ds.PatientID = "YES", "NO", "ANON-A"
+    tile = read_tile(write(ds, tmp_path / "multi.dcm"))
+    assert tile.frames == 3
+    (page,) = sheets([tile])
+    assert _has(page, BLUE) and not _has(page, GREEN)
+
+
 def test_unreadable_and_undecodable_files_say_why(tmp_path: Path) -> None:
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not a dicom file at all")
