@@ -186,6 +186,10 @@ def review(
     is not de-identified (Patient Identity Removed not YES) is never drawn: its tile says so and
     the exit status is 1, as it is when any file could not be read or decoded.
     """
+    if output.suffix.lower() != ".png":
+        raise fail(f"-o {output}: the sheet is a PNG; give a name ending in .png")
+    if not output.parent.is_dir():
+        raise fail(f"cannot write {output}: there is no folder {output.parent}")
     found = collect_inputs(inputs)
     for path in found.missing:
         err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
@@ -202,9 +206,11 @@ def review(
     ]
     pages = sheets(tiles, size=size, columns=columns, per_page=per_page)
     paths = page_paths(output, len(pages))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    for page, path in zip(pages, paths, strict=True):
-        page.save(path)
+    try:
+        for page, path in zip(pages, paths, strict=True):
+            page.save(path)
+    except OSError as exc:
+        raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     withheld = [t for t in tiles if t.withheld]
     patients = len({t.patient for t in tiles if not t.withheld})
     kept = sum(1 for t in tiles if not t.withheld and not t.face_replaced)

@@ -154,6 +154,17 @@ def test_the_audit_trail_says_which_pool_photo_each_face_was_given(tmp_path: Pat
     assert missing.exit_code == 2 and "no such file" in missing.output
 
 
+def test_a_sheet_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    _photo(tmp_path / "in" / "a.dcm", BLUE, patient="ANON-A")
+    for target, says in (("nowhere/s.png", "there is no folder"), ("s.txt", "ending in .png")):
+        result = runner.invoke(app, ["review", str(tmp_path / "in"), "-o", str(tmp_path / target)])
+        assert result.exit_code == 2 and says in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    (tmp_path / "taken.png").mkdir()  # a folder where the sheet should go
+    result = runner.invoke(app, ["review", str(tmp_path / "in"), "-o", str(tmp_path / "taken.png")])
+    assert result.exit_code == 2 and "cannot write" in result.output
+
+
 def test_command_with_nothing_to_review_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["review", str(tmp_path)])
     assert result.exit_code == 2
