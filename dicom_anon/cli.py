@@ -45,6 +45,18 @@ app.command("train-encoder")(train_encoder_command)
 models_app.command("install")(install_model)
 
 
+def run() -> None:
+    """The ``dicom-anon`` console script: ``app``, with a file or folder the system would not let a
+    command read or write (a report's folder on a read-only disk, a sheet where a folder is)
+    answered in one line naming it, exit 2, instead of a traceback, whichever command met it."""
+    try:
+        app()
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
+        raise SystemExit(2) from None
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"dicom-anon {__version__}")

@@ -159,3 +159,23 @@ def test_installed_command_has_help_and_no_traceback(tmp_path):
     assert missing.returncode == 2
     assert "no DICOM files found" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models", "check-pool", "--sheet", "/proc/no-such-folder/pool.png"],
+        ["audit", "export", "--trail", "{trail}", "-o", "/proc/no-such-folder/e.csv"],
+    ],
+)
+def test_a_file_the_system_will_not_write_is_one_line_not_a_traceback(
+    tmp_path: Path, args: list[str]
+) -> None:
+    trail = tmp_path / "audit.jsonl"
+    trail.write_text("")
+    argv = ["dicom-anon", *(a.format(trail=trail) for a in args)]
+    script = f"import sys; sys.argv = {argv!r}; from dicom_anon.cli import run; run()"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "/proc/no-such-folder" in result.stderr
