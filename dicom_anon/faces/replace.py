@@ -158,12 +158,12 @@ class SurrogateBackend(ReplacementBackend):
         warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
         skin = skin_mask(patient_w, skin_lab(frame, face))
         surrogate_skin = skin_mask(warped, surrogate.skin_lab)
-        zones = _zones(size, landmarks, eye_distance, (*_FADED, _CHEEKS))
-        fade, cheeks = zones[:-1], zones[-1]
+        zones = _zones(size, landmarks, eye_distance, (*_FADED, _CHEEKS, (EYES, ())))
+        fade, cheeks, eyes = zones[: len(_FADED)], zones[len(_FADED)], zones[len(_FADED) + 1]
         # The eyes keep their own hue under the patient's light: with the skin's colour gain a
         # fair patient's new face got blue-grey irises from the pool's brown ones. The lids,
         # being skin, take the skin's colour.
-        own_hue = _zones(size, landmarks, eye_distance, ((EYES, ()),))[0] * (1.0 - surrogate_skin)
+        own_hue = eyes * (1.0 - surrogate_skin)
         # The membrane is pinned only where both photos show skin: pinned where the surrogate
         # shows beard or hair next to the patient's skin, it lifted the whole new face by that
         # difference (+35 L* on a dark-skinned man given a bearded surrogate).
