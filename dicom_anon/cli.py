@@ -15,7 +15,7 @@ from rich.table import Table
 from . import __version__
 from .audit.commands import audit_app
 from .audit.trail import read_records
-from .batch import Outcome, collect_inputs, deid_file
+from .batch import Inputs, Outcome, collect_inputs, deid_file
 from .config import ConfigError, load_settings
 from .console import err, fail, out
 from .faces.commands import eval_command, models_app
@@ -128,11 +128,7 @@ def deid(
     pixel = sorted(o.value for o in options & PIXEL_OPTIONS)
     if pixel:
         raise fail(f"{', '.join(pixel)} need the face pipeline; 'deid' de-identifies headers only")
-    found = collect_inputs(inputs)
-    for path in found.missing:
-        err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
-    if not found.files:
-        raise fail("no DICOM files found in the given inputs")
+    found = _inputs_or_exit(inputs)
 
     profile = Profile(options=options)
     outcomes: list[Outcome] = []
@@ -202,11 +198,7 @@ def review(
         raise fail(f"-o {output}: the sheet is a PNG; give a name ending in .png")
     if not output.parent.is_dir():
         raise fail(f"cannot write {output}: there is no folder {output.parent}")
-    found = collect_inputs(inputs)
-    for path in found.missing:
-        err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
-    if not found.files:
-        raise fail("no DICOM files found in the given inputs")
+    found = _inputs_or_exit(inputs)
     if trail is not None and not trail.is_file():
         raise fail(
             f"--trail {trail}: no such file (the trail is audit/audit.jsonl in the service's data dir)"
@@ -236,6 +228,16 @@ def review(
         err.print(f"[red]{tile.source}:[/] {tile.withheld}", highlight=False, soft_wrap=True)
     if withheld or found.missing:
         raise typer.Exit(1)
+
+
+def _inputs_or_exit(inputs: list[Path]) -> Inputs:
+    """The DICOM files under ``inputs``, each missing one reported; a clean exit when there are none."""
+    found = collect_inputs(inputs)
+    for path in found.missing:
+        err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
+    if not found.files:
+        raise fail("no DICOM files found in the given inputs")
+    return found
 
 
 def _print_changes(outcome: Outcome) -> None:
