@@ -17,14 +17,14 @@ from .audit.commands import audit_app
 from .audit.trail import read_records
 from .batch import Inputs, Outcome, collect_inputs, deid_file
 from .config import ConfigError, load_settings
-from .console import err, fail, out
+from .console import ColumnsOption, PerPageOption, SheetSizeOption, err, fail, out
 from .faces.commands import eval_command, models_app
 from .faces.gan.commands import install_model, train_encoder_command
 from .headers.engine import Profile
 from .headers.errors import SiteKeyError
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 from .headers.pseudonyms import SiteKey
-from .review import page_paths, qa_notes, read_tile, sheets
+from .review import output_problem, qa_notes, read_tile, save_sheets
 from .service.commands import quarantine_app, rules_app, serve
 
 app = typer.Typer(
@@ -173,11 +173,9 @@ def review(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="PNG to write; more pages are numbered (review-1.png ...).")
     ] = Path("review.png"),
-    size: Annotated[
-        int, typer.Option(min=64, max=1024, help="Width of each photo on the sheet, pixels.")
-    ] = 240,
-    columns: Annotated[int, typer.Option(min=1, max=20, help="Photos across a page.")] = 5,
-    per_page: Annotated[int, typer.Option(min=1, max=500, help="Photos on one page.")] = 30,
+    size: SheetSizeOption = 240,
+    columns: ColumnsOption = 5,
+    per_page: PerPageOption = 30,
     trail: Annotated[
         Path | None,
         typer.Option(
@@ -194,10 +192,8 @@ def review(
     is not de-identified (Patient Identity Removed not YES) is never drawn: its tile says so and
     the exit status is 1, as it is when any file could not be read or decoded.
     """
-    if output.suffix.lower() != ".png":
-        raise fail(f"-o {output}: the sheet is a PNG; give a name ending in .png")
-    if not output.parent.is_dir():
-        raise fail(f"cannot write {output}: there is no folder {output.parent}")
+    if problem := output_problem(output):
+        raise fail(problem)
     found = _inputs_or_exit(inputs)
     if trail is not None and not trail.is_file():
         raise fail(
@@ -208,11 +204,8 @@ def review(
         read_tile(path, size, notes)
         for path in track(found.files, description="reading", console=err, transient=True)
     ]
-    pages = sheets(tiles, size=size, columns=columns, per_page=per_page)
-    paths = page_paths(output, len(pages))
     try:
-        for page, path in zip(pages, paths, strict=True):
-            page.save(path)
+        paths = save_sheets(tiles, output, size, columns, per_page)
     except OSError as exc:
         raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     withheld = [t for t in tiles if t.withheld]

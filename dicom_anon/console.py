@@ -31,6 +31,12 @@ ConfigOption = Annotated[
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="Data dir (overrides the settings file).")
 ]
+# The layout of review sheets (``dicom-anon review``, ``dicom-anon quarantine review``).
+SheetSizeOption = Annotated[
+    int, typer.Option(min=64, max=1024, help="Width of each photo on the sheet, pixels.")
+]
+ColumnsOption = Annotated[int, typer.Option(min=1, max=20, help="Photos across a page.")]
+PerPageOption = Annotated[int, typer.Option(min=1, max=500, help="Photos on one page.")]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

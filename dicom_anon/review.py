@@ -47,6 +47,7 @@ class Tile:
     # face; an intraoral photo forwarded without a face, or a headers-only file, says otherwise.
     face_replaced: bool = False
     qa: str = ""  # what the service's audit trail says of how the face was replaced
+    name: str = ""  # what the label calls the file (a quarantine item's id); its name if empty
 
 
 def qa_notes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
@@ -67,32 +68,34 @@ def qa_notes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     return notes
 
 
-def read_tile(path: Path, size: int = 240, qa: Mapping[str, str] | None = None) -> Tile:
+def read_tile(path: Path, size: int = 240, qa: Mapping[str, str] | None = None, name: str = "") -> Tile:
     """The tile for one file, its photo scaled to fit ``size`` (a 12 MP frame kept whole would hold
-    36 MB per photo of an export), with its ``qa`` note (``qa_notes``) if any; never raises for
-    a bad file, the tile says what is wrong."""
+    36 MB per photo of an export), with its ``qa`` note (``qa_notes``) if any and labelled ``name``
+    (the file's name if empty); never raises for a bad file, the tile says what is wrong."""
     try:
         ds = read_instance(path)
     except Refused as exc:
-        return Tile(path, withheld=f"not readable as DICOM: {exc}")
+        return Tile(path, withheld=f"not readable as DICOM: {exc}", name=name)
     if str(ds.get("PatientIdentityRemoved", "")).strip().upper() != "YES":
-        return Tile(path, withheld="not de-identified (Patient Identity Removed is not YES): not shown")
+        return Tile(
+            path, withheld="not de-identified (Patient Identity Removed is not YES): not shown", name=name
+        )
     patient, uid = str(ds.get("PatientID", "")), str(ds.get("SOPInstanceUID", ""))
     try:
         frames = decode(ds).frames
     except Refused as exc:
-        return Tile(path, patient, uid, withheld=f"pixels not shown: {exc}")
+        return Tile(path, patient, uid, withheld=f"pixels not shown: {exc}", name=name)
     replaced = str(ds.get("RecognizableVisualFeatures", "")).strip().upper() == "NO"
     thumbnail = Image.fromarray(frames[0])
     thumbnail.thumbnail((size, size))
     note = (qa or {}).get(uid, "")
-    return Tile(path, patient, uid, thumbnail, len(frames), face_replaced=replaced, qa=note)
+    return Tile(path, patient, uid, thumbnail, len(frames), face_replaced=replaced, qa=note, name=name)
 
 
 def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
     """Files that could not be drawn first (someone has to look into them), then each patient's
     photos together, by file name within a patient."""
-    return sorted(tiles, key=lambda t: (not t.withheld, t.patient, t.source.name))
+    return sorted(tiles, key=lambda t: (not t.withheld, t.patient, t.name or t.source.name))
 
 
 def _qa_note(face: dict[str, Any]) -> str:
@@ -104,12 +107,13 @@ def _qa_note(face: dict[str, Any]) -> str:
 
 
 def _label(tile: Tile) -> tuple[str, str, str]:
+    name = tile.name or tile.source.name
     if tile.withheld:
-        return tile.source.name, "not shown (why: above)", ""
+        return name, "not shown (why: above)", ""
     frames = f"  frame 1 of {tile.frames}" if tile.frames > 1 else ""
     kept = "" if tile.face_replaced else "NO FACE REPLACED  "
     return (
-        f"{tile.patient or '(no Patient ID)'}  {tile.source.name}",
+        f"{tile.patient or '(no Patient ID)'}  {name}",
         f"{kept}UID ...{tile.uid[-24:]}{frames}",
         tile.qa,
     )
@@ -158,3 +162,21 @@ def page_paths(out: Path, pages: int) -> list[Path]:
     if pages == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(1, pages + 1)]
+
+
+def output_problem(out: Path) -> str | None:
+    """Why the sheet cannot be written to ``out``, checked before any photo is read."""
+    if out.suffix.lower() != ".png":
+        return f"-o {out}: the sheet is a PNG; give a name ending in .png"
+    if not out.parent.is_dir():
+        return f"cannot write {out}: there is no folder {out.parent}"
+    return None
+
+
+def save_sheets(tiles: Sequence[Tile], out: Path, size: int, columns: int, per_page: int) -> list[Path]:
+    """The tiles' pages written to ``out`` (numbered when more than one); OSError if one cannot be."""
+    pages = sheets(tiles, size=size, columns=columns, per_page=per_page)
+    paths = page_paths(out, len(pages))
+    for page, path in zip(pages, paths, strict=True):
+        page.save(path)
+    return paths

@@ -112,6 +112,14 @@ def test_drop_route_may_not_name_a_profile(tmp_path):
     assert "sends nothing; remove 'profile:'" in msg
 
 
+def test_only_a_forward_route_may_hold_for_review(tmp_path):
+    text = GOOD.replace("    match:", "    action: quarantine\n    hold_for_review: true\n    match:")
+    msg = problems(
+        tmp_path, text.replace("    profile: orthodontic\n", "").replace("    destinations: [teaching]\n", "")
+    )
+    assert "sends nothing" in msg and "'hold_for_review:'" in msg
+
+
 def test_unknown_setting_and_bad_values_each_get_a_line(tmp_path):
     text = GOOD.replace("  listen: 127.0.0.1:11112", "  listen: localhost\n  max_asociations: 3").replace(
         "10.1.0.0/16", "10.1.0.0/33"

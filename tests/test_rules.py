@@ -141,6 +141,17 @@ def test_rules_check_lists_routes_in_order(tmp_path):
     assert result.output.index("photos") < result.output.index("other")
 
 
+def test_rules_check_says_which_routes_hold_for_review(tmp_path):
+    text = GOOD.replace(
+        "    destinations: [teaching]\n", "    destinations: [teaching]\n    hold_for_review: true\n"
+    )
+    result = runner.invoke(app, ["rules", "check", str(write_settings(tmp_path, text))], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "teaching, held for review" in result.output
+    plain = runner.invoke(app, ["rules", "check", str(write_settings(tmp_path, GOOD))], terminal_width=200)
+    assert "held for review" not in plain.output
+
+
 def test_rules_check_fails_with_line_and_fix(tmp_path):
     result = runner.invoke(
         app, ["rules", "check", str(write_settings(tmp_path, GOOD.replace("[teaching]", "[x]")))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -220,8 +221,9 @@ class Service:
             self.layout.remove(spool_path)
 
     def _sweep(self) -> int:
-        """Files a crash left behind: received but never recorded (not acknowledged either), or
-        outbox files of a job that will be processed again."""
+        """Files a crash left behind: received but never recorded (not acknowledged either),
+        outbox files and quarantine folders of a job that will be processed again, and the
+        folders of quarantine items released or deleted just before the crash."""
         assert self.store is not None
         known = self.store.spool_paths()
         outputs = self.store.output_paths()
@@ -231,6 +233,11 @@ class Service:
                 if path.is_file() and self.layout.rel(path) not in keep:
                     path.unlink(missing_ok=True)
                     removed += 1
+        held = self.store.quarantine_paths()
+        for item in self.layout.quarantine.iterdir():
+            if item.is_dir() and self.layout.rel(item) not in held:
+                shutil.rmtree(item, ignore_errors=True)
+                removed += 1
         return removed
 
     def purge_spool(self) -> int:

@@ -1,4 +1,4 @@
-"""The service's commands: ``serve``, ``rules check|test`` and ``quarantine list|release|delete``.
+"""The service's commands: ``serve``, ``rules check|test`` and ``quarantine list|review|release|delete``.
 
 They only parse arguments and present results; the work is in the modules beside them.
 Registered on the main ``dicom-anon`` app in ``dicom_anon/cli.py``.
@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 from pydicom.uid import UID
+from rich.progress import track
 from rich.table import Table
 
-from ..audit.trail import AuditTrail, operator
+from ..audit.trail import AuditTrail, operator, read_records
 from ..config import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -26,16 +27,27 @@ from ..config import (
     apply_overrides,
     load_settings,
 )
-from ..console import ConfigOption, DataDirOption, err, fail, out, settings_or_exit
+from ..console import (
+    ColumnsOption,
+    ConfigOption,
+    DataDirOption,
+    PerPageOption,
+    SheetSizeOption,
+    err,
+    fail,
+    out,
+    settings_or_exit,
+)
 from ..dicomio import read_instance
 from ..headers.engine import Profile, deidentify
 from ..headers.errors import Refused, SiteKeyError
 from ..headers.pseudonyms import SiteKey
+from ..review import output_problem, qa_notes, read_tile, save_sheets
 from ..rules import Rules
 from .app import Service, configure_logging, run
 from .files import Layout
 from .quarantine import Quarantine, QuarantineError
-from .store import StateStore
+from .store import AWAITING_REVIEW, StateStore
 from .worker import face_pixel_stage
 
 # --- serve ------------------------------------------------------------------------------
@@ -123,7 +135,8 @@ def _what(settings: Settings, route: Route) -> str:
         kept = ", ".join(profile.pixels.preserve) or "nothing"
         pixels = f"; pixels: replace the face ({profile.pixels.method}), keep {kept} exactly"
     options = ", ".join(sorted(o.value for o in profile.options)) or "no options"
-    return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}"
+    held = ", held for review" if route.hold_for_review else ""
+    return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}{held}"
 
 
 def _settings_or_exit(file: Path) -> Settings:
@@ -269,38 +282,106 @@ def quarantine_list(
 
 @quarantine_app.command("release")
 def quarantine_release(
-    item: Annotated[int, typer.Argument(help="The id from 'quarantine list'.")],
+    items: Annotated[list[int], typer.Argument(help="Ids from 'quarantine list' or 'quarantine review'.")],
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Send an item back on its way: processed again under the current rules, or offered to its
-    destination again. De-identification is never skipped."""
+    """Send items back on their way: processed again under the current rules, or offered to their
+    destination again (a photo held for review: sent). De-identification is never skipped."""
     q = _quarantine(config, data_dir)
-    try:
-        row = q.release(item, operator())
-    except QuarantineError as exc:
-        raise fail(str(exc), 1) from None
-    again = (
-        f"offered to {row.destination} again"
-        if row.delivery_id is not None
-        else "queued for processing again"
-    )
-    out.print(f"released quarantine item {item}: {again}", highlight=False)
+    failed = False
+    for item in items:
+        try:
+            row = q.release(item, operator())
+        except QuarantineError as exc:
+            err.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
+            failed = True
+            continue
+        again = (
+            f"offered to {row.destination} again"
+            if row.delivery_id is not None
+            else "queued for processing again"
+        )
+        out.print(f"released quarantine item {item}: {again}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @quarantine_app.command("delete")
 def quarantine_delete(
-    item: Annotated[int, typer.Argument(help="The id from 'quarantine list'.")],
+    items: Annotated[list[int], typer.Argument(help="Ids from 'quarantine list' or 'quarantine review'.")],
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Delete a held item and its files for good (the audit trail keeps the record)."""
+    """Delete held items and their files for good (the audit trail keeps the record); for a photo
+    held for review, this is withdrawing it."""
     q = _quarantine(config, data_dir)
-    if not yes and not typer.confirm(f"Delete quarantine item {item} and its files?"):
+    which = ", ".join(str(i) for i in items)
+    if not yes and not typer.confirm(f"Delete quarantine item(s) {which} and their files?"):
         raise typer.Exit(1)
+    failed = False
+    for item in items:
+        try:
+            q.delete(item, operator())
+        except QuarantineError as exc:
+            err.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
+            failed = True
+            continue
+        out.print(f"deleted quarantine item {item}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@quarantine_app.command("review")
+def quarantine_review(
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="PNG to write; more pages are numbered (held-1.png ...).")
+    ] = Path("held.png"),
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    size: SheetSizeOption = 240,
+    columns: ColumnsOption = 5,
+    per_page: PerPageOption = 30,
+) -> None:
+    """Draw the photos a route holds for review (`hold_for_review: true`), each labelled with the
+    item id to release or delete it by.
+
+    Each patient's photos are together, with the pool photo the face was given, the oval size and
+    SFace's similarity to the patient (from the service's audit trail). Look for a seam, a patch,
+    heavy brows, or one patient shown as two new people; then `dicom-anon quarantine release ID...`
+    sends the good ones and `dicom-anon quarantine delete ID...` withdraws the others.
+    """
+    if problem := output_problem(output):
+        raise fail(problem)
+    q = _quarantine(config, data_dir)
+    held = [r for r in q.list() if r.code == AWAITING_REVIEW]
+    if not held:
+        out.print("no photos are held for review", highlight=False)
+        return
+    trail = q.audit.path
+    notes = qa_notes(read_records(trail)) if trail.is_file() else {}
+    tiles = [
+        read_tile(q.layout.abs(r.path) / "instance.dcm", size, notes, name=f"item {r.id} -> {r.destination}")
+        for r in track(held, description="reading", console=err, transient=True)
+    ]
     try:
-        q.delete(item, operator())
-    except QuarantineError as exc:
-        raise fail(str(exc), 1) from None
-    out.print(f"deleted quarantine item {item}", highlight=False)
+        paths = save_sheets(tiles, output, size, columns, per_page)
+    except OSError as exc:
+        raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
+    out.print(
+        f"{len(held)} photo(s) held for review on {len(paths)} page(s): " + ", ".join(str(p) for p in paths),
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        "send the good ones: dicom-anon quarantine release ID...; "
+        "withdraw the others: dicom-anon quarantine delete ID...",
+        highlight=False,
+        soft_wrap=True,
+    )
+    withheld = [t for t in tiles if t.withheld]
+    for tile in withheld:
+        err.print(f"[red]{tile.name}:[/] {tile.withheld}", highlight=False, soft_wrap=True)
+    if withheld:
+        raise typer.Exit(1)

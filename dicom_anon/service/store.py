@@ -94,6 +94,8 @@ CREATE TABLE IF NOT EXISTS identities (
 RECEIVED, PROCESSING, ROUTED, DONE = "received", "processing", "routed", "done"
 PENDING, DELIVERED, QUARANTINED = "pending", "delivered", "quarantined"
 HELD, RELEASED, DELETED = "held", "released", "deleted"
+# The quarantine code of a de-identified copy a route holds until a person releases it.
+AWAITING_REVIEW = "awaiting-review"
 
 
 class BusyError(Exception):
@@ -128,19 +130,6 @@ class Job:
 
 
 @dataclass(frozen=True)
-class NewOutput:
-    """A de-identified instance in the outbox and the destinations it must reach."""
-
-    route: str
-    path: str
-    sop_class: str
-    sop_uid: str
-    transfer_syntax: str
-    patient_pseudonym: str
-    destinations: tuple[str, ...]
-
-
-@dataclass(frozen=True)
 class NewQuarantine:
     stage: str
     code: str
@@ -148,6 +137,22 @@ class NewQuarantine:
     path: str
     route: str | None = None
     destination: str | None = None
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    """A de-identified instance in the outbox and the destinations it must reach; or, for a route
+    that holds its copies for review, no outbox file (``path`` None) and one quarantine item per
+    destination (``held``), each holding its own copy."""
+
+    route: str
+    path: str | None
+    sop_class: str
+    sop_uid: str
+    transfer_syntax: str
+    patient_pseudonym: str
+    destinations: tuple[str, ...]
+    held: tuple[NewQuarantine, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,9 @@ class StateStore:
             r["spool_path"] for r in self._read("SELECT spool_path FROM jobs WHERE spool_path IS NOT NULL")
         }
 
+    def quarantine_paths(self) -> set[str]:
+        return {r["path"] for r in self._read("SELECT path FROM quarantine WHERE state = ?", (HELD,))}
+
     def output_paths(self) -> set[str]:
         return {r["path"] for r in self._read("SELECT path FROM outputs WHERE path IS NOT NULL")}
 
@@ -343,7 +351,8 @@ class StateStore:
         self, job_id: int, outputs: list[NewOutput], quarantines: list[NewQuarantine]
     ) -> tuple[list[int], list[int], bool]:
         """Record everything one job produced in one transaction: outbox files with their
-        deliveries, and quarantine rows. Returns (delivery ids, quarantine ids, job done).
+        deliveries, and quarantine rows. Returns (delivery ids, quarantine ids, job done); the
+        quarantine ids are those of ``quarantines`` followed by each output's ``held`` items.
 
         Not fsynced: lost to a power cut, the job is still 'processing' and is done again after
         recovery, with the same keyed UIDs; the next durable commit (a receipt, a delivery)
@@ -351,6 +360,7 @@ class StateStore:
         now = time.time()
         delivery_ids: list[int] = []
         quarantine_ids: list[int] = []
+        held_ids: list[int] = []
         with self.transaction(durable=False) as db:
             for out in outputs:
                 cur = db.execute(
@@ -366,15 +376,26 @@ class StateStore:
                         out.patient_pseudonym,
                     ),
                 )
+                held = {q.destination: q for q in out.held}
                 for dest in out.destinations:
                     d = db.execute(
-                        "INSERT INTO deliveries (output_id, destination, state, created_at, next_attempt_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (cur.lastrowid, dest, PENDING, now, now),
+                        "INSERT INTO deliveries (output_id, destination, state, created_at, next_attempt_at,"
+                        " error) VALUES (?, ?, ?, ?, ?, ?)",
+                        (
+                            cur.lastrowid,
+                            dest,
+                            QUARANTINED if dest in held else PENDING,
+                            now,
+                            now,
+                            held[dest].reason if dest in held else None,
+                        ),
                     )
                     delivery_ids.append(int(d.lastrowid or 0))
+                    if dest in held:
+                        held_ids.append(self._insert_quarantine(db, job_id, d.lastrowid, held[dest], now))
             for q in quarantines:
                 quarantine_ids.append(self._insert_quarantine(db, job_id, None, q, now))
+            quarantine_ids += held_ids
             pending = db.execute(
                 "SELECT COUNT(*) AS n FROM deliveries d JOIN outputs o ON o.id = d.output_id"
                 " WHERE o.job_id = ? AND d.state = ?",

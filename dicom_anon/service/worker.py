@@ -34,9 +34,11 @@ from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..rules import Decision, Rules
 from .files import Layout, link_or_copy, replace_durable, write_durable
-from .store import Job, NewOutput, NewQuarantine, StateStore
+from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.worker")
+
+_REVIEW_REASON = "the route holds its photos until a person has looked at them (quarantine review)"
 
 VERSIONS = {"dicom_anon": __version__, "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__}
 
@@ -169,27 +171,36 @@ class Worker(threading.Thread):
         delivery_ids, quarantine_ids, done = rt.store.finish_routing(
             job.id, result.outputs, result.quarantines
         )
+        held = [(q, o) for o in result.outputs for q in o.held]
         with rt.audit.batch():
-            self._audit_quarantined(job, result.quarantines, quarantine_ids)
-        for name in sorted({d for o in result.outputs for d in o.destinations}):
+            for q, qid in zip(result.quarantines, quarantine_ids[: len(result.quarantines)], strict=True):
+                self._audit_quarantined(job, q, qid)
+            for (q, o), qid in zip(held, quarantine_ids[len(result.quarantines) :], strict=True):
+                self._audit_quarantined(
+                    job, q, qid, destination=q.destination, new_sop_uid=o.sop_uid, patient=o.patient_pseudonym
+                )
+        waiting = set()
+        for o in result.outputs:
+            waiting |= set(o.destinations) - {q.destination for q in o.held}
+        for name in sorted(waiting):
             rt.notify_destination(name)
         if done and job.spool_path is not None:
             rt.on_job_done(job.id, job.spool_path)
         log.debug("job routed", job=job.id, deliveries=len(delivery_ids), quarantined=len(quarantine_ids))
 
-    def _audit_quarantined(self, job: Job, quarantines: list[NewQuarantine], ids: list[int]) -> None:
-        for q, qid in zip(quarantines, ids, strict=True):
-            self.rt.audit.record(
-                "instance_quarantined",
-                job=job.id,
-                sop_uid_hash=job.sop_key,
-                route=q.route,
-                stage=q.stage,
-                code=q.code,
-                reason=q.reason,
-                quarantine=qid,
-            )
-            log.warning("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
+    def _audit_quarantined(self, job: Job, q: NewQuarantine, qid: int, **extra: str) -> None:
+        self.rt.audit.record(
+            "instance_quarantined",
+            job=job.id,
+            sop_uid_hash=job.sop_key,
+            route=q.route,
+            stage=q.stage,
+            code=q.code,
+            reason=q.reason,
+            quarantine=qid,
+            **extra,
+        )
+        log.warning("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
 
     def _load(self, job: Job, result: _Result) -> Dataset | None:
         if job.spool_path is None:
@@ -235,19 +246,30 @@ class Worker(threading.Thread):
         out = deid.dataset
         buf = BytesIO()
         out.save_as(buf, enforce_file_format=True)
-        target = self.rt.layout.outbox / f"{job.id}-{route.name}.dcm"
-        # Only this job writes this name; a copy left by an attempt cut short is replaced whole.
-        target.unlink(missing_ok=True)
-        write_durable(target, buf.getvalue())
+        path: str | None = None
+        held: tuple[NewQuarantine, ...] = ()
+        if route.hold_for_review:
+            copy = buf.getvalue()
+            held = tuple(
+                self._hold(job.id, copy, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
+                for dest in route.destinations
+            )
+        else:
+            target = self.rt.layout.outbox / f"{job.id}-{route.name}.dcm"
+            # Only this job writes this name; a copy left by an attempt cut short is replaced whole.
+            target.unlink(missing_ok=True)
+            write_durable(target, buf.getvalue())
+            path = self.rt.layout.rel(target)
         result.outputs.append(
             NewOutput(
                 route=route.name,
-                path=self.rt.layout.rel(target),
+                path=path,
                 sop_class=str(out.SOPClassUID),
                 sop_uid=str(out.SOPInstanceUID),
                 transfer_syntax=str(out.file_meta.TransferSyntaxUID),
                 patient_pseudonym=deid.patient_pseudonym,
                 destinations=tuple(route.destinations),
+                held=held,
             )
         )
         result.events.append(
@@ -294,10 +316,29 @@ class Worker(threading.Thread):
     ) -> None:
         """Keep a copy of the original with a reason file; the row is written with the job's outcome."""
         layout = self.rt.layout
+        spool = layout.abs(job.spool_path) if job.spool_path is not None else None
+        original = spool if spool is not None and spool.exists() else None
+        result.quarantines.append(self._hold(job.id, original, stage, code, reason, route, None))
+
+    def _hold(
+        self,
+        job_id: int,
+        content: Path | bytes | None,
+        stage: str,
+        code: str,
+        reason: str,
+        route: str | None,
+        destination: str | None,
+    ) -> NewQuarantine:
+        """A quarantine folder holding ``content`` (a file linked in, or bytes written) and a reason
+        file; its row is written with the job's outcome."""
+        layout = self.rt.layout
         folder = layout.quarantine / uuid.uuid4().hex
         folder.mkdir(mode=0o700, parents=True)
-        if job.spool_path is not None and layout.abs(job.spool_path).exists():
-            link_or_copy(layout.abs(job.spool_path), folder / "instance.dcm")
-        note = {"job": job.id, "route": route, "stage": stage, "code": code, "reason": reason}
-        replace_durable(folder / "reason.json", json.dumps(note, indent=1).encode())
-        result.quarantines.append(NewQuarantine(stage, code, reason, layout.rel(folder), route))
+        if isinstance(content, Path):
+            link_or_copy(content, folder / "instance.dcm")
+        elif content is not None:
+            write_durable(folder / "instance.dcm", content)
+        note = {"job": job_id, "route": route, "destination": destination, "stage": stage, "code": code}
+        replace_durable(folder / "reason.json", json.dumps({**note, "reason": reason}, indent=1).encode())
+        return NewQuarantine(stage, code, reason, layout.rel(folder), route, destination)

@@ -302,3 +302,98 @@ def test_leftover_half_written_files_are_swept_at_start(tmp_path):
     service.stop()
     assert not stray.exists()
     assert events(settings.data_dir, "service_started")[0]["swept_files"] == 1
+
+
+# --- photos held for review ------------------------------------------------------------
+
+
+HELD_ROUTE = [
+    {"name": "photos", "profile": "orthodontic", "destinations": ["teaching"], "hold_for_review": True}
+]
+
+
+def held_events(service, count: int) -> list[dict]:
+    wait_until(lambda: len(events(data(service), "instance_quarantined")) == count, 10, "held photos")
+    return events(data(service), "instance_quarantined")
+
+
+def test_a_route_held_for_review_sends_nothing_until_a_person_releases(start_service, tmp_path):
+    service = start_service(routes=HELD_ROUTE)
+    assert send(service.port, tiny_photo(0), tiny_photo(1, patient_id="MRN7")) == [0, 0]
+    first, second = held_events(service, 2)
+    deidentified = {e["new_sop_uid"] for e in events(data(service), "instance_deidentified")}
+    for held in (first, second):
+        assert (held["stage"], held["code"], held["destination"]) == ("review", "awaiting-review", "teaching")
+        assert held["new_sop_uid"] in deidentified
+    # The originals are no longer needed: what waits is the de-identified copy, in quarantine.
+    wait_until(lambda: not list((data(service) / "spool").rglob("*.dcm")), 5, "the spool to empty")
+    copies = sorted((data(service) / "quarantine").rglob("instance.dcm"))
+    assert len(copies) == 2 and not list((data(service) / "outbox").iterdir())
+    for copy in copies:
+        no_phi(copy.read_bytes())
+        assert pydicom.dcmread(copy).PatientIdentityRemoved == "YES"
+    assert not archived(service)
+
+    args = ["--data-dir", str(data(service))]
+    sheet = tmp_path / "held.png"
+    drawn = runner.invoke(app, ["quarantine", "review", "-o", str(sheet), *args], terminal_width=200)
+    assert drawn.exit_code == 0, drawn.output
+    assert "2 photo(s) held for review" in drawn.output and Image.open(sheet).size[0] > 0
+
+    released = runner.invoke(app, ["quarantine", "release", str(first["quarantine"]), *args])
+    assert released.exit_code == 0 and "offered to teaching again" in released.output, released.output
+    wait_until(lambda: archived(service), 10, "the released photo")
+    [path] = archived(service)
+    assert pydicom.dcmread(path).SOPInstanceUID == first["new_sop_uid"]
+    deleted = runner.invoke(app, ["quarantine", "delete", str(second["quarantine"]), "--yes", *args])
+    assert deleted.exit_code == 0, deleted.output
+    wait_until(lambda: events(data(service), "instance_forwarded"), 5, "the forwarded event")
+    [forwarded] = events(data(service), "instance_forwarded")
+    assert forwarded["new_sop_uid"] == first["new_sop_uid"] and len(archived(service)) == 1
+    assert not list((data(service) / "quarantine").iterdir())
+    [approved] = events(data(service), "quarantine_released")
+    [withdrawn] = events(data(service), "quarantine_deleted")
+    assert approved["code"] == withdrawn["code"] == "awaiting-review" and approved["by"] and withdrawn["by"]
+    empty = runner.invoke(app, ["quarantine", "review", "-o", str(tmp_path / "none.png"), *args])
+    assert empty.exit_code == 0 and "no photos are held" in empty.output
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_each_destination_holds_its_own_copy(start_service, tmp_path):
+    route = [{**HELD_ROUTE[0], "destinations": ["teaching", "second"]}]
+    service = start_service(routes=route, destinations={"second": {"folder": str(tmp_path / "second")}})
+    send(service.port, tiny_photo())
+    held = held_events(service, 2)
+    assert sorted(e["destination"] for e in held) == ["second", "teaching"]
+    assert held[0]["quarantine"] != held[1]["quarantine"]
+    to_second = next(e["quarantine"] for e in held if e["destination"] == "second")
+    args = ["--data-dir", str(data(service))]
+    result = runner.invoke(app, ["quarantine", "release", str(to_second), "999", *args])
+    # One bad id is reported and does not stop the others; the exit status says something failed.
+    assert result.exit_code == 1 and "no quarantine item 999" in result.output
+    wait_until(lambda: list((tmp_path / "second").glob("*.dcm")), 10, "the copy for 'second'")
+    assert not archived(service)
+
+
+def test_held_photos_survive_a_restart_and_a_crash_leftover_is_swept(tmp_path):
+    settings = settings_for(tmp_path, free_port(), routes=HELD_ROUTE)
+    first = Service(settings)
+    first.start()
+    send(settings.ingress.port, tiny_photo())
+    [held] = held_events(first, 1)
+    first.stop()
+    # What a crash between writing a job's quarantine folder and committing the job leaves.
+    stray = settings.data_dir / "quarantine" / "0123abcd"
+    stray.mkdir()
+    (stray / "instance.dcm").write_bytes(b"half")
+    second = Service(settings)
+    second.start()
+    try:
+        assert not stray.exists() and len(list((settings.data_dir / "quarantine").iterdir())) == 1
+        args = ["--data-dir", str(settings.data_dir)]
+        released = runner.invoke(app, ["quarantine", "release", str(held["quarantine"]), *args])
+        assert released.exit_code == 0, released.output
+        folder = Path(settings.destinations["teaching"].folder)
+        wait_until(lambda: list(folder.glob("*.dcm")), 10, "the released photo after the restart")
+    finally:
+        second.stop()
