@@ -140,6 +140,8 @@ def deid(
         TimeRemainingColumn(),
         console=err,
         transient=True,
+        # For a person at a terminal: piped or logged, rich would leave a blank line behind.
+        disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("de-identifying", total=len(found.files))
         for path in found.files:
@@ -202,7 +204,9 @@ def review(
     notes = qa_notes(read_records(trail)) if trail is not None else {}
     tiles = [
         read_tile(path, size, notes)
-        for path in track(found.files, description="reading", console=err, transient=True)
+        for path in track(
+            found.files, description="reading", console=err, transient=True, disable=not err.is_terminal
+        )
     ]
     try:
         paths = save_sheets(tiles, output, size, columns, per_page)

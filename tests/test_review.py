@@ -4,6 +4,8 @@ them is never drawn."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +171,14 @@ def test_command_with_nothing_to_review_is_a_clear_error(tmp_path: Path) -> None
     result = runner.invoke(app, ["review", str(tmp_path)])
     assert result.exit_code == 2
     assert "no DICOM files found" in result.output
+
+
+def test_piped_stderr_gets_no_progress_bar_leftovers(tmp_path: Path) -> None:
+    """A review run from cron or a script logs only what it says: rich's bar, when not shown on a
+    terminal, used to leave a blank line on stderr."""
+    _photo(tmp_path / "in" / "a.dcm", BLUE, patient="ANON-A")
+    argv = ["dicom-anon", "review", str(tmp_path / "in"), "-o", str(tmp_path / "sheet.png")]
+    script = f"import sys; sys.argv = {argv!r}; from dicom_anon.cli import run; run()"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and "1 photos of 1 patients" in result.stdout

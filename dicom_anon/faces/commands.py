@@ -53,7 +53,13 @@ def build_surrogates(
             )
         sources = folder_sources(folder, licence)
     # A bar, not silence: each photo is detected, segmented and embedded (~0.3 s on CPU).
-    photos = track(list(sources), description="building the pool", console=err, transient=True)
+    photos = track(
+        list(sources),
+        description="building the pool",
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
     entries, notes = build(
         photos, target, FaceDetector(device=device), get_recognizer(), check=pool_photo_problem
     )

@@ -363,7 +363,7 @@ def quarantine_review(
     notes = qa_notes(read_records(trail)) if trail.is_file() else {}
     tiles = [
         read_tile(q.layout.abs(r.path) / "instance.dcm", size, notes, name=f"item {r.id} -> {r.destination}")
-        for r in track(held, description="reading", console=err, transient=True)
+        for r in track(held, description="reading", console=err, transient=True, disable=not err.is_terminal)
     ]
     try:
         paths = save_sheets(tiles, output, size, columns, per_page)
