@@ -192,7 +192,8 @@ def review(
     patch or heavy brows, and a patient's before and after photos should show one new face.
     Each photo is labelled with its patient pseudonym, file name and SOP Instance UID. A file that
     is not de-identified (Patient Identity Removed not YES) is never drawn: its tile says so and
-    the exit status is 1, as it is when any file could not be read or decoded.
+    the exit status is 1, as it is when any file could not be read or decoded. An image that is
+    not a photo (a CT in a mixed export) is named on the sheet but not drawn, and is no error.
     """
     if problem := output_problem(output):
         raise fail(problem)
@@ -213,11 +214,14 @@ def review(
     except OSError as exc:
         raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     withheld = [t for t in tiles if t.withheld]
-    patients = len({t.patient for t in tiles if not t.withheld})
-    kept = sum(1 for t in tiles if not t.withheld and not t.face_replaced)
+    others = sum(1 for t in tiles if t.not_photo)
+    photos = [t for t in tiles if not t.withheld and not t.not_photo]
+    patients = len({t.patient for t in photos})
+    kept = sum(1 for t in photos if not t.face_replaced)
     out.print(
-        f"{len(tiles) - len(withheld)} photos of {patients} patients ({kept} with no face replaced, "
-        f"marked in orange) on {len(paths)} page(s): " + ", ".join(str(p) for p in paths),
+        f"{len(photos)} photos of {patients} patients ({kept} with no face replaced, "
+        f"marked in orange){f', {others} other images not drawn' if others else ''} on {len(paths)} "
+        "page(s): " + ", ".join(str(p) for p in paths),
         highlight=False,
         soft_wrap=True,
     )

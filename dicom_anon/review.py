@@ -26,16 +26,18 @@ from PIL import Image, ImageDraw
 
 from .dicomio import read_instance
 from .headers.errors import Refused
-from .pixels.codec import decode
+from .pixels.codec import UnsupportedPixels, decode
 
 # Tiles of photos that are not drawn, and the band under each tile that holds its label.
 _WITHHELD = (110, 24, 24)
+_NOT_PHOTO = (96, 96, 96)
 _LABEL_HEIGHT = 44
 
 
 @dataclass(frozen=True)
 class Tile:
-    """One file on the sheet: its first frame, or why it is not drawn (``withheld``)."""
+    """One file on the sheet: its first frame, or why it is not drawn (``withheld``: something is
+    wrong with it; ``not_photo``: a de-identified image that is not a photo, a CT in an export)."""
 
     source: Path
     patient: str = ""
@@ -43,6 +45,7 @@ class Tile:
     image: Image.Image | None = None  # the first frame, already scaled down to the tile
     frames: int = 1
     withheld: str = ""
+    not_photo: str = ""
     # Recognizable Visual Features (0028,0302) is NO only where the face pipeline replaced every
     # face; an intraoral photo forwarded without a face, or a headers-only file, says otherwise.
     face_replaced: bool = False
@@ -83,6 +86,8 @@ def read_tile(path: Path, size: int = 240, qa: Mapping[str, str] | None = None, 
     patient, uid = str(ds.get("PatientID", "")), str(ds.get("SOPInstanceUID", ""))
     try:
         frames = decode(ds).frames
+    except UnsupportedPixels as exc:
+        return Tile(path, patient, uid, not_photo=f"not a photo, not drawn ({exc.reason})", name=name)
     except Refused as exc:
         return Tile(path, patient, uid, withheld=f"pixels not shown: {exc}", name=name)
     replaced = str(ds.get("RecognizableVisualFeatures", "")).strip().upper() == "NO"
@@ -108,7 +113,7 @@ def _qa_note(face: dict[str, Any]) -> str:
 
 def _label(tile: Tile) -> tuple[str, str, str]:
     name = tile.name or tile.source.name
-    if tile.withheld:
+    if tile.withheld or tile.not_photo:
         return name, "not shown (why: above)", ""
     frames = f"  frame 1 of {tile.frames}" if tile.frames > 1 else ""
     kept = "" if tile.face_replaced else "NO FACE REPLACED  "
@@ -122,9 +127,9 @@ def _label(tile: Tile) -> tuple[str, str, str]:
 def _draw(tile: Tile, size: int) -> Image.Image:
     cell = Image.new("RGB", (size, size + _LABEL_HEIGHT), "white")
     if tile.image is None:
-        cell.paste(_WITHHELD, (0, 0, size, size))
+        cell.paste(_WITHHELD if tile.withheld else _NOT_PHOTO, (0, 0, size, size))
         # PIL draws no wrapped text; the reasons run long.
-        reason = "\n".join(textwrap.wrap(tile.withheld, width=max(8, size // 7)))
+        reason = "\n".join(textwrap.wrap(tile.withheld or tile.not_photo, width=max(8, size // 7)))
         ImageDraw.Draw(cell).multiline_text((6, 8), reason, fill="white")
     else:
         photo = tile.image

@@ -99,9 +99,24 @@ def test_unreadable_and_undecodable_files_say_why(tmp_path: Path) -> None:
     assert read_tile(junk).withheld.startswith("not readable as DICOM")
     ds = frames_dataset(np.zeros((1, 8, 8, 3), np.uint8))
     ds.PatientIdentityRemoved = "YES"
+    del ds.PixelData
+    tile = read_tile(write(ds, tmp_path / "empty.dcm"))
+    assert tile.withheld.startswith("pixels not shown") and "no Pixel Data" in tile.withheld
+
+
+def test_an_image_that_is_not_a_photo_is_named_but_does_not_fail_the_review(tmp_path: Path) -> None:
+    """A de-identified 12-bit image (a CT) in a mixed export: not drawn, not an error either."""
+    _photo(tmp_path / "in" / "a.dcm", BLUE, patient="ANON-A")
+    ds = frames_dataset(np.zeros((1, 8, 8), np.uint8))
+    ds.PatientIdentityRemoved, ds.PatientID = "YES", "ANON-B"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    tile = read_tile(write(ds, tmp_path / "deep.dcm"))
-    assert tile.withheld.startswith("pixels not shown") and "8 bits" in tile.withheld
+    ds.PixelData = np.zeros((8, 8), np.uint16).tobytes()
+    write(ds, tmp_path / "in" / "ct.dcm")
+    tile = read_tile(tmp_path / "in" / "ct.dcm")
+    assert not tile.withheld and tile.not_photo.startswith("not a photo") and "8 bits" in tile.not_photo
+    result = runner.invoke(app, ["review", str(tmp_path / "in"), "-o", str(tmp_path / "sheet.png")])
+    assert result.exit_code == 0, result.output
+    assert "1 photos of 1 patients" in result.output and "1 other images not drawn" in result.output
 
 
 def test_pages_hold_at_most_per_page_photos_and_are_numbered(tmp_path: Path) -> None:
