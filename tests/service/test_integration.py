@@ -21,6 +21,7 @@ import pydicom
 import pytest
 from factories import to_bytes
 from peers import (
+    EXAMPLE_CONFIG,
     TINY_PHI,
     Proc,
     dcmtk,
@@ -191,6 +192,46 @@ def test_face_photos_get_one_new_face_and_a_photo_without_one_is_held(tmp_path, 
     assert first["applied"] and second["applied"]
     (face1,), (face2,) = first["qa"]["faces"], second["qa"]["faces"]
     assert face1["person"] == face2["person"] and face2["remembered"] is True
+    service.stop()
+    verify_then_tamper(data_dir)
+
+
+def test_photos_held_for_review_leave_only_once_a_person_releases_them(tmp_path, procs, testdata):
+    """The example config with its photo route's ``hold_for_review`` switched on, the real face
+    pipeline, and the operator's commands run as processes beside the running service."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    face = examples / "patient_a_face_explicit_le.dcm"
+    again = second_photo(face, tmp_path / "again.dcm")
+    config = tmp_path / "held.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace("# hold_for_review: true", "hold_for_review: true"))
+    arch_port, port = free_port(), free_port()
+    archive = tmp_path / "archive"
+    procs.append(start_storescp(tmp_path, arch_port, archive).wait_ready())
+    destinations = [f"teaching=TEACHING@127.0.0.1:{arch_port}"]
+    service = start_service(tmp_path, port, destinations, config=config, headers_only=False)
+    procs.append(service.wait_ready())
+    assert storescu(port, [face, again]).returncode == 0
+    data_dir = tmp_path / "data"
+    wait_until(lambda: len(events(data_dir, "instance_quarantined")) == 2, 120, "both photos held")
+    first, second = events(data_dir, "instance_quarantined")
+    assert {first["code"], second["code"]} == {"awaiting-review"}
+    args = ["--config", str(config), "--data-dir", str(data_dir)]
+    sheet = tmp_path / "held.png"
+    drawn = run_cli("quarantine", "review", "-o", str(sheet), *args)
+    assert drawn.returncode == 0 and "2 photo(s) held for review" in drawn.stdout, drawn.stderr
+    assert sheet.stat().st_size > 10_000
+    time.sleep(2)
+    assert not list(archive.glob("*.dcm"))  # nothing leaves by itself
+
+    assert run_cli("quarantine", "release", str(first["quarantine"]), *args).returncode == 0
+    assert run_cli("quarantine", "delete", str(second["quarantine"]), "--yes", *args).returncode == 0
+    wait_until(lambda: list(archive.glob("*.dcm")), 30, "the released photo")
+    wait_until(lambda: events(data_dir, "instance_forwarded"), 10, "the forwarded record")
+    [arrived] = list(archive.glob("*.dcm"))
+    out = pydicom.dcmread(arrived)
+    assert out.SOPInstanceUID == first["new_sop_uid"] and out.RecognizableVisualFeatures == "NO"
+    [released] = events(data_dir, "quarantine_released")
+    assert released["code"] == "awaiting-review" and released["by"]
     service.stop()
     verify_then_tamper(data_dir)
 
