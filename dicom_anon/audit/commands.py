@@ -173,7 +173,12 @@ def audit_query(
         # The event name is what a reviewer scans for: never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=column == "event")
     for r in shown:
-        detail = r.get("reason") or r.get("error") or r.get("new_sop_uid") or r.get("calling_ae") or ""
+        # Who did it (a quarantine decision, a reading of the trail), and on which quarantine item.
+        item = f"item {r['quarantine']} " if r.get("quarantine") is not None else ""
+        decided = f"{item}by {r['by']}" if r.get("by") else ""
+        detail = (
+            r.get("reason") or r.get("error") or r.get("new_sop_uid") or decided or r.get("calling_ae") or ""
+        )
         table.add_row(
             str(r.get("seq", "")),
             _short_time(r.get("ts")),

@@ -354,6 +354,9 @@ def test_a_route_held_for_review_sends_nothing_until_a_person_releases(start_ser
     [approved] = events(data(service), "quarantine_released")
     [withdrawn] = events(data(service), "quarantine_deleted")
     assert approved["code"] == withdrawn["code"] == "awaiting-review" and approved["by"] and withdrawn["by"]
+    who = ["audit", "query", "--event", "quarantine_released", "--status", "awaiting-review", *args]
+    asked = runner.invoke(app, who, terminal_width=250)
+    assert asked.exit_code == 0 and approved["by"] in asked.output, asked.output
     empty = runner.invoke(app, ["quarantine", "review", "-o", str(tmp_path / "none.png"), *args])
     assert empty.exit_code == 0 and "no photos are held" in empty.output
     assert not (tmp_path / "none.png").exists()
