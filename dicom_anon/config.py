@@ -214,6 +214,15 @@ class PixelSettings(_Strict):
     max_candidates: int = Field(default=8, ge=1, le=100)
     pool: Path | None = None
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        # Whether this machine has CUDA is checked when the pipeline starts (a settings file may
+        # be checked elsewhere); here only that the name is one torch and the pipeline take.
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"{value!r} is not a device; use auto (CUDA when present), cpu, cuda or cuda:N")
+        return value
+
     @field_validator("preserve", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:

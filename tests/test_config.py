@@ -112,6 +112,12 @@ def test_drop_route_may_not_name_a_profile(tmp_path):
     assert "sends nothing; remove 'profile:'" in msg
 
 
+def test_a_device_name_torch_does_not_take_is_named_with_the_choices(tmp_path):
+    text = GOOD + "profiles:\n  ortho2:\n    pixels: {preserve: [mouth], device: gpu}\n"
+    msg = problems(tmp_path, text)
+    assert "'gpu' is not a device; use auto" in msg and "settings.yaml:" in msg
+
+
 def test_only_a_forward_route_may_hold_for_review(tmp_path):
     text = GOOD.replace("    match:", "    action: quarantine\n    hold_for_review: true\n    match:")
     msg = problems(

@@ -350,7 +350,11 @@ def _direct(known: torch.Tensor, omega: torch.Tensor, screen: float = 0.0) -> to
         nb = (ys + dy).clamp(0, h - 1) * w + (xs + dx).clamp(0, w - 1)
         j = pos[nb]
         unknown = j >= 0
-        a.index_put_((rows[unknown], j[unknown]), torch.tensor(-0.25, dtype=torch.float64), accumulate=True)
+        a.index_put_(
+            (rows[unknown], j[unknown]),
+            torch.tensor(-0.25, dtype=torch.float64, device=a.device),
+            accumulate=True,
+        )
         rhs[~unknown] += 0.25 * values[:, nb[~unknown]].T
     out = known.clone()
     out[0].view(3, -1)[:, ids] = torch.linalg.solve(a, rhs).T.to(known.dtype)

@@ -7,7 +7,7 @@ present results.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import track
@@ -15,7 +15,20 @@ from rich.table import Table
 
 from ..console import err, fail, out
 
+if TYPE_CHECKING:
+    import torch
+
 models_app = typer.Typer(help="Build and inspect the models the face pipeline uses.", no_args_is_help=True)
+
+
+def device_or_exit(name: str) -> torch.device:
+    """The torch device ``--device`` names, or a one-line error before any model loads."""
+    from .detect import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise fail(f"--device: {exc}") from None
 
 
 @models_app.command("build-surrogates")
@@ -40,6 +53,7 @@ def build_surrogates(
     from .pool import DEFAULT_POOL, build, folder_sources, openpeople_sources, write_manifest
     from .prepare import pool_photo_problem
 
+    dev = device_or_exit(device)
     target = output or DEFAULT_POOL
     if source == "openpeople":
         sources = openpeople_sources()
@@ -61,7 +75,7 @@ def build_surrogates(
         disable=not err.is_terminal,
     )
     entries, notes = build(
-        photos, target, FaceDetector(device=device), get_recognizer(), check=pool_photo_problem
+        photos, target, FaceDetector(device=str(dev)), get_recognizer(), check=pool_photo_problem
     )
     for note in notes:
         err.print(note, highlight=False)
@@ -212,6 +226,7 @@ def eval_command(
     images = ev.collect(faces, limit)
     if not images:
         raise fail("no readable images in the inputs")
+    device_or_exit(device)
     try:
         evaluator = ev.Evaluator(settings, method)
     except PoolError as exc:

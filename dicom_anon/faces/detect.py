@@ -27,10 +27,38 @@ _NOSE_DEPTH = 0.55
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` means CUDA when present, else CPU; anything else is passed to torch."""
+    """``auto`` means CUDA when present, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` as torch reads them.
+
+    Raises ValueError, naming the setting, for anything else and for CUDA on a machine without
+    it: otherwise torch's own error surfaced deep in MTCNN's constructor, once per photo.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: the face pipeline runs on auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this machine has no usable CUDA; set device: auto or cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        _exact_on_cuda()
+    return device
+
+
+def _exact_on_cuda() -> None:
+    """Full-precision, deterministic cuDNN and matmuls: a patient's photo must give the same
+    landmarks, QA figures and new face every time it is processed. cuDNN's default TF32
+    convolutions and autotuned (non-deterministic) algorithms move MTCNN's scores and the
+    blur-based corrections in their last bits, enough to flip a borderline QA verdict between
+    two runs. Bit-equality with the CPU is not promised (different summation orders)."""
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def landmark_eye_distance(landmarks: np.ndarray) -> float:

@@ -491,3 +491,37 @@ def test_shine_on_a_pool_face_is_taken_down_to_its_skin_and_eyes_keep_their_catc
     out = _take_down_shine(s.image, s.landmarks, valid, bare)
     assert np.array_equal(out[eye], s.image[eye])
     assert np.array_equal(out[valid < 0.01], s.image[valid < 0.01])
+
+
+def test_the_render_makes_every_tensor_on_its_inputs_device(face_a, monkeypatch) -> None:
+    """The stand-in for a CUDA run this machine cannot do: with torch's default device set to
+    ``meta``, a tensor made anywhere in the render without naming its device lands on ``meta``
+    and clashes with the CPU inputs (as it would with CUDA inputs) in the op that mixes them.
+    kornia's blur is let through: it builds a host-side check of its sigma on purpose, and
+    returns on its input's device (asserted)."""
+    try:
+        pool = get_pool(str(DEFAULT_POOL))
+    except Exception:
+        pytest.skip("the default surrogate pool is not built")
+    canvas, face = _big_face(face_a)
+    surrogate = candidates(pool, PatientContext(pseudonym="ANONX", key=SiteKey(b"k" * 32)))[0]
+    fm = M.build(face, canvas.shape, [M.Preset.MOUTH])
+    prepare(surrogate)  # the pool's own photos are prepared on the CPU by design, once
+    blur = kornia.filters.gaussian_blur2d
+
+    def host_blur(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        with torch.device(x.device):
+            out = blur(x, *args, **kwargs)
+        assert out.device == x.device
+        return out
+
+    monkeypatch.setattr(kornia.filters, "gaussian_blur2d", host_blur)
+    backend = SurrogateBackend(pool, torch.device("cpu"))
+    torch.set_default_device("meta")
+    try:
+        reduced = backend.render(canvas, face, fm, surrogate)
+        backend.detail = 1e6
+        full = backend.render(canvas, face, fm, surrogate)
+    finally:
+        torch.set_default_device(None)
+    assert reduced.shape == full.shape == canvas[fm.roi[1] : fm.roi[3], fm.roi[0] : fm.roi[2]].shape

@@ -7,12 +7,13 @@ import io
 import numpy as np
 import pydicom
 import pytest
+import torch
 from facekit import photo_dataset
 from PIL import Image
 
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import replace
-from dicom_anon.faces.detect import MOUTH_LEFT, get_detector
+from dicom_anon.faces.detect import MOUTH_LEFT, get_detector, resolve_device
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import Option
@@ -151,6 +152,23 @@ def test_undecodable_pixels_are_refused(face_a, lenient, site_key) -> None:
     with pytest.raises(Refused) as exc:
         process_photo(ds, lenient, PSEUDONYM, site_key)
     assert exc.value.code == "undecodable-pixels"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_configured_on_a_machine_without_it_is_refused_with_the_fix(face_a, site_key) -> None:
+    """Not an internal error per photo: the route's setting is named, with what to set instead."""
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(face_a[None]), PixelSettings(device="cuda"), PSEUDONYM, site_key)
+    assert exc.value.code == "method-unavailable"
+    assert "no usable CUDA" in exc.value.reason and "device: auto or cpu" in exc.value.reason
+
+
+def test_device_names_are_checked() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("gpu", "meta", "cuda:99"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            resolve_device(bad)
 
 
 def test_missing_pool_and_unknown_method_are_refused(face_a, tmp_path, site_key, monkeypatch) -> None:

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from facekit import photo_dataset
 
 from dicom_anon.config import PixelSettings
@@ -560,3 +561,25 @@ def test_preserved_eyes_stay_where_the_patients_are() -> None:
     moved = feature_landmarks(_SURROGATE, face, masks)
     assert np.array_equal(moved[:2], _PATIENT[:2])
     assert np.array_equal(moved[3:], _PATIENT[3:])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["models", "build-surrogates", "-o", "{tmp}/pool"],
+        ["eval", "openpeople", "--limit", "1", "--sheet", "{tmp}/sheet.png"],
+    ],
+)
+def test_device_cuda_without_cuda_is_a_one_line_error_before_any_model_loads(tmp_path, command) -> None:
+    from typer.testing import CliRunner
+
+    from dicom_anon.cli import app
+
+    args = [a.format(tmp=tmp_path) for a in command]
+    result = CliRunner().invoke(app, [*args, "--device", "cuda"], terminal_width=200)
+    assert result.exit_code == 2, result.output
+    assert (
+        "--device: device 'cuda': this machine has no usable CUDA; set device: auto or cpu" in result.output
+    )
+    assert not list(tmp_path.iterdir())

@@ -53,7 +53,7 @@ def train_encoder_command(
     """Train the area-preserving encoder for a generator (writes encoder.pt for the gan method)."""
     import torch
 
-    from ..detect import resolve_device
+    from ..commands import device_or_exit
     from ..masks import Preset
     from .data import list_images, load_faces
     from .generators import open_generator
@@ -67,7 +67,7 @@ def train_encoder_command(
         raise fail(f"--images {images}: not a folder")
     if threads:
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
+    dev = device_or_exit(device)
     try:
         gen = open_generator(models_dir, generator, dev)
     except ModelCardError as exc:
