@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -280,6 +281,20 @@ def quarantine_list(
     out.print(table)
 
 
+def _each(items: list[int], decide: Callable[[int], str]) -> None:
+    """An operator's decision on each item, a line each; one that cannot be done is reported and
+    the others still go, and the exit status is 1."""
+    failed = False
+    for item in items:
+        try:
+            out.print(decide(item), highlight=False)
+        except QuarantineError as exc:
+            err.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
+            failed = True
+    if failed:
+        raise typer.Exit(1)
+
+
 @quarantine_app.command("release")
 def quarantine_release(
     items: Annotated[list[int], typer.Argument(help="Ids from 'quarantine list' or 'quarantine review'.")],
@@ -289,22 +304,17 @@ def quarantine_release(
     """Send items back on their way: processed again under the current rules, or offered to their
     destination again (a photo held for review: sent). De-identification is never skipped."""
     q = _quarantine(config, data_dir)
-    failed = False
-    for item in items:
-        try:
-            row = q.release(item, operator())
-        except QuarantineError as exc:
-            err.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
-            failed = True
-            continue
+
+    def release(item: int) -> str:
+        row = q.release(item, operator())
         again = (
             f"offered to {row.destination} again"
             if row.delivery_id is not None
             else "queued for processing again"
         )
-        out.print(f"released quarantine item {item}: {again}", highlight=False)
-    if failed:
-        raise typer.Exit(1)
+        return f"released quarantine item {item}: {again}"
+
+    _each(items, release)
 
 
 @quarantine_app.command("delete")
@@ -320,17 +330,12 @@ def quarantine_delete(
     which = ", ".join(str(i) for i in items)
     if not yes and not typer.confirm(f"Delete quarantine item(s) {which} and their files?"):
         raise typer.Exit(1)
-    failed = False
-    for item in items:
-        try:
-            q.delete(item, operator())
-        except QuarantineError as exc:
-            err.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
-            failed = True
-            continue
-        out.print(f"deleted quarantine item {item}", highlight=False)
-    if failed:
-        raise typer.Exit(1)
+
+    def delete(item: int) -> str:
+        q.delete(item, operator())
+        return f"deleted quarantine item {item}"
+
+    _each(items, delete)
 
 
 @quarantine_app.command("review")
