@@ -730,6 +730,8 @@ def advice(settings: Settings) -> list[str]:
     used = {d for r in settings.routes for d in r.destinations}
     for name in sorted(set(settings.destinations) - used):
         notes.append(f"destination {name!r} is not used by any route")
+    for name in sorted(set(settings.profiles) - {r.profile for r in settings.routes}):
+        notes.append(f"profile {name!r} is not used by any route (a route takes it with 'profile: {name}')")
     return notes
 
 

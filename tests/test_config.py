@@ -227,6 +227,14 @@ def test_host_port_parsing():
         parse_host_port("127.0.0.1:70000")
 
 
+def test_advice_names_a_profile_no_route_uses(tmp_path):
+    text = GOOD + "profiles:\n  spare:\n    options: [retain-patient-characteristics]\n"
+    notes = advice(load_settings(write(tmp_path, text)))
+    assert "profile 'spare' is not used by any route (a route takes it with 'profile: spare')" in notes
+    used = text.replace("profile: orthodontic", "profile: spare")
+    assert not [n for n in advice(load_settings(write(tmp_path, used))) if "profile" in n]
+
+
 def test_advice_points_out_likely_mistakes(tmp_path):
     notes = advice(Settings())
     assert any("every association will be rejected" in n for n in notes)

@@ -173,12 +173,12 @@ def audit_query(
         # The event name is what a reviewer scans for: never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=column == "event")
     for r in shown:
-        # Who did it (a quarantine decision, a reading of the trail), and on which quarantine item.
+        # Who did it (a quarantine decision, a reading of the trail) and on which quarantine item,
+        # before what it was about.
         item = f"item {r['quarantine']} " if r.get("quarantine") is not None else ""
-        decided = f"{item}by {r['by']}" if r.get("by") else ""
-        detail = (
-            r.get("reason") or r.get("error") or r.get("new_sop_uid") or decided or r.get("calling_ae") or ""
-        )
+        who = f"{item}by {r['by']}" if r.get("by") else ""
+        what = r.get("reason") or r.get("error") or r.get("new_sop_uid") or r.get("calling_ae") or ""
+        detail = "; ".join(str(part) for part in (who, what) if part)
         table.add_row(
             str(r.get("seq", "")),
             _short_time(r.get("ts")),

@@ -297,7 +297,9 @@ def _each(items: list[int], decide: Callable[[int], str]) -> None:
 
 @quarantine_app.command("release")
 def quarantine_release(
-    items: Annotated[list[int], typer.Argument(help="Ids from 'quarantine list' or 'quarantine review'.")],
+    items: Annotated[
+        list[int], typer.Argument(metavar="ID", help="Ids from 'quarantine list' or 'quarantine review'.")
+    ],
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -307,6 +309,8 @@ def quarantine_release(
 
     def release(item: int) -> str:
         row = q.release(item, operator())
+        if row.code == AWAITING_REVIEW:
+            return f"released quarantine item {item}: approved, sent to {row.destination}"
         again = (
             f"offered to {row.destination} again"
             if row.delivery_id is not None
@@ -319,7 +323,9 @@ def quarantine_release(
 
 @quarantine_app.command("delete")
 def quarantine_delete(
-    items: Annotated[list[int], typer.Argument(help="Ids from 'quarantine list' or 'quarantine review'.")],
+    items: Annotated[
+        list[int], typer.Argument(metavar="ID", help="Ids from 'quarantine list' or 'quarantine review'.")
+    ],
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -360,9 +366,20 @@ def quarantine_review(
     if problem := output_problem(output):
         raise fail(problem)
     q = _quarantine(config, data_dir)
-    held = [r for r in q.list() if r.code == AWAITING_REVIEW]
+    everything = q.list()
+    held = [r for r in everything if r.code == AWAITING_REVIEW]
+    # The sheet's hint names the same service the operator gave, so it can be typed as it is.
+    where = "".join(
+        f" {flag} {value}" for flag, value in (("--config", config), ("--data-dir", data_dir)) if value
+    )
+    others = len(everything) - len(held)
+    other_items = (
+        f"; {others} other item(s) held for other reasons: dicom-anon quarantine list{where}"
+        if others
+        else ""
+    )
     if not held:
-        out.print("no photos are held for review", highlight=False)
+        out.print(f"no photos are held for review{other_items}", highlight=False, soft_wrap=True)
         return
     trail = q.audit.path
     notes = qa_notes(read_records(trail)) if trail.is_file() else {}
@@ -375,13 +392,15 @@ def quarantine_review(
     except OSError as exc:
         raise fail(f"cannot write {exc.filename or output}: {exc.strerror or exc}") from None
     out.print(
-        f"{len(held)} photo(s) held for review on {len(paths)} page(s): " + ", ".join(str(p) for p in paths),
+        f"{len(held)} photo(s) held for review on {len(paths)} page(s): "
+        + ", ".join(str(p) for p in paths)
+        + other_items,
         highlight=False,
         soft_wrap=True,
     )
     out.print(
-        "send the good ones: dicom-anon quarantine release ID...; "
-        "withdraw the others: dicom-anon quarantine delete ID...",
+        f"send the good ones: dicom-anon quarantine release ID...{where}\n"
+        f"withdraw the others: dicom-anon quarantine delete ID...{where}",
         highlight=False,
         soft_wrap=True,
     )

@@ -66,7 +66,10 @@ class Quarantine:
         return row
 
     def _audit(self, event: str, qid: int, row: QuarantineRow, by: str) -> None:
-        """An operator's decision, with what it was about and who made it."""
+        """An operator's decision, with what it was about and who made it: for a de-identified
+        copy (held for review, refused by a destination) also which one, so that an approval
+        reads beside the photo it let through."""
+        copy = self.store.delivered_copy(row.delivery_id) if row.delivery_id is not None else None
         self.audit.record(
             event,
             quarantine=qid,
@@ -76,6 +79,7 @@ class Quarantine:
             stage=row.stage,
             code=row.code,
             by=by,
+            **({"new_sop_uid": copy[0], "patient": copy[1]} if copy else {}),
         )
 
     def delete(self, qid: int, by: str) -> QuarantineRow:

@@ -572,6 +572,15 @@ class StateStore:
                     (RECEIVED, q["route"], restored_path, q["job_id"]),
                 )
 
+    def delivered_copy(self, delivery_id: int) -> tuple[str, str] | None:
+        """(new SOP Instance UID, patient pseudonym) of the de-identified copy a delivery carries."""
+        rows = self._read(
+            "SELECT o.sop_uid, o.patient_pseudonym FROM deliveries d JOIN outputs o ON o.id = d.output_id"
+            " WHERE d.id = ?",
+            (delivery_id,),
+        )
+        return (rows[0]["sop_uid"], rows[0]["patient_pseudonym"]) if rows else None
+
     def delete_quarantined(self, qid: int, by: str) -> None:
         with self.transaction() as db:
             changed = db.execute(

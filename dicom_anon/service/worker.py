@@ -200,7 +200,9 @@ class Worker(threading.Thread):
             quarantine=qid,
             **extra,
         )
-        log.warning("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
+        # A copy held for review is routine, not a fault.
+        level = log.info if q.code == AWAITING_REVIEW else log.warning
+        level("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
 
     def _load(self, job: Job, result: _Result) -> Dataset | None:
         if job.spool_path is None:

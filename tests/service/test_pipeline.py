@@ -339,9 +339,11 @@ def test_a_route_held_for_review_sends_nothing_until_a_person_releases(start_ser
     drawn = runner.invoke(app, ["quarantine", "review", "-o", str(sheet), *args], terminal_width=200)
     assert drawn.exit_code == 0, drawn.output
     assert "2 photo(s) held for review" in drawn.output and Image.open(sheet).size[0] > 0
+    # The hint can be typed as it is: it names the data dir the operator gave.
+    assert f"dicom-anon quarantine release ID... --data-dir {data(service)}" in drawn.output
 
     released = runner.invoke(app, ["quarantine", "release", str(first["quarantine"]), *args])
-    assert released.exit_code == 0 and "offered to teaching again" in released.output, released.output
+    assert released.exit_code == 0 and "approved, sent to teaching" in released.output, released.output
     wait_until(lambda: archived(service), 10, "the released photo")
     [path] = archived(service)
     assert pydicom.dcmread(path).SOPInstanceUID == first["new_sop_uid"]
@@ -354,12 +356,36 @@ def test_a_route_held_for_review_sends_nothing_until_a_person_releases(start_ser
     [approved] = events(data(service), "quarantine_released")
     [withdrawn] = events(data(service), "quarantine_deleted")
     assert approved["code"] == withdrawn["code"] == "awaiting-review" and approved["by"] and withdrawn["by"]
+    # Each decision names the photo it was about.
+    assert (approved["new_sop_uid"], withdrawn["new_sop_uid"]) == (
+        first["new_sop_uid"],
+        second["new_sop_uid"],
+    )
+    assert approved["patient"] == first["patient"] and withdrawn["patient"] == second["patient"]
     who = ["audit", "query", "--event", "quarantine_released", "--status", "awaiting-review", *args]
     asked = runner.invoke(app, who, terminal_width=250)
-    assert asked.exit_code == 0 and approved["by"] in asked.output, asked.output
+    assert asked.exit_code == 0 and f"item {first['quarantine']} by {approved['by']}" in asked.output
+    unfolded = "".join(ch for ch in asked.output if ch not in "│ \n")  # the table folds long UIDs
+    assert first["new_sop_uid"] in unfolded and first["patient"] in asked.output
     empty = runner.invoke(app, ["quarantine", "review", "-o", str(tmp_path / "none.png"), *args])
     assert empty.exit_code == 0 and "no photos are held" in empty.output
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_review_sheet_points_to_items_held_for_other_reasons(start_service, tmp_path):
+    service = start_service(routes=HELD_ROUTE)
+    send(service.port, tiny_photo(0), tiny_photo(1, burned_in="YES"))
+    held_events(service, 2)
+    args = ["--data-dir", str(data(service))]
+    drawn = runner.invoke(
+        app, ["quarantine", "review", "-o", str(tmp_path / "h.png"), *args], terminal_width=250
+    )
+    assert drawn.exit_code == 0, drawn.output
+    assert "1 photo(s) held for review" in drawn.output
+    assert (
+        f"1 other item(s) held for other reasons: dicom-anon quarantine list --data-dir {data(service)}"
+        in (drawn.output)
+    )
 
 
 def test_each_destination_holds_its_own_copy(start_service, tmp_path):
