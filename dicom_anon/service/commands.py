@@ -263,10 +263,25 @@ def quarantine_list(
     q = _quarantine(config, data_dir)
     rows = q.list(include_resolved=all_)
     table = Table(title=f"quarantine ({len(rows)} {'items' if all_ else 'held'})", title_justify="left")
-    for column in ("id", "since (UTC)", "job", "stage", "route", "destination", "code", "reason", "state"):
+    columns = (
+        "id",
+        "since (UTC)",
+        "job",
+        "stage",
+        "route",
+        "destination",
+        "patient",
+        "code",
+        "reason",
+        "state",
+    )
+    for column in columns:
         # id and code are what an operator types and searches for: never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=column in ("id", "code"))
     for r in rows:
+        # The pseudonym of a de-identified copy (held for review, refused by a destination), to
+        # match an item to its photo; an original held before de-identification has none yet.
+        copy = q.store.delivered_copy(r.delivery_id) if r.delivery_id is not None else None
         table.add_row(
             str(r.id),
             _when(r.created_at),
@@ -274,6 +289,7 @@ def quarantine_list(
             r.stage,
             r.route or "",
             r.destination or "",
+            copy[1] if copy else "",
             r.code,
             r.reason,
             r.state if r.resolved_by is None else f"{r.state} by {r.resolved_by}",

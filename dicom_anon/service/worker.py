@@ -38,7 +38,7 @@ from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.worker")
 
-_REVIEW_REASON = "the route holds its photos until a person has looked at them (quarantine review)"
+_REVIEW_REASON = "held until a person has looked at it (dicom-anon quarantine review)"
 
 VERSIONS = {"dicom_anon": __version__, "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__}
 

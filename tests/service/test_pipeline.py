@@ -335,6 +335,8 @@ def test_a_route_held_for_review_sends_nothing_until_a_person_releases(start_ser
     assert not archived(service)
 
     args = ["--data-dir", str(data(service))]
+    listing = runner.invoke(app, ["quarantine", "list", *args], terminal_width=250)
+    assert first["patient"] in listing.output and second["patient"] in listing.output
     sheet = tmp_path / "held.png"
     drawn = runner.invoke(app, ["quarantine", "review", "-o", str(sheet), *args], terminal_width=200)
     assert drawn.exit_code == 0, drawn.output
