@@ -171,14 +171,16 @@ class Worker(threading.Thread):
         delivery_ids, quarantine_ids, done = rt.store.finish_routing(
             job.id, result.outputs, result.quarantines
         )
-        held = [(q, o) for o in result.outputs for q in o.held]
+        # In finish_routing's order: the job's own quarantines, then each output's held copies,
+        # which also name the copy.
+        audited = [(q, {}) for q in result.quarantines] + [
+            (q, {"new_sop_uid": o.sop_uid, "patient": o.patient_pseudonym})
+            for o in result.outputs
+            for q in o.held
+        ]
         with rt.audit.batch():
-            for q, qid in zip(result.quarantines, quarantine_ids[: len(result.quarantines)], strict=True):
-                self._audit_quarantined(job, q, qid)
-            for (q, o), qid in zip(held, quarantine_ids[len(result.quarantines) :], strict=True):
-                self._audit_quarantined(
-                    job, q, qid, destination=q.destination, new_sop_uid=o.sop_uid, patient=o.patient_pseudonym
-                )
+            for (q, copy), qid in zip(audited, quarantine_ids, strict=True):
+                self._audit_quarantined(job, q, qid, **copy)
         waiting = set()
         for o in result.outputs:
             waiting |= set(o.destinations) - {q.destination for q in o.held}
@@ -198,6 +200,7 @@ class Worker(threading.Thread):
             code=q.code,
             reason=q.reason,
             quarantine=qid,
+            **({"destination": q.destination} if q.destination else {}),
             **extra,
         )
         # A copy held for review is routine, not a fault.
@@ -341,6 +344,13 @@ class Worker(threading.Thread):
             link_or_copy(content, folder / "instance.dcm")
         elif content is not None:
             write_durable(folder / "instance.dcm", content)
-        note = {"job": job_id, "route": route, "destination": destination, "stage": stage, "code": code}
-        replace_durable(folder / "reason.json", json.dumps({**note, "reason": reason}, indent=1).encode())
+        note = {
+            "job": job_id,
+            "route": route,
+            "destination": destination,
+            "stage": stage,
+            "code": code,
+            "reason": reason,
+        }
+        replace_durable(folder / "reason.json", json.dumps(note, indent=1).encode())
         return NewQuarantine(stage, code, reason, layout.rel(folder), route, destination)
