@@ -30,6 +30,7 @@ from pynetdicom.status import code_to_category
 
 from ..audit.trail import AuditTrail
 from ..config import Destination, EgressSettings
+from .failures import describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable
 from .store import Delivery, NewQuarantine, StateStore
 
@@ -211,7 +212,13 @@ class _Backoff:
 
 
 class Sender(threading.Thread):
-    """Works through one destination's pending deliveries, oldest first."""
+    """Works through one destination's pending deliveries, oldest first.
+
+    No failure ends the thread: whatever goes wrong sending one delivery quarantines that
+    delivery, and a failure around it (the state store or the audit trail cannot be written,
+    the outbox cannot be read) is waited out with the destination's backoff, the delivery still
+    pending. Sending it again later is safe: it carries the same keyed UIDs.
+    """
 
     def __init__(
         self,
@@ -244,28 +251,53 @@ class Sender(threading.Thread):
         self.wake.set()
 
     def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                self._step()
+            except Exception as exc:  # the environment, or a fault of ours: back off, the delivery waits
+                self._hold_back(exc)
+        self._close_link()
+
+    def _step(self) -> None:
+        now = time.time()
+        if now < self._backoff.until:
+            self._sleep(self._backoff.until - now)
+            return
+        batch = self.store.due_deliveries(self.dest_name, now)
+        if not batch:
+            if self.link.idle_for() > self.settings.idle_release_s:
+                self.link.close()
+            due = self.store.next_due(self.dest_name)
+            self._sleep(1.0 if due is None else min(1.0, max(0.01, due - now)))
+            return
+        for delivery in batch:
+            if self._stop_event.is_set() or time.time() < self._backoff.until:
+                break
+            self._deliver(delivery)
+
+    def _hold_back(self, exc: Exception) -> None:
+        retry = self.settings.retry
+        self._backoff.failures += 1
+        delay = min(retry.max_delay_s, retry.first_delay_s * 2 ** (self._backoff.failures - 1))
+        self._backoff.until = time.time() + delay
+        error = describe_environment(exc) if is_environment(exc) else describe_exception(exc)
+        log.error(
+            "sender cannot go on for now; will try again",
+            destination=self.dest_name,
+            error=error,
+            retry_in_s=delay,
+        )
+        self._close_link(abort=True)
+
+    def _close_link(self, abort: bool = False) -> None:
+        """Let go of the association; one that breaks while we do is gone anyway."""
         try:
-            while not self._stop_event.is_set():
-                now = time.time()
-                if now < self._backoff.until:
-                    self._sleep(self._backoff.until - now)
-                    continue
-                batch = self.store.due_deliveries(self.dest_name, now)
-                if not batch:
-                    if self.link.idle_for() > self.settings.idle_release_s:
-                        self.link.close()
-                    due = self.store.next_due(self.dest_name)
-                    self._sleep(1.0 if due is None else min(1.0, max(0.01, due - now)))
-                    continue
-                for delivery in batch:
-                    if self._stop_event.is_set() or time.time() < self._backoff.until:
-                        break
-                    self._deliver(delivery)
-        except Exception:  # the thread must say why it died; the service notices and exits non-zero
-            log.exception("sender stopped", destination=self.dest_name)
-            raise
-        finally:
-            self.link.close()
+            if abort:
+                self.link.abort()
+            else:
+                self.link.close()
+        except Exception as exc:
+            log.warning("association closed uncleanly", destination=self.dest_name, error=type(exc).__name__)
 
     def _sleep(self, seconds: float) -> None:
         self.wake.wait(seconds)
@@ -289,9 +321,12 @@ class Sender(threading.Thread):
         except PermanentError as exc:
             self._quarantine(d, exc.code, str(exc))
             return
-        except (OSError, ValueError, AttributeError, RuntimeError) as exc:
-            # Our side: a missing outbox file, a dataset pynetdicom cannot encode for the context.
-            self.link.abort()
+        except Exception as exc:
+            if is_environment(exc):
+                raise
+            # This instance: a missing or unreadable outbox file, a dataset pynetdicom cannot encode
+            # (a two-valued SOP Instance UID). Messages describe the de-identified copy, not the original.
+            self._close_link(abort=True)
             self._quarantine(d, "send-failed", f"{type(exc).__name__}: {str(exc)[:200]}")
             return
         if delivered(status):

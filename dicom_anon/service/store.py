@@ -19,7 +19,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = "1"
+import numpy as np
+
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,7 +39,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     state TEXT NOT NULL,
     route_only TEXT,
     claimed_at REAL,
-    done_at REAL
+    done_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    error TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_same_instance ON jobs (sop_key, digest);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
@@ -87,6 +92,12 @@ CREATE TABLE IF NOT EXISTS identities (
     surrogate TEXT NOT NULL,
     chosen_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS generated_identities (
+    patient_pseudonym TEXT PRIMARY KEY,
+    latent_index INTEGER NOT NULL,
+    embedding BLOB NOT NULL,
+    chosen_at REAL NOT NULL
+);
 """
 
 # Job states. A job is 'done' when none of its deliveries is pending; quarantined parts hold
@@ -127,6 +138,7 @@ class Job:
     transfer_syntax: str
     spool_path: str | None
     route_only: str | None
+    attempts: int = 0  # earlier tries that failed for this instance's own reasons
 
 
 @dataclass(frozen=True)
@@ -216,7 +228,23 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         self.set_meta_default("schema_version", SCHEMA_VERSION)
+
+    def _migrate(self) -> None:
+        """Schema 1 -> 2: jobs count their failed tries and wait out a backoff (poison jobs)."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        added = {
+            "attempts": "INTEGER NOT NULL DEFAULT 0",
+            "next_attempt_at": "REAL NOT NULL DEFAULT 0",
+            "error": "TEXT",
+        }
+        missing = [f"ALTER TABLE jobs ADD COLUMN {n} {kind}" for n, kind in added.items() if n not in columns]
+        if missing:
+            with self.transaction() as db:
+                for sql in missing:
+                    db.execute(sql)
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         with self._lock:
@@ -314,10 +342,14 @@ class StateStore:
             ).rowcount
 
     def claim_job(self) -> Job | None:
-        """The oldest received job, now marked processing; None when the queue is empty.
+        """The oldest received job whose time has come (a job that failed waits out its backoff while
+        the ones behind it go ahead), now marked processing; None when none is due.
         (Not fsynced: a claim lost to a power cut only means the job is claimed again.)"""
         with self.transaction(durable=False) as db:
-            row = db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY id LIMIT 1", (RECEIVED,)).fetchone()
+            row = db.execute(
+                "SELECT * FROM jobs WHERE state = ? AND next_attempt_at <= ? ORDER BY id LIMIT 1",
+                (RECEIVED, time.time()),
+            ).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -333,14 +365,17 @@ class StateStore:
                 row["transfer_syntax"],
                 row["spool_path"],
                 row["route_only"],
+                row["attempts"],
             )
 
-    def requeue(self, job_id: int) -> None:
-        """Processing failed on our side (disk full writing the outbox): put the job back in line."""
+    def retry_job(self, job_id: int, when: float, error: str) -> None:
+        """Processing failed for the instance's own reasons: count the try, and put the job back
+        in line from ``when`` on, so that the jobs behind it are not held up meanwhile."""
         with self.transaction(durable=False) as db:
             db.execute(
-                "UPDATE jobs SET state = ?, claimed_at = NULL WHERE id = ? AND state = ?",
-                (RECEIVED, job_id, PROCESSING),
+                "UPDATE jobs SET state = ?, claimed_at = NULL, attempts = attempts + 1, next_attempt_at = ?,"
+                " error = ? WHERE id = ? AND state = ?",
+                (RECEIVED, when, error, job_id, PROCESSING),
             )
 
     def job_spool_path(self, job_id: int) -> str | None:
@@ -568,7 +603,8 @@ class StateStore:
                 db.execute("UPDATE jobs SET state = ?, done_at = NULL WHERE id = ?", (ROUTED, q["job_id"]))
             else:
                 db.execute(
-                    "UPDATE jobs SET state = ?, route_only = ?, spool_path = ?, done_at = NULL WHERE id = ?",
+                    "UPDATE jobs SET state = ?, route_only = ?, spool_path = ?, done_at = NULL, attempts = 0,"
+                    " next_attempt_at = 0, error = NULL WHERE id = ?",
                     (RECEIVED, q["route"], restored_path, q["job_id"]),
                 )
 
@@ -606,6 +642,32 @@ class StateStore:
                 " ON CONFLICT (patient_pseudonym) DO NOTHING",
                 (pseudonym, surrogate, time.time()),
             )
+
+    def generated_for(self, pseudonym: str) -> int | None:
+        """The index, in this patient's keyed latent stream, of the generated person they were given."""
+        rows = self._read(
+            "SELECT latent_index FROM generated_identities WHERE patient_pseudonym = ?", (pseudonym,)
+        )
+        return rows[0]["latent_index"] if rows else None
+
+    def remember_generated(self, pseudonym: str, index: int, embedding: np.ndarray) -> None:
+        """Keep the first generated person and its SFace embedding (what keeping later patients'
+        people apart from it needs; the face itself is regenerated from the index)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO generated_identities (patient_pseudonym, latent_index, embedding, chosen_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (patient_pseudonym) DO NOTHING",
+                (pseudonym, int(index), np.asarray(embedding, "<f4").tobytes(), time.time()),
+            )
+
+    def generated_embeddings(self, excluding: str) -> np.ndarray:
+        """(n, 128) SFace embeddings of the generated people of every patient but ``excluding``."""
+        rows = self._read(
+            "SELECT embedding FROM generated_identities WHERE patient_pseudonym != ?", (excluding,)
+        )
+        if not rows:
+            return np.zeros((0, 128), np.float32)
+        return np.stack([np.frombuffer(r["embedding"], "<f4") for r in rows])
 
     # --- reporting -----------------------------------------------------------------------
 

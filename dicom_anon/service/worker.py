@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-import traceback
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +33,7 @@ from ..headers.errors import Refused
 from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..rules import Decision, Rules
+from .failures import Backoff, describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable, write_durable
 from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
 
@@ -72,13 +73,6 @@ def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: 
     return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
 
 
-def describe_exception(exc: BaseException) -> str:
-    """Type and place of an unexpected error, without its message: messages can quote PHI."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return f"{type(exc).__name__}{where}"
-
-
 @dataclass
 class Runtime:
     """What every thread of the service shares. ``rules`` is replaced whole on reload."""
@@ -100,32 +94,77 @@ class _Result:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
+# A job that fails for its own reasons (an exception nothing above turned into a quarantine) is
+# tried this many times in all, JOB_RETRY_S, 2 * JOB_RETRY_S... apart, then quarantined.
+JOB_TRIES = 3
+JOB_RETRY_S = 1.0
+# A failing environment (disk full, state store unwritable) is waited out: 0.5 s, 1 s... up to a minute.
+ENVIRONMENT_BACKOFF = (0.5, 60.0)
+
+
 class Worker(threading.Thread):
-    """One pipeline thread. Several may run; each claims the oldest waiting job."""
+    """One pipeline thread. Several may run; each claims the oldest job that is due.
+
+    No failure ends the thread. One of the environment keeps the job in hand and waits (with
+    backoff) until the environment works again: every job would fail the same way meanwhile, and
+    the job cannot even be put back while the state store is unwritable. Any other failure is the
+    instance's: the job goes back in line behind a short delay, and after JOB_TRIES to quarantine.
+    """
 
     def __init__(self, index: int, runtime: Runtime, wake: threading.Event) -> None:
         super().__init__(name=f"worker-{index}", daemon=True)
         self.rt = runtime
         self.wake = wake
         self._stop_event = threading.Event()
+        self._backoff = Backoff(*ENVIRONMENT_BACKOFF)
 
     def stop(self) -> None:
         self._stop_event.set()
         self.wake.set()
 
     def run(self) -> None:
+        in_hand: Job | None = None
         while not self._stop_event.is_set():
-            job = self.rt.store.claim_job()
-            if job is None:
-                self.wake.wait(1.0)
-                self.wake.clear()
-                continue
             try:
-                self.process(job)
-            except Exception as exc:  # our side failed (disk full, I/O): keep the job, try again later
-                log.error("job failed, requeued", job=job.id, error=describe_exception(exc))
-                self.rt.store.requeue(job.id)
-                self._stop_event.wait(5.0)
+                job = in_hand or self.rt.store.claim_job()
+                if job is None:
+                    self.wake.wait(1.0)
+                    self.wake.clear()
+                    continue
+                in_hand = job
+                self._run_job(job)
+                in_hand = None
+                self._backoff.reset()
+            except Exception as exc:  # the environment, or a fault in our own bookkeeping: wait, retry
+                delay = self._backoff.next_delay()
+                log.error(
+                    "cannot go on for now; will try again",
+                    job=in_hand.id if in_hand else None,
+                    error=describe_environment(exc) if is_environment(exc) else describe_exception(exc),
+                    retry_in_s=delay,
+                )
+                self._stop_event.wait(delay)
+
+    def _run_job(self, job: Job) -> None:
+        """Process one job; a failure of the instance's own is counted, then retried or quarantined."""
+        try:
+            self.process(job)
+            return
+        except Exception as exc:
+            if is_environment(exc):
+                raise
+            error = describe_exception(exc)
+        tries = job.attempts + 1
+        if tries < JOB_TRIES:
+            delay = JOB_RETRY_S * 2 ** (tries - 1)
+            log.error("job failed; will try again", job=job.id, error=error, tries=tries, retry_in_s=delay)
+            self.rt.store.retry_job(job.id, time.time() + delay, error)  # the jobs behind it go ahead
+            return
+        log.error("job failed; quarantined", job=job.id, error=error, tries=tries)
+        result = _Result()
+        reason = f"processing failed {tries} times ({error})"
+        self._quarantine(job, result, "worker", "processing-failed", reason, job.route_only)
+        self._commit(job, result)
 
     # --- one job -------------------------------------------------------------------------
 
@@ -164,6 +203,12 @@ class Worker(threading.Thread):
                 )
             for decision in decisions:
                 self._apply(job, ds, decision, result)
+        self._commit(job, result)
+
+    def _commit(self, job: Job, result: _Result) -> None:
+        """Record what the job came to: audit events first, then outputs, deliveries and quarantine
+        rows in one transaction, then wake the senders and release the original."""
+        rt = self.rt
         # One step, one fsync: the job's records are on disk before its deliveries can start.
         with rt.audit.batch():
             for event in result.events:
@@ -178,9 +223,20 @@ class Worker(threading.Thread):
             for o in result.outputs
             for q in o.held
         ]
-        with rt.audit.batch():
-            for (q, copy), qid in zip(audited, quarantine_ids, strict=True):
-                self._audit_quarantined(job, q, qid, **copy)
+        try:
+            with rt.audit.batch():
+                for (q, copy), qid in zip(audited, quarantine_ids, strict=True):
+                    self._audit_quarantined(job, q, qid, **copy)
+        except OSError as exc:
+            # The job is committed; doing it again would queue its deliveries twice. The log keeps
+            # what the trail could not (the quarantine rows and their reason files hold it too).
+            log.error(
+                "audit trail cannot be written; quarantine events only in this log",
+                job=job.id,
+                quarantined=quarantine_ids,
+                codes=[q.code for q, _ in audited],
+                error=describe_environment(exc),
+            )
         waiting = set()
         for o in result.outputs:
             waiting |= set(o.destinations) - {q.destination for q in o.held}

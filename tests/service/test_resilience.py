@@ -1,0 +1,134 @@
+"""One bad instance never stops the running service: a job that keeps failing goes to quarantine
+without holding up the jobs behind it, and a delivery that cannot be sent is quarantined while
+the sender goes on.
+
+Both bad instances are put where intake would have put them (spool file and job row, or an outbox
+file and its delivery): intake refuses them once it parses strictly, and these tests are about
+what the worker and the sender do when such data reaches them anyway (defence in depth).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from factories import to_bytes
+from peers import events, tiny_photo, wait_until
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from test_pipeline import archived, send
+
+from dicom_anon.service.app import Service
+from dicom_anon.service.files import write_durable
+from dicom_anon.service.store import NewJob, NewOutput
+from dicom_anon.service.worker import JOB_TRIES, Worker
+
+
+def with_command_element(ds: Dataset) -> bytes:
+    """The instance as a file with a command-group element (0000,0900) inside its data set, as
+    pynetdicom hands such a C-STORE over; pydicom refuses to write that as a file, so its
+    de-identified copy cannot be written."""
+    ds.add_new(0x00000900, "US", 0)
+    buf = DicomBytesIO()
+    buf.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buf, ds.file_meta)
+    buf.is_implicit_VR, buf.is_little_endian = False, True
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def spool(service: Service, ds: Dataset, data: bytes | None = None) -> int:
+    """What ingress does with an instance it acknowledges: spool file, then job row."""
+    assert service.store is not None
+    data = data or to_bytes(ds)
+    path = service.layout.new_spool_path()
+    write_durable(path, data)
+    job_id, new = service.store.add_job(
+        NewJob(
+            calling_ae="CLINIC",
+            peer="127.0.0.1",
+            sop_class=str(ds.SOPClassUID),
+            sop_key=hashlib.sha256(str(ds.SOPInstanceUID).encode()).hexdigest()[:32],
+            digest=hashlib.sha256(data).hexdigest(),
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+            size=len(data),
+            spool_path=service.layout.rel(path),
+        )
+    )
+    assert new
+    service._work.set()
+    return job_id
+
+
+def pause_workers(service: Service) -> None:
+    for worker in service.workers:
+        worker.stop()
+        worker.join()
+    service.workers = []
+
+
+def resume_workers(service: Service) -> None:
+    assert service.runtime is not None
+    worker = Worker(0, service.runtime, service._work)
+    worker.start()
+    service.workers.append(worker)
+
+
+def test_a_job_that_keeps_failing_is_quarantined_and_does_not_hold_up_the_queue(start_service):
+    service = start_service()
+    pause_workers(service)  # the failing job goes first in line, two good ones behind it
+    poison = tiny_photo(0)
+    job = spool(service, poison, with_command_element(poison))
+    assert send(service.port, tiny_photo(1), tiny_photo(2)) == [0, 0]
+    resume_workers(service)
+
+    data_dir = service.settings.data_dir
+    wait_until(lambda: len(archived(service)) == 2, 10, "the two photos behind the failing one")
+    assert not events(data_dir, "instance_quarantined")  # they did not wait for it
+    wait_until(lambda: events(data_dir, "instance_quarantined"), 15, "the failing job held")
+    [held] = events(data_dir, "instance_quarantined")
+    assert held["job"] == job and held["code"] == "processing-failed" and held["stage"] == "worker"
+    assert f"failed {JOB_TRIES} times (ValueError" in held["reason"]
+    assert service.store is not None and service.store.quarantined()[0].reason == held["reason"]
+    assert service.dead_threads() == []
+    assert service.store.counts()["jobs.done"] == 3
+
+
+def test_a_delivery_that_cannot_be_sent_is_quarantined_and_the_sender_goes_on(start_service, archive):
+    """A two-valued SOP Instance UID (a backslash in it) in the de-identified copy made pynetdicom
+    raise TypeError, which killed the sender thread; the process exited, restarted and died on the
+    same delivery again."""
+    arch = archive()
+    service = start_service(
+        destinations={"teaching": {"ae_title": "TEACHING", "host": "127.0.0.1", "port": arch.port}}
+    )
+    assert service.store is not None
+    pause_workers(service)
+    bad = tiny_photo(0)
+    bad.SOPInstanceUID = "2.25.1234\\2.25.5678"
+    job = spool(service, bad)
+    claimed = service.store.claim_job()  # the test plays the worker that let it through
+    assert claimed is not None and claimed.id == job
+    outbox = service.layout.outbox / f"{job}-photos.dcm"
+    write_durable(outbox, to_bytes(bad))
+    output = NewOutput(
+        route="photos",
+        path=service.layout.rel(outbox),
+        sop_class=str(bad.SOPClassUID),
+        sop_uid=str(bad.SOPInstanceUID),
+        transfer_syntax=str(bad.file_meta.TransferSyntaxUID),
+        patient_pseudonym="ANON-TEST",
+        destinations=("teaching",),
+    )
+    service.store.finish_routing(job, [output], [])
+    service.senders["teaching"].wake.set()
+
+    data_dir = service.settings.data_dir
+    wait_until(lambda: events(data_dir, "instance_quarantined"), 10, "the delivery that cannot be sent")
+    [held] = events(data_dir, "instance_quarantined")
+    assert held["stage"] == "egress" and held["code"] == "send-failed" and "TypeError" in held["reason"]
+    assert service.store.quarantined()[0].path.startswith("quarantine/")
+    resume_workers(service)
+    assert send(service.port, tiny_photo(3)) == [0]
+    wait_until(lambda: arch.received, 10, "a good photo after the bad delivery")
+    assert service.dead_threads() == []
