@@ -13,6 +13,7 @@ each run's peak RSS.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import shutil
@@ -80,7 +81,9 @@ def run_dicognito(files: list[Path], outdir: Path) -> int:
     for path in files:
         ds = pydicom.dcmread(path)
         anonymizer.anonymize(ds)
-        write_instance(ds, outdir / f"{ds.SOPInstanceUID}.dcm")
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        write_instance(buf.getvalue(), outdir / f"{ds.SOPInstanceUID}.dcm")
     return 0
 
 

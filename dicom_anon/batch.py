@@ -13,6 +13,7 @@ from pathlib import Path
 from .dicomio import looks_like_dicom, read_instance, write_instance
 from .headers.engine import Change, Profile, deidentify
 from .headers.errors import Refused
+from .headers.gate import release
 from .headers.pseudonyms import SiteKey
 
 
@@ -59,23 +60,30 @@ def collect_inputs(paths: Iterable[Path]) -> Inputs:
 def deid_file(
     source: Path, key: SiteKey, profile: Profile, outdir: Path, *, dry_run: bool = False
 ) -> Outcome:
-    """Read, de-identify and (unless dry_run) write one file as ``OUTDIR/<new SOP Instance UID>.dcm``.
+    """Read strictly, de-identify, pass the last gate and (unless dry_run) write one file as
+    ``OUTDIR/<new SOP Instance UID>.dcm``.
 
     The output is named by its new UID because original file names often carry
-    the patient's name or MRN.
+    the patient's name or MRN. A dry run passes the gate too, so that it refuses what a real
+    run would.
     """
     try:
         ds = read_instance(source)
         result = deidentify(ds, key, profile)
+        data = release(result, profile)
     except Refused as refused:
         return Outcome(source, refused=refused)
     except OSError as exc:
         return Outcome(source, refused=Refused("unreadable", f"cannot read the file ({exc.strerror})"))
+    except Exception as exc:  # fail closed: one file the engine cannot handle must not stop the batch
+        return Outcome(
+            source, refused=Refused("internal-error", f"cannot de-identify it ({type(exc).__name__})")
+        )
     if dry_run:
         return Outcome(source, changes=result.changes)
     target = outdir / f"{result.dataset.SOPInstanceUID}.dcm"
     try:
-        write_instance(result.dataset, target)
-    except Exception as exc:  # a dataset the writer rejects must not leave half a file or a traceback
-        return Outcome(source, refused=Refused("write-failed", f"cannot write the output ({exc})"))
+        write_instance(data, target)
+    except OSError as exc:
+        return Outcome(source, refused=Refused("write-failed", f"cannot write the output ({exc.strerror})"))
     return Outcome(source, output=target, changes=result.changes)

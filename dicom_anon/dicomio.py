@@ -13,28 +13,33 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from .headers.errors import Refused
+from .headers.strict import MAX_DEPTH, NotStrict, check_strict
 
 
 def read_instance(source: Path | bytes) -> Dataset:
-    """Parse a DICOM Part 10 file (path or bytes) fully, or raise Refused saying why not.
+    """Parse a DICOM Part 10 file (path or bytes) fully and strictly, or raise Refused saying why not.
 
-    The whole dataset is parsed here (not lazily) so that a truncated element is
-    found now, with a clear reason, rather than halfway through de-identification.
+    The whole dataset is parsed and checked here (``headers.strict``), not lazily, so that a
+    truncated or lying element is found now, with a clear reason, rather than trusted by the
+    profile or met halfway through de-identification.
     """
     data = source.read_bytes() if isinstance(source, Path) else source
     if not data:
         raise Refused("empty-file", "the file is empty")
     try:
         ds = pydicom.dcmread(BytesIO(data))
-        _check_complete(ds)
+        check_strict(ds)
     except Refused:
         raise
+    except RecursionError:
+        raise NotStrict(
+            "too-deep", f"sequences nested deeper than a reader can follow (limit {MAX_DEPTH})"
+        ) from None
     except InvalidDicomError:
         raise Refused("not-dicom", "not a DICOM file (no DICM preamble or readable file meta)") from None
     except Exception as exc:  # pydicom raises many types for damaged data; all mean the same to a user
@@ -49,32 +54,6 @@ def read_instance(source: Path | bytes) -> Dataset:
     return ds
 
 
-UNDEFINED_LENGTH = 0xFFFFFFFF
-
-
-def _check_complete(ds: Dataset) -> None:
-    """Parse every element, checking that each value is as long as its header says.
-
-    pydicom silently returns a short value when the file ends early; a truncated
-    transfer must be refused, not de-identified and forwarded as if whole.
-    """
-    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset yields elements, which converts them
-        raw = ds.get_item(tag)
-        if (
-            isinstance(raw, RawDataElement)
-            and raw.length != UNDEFINED_LENGTH
-            and raw.value is not None
-            and len(raw.value) != raw.length
-        ):
-            raise Refused(
-                "corrupt-dicom", f"element {tag} is truncated ({len(raw.value)} of {raw.length} bytes)"
-            )
-        element = ds[tag]
-        if element.VR == "SQ":
-            for item in element.value:
-                _check_complete(item)
-
-
 def looks_like_dicom(path: Path) -> bool:
     """True for a Part 10 file (DICM at byte 128) or a name ending .dcm; used when walking folders."""
     if path.suffix.lower() == ".dcm":
@@ -87,13 +66,14 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def write_instance(ds: Dataset, path: Path) -> None:
-    """Write atomically (temp file, fsync, rename) so a reader never sees half a file."""
+def write_instance(data: bytes, path: Path) -> None:
+    """Write the bytes of an instance (``headers.gate.release`` made them) atomically: temp file,
+    fsync, rename, so that a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

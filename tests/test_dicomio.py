@@ -72,9 +72,10 @@ def test_looks_like_dicom(tmp_path):
 
 
 def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
-    ds = read_instance(make_instance())
+    data = make_instance()
+    ds = read_instance(data)
     target = tmp_path / "out" / "x.dcm"
-    write_instance(ds, target)
+    write_instance(data, target)
     assert read_instance(target).SOPInstanceUID == ds.SOPInstanceUID
     assert [p.name for p in target.parent.iterdir()] == ["x.dcm"]
 

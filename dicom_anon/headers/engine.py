@@ -5,9 +5,9 @@
 * private elements (odd groups, including ones read as UN from Implicit VR) are
   removed, unless Retain Safe Private is on and (private creator, element) is on the
   profile's safe list; a private creator goes when none of its elements stays;
-* Icon Image Sequence (0088,0200), overlay groups 60xx and curve groups 50xx are
-  removed wherever they appear (with Clean Graphics too: burned overlay bits cannot
-  be cleaned, only removed);
+* Icon Image Sequence (0088,0200), overlay groups 60xx, curve groups 50xx, Waveform
+  Sequence (5400,0100) and directory attributes (group 0004) are removed wherever they
+  appear (with Clean Graphics too: burned overlay bits cannot be cleaned, only removed);
 * Patient ID and Patient's Name become keyed pseudonyms of the original Patient ID
   (or of name and birth date when the ID is empty); Accession Number and Study ID
   become keyed pseudonyms of themselves, so studies stay distinguishable;
@@ -71,6 +71,8 @@ DEFAULT_SAFE_PRIVATE: frozenset[tuple[str, int]] = frozenset(
 
 # Plain ints: comparing pydicom BaseTags goes through a slow __eq__, and this runs per element.
 ICON_IMAGE_SEQUENCE = 0x00880200
+WAVEFORM_SEQUENCE = 0x54000100
+DIRECTORY_GROUP = 0x0004
 PATIENT_ID = 0x00100020
 PATIENT_NAME = 0x00100010
 ACCESSION_NUMBER = 0x00080050
@@ -227,10 +229,8 @@ class _Walker:
             location = _location(prefix, tag, elem.keyword)
             if tag.element == 0:
                 self._remove(ds, elem, location, "X")
-            elif int(tag) == ICON_IMAGE_SEQUENCE:
-                self._remove(ds, elem, location, "remove-icon")
-            elif (base := repeating_group_base(tag.group)) is not None:
-                self._remove(ds, elem, location, "remove-overlay" if base == 0x6000 else "remove-curve")
+            elif (removal := removed_everywhere(tag)) is not None:
+                self._remove(ds, elem, location, removal)
             elif dummy:
                 self._dummy(ds, elem, prefix, location)
             elif int(tag) in PSEUDONYM_TAGS:
@@ -240,7 +240,7 @@ class _Walker:
         self._drop_unused_private_creators(ds, prefix)
 
     def _public(self, ds: Dataset, elem: DataElement, prefix: str, location: str) -> None:
-        vr = _vr(elem)
+        vr = value_vr(elem)
         row = self.table.lookup(elem.tag)
         if row is None:
             if not (dictionary_has_tag(elem.tag) or repeater_has_tag(elem.tag)):
@@ -254,7 +254,7 @@ class _Walker:
         self._apply(ds, elem, resolve(row, self.options, vr=vr, keyword=elem.keyword), prefix, location)
 
     def _apply(self, ds: Dataset, elem: DataElement, action: Resolved, prefix: str, location: str) -> None:
-        vr = _vr(elem)
+        vr = value_vr(elem)
         code = action.code
         if code == "X":
             self._remove(ds, elem, location, "X")
@@ -280,7 +280,7 @@ class _Walker:
             raise ValueError(f"unresolved action {code!r} for {location}")
 
     def _keep(self, ds: Dataset, elem: DataElement, prefix: str, location: str) -> None:
-        vr = _vr(elem)
+        vr = value_vr(elem)
         if vr == "SQ":
             self._items(elem, prefix)
         elif names_prose(vr, elem.keyword) and not _is_empty(elem):
@@ -292,7 +292,7 @@ class _Walker:
     def _clean(
         self, ds: Dataset, elem: DataElement, option: Option | None, prefix: str, location: str
     ) -> None:
-        vr = _vr(elem)
+        vr = value_vr(elem)
         if vr == "SQ":
             self._items(elem, prefix)
         elif _is_empty(elem):
@@ -308,7 +308,7 @@ class _Walker:
 
     def _shift(self, ds: Dataset, elem: DataElement, location: str) -> None:
         """Retain Modified Dates: dates move by the patient's offset; times and UTC offsets stay."""
-        vr = _vr(elem)
+        vr = value_vr(elem)
         if vr in ("DA", "DT"):
             shift = shift_da if vr == "DA" else shift_dt
             days = self.shift_days or 0
@@ -326,7 +326,7 @@ class _Walker:
 
     def _dummy(self, ds: Dataset, elem: DataElement, prefix: str, location: str) -> None:
         """Inside a sequence whose action is D: keep every element, replace every value."""
-        vr = _vr(elem)
+        vr = value_vr(elem)
         if vr == "SQ":
             self._items(elem, prefix, dummy=True)
         elif vr == "UI":
@@ -365,7 +365,7 @@ class _Walker:
 
     def _private(self, ds: Dataset, elem: DataElement, prefix: str) -> None:
         tag = elem.tag
-        creator = _creator(ds, tag)
+        creator = private_creator(ds, tag)
         location = _location(prefix, tag, f"private [{creator}]" if creator else "private")
         safe = (
             Option.RETAIN_SAFE_PRIVATE in self.options
@@ -375,7 +375,7 @@ class _Walker:
         )
         if not safe:
             self._remove(ds, elem, location, "remove-private")
-        elif _vr(elem) == "SQ":
+        elif value_vr(elem) == "SQ":
             self._items(elem, prefix)
         else:
             self.record(location, "K", _mask(elem.value, elem.VR), _mask(elem.value, elem.VR))
@@ -395,10 +395,10 @@ class _Walker:
         return _join([new_uid(self.key, v) for v in _values(elem)])
 
     def _dummy_value(self, elem: DataElement) -> object:
-        return self._uid_value(elem) if _vr(elem) == "UI" else dummy_value(_vr(elem))
+        return self._uid_value(elem) if value_vr(elem) == "UI" else dummy_value(value_vr(elem))
 
     def _set(self, ds: Dataset, elem: DataElement, value: object, location: str, action: str) -> None:
-        vr = _vr(elem)
+        vr = value_vr(elem)
         old = _mask(elem.value, vr)
         replacement = DataElement(elem.tag, vr, value)
         ds[elem.tag] = replacement
@@ -406,7 +406,7 @@ class _Walker:
 
     def _remove(self, ds: Dataset, elem: DataElement, location: str, action: str) -> None:
         del ds[elem.tag]
-        self.record(location, action, _mask(elem.value, _vr(elem)), "")
+        self.record(location, action, _mask(elem.value, value_vr(elem)), "")
 
     def rebuild_file_meta(self, out: Dataset, original: Dataset) -> None:
         """A fresh file meta for the new instance: new SOP Instance UID, nothing about the sender."""
@@ -433,7 +433,27 @@ class _Walker:
 # --- small helpers ---------------------------------------------------------------------
 
 
-def _vr(elem: DataElement) -> str:
+def removed_everywhere(tag: BaseTag) -> str | None:
+    """The action that removes ``tag`` wherever it appears, whatever the table or an option says.
+
+    Icons are a thumbnail of the picture; overlays and curves carry drawn or typed text, and
+    their successor, a Waveform Sequence inside an image, carries channel labels and coded
+    annotations with free text; directory attributes (group 0004) belong to a DICOMDIR, not
+    to an instance, and name files, whose names often carry the patient's name.
+    """
+    if int(tag) == ICON_IMAGE_SEQUENCE:
+        return "remove-icon"
+    if int(tag) == WAVEFORM_SEQUENCE:
+        return "remove-waveform"
+    if tag.group == DIRECTORY_GROUP:
+        return "remove-directory"
+    base = repeating_group_base(tag.group)
+    if base is not None:
+        return "remove-overlay" if base == 0x6000 else "remove-curve"
+    return None
+
+
+def value_vr(elem: DataElement) -> str:
     """The element's VR; the dictionary's when the file said UN (Implicit VR, unknown to the reader)."""
     if elem.VR == "UN" and not elem.tag.is_private:
         try:
@@ -463,7 +483,7 @@ def _join(values: list[str]) -> str | list[str]:
     return values[0] if len(values) == 1 else values
 
 
-def _creator(ds: Dataset, tag: BaseTag) -> str | None:
+def private_creator(ds: Dataset, tag: BaseTag) -> str | None:
     """The private creator string that reserves ``tag``'s block, or None."""
     creator_tag = Tag(tag.group, tag.element >> 8)
     if tag.element < 0x1000 or creator_tag not in ds:

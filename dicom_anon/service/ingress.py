@@ -1,7 +1,9 @@
 """Ingress: the Storage SCP the clinic PACS sends to.
 
 pynetdicom runs the C-STORE handler in the association's own thread, so the handler
-does only what the answer depends on: check the dataset decodes, write the bytes to
+does only what the answer depends on: check the dataset parses strictly (``headers.strict``:
+a lying length, a wrong VR or multiplicity, broken encapsulation or deep nesting is refused
+here with 0xC000 and the rule it broke, before anything is acknowledged), write the bytes to
 the spool (fsync file and directory), record the job (SQLite, synchronous commit),
 then answer. De-identification happens later, from the queue; a slow model here
 would time the sender out.
@@ -284,7 +286,7 @@ class Ingress:
         log.warning("instance refused", status=f"0x{status:04X}", code=code, peer=assoc.requestor.address)
         rsp = Dataset()
         rsp.Status = status
-        rsp.ErrorComment = reason[:64]
+        rsp.ErrorComment = f"{code}: {reason}"[:64]
         return rsp
 
     def _on_store(self, event: evt.Event) -> Dataset | int:

@@ -2,7 +2,9 @@
 
 For every route that applies: drop, quarantine, or (forward) run the pixel stage when
 the route's profile has pixel settings and a pixel stage is installed, then the header
-engine, write the result to the outbox and create one delivery per destination. All
+engine and the last gate (``headers.gate.release``: the output bytes re-read strictly and
+checked against the profile, or quarantined), write the result to the outbox and create
+one delivery per destination. All
 of a job's outcomes are committed in one transaction, so after a crash a job is either
 fully routed or processed again from the start (with the same keyed UIDs).
 """
@@ -15,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from ..config import PixelSettings, ProfileSettings
 from ..dicomio import read_instance
 from ..headers.engine import Profile, deidentify
 from ..headers.errors import Refused
+from ..headers.gate import GateFailed, release
 from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..rules import Decision, Rules
@@ -295,9 +297,13 @@ class Worker(threading.Thread):
         assert profile is not None and route.profile is not None
         try:
             dataset, cleaned, pixels = self._pixels(ds, profile)
-            deid = deidentify(dataset, self.rt.key, Profile(options=profile.options), pixels_cleaned=cleaned)
+            deid_profile = Profile(options=profile.options)
+            deid = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
+            # The last gate: only bytes that re-read strictly and match the profile may leave.
+            data = release(deid, deid_profile)
         except Refused as refused:
-            self._quarantine(job, result, "deid", refused.code, refused.reason, route.name)
+            stage = "gate" if isinstance(refused, GateFailed) else "deid"
+            self._quarantine(job, result, stage, refused.code, refused.reason, route.name)
             return
         except Exception as exc:  # fail closed: whatever went wrong, this instance does not leave
             reason = f"internal error ({describe_exception(exc)})"
@@ -305,21 +311,18 @@ class Worker(threading.Thread):
             self._quarantine(job, result, "deid", "internal-error", reason, route.name)
             return
         out = deid.dataset
-        buf = BytesIO()
-        out.save_as(buf, enforce_file_format=True)
         path: str | None = None
         held: tuple[NewQuarantine, ...] = ()
         if route.hold_for_review:
-            copy = buf.getvalue()
             held = tuple(
-                self._hold(job.id, copy, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
+                self._hold(job.id, data, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
                 for dest in route.destinations
             )
         else:
             target = self.rt.layout.outbox / f"{job.id}-{route.name}.dcm"
             # Only this job writes this name; a copy left by an attempt cut short is replaced whole.
             target.unlink(missing_ok=True)
-            write_durable(target, buf.getvalue())
+            write_durable(target, data)
             path = self.rt.layout.rel(target)
         result.outputs.append(
             NewOutput(

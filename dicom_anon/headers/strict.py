@@ -1,0 +1,266 @@
+"""Strict reading: an instance is de-identified only if every element is what its header says.
+
+pydicom reads leniently, and a lenient parse must not be trusted with patient data. The
+worst case is a length that is too large: the element then swallows the elements after
+it (Patient's Name, a private CSA block) into its own value, the profile never sees
+them, and they leave inside an attribute the profile keeps. Such a value always breaks
+a rule of its VR or of the attribute: a US with sixteen values where the dictionary
+allows one, a code string with binary tag bytes in it, Pixel Data longer than its
+rows and columns. So every element is checked against those rules, and the first
+that fails refuses the instance with :class:`NotStrict` (a ``Refused``):
+
+* the VR is one the data dictionary allows for the tag (or UN), its length fits the VR
+  (a whole number of binary values, no undefined length outside sequences and
+  encapsulated Pixel Data) and the value is complete (not cut short by the end of the file);
+* the value multiplicity is one the dictionary allows for the keyword (so a single-valued
+  UID holds one UID);
+* each value passes pydicom's own validation for its VR (maximum lengths, the character
+  rules of AE, AS, CS, DA, DS, DT, IS, TM and UI, PN components), and text holds no
+  control characters (pydicom does not check these for LO, SH, PN, ST, LT, UT; a value
+  that swallowed binary element headers always has some) and nothing that could not
+  be decoded in its character set;
+* sequences nest at most :data:`MAX_DEPTH` deep (real objects stay far below; deeper ones
+  exist to exhaust a reader's stack);
+* Pixel Data is native with exactly the length its image attributes give, or
+  encapsulated (item-framed) only under an encapsulated transfer syntax, with a
+  Basic Offset Table of one entry per frame when present and fragments that make up
+  exactly Number of Frames frames; an ICC Profile is as long as its own header says.
+
+Private elements are checked only for framing (complete values, nesting depth): the
+profile removes them, and the dictionary says nothing about them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from pydicom import config
+from pydicom.datadict import dictionary_VM, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames, parse_basic_offsets, parse_fragments
+from pydicom.multival import MultiValue
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID
+from pydicom.valuerep import validate_value
+
+from .errors import Refused
+
+# Deeper than any real object nests (an SR content tree of a long report reaches about ten).
+MAX_DEPTH = 16
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA = 0x7FE00010
+ICC_PROFILE = 0x00282000
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_ITEM_DELIMITERS = frozenset({0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD})
+
+# Bytes per value of the binary VRs: a length that is not a multiple cannot be decoded.
+_VALUE_SIZE = {
+    "AT": 4,
+    "FD": 8,
+    "FL": 4,
+    "OD": 8,
+    "OF": 4,
+    "OL": 4,
+    "OV": 8,
+    "OW": 2,
+    "SL": 4,
+    "SS": 2,
+    "SV": 8,
+    "UL": 4,
+    "US": 2,
+    "UV": 8,
+}
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+# PS3.5 6.1.3: text VRs hold no control characters but ESC (character set switches) and, in
+# prose, TAB, LF, FF and CR. Those four are tolerated everywhere because modalities write them
+# into LO values (the deid-data ultrasound has a CR in Reason for Study) and they carry no
+# structure; a value that swallowed binary element headers always has a NUL or another control
+# byte. U+FFFD is what a value that could not be decoded in its character set became.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
+_VM = re.compile(r"^(\d+)(?:-(\d*)(n)?)?$")
+
+
+class NotStrict(Refused):
+    """The instance does not parse strictly; ``code`` says which rule it broke."""
+
+
+def check_strict(ds: Dataset) -> None:
+    """Raise :class:`NotStrict` unless every element of ``ds`` (file meta included) parses strictly."""
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        _check_dataset(meta, "", 0)
+    tsyntax = UID(meta.get("TransferSyntaxUID", "")) if meta is not None else UID("")
+    # An unknown transfer syntax is read_instance's to refuse, with its own code.
+    encapsulated = tsyntax.is_transfer_syntax and tsyntax.is_encapsulated
+    _check_dataset(ds, "", 0)
+    if PIXEL_DATA in ds:
+        _check_pixel_data(ds, encapsulated=encapsulated)
+    if ICC_PROFILE in ds:
+        _check_icc_profile(ds[ICC_PROFILE].value)
+
+
+def _refuse(code: str, where: str, what: str) -> Refused:
+    return NotStrict(code, f"{where}: {what}")
+
+
+def _check_dataset(ds: Dataset, prefix: str, depth: int) -> None:
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element; raw first
+        raw = ds.get_item(tag)
+        where = f"{prefix}({tag.group:04X},{tag.element:04X})"
+        if isinstance(raw, RawDataElement):
+            _check_raw(raw, where)
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            if depth + 1 > MAX_DEPTH:
+                raise _refuse("too-deep", where, f"sequences nested more than {MAX_DEPTH} deep")
+            for index, item in enumerate(elem.value):
+                _check_dataset(item, f"{where}[{index}] > ", depth + 1)
+            continue
+        if not tag.is_private:
+            _check_public(elem, where)
+
+
+def _check_raw(raw: RawDataElement, where: str) -> None:
+    """What only the undecoded element shows: its declared length against the bytes it got."""
+    if raw.length != UNDEFINED_LENGTH and raw.value is not None and len(raw.value) != raw.length:
+        raise _refuse("corrupt-dicom", where, f"value truncated ({len(raw.value)} of {raw.length} bytes)")
+    if int(raw.tag) in _ITEM_DELIMITERS:
+        raise _refuse("bad-structure", where, "an item or delimiter tag where an element belongs")
+
+
+def _check_public(elem: DataElement, where: str) -> None:
+    tag = elem.tag
+    try:
+        allowed_vrs = dictionary_VR(tag)
+        vm = dictionary_VM(tag)
+    except KeyError:
+        return  # not in the dictionary: the profile removes it
+    vr = elem.VR
+    if vr != "UN" and vr not in allowed_vrs.split(" or "):
+        raise _refuse("wrong-vr", where, f"VR {vr}, the dictionary says {allowed_vrs}")
+    if elem.is_undefined_length and int(tag) != PIXEL_DATA:
+        raise _refuse("bad-length", where, f"undefined length on a {vr} element")
+    value = elem.value
+    size = _VALUE_SIZE.get(vr)
+    if size is not None and isinstance(value, bytes | bytearray) and len(value) % size:
+        raise _refuse("bad-length", where, f"{len(value)} bytes is not a whole number of {vr} values")
+    if elem.VM and not _vm_allows(vm, elem.VM):
+        raise _refuse("bad-multiplicity", where, f"{elem.VM} values, the dictionary allows {vm}")
+    if vr in _TEXT_VRS:
+        for text in _texts(value):
+            _check_text(vr, text, where)
+
+
+def _vm_allows(vm: str, count: int) -> bool:
+    """Whether the dictionary's VM ("1", "1-3", "1-n", "2-2n") allows ``count`` values."""
+    match = _VM.match(vm)
+    if match is None:
+        return True  # a form the dictionary does not use today: do not guess
+    low, high, unbounded = int(match[1]), match[2], match[3]
+    if high is None:
+        return count == low
+    if unbounded:
+        return count >= low and count % int(high or 1) == 0
+    return low <= count <= int(high)
+
+
+def _texts(value: object) -> Iterator[str]:
+    if value is None:
+        return
+    values = value if isinstance(value, MultiValue | list) else [value]
+    for v in values:
+        if v is not None:
+            yield str(v)
+
+
+def _check_text(vr: str, text: str, where: str) -> None:
+    if _CONTROL.search(text):
+        raise _refuse("bad-value", where, f"{vr} value holds control characters or undecodable bytes")
+    try:
+        validate_value(vr, text, config.RAISE)
+    except ValueError as exc:
+        raise _refuse(
+            "bad-value", where, str(exc).replace(text, "…") if len(text) > 3 else str(exc)
+        ) from None
+    if vr == "UI" and not UID(text).is_valid:
+        raise _refuse("bad-uid", where, "not a valid UID")
+
+
+def _check_pixel_data(ds: Dataset, *, encapsulated: bool) -> None:
+    elem = ds[PIXEL_DATA]
+    where = "(7FE0,0010) Pixel Data"
+    # PS3.5 A.4 wants undefined length for encapsulated data; a defined length whose value is
+    # framed exactly as fragments (checked below) is tolerated, as pydicom writes it when a
+    # sender forgets to ask for undefined length. The other way round, items under a native
+    # transfer syntax, is a decoder's guess and a hiding place: the metadata segments of a
+    # JPEG nobody knows is there would never be stripped.
+    if elem.is_undefined_length and not encapsulated:
+        raise _refuse("encapsulation-mismatch", where, "encapsulated under a native transfer syntax")
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        raise _refuse("bad-value", "(0028,0008) Number of Frames", "not a number") from None
+    if frames < 1:
+        raise _refuse("bad-value", "(0028,0008) Number of Frames", "less than one frame")
+    if encapsulated:
+        buffer = elem.value or b""
+        if not elem.is_undefined_length and buffer.endswith(_SEQUENCE_DELIMITER):
+            buffer = buffer[: -len(_SEQUENCE_DELIMITER)]
+        _check_encapsulated(ds, buffer, frames, where)
+        return
+    try:
+        expected = get_expected_length(ds)
+    except (AttributeError, TypeError, ValueError):
+        raise _refuse("pixel-data-mismatch", where, "the image attributes it needs are missing") from None
+    length = len(elem.value or b"")
+    if length not in (expected, expected + expected % 2):
+        raise _refuse("pixel-data-mismatch", where, f"{length} bytes where the image needs {expected}")
+
+
+def _check_encapsulated(ds: Dataset, buffer: bytes, frames: int, where: str) -> None:
+    """The offset table and the fragments must describe exactly ``frames`` frames, nothing outside them."""
+    try:
+        offsets = parse_basic_offsets(buffer)
+        bot_end = 8 + 4 * len(offsets)
+        count, starts = parse_fragments(buffer[bot_end:])
+    except (ValueError, Exception) as exc:  # struct.error too: the framing is broken either way
+        raise _refuse("bad-encapsulation", where, f"broken item framing ({exc})") from None
+    if count == 0:
+        raise _refuse("bad-encapsulation", where, "no fragment after the Basic Offset Table")
+    lengths = [int.from_bytes(buffer[bot_end + s + 4 : bot_end + s + 8], "little") for s in starts]
+    end = bot_end + starts[-1] + 8 + lengths[-1]
+    if end != len(buffer):
+        raise _refuse("bad-encapsulation", where, "the fragments do not end where the Pixel Data does")
+    if offsets:
+        if len(offsets) != frames or offsets[0] != 0 or not set(offsets) <= set(starts):
+            raise _refuse(
+                "bad-encapsulation", where, "the Basic Offset Table does not list one fragment per frame"
+            )
+    elif count < frames:
+        raise _refuse("bad-encapsulation", where, f"{count} fragments for {frames} frames")
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        found = sum(
+            1
+            for frame in generate_frames(buffer, number_of_frames=frames, extended_offsets=extended)
+            if frame
+        )
+    except Exception as exc:  # pydicom raises several types for frames it cannot delimit
+        raise _refuse("bad-encapsulation", where, f"cannot split it into frames ({exc})") from None
+    if found != frames:
+        raise _refuse("bad-encapsulation", where, f"{found} frames where Number of Frames says {frames}")
+
+
+def _check_icc_profile(value: bytes | None) -> None:
+    """ICC.1 7.2.2: the profile's first four bytes give its size; padding to even length adds one."""
+    data = value or b""
+    declared = int.from_bytes(data[:4], "big")
+    if len(data) < 128 or len(data) not in (declared, declared + declared % 2):
+        raise _refuse("bad-length", "(0028,2000) ICC Profile", "not as long as its own header says")
