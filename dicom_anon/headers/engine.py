@@ -49,7 +49,7 @@ from .markers import write_markers
 from .options import PIXEL_OPTIONS, Option
 from .pseudonyms import SiteKey
 from .table import Resolved, Table, load_table, repeating_group_base, resolve
-from .text import CLEANED_TEXT, is_free_text, is_text, names_prose
+from .text import CLEANED_TEXT, clean_code_string, is_free_text, is_text, names_prose
 from .uids import new_uid
 
 # Private attributes kept under Retain Safe Private: numeric acquisition parameters
@@ -250,6 +250,8 @@ class _Walker:
                 self._items(elem, prefix)
             elif is_free_text(vr, elem.keyword) and not _is_empty(elem):
                 self._set(ds, elem, CLEANED_TEXT, location, "C")
+            else:
+                self._clean_code_string(ds, elem, location)
             return
         self._apply(ds, elem, resolve(row, self.options, vr=vr, keyword=elem.keyword), prefix, location)
 
@@ -286,8 +288,18 @@ class _Walker:
         elif names_prose(vr, elem.keyword) and not _is_empty(elem):
             # An option keeps what an attribute identifies, never a description's prose.
             self._set(ds, elem, CLEANED_TEXT, location, "C")
-        elif not _is_empty(elem):
+        elif not _is_empty(elem) and not self._clean_code_string(ds, elem, location):
             self.record(location, "K", _mask(elem.value, vr), _mask(elem.value, vr))
+
+    def _clean_code_string(self, ds: Dataset, elem: DataElement, location: str) -> bool:
+        """A kept code string that is not one of its terms is free text: clean it (True if it was)."""
+        if value_vr(elem) != "CS" or _is_empty(elem):
+            return False
+        cleaned = clean_code_string(elem.keyword, _values(elem))
+        if cleaned is None:
+            return False
+        self._set(ds, elem, _join(cleaned), location, "C")
+        return True
 
     def _clean(
         self, ds: Dataset, elem: DataElement, option: Option | None, prefix: str, location: str

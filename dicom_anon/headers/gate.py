@@ -10,7 +10,8 @@ re-read dataset against the profile, independently of the walk that produced it:
   dataset, no overlay, curve, waveform, icon or directory attribute, no attribute the
   dictionary does not know, no attribute whose Table E.1-1 action is X;
 * Z attributes are empty, prose (free text the engine cleans) says ``CLEANED`` or nothing,
-  and Patient Identity Removed is YES.
+  kept code strings hold only their terms (``text.clean_code_string``), and Patient Identity
+  Removed is YES.
 
 A failure is a ``Refused`` with a ``gate-`` code: the caller quarantines (service) or
 refuses (deid), so an engine bug or a value pydicom writes differently from how it holds
@@ -32,7 +33,7 @@ from .engine import PSEUDONYM_TAGS, DeidResult, Profile, private_creator, remove
 from .errors import Refused
 from .options import Option
 from .table import Table, load_table, resolve
-from .text import CLEANED_TEXT, is_free_text, is_text, names_prose
+from .text import CLEANED_TEXT, clean_code_string, is_free_text, is_text, names_prose
 
 
 class GateFailed(Refused):
@@ -91,6 +92,8 @@ class _Check:
                 self._items(elem, where, dummy=False)
             elif is_free_text(vr, elem.keyword):
                 self._cleaned(elem, where)
+            else:
+                self._code_string(elem, where)
             return
         action = resolve(row, self.options, vr=vr, keyword=elem.keyword)
         code = action.code
@@ -102,6 +105,8 @@ class _Check:
             self._items(elem, where, dummy=code == "D")
         elif _must_be_cleaned(code, action.option, vr, elem.keyword):
             self._cleaned(elem, where)
+        elif code == "K":
+            self._code_string(elem, where)
 
     def _private(self, ds: Dataset, elem: DataElement, where: str) -> None:
         creator = private_creator(ds, elem.tag)
@@ -119,6 +124,13 @@ class _Check:
     def _cleaned(self, elem: DataElement, where: str) -> None:
         if not _is_empty(elem) and str(elem.value) != CLEANED_TEXT:
             self._fail("gate-uncleaned-text", where, "free text the profile cleans is still there")
+
+    def _code_string(self, elem: DataElement, where: str) -> None:
+        if value_vr(elem) != "CS" or _is_empty(elem):
+            return
+        values = [str(v) for v in elem.value] if isinstance(elem.value, MultiValue) else [str(elem.value)]
+        if clean_code_string(elem.keyword, values) is not None:
+            self._fail("gate-uncleaned-text", where, "a code string holds a value outside its terms")
 
     @staticmethod
     def _fail(code: str, where: str, what: str) -> None:

@@ -93,7 +93,7 @@ def check_strict(ds: Dataset) -> None:
     """Raise :class:`NotStrict` unless every element of ``ds`` (file meta included) parses strictly."""
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
-        _check_dataset(meta, "", 0)
+        _check_dataset(meta, "", 0, meta=True)
     tsyntax = UID(meta.get("TransferSyntaxUID", "")) if meta is not None else UID("")
     # An unknown transfer syntax is read_instance's to refuse, with its own code.
     encapsulated = tsyntax.is_transfer_syntax and tsyntax.is_encapsulated
@@ -108,10 +108,14 @@ def _refuse(code: str, where: str, what: str) -> Refused:
     return NotStrict(code, f"{where}: {what}")
 
 
-def _check_dataset(ds: Dataset, prefix: str, depth: int) -> None:
+def _check_dataset(ds: Dataset, prefix: str, depth: int, *, meta: bool = False) -> None:
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element; raw first
         raw = ds.get_item(tag)
         where = f"{prefix}({tag.group:04X},{tag.element:04X})"
+        if (tag.group == 0x0002) != meta or tag.group == 0x0000:
+            # Command elements (and file meta elements) have no place in a dataset: pydicom cannot
+            # even write them back, so they would stall the queue as an unwritable output.
+            raise _refuse("bad-structure", where, "a command or file meta element inside the dataset")
         if isinstance(raw, RawDataElement):
             _check_raw(raw, where)
         elem = ds[tag]

@@ -14,9 +14,21 @@ descriptions that an option would keep (Device Description under Retain Device
 Identity can name the doctor who owns the camera). Values that an option keeps
 for what they identify (Institution Address, Lens Serial Number) are kept: that is
 the option's point, whatever their VR.
+
+A code string is coded content only while it holds one of its attribute's terms:
+``data/code_strings.json`` lists the Enumerated Values and Defined Terms of the code
+strings the image objects carry (PS3.3), and a value outside them ("ORIGINAL\\PRIMARY\\
+DR SMITH") is free text in a CS costume, cleaned like any other. pydicom's dictionary has
+no terms and no maintained package ships them offline, hence the hand-kept list; code
+strings it does not list are kept as they are.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
 
 from .dummies import base_vr
 
@@ -42,3 +54,30 @@ def names_prose(vr: str, keyword: str) -> bool:
 def is_text(vr: str) -> bool:
     """Character-string VRs that action C replaces with :data:`CLEANED_TEXT` (UI and dates apart)."""
     return base_vr(vr) in _PROSE_VRS | _SHORT_TEXT_VRS | {"AE", "CS"}
+
+
+@cache
+def _code_string_terms() -> dict[str, frozenset[str] | re.Pattern[str]]:
+    text = resources.files(__package__).joinpath("data", "code_strings.json").read_text(encoding="utf-8")
+    terms: dict[str, frozenset[str] | re.Pattern[str]] = {}
+    for keyword, entry in json.loads(text).items():
+        if keyword.startswith("_"):
+            continue
+        terms[keyword] = re.compile(entry["pattern"]) if isinstance(entry, dict) else frozenset(entry)
+    return terms
+
+
+def _is_term(terms: frozenset[str] | re.Pattern[str], value: str) -> bool:
+    if not value:
+        return True
+    return value in terms if isinstance(terms, frozenset) else terms.fullmatch(value) is not None
+
+
+def clean_code_string(keyword: str, values: list[str]) -> list[str] | None:
+    """None when every value of the code string ``keyword`` is one of its terms (or it has no list);
+    otherwise the values to write, each unknown one replaced by :data:`CLEANED_TEXT` (so the value
+    multiplicity, which some objects fix, stays as it was)."""
+    terms = _code_string_terms().get(keyword)
+    if terms is None or all(_is_term(terms, v) for v in values):
+        return None
+    return [v if _is_term(terms, v) else CLEANED_TEXT for v in values]
