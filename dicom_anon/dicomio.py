@@ -20,6 +20,10 @@ from pydicom.uid import UID
 from .headers.errors import Refused
 from .headers.strict import MAX_DEPTH, NotStrict, check_strict
 
+# pydicom's own reading validation only warns, and its warnings quote the value, which can be a
+# patient's name, into every log. headers.strict validates every value itself and refuses.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 
 def read_instance(source: Path | bytes) -> Dataset:
     """Parse a DICOM Part 10 file (path or bytes) fully and strictly, or raise Refused saying why not.

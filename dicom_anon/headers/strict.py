@@ -18,7 +18,7 @@ that fails refuses the instance with :class:`NotStrict` (a ``Refused``):
   rules of AE, AS, CS, DA, DS, DT, IS, TM and UI, PN components), and text holds no
   control characters (pydicom does not check these for LO, SH, PN, ST, LT, UT; a value
   that swallowed binary element headers always has some) and nothing that could not
-  be decoded in its character set;
+  be decoded in its character set, which must be one DICOM defines;
 * sequences nest at most :data:`MAX_DEPTH` deep (real objects stay far below; deeper ones
   exist to exhaust a reader's stack);
 * Pixel Data is native with exactly the length its image attributes give, or
@@ -36,6 +36,7 @@ import re
 from collections.abc import Iterator
 
 from pydicom import config
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -52,6 +53,7 @@ MAX_DEPTH = 16
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = 0x7FE00010
+SPECIFIC_CHARACTER_SET = 0x00080005
 ICC_PROFILE = 0x00282000
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_DELIMITERS = frozenset({0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD})
@@ -158,6 +160,9 @@ def _check_public(elem: DataElement, where: str) -> None:
     if vr in _TEXT_VRS:
         for text in _texts(value):
             _check_text(vr, text, where)
+    if int(tag) == SPECIFIC_CHARACTER_SET and any(t not in python_encoding for t in _texts(value)):
+        # pydicom would fall back to its default and decode the text as something it is not.
+        raise _refuse("bad-value", where, "a character set DICOM does not define")
 
 
 def _vm_allows(vm: str, count: int) -> bool:

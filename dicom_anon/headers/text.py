@@ -68,7 +68,7 @@ def _code_string_terms() -> dict[str, frozenset[str] | re.Pattern[str]]:
 
 
 def _is_term(terms: frozenset[str] | re.Pattern[str], value: str) -> bool:
-    if not value:
+    if not value or value == CLEANED_TEXT:  # empty, or already cleaned
         return True
     return value in terms if isinstance(terms, frozenset) else terms.fullmatch(value) is not None
 

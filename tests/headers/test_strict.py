@@ -1,0 +1,276 @@
+"""Strict reading and the last gate: a lying instance is refused with a code, never trusted.
+
+Each hostile instance is built as bytes the way a damaged or hostile sender produces it, and
+goes through ``batch.deid_file`` (what ``dicom-anon deid`` runs per file): the outcome must be a
+refusal with the named code and no file written, and the planted name must be nowhere on disk.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from factories import camera_photo, item, pixel_module, to_bytes, vl_photo
+from fuzz_corpus import MARKER, _insert, _jpeg, _nested_bytes, _set_length, _with_transfer_syntax, elements
+from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
+
+from dicom_anon.batch import deid_file
+from dicom_anon.dicomio import read_instance
+from dicom_anon.headers.engine import Profile, deidentify
+from dicom_anon.headers.errors import Refused
+from dicom_anon.headers.gate import GateFailed, release
+from dicom_anon.headers.options import Option
+from dicom_anon.headers.pseudonyms import SiteKey
+
+NAME = "ZQXPHI^SWALLOWED"
+
+
+def _photo(**attrs: object) -> Dataset:
+    return camera_photo(BurnedInAnnotation="NO", **attrs)
+
+
+def _element(data: bytes, tag: int):
+    return next(e for e in elements(data) if e.tag == tag)
+
+
+def _outcome(tmp_path: Path, data: bytes, key: SiteKey):
+    source = tmp_path / "in.dcm"
+    source.write_bytes(data)
+    outcome = deid_file(source, key, Profile(), tmp_path / "out")
+    written = list((tmp_path / "out").glob("*")) if (tmp_path / "out").exists() else []
+    for path in written:
+        assert MARKER not in path.read_bytes()
+    return outcome, written
+
+
+def _refused(tmp_path: Path, data: bytes, key: SiteKey) -> str:
+    outcome, written = _outcome(tmp_path, data, key)
+    assert outcome.refused is not None, "accepted"
+    assert not written
+    assert outcome.refused.reason and "\n" not in outcome.refused.reason
+    return outcome.refused.code
+
+
+def test_a_clean_photo_is_still_written(tmp_path: Path, site_key: SiteKey) -> None:
+    outcome, written = _outcome(tmp_path, to_bytes(_photo(ReferringPhysicianName=NAME)), site_key)
+    assert outcome.ok and len(written) == 1
+
+
+# --- case 1 of the issue: a kept element swallows the ones after it ----------------------
+
+
+def test_code_string_swallowing_the_referring_physician_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(_photo(ReferringPhysicianName=NAME))
+    modality, study_uid = _element(data, 0x00080060), _element(data, 0x0020000D)
+    lying = _set_length(data, modality, study_uid.start - modality.value_at)
+    assert _refused(tmp_path, lying, site_key) == "bad-value"
+
+
+def test_rows_swallowing_what_follows_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    ds = _photo()
+    ds.add_new(0x00291010, "LO", f"{NAME} CSA")
+    data = to_bytes(ds)
+    rows, pixels = _element(data, 0x00280010), _element(data, 0x00291010)
+    lying = _set_length(data, rows, pixels.start - rows.value_at)
+    assert _refused(tmp_path, lying, site_key) == "bad-multiplicity"
+
+
+def test_native_pixel_data_swallowing_trailing_elements_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    ds = _photo()
+    ds.add_new(0x7FE10010, "LO", "TRAILER")
+    ds.add_new(0x7FE11010, "LT", f"{NAME} trailing private text")
+    data = to_bytes(ds)
+    pixels = _element(data, 0x7FE00010)
+    lying = _set_length(data, pixels, len(data) - pixels.value_at)
+    assert _refused(tmp_path, lying, site_key) == "pixel-data-mismatch"
+
+
+# --- case 2: a two-valued UID -------------------------------------------------------------
+
+
+def test_two_valued_sop_instance_uid_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(_photo(SOPInstanceUID="1.2.3.4\\1.2.3.5"))
+    assert _refused(tmp_path, data, site_key) == "bad-multiplicity"
+
+
+def test_multi_valued_transfer_syntax_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = _with_transfer_syntax(to_bytes(_photo()), f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
+    assert _refused(tmp_path, data, site_key) == "bad-multiplicity"
+
+
+# --- nesting, structure, VRs, text ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [17, 100, 500])
+def test_deep_nesting_is_refused(tmp_path: Path, site_key: SiteKey, depth: int) -> None:
+    data = _insert(to_bytes(_photo()), 0x0040A730, _nested_bytes(depth))
+    assert _refused(tmp_path, data, site_key) == "too-deep"
+
+
+def test_command_element_inside_the_dataset_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(_photo())
+    first = _element(data, 0x00080016)
+    command = struct.pack("<HH", 0x0000, 0x0100) + b"US" + struct.pack("<HH", 2, 1)
+    assert (
+        _refused(tmp_path, data[: first.start] + command + data[first.start :], site_key) == "bad-structure"
+    )
+
+
+def test_wrong_vr_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = bytearray(to_bytes(_photo()))
+    modality = _element(bytes(data), 0x00080060)
+    data[modality.start + 4 : modality.start + 6] = b"DA"
+    assert _refused(tmp_path, bytes(data), site_key) == "wrong-vr"
+
+
+def test_control_characters_in_text_are_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(_photo(StudyID="AB\x00\x10CD"))
+    assert _refused(tmp_path, data, site_key) == "bad-value"
+
+
+def test_unknown_character_set_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(vl_photo(charset="ISO_IR 999", BurnedInAnnotation="NO", **pixel_module(2, 2, bytes(12))))
+    assert _refused(tmp_path, data, site_key) == "bad-value"
+
+
+# --- JPEG metadata that the headers-only path never stripped --------------------------------
+
+
+def _jpeg_photo(transfer_syntax: str = JPEGBaseline8Bit) -> Dataset:
+    ds = _photo(Rows=16, Columns=16, PhotometricInterpretation="YBR_FULL_422", LossyImageCompression="01")
+    ds.PixelData = encapsulate([_jpeg(b"ZQXPHI JPEG COMMENT")])
+    ds["PixelData"].is_undefined_length = True
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return ds
+
+
+def test_encapsulated_jpeg_under_a_native_syntax_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = _with_transfer_syntax(to_bytes(_jpeg_photo()), ExplicitVRLittleEndian)
+    assert _refused(tmp_path, data, site_key) == "encapsulation-mismatch"
+
+
+def test_jpeg_where_the_basic_offset_table_belongs_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(_jpeg_photo())
+    pixels = _element(data, 0x7FE00010)
+    frame = _jpeg(b"ZQXPHI COM IN THE OFFSET TABLE")
+    frame += b"\x00" * (len(frame) % 2)
+    items = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(frame)) + frame + b"\xfe\xff\xdd\xe0" + bytes(4)
+    assert _refused(tmp_path, data[: pixels.value_at] + items, site_key) == "bad-encapsulation"
+
+
+def test_a_fragment_length_that_lies_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = bytearray(to_bytes(_jpeg_photo()))
+    pixels = _element(bytes(data), 0x7FE00010)
+    fragment = pixels.value_at + 8  # after an empty Basic Offset Table
+    length = int.from_bytes(data[fragment + 4 : fragment + 8], "little")
+    data[fragment + 4 : fragment + 8] = struct.pack("<I", length - 2)
+    assert _refused(tmp_path, bytes(data), site_key) == "bad-encapsulation"
+
+
+def test_jpeg_photo_still_passes_and_loses_its_comment(tmp_path: Path, site_key: SiteKey) -> None:
+    outcome, written = _outcome(tmp_path, to_bytes(_jpeg_photo()), site_key)
+    assert outcome.ok and len(written) == 1
+
+
+def test_icc_profile_that_lies_about_its_size_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    profile = struct.pack(">I", 4096) + bytes(124) + b"ZQXPHI swallowed"
+    data = to_bytes(_photo(ICCProfile=profile))
+    assert _refused(tmp_path, data, site_key) == "bad-length"
+
+
+# --- free text the profile kept ---------------------------------------------------------------
+
+
+def _deid_bytes(ds: Dataset, key: SiteKey) -> bytes:
+    result = deidentify(read_instance(to_bytes(ds)), key, Profile())
+    return release(result, Profile())
+
+
+def test_referenced_file_id_is_removed(site_key: SiteKey) -> None:
+    out = _deid_bytes(_photo(ReferencedFileID=["PATIENTS", "ZQXPHI", "IMG0001"]), site_key)
+    assert MARKER not in out
+
+
+def test_code_meaning_inside_a_waveform_channel_source_is_removed(site_key: SiteKey) -> None:
+    source = item(CodeValue="5.6.3-9-1", CodingSchemeDesignator="SCPECG", CodeMeaning="Lead I ZQXPHI")
+    ds = _photo(WaveformSequence=Sequence([item(ChannelSourceSequence=Sequence([source]))]))
+    assert MARKER not in _deid_bytes(ds, site_key)
+
+
+def test_code_string_outside_its_terms_is_cleaned(site_key: SiteKey) -> None:
+    ds = _photo(ImageType=["ORIGINAL", "PRIMARY", "ZQXPHI"], ConversionType="ZQXPHI", Modality="XC")
+    out = read_instance(_deid_bytes(ds, site_key))
+    assert MARKER not in to_bytes(out)
+    assert list(out.ImageType) == ["ORIGINAL", "PRIMARY", "CLEANED"]
+    assert out.ConversionType == "CLEANED"
+    assert out.Modality == "XC"  # a term: kept
+
+
+# --- the last gate -----------------------------------------------------------------------------
+
+
+def _result(key: SiteKey, options: frozenset[Option] = frozenset()):
+    return deidentify(read_instance(to_bytes(_photo())), key, Profile(options=options))
+
+
+def test_gate_passes_a_clean_result_and_its_bytes_read_back(site_key: SiteKey) -> None:
+    result = _result(site_key)
+    data = release(result, Profile())
+    assert read_instance(data).SOPInstanceUID == result.dataset.SOPInstanceUID
+
+
+@pytest.mark.parametrize(
+    ("tamper", "code"),
+    [
+        (lambda ds: setattr(ds, "PixelSpacingCalibrationDescription", "ZQXPHI bug"), "gate-uncleaned-text"),
+        (lambda ds: setattr(ds, "OtherPatientNames", "ZQXPHI"), "gate-removed-attribute"),
+        (lambda ds: ds.add_new(0x00091010, "LO", "ZQXPHI"), "gate-private"),
+        (lambda ds: ds.add_new(0x60000022, "LO", "ZQXPHI"), "gate-removed-attribute"),
+        (lambda ds: ds.add_new(0x00431234, "LO", "ZQXPHI"), "gate-private"),
+        (lambda ds: setattr(ds, "PatientIdentityRemoved", "NO"), "gate-unmarked"),
+        (lambda ds: setattr(ds, "SOPInstanceUID", "1.2.3\\4.5.6"), "gate-bad-multiplicity"),
+        (lambda ds: setattr(ds, "Modality", "ZQXPHI"), "gate-uncleaned-text"),
+    ],
+    ids=[
+        "prose",
+        "table-x",
+        "private",
+        "overlay",
+        "private-no-creator",
+        "unmarked",
+        "two-uids",
+        "code-string",
+    ],
+)
+def test_gate_refuses_what_the_engine_should_have_removed(site_key: SiteKey, tamper, code: str) -> None:
+    result = _result(site_key)
+    tamper(result.dataset)
+    with pytest.raises(GateFailed) as info:
+        release(result, Profile())
+    assert info.value.code == code
+    assert "ZQXPHI" not in info.value.reason
+
+
+def test_gate_keeps_what_retain_safe_private_allows(site_key: SiteKey) -> None:
+    ds = _photo()
+    block = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    block.add_new(0x0C, "IS", "1000")
+    options = frozenset({Option.RETAIN_SAFE_PRIVATE})
+    result = deidentify(read_instance(to_bytes(ds)), site_key, Profile(options=options))
+    assert b"SIEMENS MR HEADER" in release(result, Profile(options=options))
+
+
+def test_gate_refuses_an_unwritable_dataset(site_key: SiteKey) -> None:
+    result = _result(site_key)
+    result.dataset.add_new(0x00000100, "US", 1)  # a command element: pydicom will not write it
+    with pytest.raises(Refused) as info:
+        release(result, Profile())
+    assert info.value.code.startswith("gate-")
+
+
+def test_native_pixel_data_is_unchanged_through_the_gate(site_key: SiteKey) -> None:
+    assert read_instance(release(_result(site_key), Profile())).PixelData == bytes(range(48))
