@@ -319,6 +319,11 @@ class IngressSettings(_Strict):
     ae_title: AETitle = "DICOM_ANON"
     allowed_callers: list[Caller] = Field(default_factory=list)
     max_associations: int = Field(10, ge=1, le=1000)
+    # A connection must send its association request (and finish a TLS handshake) this soon after
+    # connecting, and at most this many may be waiting for that at once (a new one pushes the
+    # longest-waiting one out): strangers cannot hold the slots that allowed callers need.
+    request_timeout_s: float = Field(5.0, gt=0, le=60)
+    max_waiting_connections: int = Field(20, ge=1, le=1000)
     # 0 means no limit; the DICOM minimum for a non-zero maximum PDU is small, but tiny PDUs only slow things.
     max_pdu_bytes: int = Field(262144, ge=0)
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -343,6 +348,10 @@ class SpoolSettings(_Strict):
     min_free_mb: int = Field(1024, ge=0)
     # 0: delete the original once every destination has it (or it is quarantined with its own copy).
     keep_days: int = Field(0, ge=0)
+    # Space held back in data_dir/reserve and given up when the disk is full at start: SQLite cannot
+    # even open its state store on a full disk, so without it the service could not start until
+    # someone made room. Taken back once twice as much is free again.
+    reserve_mb: int = Field(16, ge=0)
 
 
 # --- egress -------------------------------------------------------------------------------

@@ -163,7 +163,17 @@ class AuditTrail:
         return event_dict
 
     def _append(self, line: str) -> None:
-        self._file.write(line.encode() + b"\n")
+        """Write the whole line or nothing: on a full disk a write can stop part-way, and a line cut
+        short would break the chain for every record after it."""
+        fd = self._file.fileno()
+        start = os.fstat(fd).st_size
+        view = memoryview(line.encode() + b"\n")
+        try:
+            while view:
+                view = view[self._file.write(view) :]
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
         self._seq, self._prev = self._pending
         self._known_size = os.fstat(self._file.fileno()).st_size
         self._dirty = True

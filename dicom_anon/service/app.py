@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from ..config import ConfigError, LoggingSettings, Settings, apply_overrides, lo
 from ..headers.pseudonyms import SiteKey
 from ..rules import Rules
 from .egress import Sender
+from .failures import describe_environment, record_or_log
 from .files import Layout
 from .ingress import Ingress
 from .store import StateStore
@@ -128,10 +130,11 @@ class Service:
         s = self.settings
         self.layout.create()
         key = SiteKey.load_or_create(s.secret_path)
-        self.store = store = StateStore(s.state_path)
+        self.store = store = self._open_store()
         self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync)
         recovered = store.recover()
         swept = self._sweep()
+        self.keep_reserve()
         self.runtime = Runtime(
             rules=Rules(s),
             store=store,
@@ -142,7 +145,8 @@ class Service:
             on_job_done=self._job_done,
             pixel_stage=self.pixel_stage,
         )
-        audit.record(
+        record_or_log(
+            audit,
             "service_started",
             version=__version__,
             pid=os.getpid(),
@@ -154,7 +158,8 @@ class Service:
             recovered_jobs=recovered,
             swept_files=swept,
         )
-        audit.record(
+        record_or_log(
+            audit,
             "config_loaded",
             config=str(self.config_path),
             config_sha256=file_sha256(self.config_path),
@@ -175,6 +180,25 @@ class Service:
         sd_notify("READY=1")
         log.info("service started", version=__version__, listen=s.ingress.listen, recovered_jobs=recovered)
 
+    def _open_store(self) -> StateStore:
+        """The state store, on a full disk too: SQLite needs room for its write-ahead log and
+        shared-memory index even to read, so give up the reserve and try once more."""
+        try:
+            return StateStore(self.settings.state_path)
+        except sqlite3.OperationalError as exc:
+            if not self.layout.release_reserve():
+                raise
+            log.error(
+                "the state store could not be opened; gave up the reserve to start (is the disk full?)",
+                error=describe_environment(exc),
+            )
+            return StateStore(self.settings.state_path)
+
+    def keep_reserve(self) -> None:
+        """Put the reserve back once the disk can spare it (after a start that gave it up)."""
+        if not self.layout.keep_reserve(self.settings.spool.reserve_mb * 2**20):
+            log.warning("no room for the disk reserve yet", reserve_mb=self.settings.spool.reserve_mb)
+
     def stop(self) -> None:
         sd_notify("STOPPING=1")
         if self.ingress is not None:
@@ -186,7 +210,7 @@ class Service:
         for thread in [*self.workers, *self.senders.values()]:
             thread.join(timeout=30)
         if self.audit is not None:
-            self.audit.record("service_stopped", pid=os.getpid())
+            record_or_log(self.audit, "service_stopped", pid=os.getpid())
             self.audit.close()
         if self.store is not None:
             self.store.close()
@@ -339,8 +363,12 @@ def run(service: Service) -> int:
                 status = 1
                 break
             if time.monotonic() - last_purge > 60:
-                service.purge_spool()
                 last_purge = time.monotonic()
+                try:
+                    service.purge_spool()
+                    service.keep_reserve()
+                except Exception as exc:  # a full disk, a busy store: the next round tries again
+                    log.error("housekeeping failed; will try again", error=describe_environment(exc))
     finally:
         service.stop()
     return status

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import secrets
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +88,11 @@ def serve(
         status = run(service)
     except SiteKeyError as exc:
         raise fail(str(exc)) from None
+    except sqlite3.OperationalError as exc:
+        raise fail(
+            f"cannot open the state store {settings.state_path} ({exc}); if the disk is full, make room"
+            " (the reserve, spool.reserve_mb, was already used up)"
+        ) from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise fail(f"cannot listen on {settings.ingress.listen}: the address is in use") from None

@@ -13,6 +13,13 @@ import sqlite3
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ..audit.trail import AuditTrail
+
+log = structlog.get_logger("dicom_anon.service")
 
 # errno values that say "the machine", not "this file": space, quota, I/O, read-only file system,
 # out of descriptors or memory. An OSError without an errno (Pillow's "image file is truncated")
@@ -59,3 +66,20 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+def record_or_log(audit: AuditTrail, event: str, **fields: Any) -> bool:
+    """Audit ``event``, or, when the trail cannot be written (a full disk), put it in the operational
+    log with its fields (which never hold PHI) and go on: a refusal, an abort or a start must still
+    happen when it cannot be recorded. False when only the log has it."""
+    try:
+        audit.record(event, **fields)
+    except OSError as exc:
+        log.error(
+            "audit trail cannot be written; event only in this log",
+            audit_event=event,
+            error=describe_environment(exc),
+            **fields,
+        )
+        return False
+    return True

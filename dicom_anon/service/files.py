@@ -70,6 +70,7 @@ class Layout:
         self.spool = data_dir / "spool"
         self.outbox = data_dir / "outbox"
         self.quarantine = data_dir / "quarantine"
+        self.reserve = data_dir / "reserve"
         self._made: set[Path] = set()
         self._lock = threading.Lock()
 
@@ -107,3 +108,34 @@ class Layout:
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.spool).free
+
+    def keep_reserve(self, size: int) -> bool:
+        """Hold ``size`` bytes of the disk in the reserve file (allocated, not just sized) while at
+        least as much again is free; True when the reserve is in place."""
+        if size == 0:
+            self.reserve.unlink(missing_ok=True)
+            return True
+        if self.reserve.exists() and self.reserve.stat().st_size == size:
+            return True
+        if shutil.disk_usage(self.root).free < 2 * size:
+            return False
+        tmp = self.reserve.with_name(".reserve.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.reserve)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            return False
+        return True
+
+    def release_reserve(self) -> bool:
+        """Give the reserve back to the file system; False when there was none to give."""
+        try:
+            self.reserve.unlink()
+        except FileNotFoundError:
+            return False
+        return True

@@ -10,7 +10,8 @@ would time the sender out.
 
 Who may send is decided when the association is requested: called AE title, calling
 AE title together with source address, and the spool's high-water mark. Refusals are
-audited as security events.
+audited as security events. How long a connection may take to say who it is, and how
+many may wait meanwhile, is connections.py's business.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, VerificationPresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.transport import ThreadedAssociationServer
 
 from ..audit.trail import AuditTrail
@@ -43,6 +45,8 @@ from ..config import Settings
 from ..dicomio import read_instance
 from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
+from .connections import ConnectionGuard, printable
+from .failures import record_or_log
 from .files import Layout, write_durable
 from .store import NewJob, StateStore
 
@@ -104,10 +108,13 @@ class _Rejection:
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server, with the TLS handshake moved off the accept loop into the connection's
     thread: a client that never finishes its handshake must not stall every other sender, and a
-    failed handshake is a security event to audit."""
+    failed handshake is a security event to audit. The connection's thread then stays with it
+    for the guard (connections.py); it must not hold up shutdown, hence daemon threads."""
 
+    daemon_threads = True
     on_tls_failure: Callable[[tuple[str, int], Exception], None]
-    handshake_timeout: float = 30.0
+    handshake_timeout: float = 5.0
+    guard: ConnectionGuard
 
     def get_request(self) -> tuple[Any, tuple[str, int]]:
         client, address = self.socket.accept()
@@ -129,6 +136,7 @@ class _Server(ThreadedAssociationServer):
                 self.shutdown_request(request)
                 return
         super().process_request_thread(request, client_address)
+        self.guard.watch(request)
 
 
 class Ingress:
@@ -163,15 +171,18 @@ class Ingress:
             ae.add_supported_context(cx.abstract_syntax, syntaxes)
         for cx in VerificationPresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        ae.maximum_associations = ing.max_associations
+        # The guard counts the slots, and only for callers that passed the checks; pynetdicom's own
+        # count (every open connection, waiting ones too) is set where it cannot be reached first.
+        ae.maximum_associations = 2 * (ing.max_associations + ing.max_waiting_connections) + 16
         ae.maximum_pdu_size = ing.max_pdu_bytes
         ae.acse_timeout = ing.timeouts.acse
         ae.dimse_timeout = ing.timeouts.dimse
         ae.network_timeout = ing.timeouts.network
+        self.guard = ConnectionGuard(lambda: self.settings.ingress, self.audit)
         handlers = [
+            *self.guard.handlers(),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected_by_limit),
             (evt.EVT_C_STORE, self._on_store),
         ]
         server = ae.make_server(
@@ -181,7 +192,8 @@ class Ingress:
             server_class=_Server,
         )
         server.on_tls_failure = self._on_tls_failure
-        server.handshake_timeout = ing.timeouts.acse
+        server.handshake_timeout = ing.request_timeout_s
+        server.guard = self.guard
         # ae.shutdown() stops the servers it lists; start_server(block=False) would add ours the same way,
         # but it cannot take our server class.
         ae._servers.append(server)
@@ -220,34 +232,41 @@ class Ingress:
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc = event.assoc
+        ing = self.settings.ingress
+        self.guard.requested(assoc, ing.timeouts.acse)
+        try:
+            self._admit_or_refuse(assoc)
+        finally:
+            self.guard.decided(assoc)
+
+    def _admit_or_refuse(self, assoc: Association) -> None:
+        ing = self.settings.ingress
         rq = assoc.requestor.primitive
         calling, called = str(rq.calling_ae_title), str(rq.called_ae_title)
         address = assoc.requestor.address
         rejection = self._check(calling, called, address)
+        if rejection is None and not self.guard.admit(assoc):
+            # Transient, local limit exceeded: the sender tries again later.
+            rejection = _Rejection(0x02, 0x03, 0x02, f"more than {ing.max_associations} associations at once")
         if rejection is None:
             return
-        self.audit.record(
+        record_or_log(
+            self.audit,
             "association_rejected",
             category="security",
-            calling_ae=calling.strip(),
-            called_ae=called.strip(),
+            calling_ae=printable(calling.strip()),
+            called_ae=printable(called.strip()),
             peer=address,
             reason=rejection.reason,
         )
-        log.warning("association rejected", calling_ae=calling.strip(), peer=address, reason=rejection.reason)
+        log.warning(
+            "association rejected",
+            calling_ae=printable(calling.strip()),
+            peer=address,
+            reason=rejection.reason,
+        )
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
         assoc.kill()
-
-    def _on_rejected_by_limit(self, event: evt.Event) -> None:
-        """pynetdicom's own refusal: too many associations at once."""
-        assoc = event.assoc
-        self.audit.record(
-            "association_rejected",
-            category="security",
-            calling_ae=assoc.requestor.ae_title,
-            peer=assoc.requestor.address,
-            reason=f"more than {self.settings.ingress.max_associations} associations",
-        )
 
     def _on_accepted(self, event: evt.Event) -> None:
         assoc = event.assoc
@@ -268,14 +287,17 @@ class Ingress:
 
     def _on_tls_failure(self, client_address: tuple[str, int], exc: Exception) -> None:
         reason = f"TLS handshake failed ({type(exc).__name__}: {str(exc)[:120]})"
-        self.audit.record("association_rejected", category="security", peer=client_address[0], reason=reason)
+        record_or_log(
+            self.audit, "association_rejected", category="security", peer=client_address[0], reason=reason
+        )
         log.warning("association rejected", peer=client_address[0], reason=reason)
 
     # --- C-STORE -----------------------------------------------------------------------
 
     def _refuse(self, event: evt.Event, status: int, code: str, reason: str) -> Dataset:
         assoc = event.assoc
-        self.audit.record(
+        record_or_log(
+            self.audit,
             "instance_refused",
             calling_ae=assoc.requestor.ae_title,
             peer=assoc.requestor.address,

@@ -2,9 +2,9 @@
 without holding up the jobs behind it, and a delivery that cannot be sent is quarantined while
 the sender goes on.
 
-Both bad instances are put where intake would have put them (spool file and job row, or an outbox
-file and its delivery): intake refuses them once it parses strictly, and these tests are about
-what the worker and the sender do when such data reaches them anyway (defence in depth).
+Intake refuses the issue's examples once it parses strictly; these tests are about what the
+worker and the sender do when such data reaches them anyway (defence in depth): the failure is
+planted in routing, or the bad copy put in the outbox as a worker that let it through would.
 """
 
 from __future__ import annotations
@@ -14,33 +14,19 @@ import hashlib
 from factories import to_bytes
 from peers import events, tiny_photo, wait_until
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from test_pipeline import archived, send
 
+from dicom_anon.rules import Decision, Rules
 from dicom_anon.service.app import Service
 from dicom_anon.service.files import write_durable
 from dicom_anon.service.store import NewJob, NewOutput
 from dicom_anon.service.worker import JOB_TRIES, Worker
 
 
-def with_command_element(ds: Dataset) -> bytes:
-    """The instance as a file with a command-group element (0000,0900) inside its data set, as
-    pynetdicom hands such a C-STORE over; pydicom refuses to write that as a file, so its
-    de-identified copy cannot be written."""
-    ds.add_new(0x00000900, "US", 0)
-    buf = DicomBytesIO()
-    buf.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buf, ds.file_meta)
-    buf.is_implicit_VR, buf.is_little_endian = False, True
-    write_dataset(buf, ds)
-    return buf.getvalue()
-
-
-def spool(service: Service, ds: Dataset, data: bytes | None = None) -> int:
+def spool(service: Service, ds: Dataset) -> int:
     """What ingress does with an instance it acknowledges: spool file, then job row."""
     assert service.store is not None
-    data = data or to_bytes(ds)
+    data = to_bytes(ds)
     path = service.layout.new_spool_path()
     write_durable(path, data)
     job_id, new = service.store.add_job(
@@ -74,12 +60,26 @@ def resume_workers(service: Service) -> None:
     service.workers.append(worker)
 
 
+class _RulesThatFailOn(Rules):
+    """Routing with a fault planted for one instance (Instance Number 666): the exception no stage
+    turns into a quarantine, as a bug meeting one odd instance would raise it."""
+
+    def decide(self, ds: Dataset, calling_ae: str) -> list[Decision]:
+        if ds.get("InstanceNumber") == 666:
+            raise KeyError("planted")
+        return super().decide(ds, calling_ae)
+
+
 def test_a_job_that_keeps_failing_is_quarantined_and_does_not_hold_up_the_queue(start_service):
+    """It was put back in line every 5 s without limit, and since the oldest job was always taken
+    next, nothing behind it moved while intake kept answering Success."""
     service = start_service()
+    assert service.runtime is not None and service.store is not None
+    service.runtime.rules = _RulesThatFailOn(service.settings)
     pause_workers(service)  # the failing job goes first in line, two good ones behind it
     poison = tiny_photo(0)
-    job = spool(service, poison, with_command_element(poison))
-    assert send(service.port, tiny_photo(1), tiny_photo(2)) == [0, 0]
+    poison.InstanceNumber = 666
+    assert send(service.port, poison, tiny_photo(1), tiny_photo(2)) == [0, 0, 0]
     resume_workers(service)
 
     data_dir = service.settings.data_dir
@@ -87,11 +87,31 @@ def test_a_job_that_keeps_failing_is_quarantined_and_does_not_hold_up_the_queue(
     assert not events(data_dir, "instance_quarantined")  # they did not wait for it
     wait_until(lambda: events(data_dir, "instance_quarantined"), 15, "the failing job held")
     [held] = events(data_dir, "instance_quarantined")
-    assert held["job"] == job and held["code"] == "processing-failed" and held["stage"] == "worker"
-    assert f"failed {JOB_TRIES} times (ValueError" in held["reason"]
-    assert service.store is not None and service.store.quarantined()[0].reason == held["reason"]
+    assert held["job"] == 1 and held["code"] == "processing-failed" and held["stage"] == "worker"
+    assert f"failed {JOB_TRIES} times (KeyError at" in held["reason"]
+    [row] = service.store.quarantined()
+    assert row.reason == held["reason"]
+    assert (service.layout.abs(row.path) / "instance.dcm").is_file()  # the original, to release later
     assert service.dead_threads() == []
     assert service.store.counts()["jobs.done"] == 3
+
+
+def test_an_instance_whose_copy_cannot_be_written_does_not_stop_forwarding(start_service):
+    """The issue's case: command-group elements inside the data set. Intake may refuse it, or the
+    worker quarantine it; either way the photo sent after it arrives and nothing is lost."""
+    service = start_service()
+    bad = tiny_photo(0)
+    bad.add_new(0x00000900, "US", 0)
+    statuses = send(service.port, bad, tiny_photo(1))
+    assert statuses[1] == 0
+    wait_until(lambda: archived(service), 10, "the photo sent after it")
+    data_dir = service.settings.data_dir
+    if statuses[0] == 0:  # acknowledged: it must end in quarantine, not in the queue
+        wait_until(lambda: events(data_dir, "instance_quarantined"), 15, "the instance held")
+    else:
+        assert 0xC000 <= statuses[0] <= 0xCFFF
+    assert service.store is not None and service.store.counts().get("jobs.received", 0) == 0
+    assert service.dead_threads() == []
 
 
 def test_a_delivery_that_cannot_be_sent_is_quarantined_and_the_sender_goes_on(start_service, archive):
