@@ -33,17 +33,20 @@ profile removes them, and the dictionary says nothing about them.
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator
 
+import numpy as np
 from pydicom import config
 from pydicom.charset import python_encoding
-from pydicom.datadict import dictionary_VM, dictionary_VR
+from pydicom.datadict import DicomDictionary, dictionary_VM, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames, parse_basic_offsets, parse_fragments
 from pydicom.multival import MultiValue
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import UID
+from pydicom.valuerep import VR as VR_
 from pydicom.valuerep import validate_value
 
 from .errors import Refused
@@ -84,6 +87,10 @@ _TEXT_VRS = frozenset(
 # structure; a value that swallowed binary element headers always has a NUL or another control
 # byte. U+FFFD is what a value that could not be decoded in its character set became.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
+_BINARY_VRS = frozenset(_VALUE_SIZE) | {"OB", "UN"}
+_ALL_VRS = frozenset(VR_.__members__)
+_LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_DICTIONARY_GROUPS = np.array(sorted({tag >> 16 for tag in DicomDictionary}), dtype=np.uint16)
 _VM = re.compile(r"^(\d+)(?:-(\d*)(n)?)?$")
 
 
@@ -99,7 +106,8 @@ def check_strict(ds: Dataset) -> None:
     tsyntax = UID(meta.get("TransferSyntaxUID", "")) if meta is not None else UID("")
     # An unknown transfer syntax is read_instance's to refuse, with its own code.
     encapsulated = tsyntax.is_transfer_syntax and tsyntax.is_encapsulated
-    _check_dataset(ds, "", 0)
+    explicit = not (tsyntax.is_transfer_syntax and tsyntax.is_implicit_VR)
+    _check_dataset(ds, "", 0, explicit=explicit)
     if PIXEL_DATA in ds:
         _check_pixel_data(ds, encapsulated=encapsulated)
     if ICC_PROFILE in ds:
@@ -110,7 +118,9 @@ def _refuse(code: str, where: str, what: str) -> Refused:
     return NotStrict(code, f"{where}: {what}")
 
 
-def _check_dataset(ds: Dataset, prefix: str, depth: int, *, meta: bool = False) -> None:
+def _check_dataset(
+    ds: Dataset, prefix: str, depth: int, *, explicit: bool = True, meta: bool = False
+) -> None:
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element; raw first
         raw = ds.get_item(tag)
         where = f"{prefix}({tag.group:04X},{tag.element:04X})"
@@ -125,10 +135,10 @@ def _check_dataset(ds: Dataset, prefix: str, depth: int, *, meta: bool = False) 
             if depth + 1 > MAX_DEPTH:
                 raise _refuse("too-deep", where, f"sequences nested more than {MAX_DEPTH} deep")
             for index, item in enumerate(elem.value):
-                _check_dataset(item, f"{where}[{index}] > ", depth + 1)
+                _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit)
             continue
         if not tag.is_private:
-            _check_public(elem, where)
+            _check_public(elem, where, explicit)
 
 
 def _check_raw(raw: RawDataElement, where: str) -> None:
@@ -139,7 +149,7 @@ def _check_raw(raw: RawDataElement, where: str) -> None:
         raise _refuse("bad-structure", where, "an item or delimiter tag where an element belongs")
 
 
-def _check_public(elem: DataElement, where: str) -> None:
+def _check_public(elem: DataElement, where: str, explicit: bool) -> None:
     tag = elem.tag
     try:
         allowed_vrs = dictionary_VR(tag)
@@ -157,6 +167,9 @@ def _check_public(elem: DataElement, where: str) -> None:
         raise _refuse("bad-length", where, f"{len(value)} bytes is not a whole number of {vr} values")
     if elem.VM and not _vm_allows(vm, elem.VM):
         raise _refuse("bad-multiplicity", where, f"{elem.VM} values, the dictionary allows {vm}")
+    binary = vr in _BINARY_VRS and int(tag) != PIXEL_DATA and isinstance(value, bytes | bytearray)
+    if binary and _holds_elements(bytes(value), explicit):
+        raise _refuse("bad-length", where, "its value holds what look like the elements after it")
     if vr in _TEXT_VRS:
         for text in _texts(value):
             _check_text(vr, text, where)
@@ -273,3 +286,70 @@ def _check_icc_profile(value: bytes | None) -> None:
     declared = int.from_bytes(data[:4], "big")
     if len(data) < 128 or len(data) not in (declared, declared + declared % 2):
         raise _refuse("bad-length", "(0028,2000) ICC Profile", "not as long as its own header says")
+
+
+def _holds_elements(value: bytes, explicit: bool) -> bool:
+    """Whether a binary value holds the header of an element that should have followed it.
+
+    A too-long length on a binary attribute that may hold many values (a lookup table, an ICC
+    profile, FD 1-n) leaves no trace in its VR or multiplicity: the swallowed elements are just
+    more bytes, written out again unchanged. Their headers are still there, at even offsets. A
+    strong sign is a tag the dictionary knows followed (explicit VR) by that tag's VR, or a
+    private creator followed by LO, with a length that fits; random data shows one about once
+    in 10^10 offsets. A weak sign (a private element with some VR; any known tag or private
+    creator in implicit VR, where no VR letters follow) counts only when another header follows
+    its value, or its value ends exactly where the swallowing value does.
+    """
+    count = len(value) // 2
+    if count < 4:
+        return False
+    words = np.frombuffer(value, "<u2", count=count)
+    groups = words[:-1]
+    odd = groups & 1 == 1
+    possible = (groups >= 0x0008) & (np.isin(groups, _DICTIONARY_GROUPS) | odd)
+    if explicit:
+        raw = np.frombuffer(value, np.uint8, count=2 * count)
+        upper = (raw >= 0x41) & (raw <= 0x5A)
+        letters = upper[4::2] & upper[5::2]
+        size = min(len(possible), len(letters))
+        possible = possible[:size] & letters[:size]
+    else:
+        # No VR letters to go by: the 32-bit length that follows must fit in what is left.
+        lengths = np.zeros(len(possible), dtype=np.int64)
+        usable = max(0, min(len(possible), count - 3))
+        lengths[:usable] = words[2 : 2 + usable].astype(np.int64) | (
+            words[3 : 3 + usable].astype(np.int64) << 16
+        )
+        offsets = 2 * np.arange(len(possible), dtype=np.int64)
+        possible &= (np.arange(len(possible)) < usable) & (offsets + 8 + lengths <= len(value))
+    return any(_header_at(value, 2 * int(k), explicit, follow=True) for k in np.flatnonzero(possible))
+
+
+def _header_at(value: bytes, offset: int, explicit: bool, *, follow: bool) -> bool:
+    """Whether a plausible element header starts at ``offset`` (see ``_holds_elements``)."""
+    if offset + 8 > len(value):
+        return False
+    group, element = struct.unpack_from("<HH", value, offset)
+    tag = group << 16 | element
+    creator = bool(group & 1) and 0x10 <= element <= 0xFF
+    known = not group & 1 and tag in DicomDictionary
+    if not (known or group & 1):
+        return False
+    if explicit:
+        vr = value[offset + 4 : offset + 6].decode("latin-1")
+        if vr not in _ALL_VRS:
+            return False
+        strong = (known and vr in dictionary_VR(tag).split(" or ")) or (creator and vr == "LO")
+        if vr in _LONG_HEADER_VRS:
+            length, start = int.from_bytes(value[offset + 8 : offset + 12], "little"), offset + 12
+        else:
+            length, start = int.from_bytes(value[offset + 6 : offset + 8], "little"), offset + 8
+    else:
+        strong = False
+        length, start = int.from_bytes(value[offset + 4 : offset + 8], "little"), offset + 8
+    end = start + length
+    if length == UNDEFINED_LENGTH or end > len(value):
+        return False
+    if strong or end == len(value):
+        return True
+    return follow and _header_at(value, end, explicit, follow=False)

@@ -89,6 +89,25 @@ def test_native_pixel_data_swallowing_trailing_elements_is_refused(tmp_path: Pat
     assert _refused(tmp_path, lying, site_key) == "pixel-data-mismatch"
 
 
+@pytest.mark.parametrize("transfer_syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_lookup_table_swallowing_private_text_is_refused(
+    tmp_path: Path, site_key: SiteKey, transfer_syntax: str
+) -> None:
+    """A binary attribute that may hold any number of values shows no wrong VR or multiplicity
+    when it swallows the elements after it: their headers inside its value give it away."""
+    ds = _photo()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.add_new(0x00281201, "OW", bytes(range(16)))  # Red Palette Color Lookup Table Data, kept
+    ds.add_new(0x00291010, "LO", f"{NAME} private text")
+    ds.add_new(0x00291011, "LT", f"{NAME} more private text")
+    data = to_bytes(ds)
+    lut = data.index(struct.pack("<HH", 0x0028, 0x1201))
+    pixels = data.index(struct.pack("<HH", 0x7FE0, 0x0010))
+    at, size = (lut + 8, 4) if transfer_syntax == ExplicitVRLittleEndian else (lut + 4, 4)
+    lying = data[:at] + (pixels - at - size).to_bytes(size, "little") + data[at + size :]
+    assert _refused(tmp_path, lying, site_key) == "bad-length"
+
+
 # --- case 2: a two-valued UID -------------------------------------------------------------
 
 
