@@ -13,7 +13,8 @@ that fails refuses the instance with :class:`NotStrict` (a ``Refused``):
   (a whole number of binary values, no undefined length outside sequences and
   encapsulated Pixel Data) and the value is complete (not cut short by the end of the file);
 * the value multiplicity is one the dictionary allows for the keyword (so a single-valued
-  UID holds one UID);
+  UID holds one UID), and a binary value holds no element headers (``_holds_elements``:
+  what a swallowing length leaves where VR and multiplicity cannot tell);
 * each value passes pydicom's own validation for its VR (maximum lengths, the character
   rules of AE, AS, CS, DA, DS, DT, IS, TM and UI, PN components), and text holds no
   control characters (pydicom does not check these for LO, SH, PN, ST, LT, UT; a value
