@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import TESTDATA
 from factories import camera_photo, write
 from fuzz_corpus import MUTATIONS, _with_transfer_syntax, case, leaks, seeds
 from hypothesis import HealthCheck, given, settings
@@ -26,6 +25,7 @@ from dicom_anon.headers.engine import Profile
 from dicom_anon.headers.pseudonyms import SiteKey
 
 KEY = SiteKey(b"fuzz-secret-0123456789abcdef0123")
+TESTDATA = Path(__file__).resolve().parents[1].parent / "shared" / "testdata"  # as conftest.py finds it
 SHARED = TESTDATA if TESTDATA.is_dir() else None
 SEEDS = seeds(SHARED)
 

@@ -139,7 +139,9 @@ def _check_dataset(
                 _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit)
             continue
         if not tag.is_private:
-            _check_public(elem, where, explicit)
+            # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
+            undecoded = raw.value if isinstance(raw, RawDataElement) else None
+            _check_public(elem, undecoded, where, explicit)
 
 
 def _check_raw(raw: RawDataElement, where: str) -> None:
@@ -150,7 +152,7 @@ def _check_raw(raw: RawDataElement, where: str) -> None:
         raise _refuse("bad-structure", where, "an item or delimiter tag where an element belongs")
 
 
-def _check_public(elem: DataElement, where: str, explicit: bool) -> None:
+def _check_public(elem: DataElement, undecoded: bytes | None, where: str, explicit: bool) -> None:
     tag = elem.tag
     try:
         allowed_vrs = dictionary_VR(tag)
@@ -162,15 +164,16 @@ def _check_public(elem: DataElement, where: str, explicit: bool) -> None:
         raise _refuse("wrong-vr", where, f"VR {vr}, the dictionary says {allowed_vrs}")
     if elem.is_undefined_length and int(tag) != PIXEL_DATA:
         raise _refuse("bad-length", where, f"undefined length on a {vr} element")
-    value = elem.value
-    size = _VALUE_SIZE.get(vr)
-    if size is not None and isinstance(value, bytes | bytearray) and len(value) % size:
-        raise _refuse("bad-length", where, f"{len(value)} bytes is not a whole number of {vr} values")
     if elem.VM and not _vm_allows(vm, elem.VM):
         raise _refuse("bad-multiplicity", where, f"{elem.VM} values, the dictionary allows {vm}")
-    binary = vr in _BINARY_VRS and int(tag) != PIXEL_DATA and isinstance(value, bytes | bytearray)
-    if binary and _holds_elements(bytes(value), explicit):
-        raise _refuse("bad-length", where, "its value holds what look like the elements after it")
+    value = elem.value
+    binary = undecoded if undecoded is not None else value
+    if vr in _BINARY_VRS and isinstance(binary, bytes | bytearray):
+        size = _VALUE_SIZE.get(vr, 1)
+        if len(binary) % size:
+            raise _refuse("bad-length", where, f"{len(binary)} bytes is not a whole number of {vr} values")
+        if int(tag) != PIXEL_DATA and _holds_elements(bytes(binary), explicit):
+            raise _refuse("bad-length", where, "its value holds what look like the elements after it")
     if vr in _TEXT_VRS:
         for text in _texts(value):
             _check_text(vr, text, where)
