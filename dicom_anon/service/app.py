@@ -130,9 +130,9 @@ class Service:
         s = self.settings
         self.layout.create()
         key = SiteKey.load_or_create(s.secret_path)
-        self.store = store = self._open_store()
+        store, recovered = self._open_store()
+        self.store = store
         self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync)
-        recovered = store.recover()
         swept = self._sweep()
         self.keep_reserve()
         self.runtime = Runtime(
@@ -180,11 +180,12 @@ class Service:
         sd_notify("READY=1")
         log.info("service started", version=__version__, listen=s.ingress.listen, recovered_jobs=recovered)
 
-    def _open_store(self) -> StateStore:
-        """The state store, on a full disk too: SQLite needs room for its write-ahead log and
-        shared-memory index even to read, so give up the reserve and try once more."""
+    def _open_store(self) -> tuple[StateStore, int]:
+        """The state store with the jobs a crash left mid-processing put back in line (their
+        number is the second value), on a full disk too: SQLite needs room for its write-ahead
+        log and shared-memory index even to read, so give up the reserve and try once more."""
         try:
-            return StateStore(self.settings.state_path)
+            return self._recovered_store()
         except sqlite3.OperationalError as exc:
             if not self.layout.release_reserve():
                 raise
@@ -192,7 +193,15 @@ class Service:
                 "the state store could not be opened; gave up the reserve to start (is the disk full?)",
                 error=describe_environment(exc),
             )
-            return StateStore(self.settings.state_path)
+            return self._recovered_store()
+
+    def _recovered_store(self) -> tuple[StateStore, int]:
+        store = StateStore(self.settings.state_path)
+        try:
+            return store, store.recover()
+        except BaseException:
+            store.close()
+            raise
 
     def keep_reserve(self) -> None:
         """Put the reserve back once the disk can spare it (after a start that gave it up)."""

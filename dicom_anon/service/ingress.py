@@ -112,6 +112,9 @@ class _Server(ThreadedAssociationServer):
     for the guard (connections.py); it must not hold up shutdown, hence daemon threads."""
 
     daemon_threads = True
+    # The listen backlog: with socketserver's 5, a burst of connections has the kernel drop SYNs,
+    # and the clinic's connection waits out TCP's 1 s, 3 s... retransmissions behind the burst.
+    request_queue_size = 128
     on_tls_failure: Callable[[tuple[str, int], Exception], None]
     handshake_timeout: float = 5.0
     guard: ConnectionGuard
