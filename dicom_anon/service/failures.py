@@ -22,18 +22,19 @@ from ..audit.trail import AuditTrail
 log = structlog.get_logger("dicom_anon.service")
 
 # errno values that say "the machine", not "this file": space, quota, I/O, read-only file system,
-# out of descriptors or memory. An OSError without an errno (Pillow's "image file is truncated")
-# or with another one (a missing file) is about the thing being read.
+# out of file descriptors. An OSError without an errno (Pillow's "image file is truncated") or with
+# another one (a missing file) is about the thing being read. Running out of memory is not here:
+# one huge instance does that, and retrying it forever would hold up everything behind it.
 _ENVIRONMENT_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+    {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EMFILE, errno.ENFILE}
 )
 
 
 def is_environment(exc: BaseException) -> bool:
     """True for failures that are retried with backoff: disk full, I/O errors, the state store
     unwritable or busy (SQLite's disk full, disk I/O error, database is locked all arrive as
-    OperationalError), memory exhausted."""
-    if isinstance(exc, (sqlite3.OperationalError, MemoryError)):
+    OperationalError)."""
+    if isinstance(exc, sqlite3.OperationalError):
         return True
     return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS
 

@@ -9,8 +9,11 @@ planted in routing, or the bad copy put in the outbox as a worker that let it th
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import sqlite3
 
+import pytest
 from factories import to_bytes
 from peers import events, tiny_photo, wait_until
 from pydicom.dataset import Dataset
@@ -18,6 +21,7 @@ from test_pipeline import archived, send
 
 from dicom_anon.rules import Decision, Rules
 from dicom_anon.service.app import Service
+from dicom_anon.service.failures import is_environment
 from dicom_anon.service.files import write_durable
 from dicom_anon.service.store import NewJob, NewOutput
 from dicom_anon.service.worker import JOB_TRIES, Worker
@@ -152,3 +156,19 @@ def test_a_delivery_that_cannot_be_sent_is_quarantined_and_the_sender_goes_on(st
     assert send(service.port, tiny_photo(3)) == [0]
     wait_until(lambda: arch.received, 10, "a good photo after the bad delivery")
     assert service.dead_threads() == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "environment"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), True),
+        (OSError(errno.EIO, "Input/output error"), True),
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (OSError("image file is truncated"), False),  # Pillow on a broken JPEG: the instance's fault
+        (FileNotFoundError(errno.ENOENT, "No such file"), False),
+        (MemoryError(), False),  # one huge instance; retrying it forever would stop the queue
+        (ValueError("Command Set elements"), False),
+    ],
+)
+def test_only_the_environment_is_waited_out(exc, environment):
+    assert is_environment(exc) is environment
