@@ -75,7 +75,7 @@ def record_or_log(audit: AuditTrail, event: str, **fields: Any) -> bool:
     happen when it cannot be recorded. False when only the log has it."""
     try:
         audit.record(event, **fields)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: the trail was closed (the service is stopping)
         log.error(
             "audit trail cannot be written; event only in this log",
             audit_event=event,

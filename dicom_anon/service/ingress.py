@@ -237,22 +237,31 @@ class Ingress:
         assoc = event.assoc
         ing = self.settings.ingress
         self.guard.requested(assoc, ing.timeouts.acse)
-        try:
-            self._admit_or_refuse(assoc)
-        finally:
-            self.guard.decided(assoc)
-
-    def _admit_or_refuse(self, assoc: Association) -> None:
-        ing = self.settings.ingress
         rq = assoc.requestor.primitive
         calling, called = str(rq.calling_ae_title), str(rq.called_ae_title)
         address = assoc.requestor.address
-        rejection = self._check(calling, called, address)
-        if rejection is None and not self.guard.admit(assoc):
-            # Transient, local limit exceeded: the sender tries again later.
-            rejection = _Rejection(0x02, 0x03, 0x02, f"more than {ing.max_associations} associations at once")
-        if rejection is None:
-            return
+        try:
+            rejection = self._check(calling, called, address)
+            if rejection is None and not self.guard.admit(assoc):
+                # Transient, local limit exceeded: the sender tries again later.
+                rejection = _Rejection(
+                    0x02, 0x03, 0x02, f"more than {ing.max_associations} associations at once"
+                )
+        except Exception as exc:
+            # Fail closed: pynetdicom would go on and accept a request whose check raised (the state
+            # store unreadable, say). Transient: the sender tries again later.
+            rejection = _Rejection(
+                0x02, 0x03, 0x01, f"the request could not be checked ({type(exc).__name__})"
+            )
+        try:
+            if rejection is not None:
+                self._reject(assoc, calling, called, address, rejection)
+        finally:
+            self.guard.decided(assoc)
+
+    def _reject(
+        self, assoc: Association, calling: str, called: str, address: str, rejection: _Rejection
+    ) -> None:
         record_or_log(
             self.audit,
             "association_rejected",

@@ -17,13 +17,15 @@ import pytest
 from factories import to_bytes
 from peers import events, tiny_photo, wait_until
 from pydicom.dataset import Dataset
+from pynetdicom import AE, build_context
+from pynetdicom.sop_class import Verification
 from test_pipeline import archived, send
 
 from dicom_anon.rules import Decision, Rules
 from dicom_anon.service.app import Service
 from dicom_anon.service.failures import is_environment
 from dicom_anon.service.files import write_durable
-from dicom_anon.service.store import NewJob, NewOutput
+from dicom_anon.service.store import NewJob, NewOutput, StateStore
 from dicom_anon.service.worker import JOB_TRIES, Worker
 
 
@@ -172,3 +174,19 @@ def test_a_delivery_that_cannot_be_sent_is_quarantined_and_the_sender_goes_on(st
 )
 def test_only_the_environment_is_waited_out(exc, environment):
     assert is_environment(exc) is environment
+
+
+def test_an_association_that_cannot_be_checked_is_refused_not_accepted(start_service, tmp_path):
+    """pynetdicom goes on negotiating when a handler of the request raises: a check that failed
+    (here the state store it reads the spool's size from is gone) let the caller in."""
+    service = start_service()
+    assert service.ingress is not None
+    gone = StateStore(tmp_path / "gone.sqlite")
+    gone.close()
+    service.ingress.store = gone
+    assoc = AE(ae_title="CLINIC").associate(
+        "127.0.0.1", service.port, contexts=[build_context(Verification)], ae_title="DICOM_ANON"
+    )
+    assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02  # transient: try later
+    [refused] = events(service.settings.data_dir, "association_rejected")
+    assert refused["calling_ae"] == "CLINIC" and "could not be checked" in refused["reason"]
