@@ -10,7 +10,9 @@ benchmarks/fuzz_deid.py (a larger run) and by the network fuzz test, so the inte
   (their manifests' strings are planted PHI too, searched for with ``leaks``).
 * ``MUTATIONS``: name -> ``mutate(data, rng) -> bytes``; ``case(seed_bytes, mutation, rng)``.
 * ``corpus(count, seed=0, testdata=None)``: ``count`` deterministic ``Case`` objects.
-* ``leaks(data)``: the planted strings found in ``data``.
+* ``leaks(data, testdata=None)``: the planted strings found in ``data``.
+* byte helpers for hand-made cases: ``elements`` (top-level element offsets), ``set_length``,
+  ``insert_element``, ``nested_sequences``, ``with_transfer_syntax``, ``jpeg_with_metadata``.
 
 Mutations work on the bytes, as a hostile sender would: lying lengths (too long, so an element
 swallows the next ones; too short), truncation, bit flips, wrong VRs, deep nesting (built as
@@ -103,7 +105,7 @@ def elements(data: bytes) -> list[Element]:
 # --- seeds --------------------------------------------------------------------------
 
 
-def _jpeg(comment: bytes) -> bytes:
+def jpeg_with_metadata(comment: bytes) -> bytes:
     rng = np.random.default_rng(5)
     picture = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
     exif = Image.Exif()
@@ -152,7 +154,7 @@ def _jpeg_photo() -> bytes:
     ds.Rows = ds.Columns = 16
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
-    ds.PixelData = encapsulate([_jpeg(f"{_M} JPEG COMMENT".encode())])
+    ds.PixelData = encapsulate([jpeg_with_metadata(f"{_M} JPEG COMMENT".encode())])
     ds["PixelData"].is_undefined_length = True
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     return to_bytes(ds)
@@ -190,7 +192,7 @@ def _dataset_elements(data: bytes) -> list[Element]:
     return [e for e in elements(data) if e.tag >> 16 != 0x0002]
 
 
-def _set_length(data: bytes, element: Element, length: int) -> bytes:
+def set_length(data: bytes, element: Element, length: int) -> bytes:
     out = bytearray(data)
     limit = (1 << (8 * element.length_size)) - 1
     out[element.length_at : element.length_at + element.length_size] = min(length, limit).to_bytes(
@@ -207,7 +209,7 @@ def lying_long(data: bytes, rng: random.Random) -> bytes:
     i = rng.randrange(len(elems) - 1)
     j = rng.randrange(i + 1, len(elems))
     end = elems[j].value_at + elems[j].length if elems[j].length != 0xFFFFFFFF else len(data)
-    return _set_length(data, elems[i], end - elems[i].value_at)
+    return set_length(data, elems[i], end - elems[i].value_at)
 
 
 def lying_short(data: bytes, rng: random.Random) -> bytes:
@@ -215,7 +217,7 @@ def lying_short(data: bytes, rng: random.Random) -> bytes:
     if not elems:
         return data
     e = rng.choice(elems)
-    return _set_length(data, e, rng.randrange(e.length))
+    return set_length(data, e, rng.randrange(e.length))
 
 
 def lying_random(data: bytes, rng: random.Random) -> bytes:
@@ -223,7 +225,7 @@ def lying_random(data: bytes, rng: random.Random) -> bytes:
     if not elems:
         return data
     e = rng.choice(elems)
-    return _set_length(
+    return set_length(
         data, e, rng.choice([e.length + 2, e.length + rng.randrange(2, 400), 0xFFFF, 0xFFFFFFFE])
     )
 
@@ -251,7 +253,7 @@ def wrong_vr(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-def _nested_bytes(depth: int) -> bytes:
+def nested_sequences(depth: int) -> bytes:
     """Content Sequence items nested ``depth`` deep, undefined lengths, each level with a marker."""
     leaf = _tagged(0x00100010, b"PN", f"{_M}^DEEP ".encode())
     body = leaf
@@ -272,7 +274,7 @@ def _tagged(tag: int, vr: bytes, value: bytes) -> bytes:
     return struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr + struct.pack("<H", len(value)) + value
 
 
-def _insert(data: bytes, tag: int, raw: bytes) -> bytes:
+def insert_element(data: bytes, tag: int, raw: bytes) -> bytes:
     """``raw`` element bytes placed in tag order among the top-level elements."""
     for e in _dataset_elements(data):
         if e.tag > tag:
@@ -281,7 +283,7 @@ def _insert(data: bytes, tag: int, raw: bytes) -> bytes:
 
 
 def deep_nesting(data: bytes, rng: random.Random) -> bytes:
-    return _insert(data, 0x0040A730, _nested_bytes(rng.choice([17, 40, 100, 300, 500])))
+    return insert_element(data, 0x0040A730, nested_sequences(rng.choice([17, 40, 100, 300, 500])))
 
 
 def _pixel(data: bytes) -> Element | None:
@@ -293,7 +295,7 @@ def jpeg_in_offset_table(data: bytes, rng: random.Random) -> bytes:
     e = _pixel(data)
     if e is None or e.length != 0xFFFFFFFF:
         return data
-    frame = _jpeg(f"{_M} COM IN BOT".encode())
+    frame = jpeg_with_metadata(f"{_M} COM IN BOT".encode())
     frame += b"\x00" * (len(frame) % 2)
     items = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(frame)) + frame + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
     return data[: e.value_at] + items
@@ -312,7 +314,7 @@ def fragment_length_lies(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
-def _with_transfer_syntax(data: bytes, uid: str) -> bytes:
+def with_transfer_syntax(data: bytes, uid: str) -> bytes:
     """The file meta's Transfer Syntax UID replaced, its group length corrected."""
     elems = elements(data)
     ts = next((e for e in elems if e.tag == 0x00020010), None)
@@ -329,12 +331,12 @@ def _with_transfer_syntax(data: bytes, uid: str) -> bytes:
 
 def wrong_transfer_syntax(data: bytes, rng: random.Random) -> bytes:
     choices = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit, "1.2.840.10008.1.2.2"]
-    return _with_transfer_syntax(data, rng.choice(choices))
+    return with_transfer_syntax(data, rng.choice(choices))
 
 
 def multi_valued_uid(data: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.5:
-        return _with_transfer_syntax(data, f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
+        return with_transfer_syntax(data, f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
     e = next((e for e in _dataset_elements(data) if e.tag == 0x00080018), None)
     if e is None:
         return data
@@ -367,7 +369,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
 
 
 def case(name: str, data: bytes, mutation: str, rng: random.Random) -> Case:
-    """One mutated instance; a second mutation half the time, as real damage rarely comes alone."""
+    """One mutated instance; a second mutation about a third of the time: damage rarely comes alone."""
     out = MUTATIONS[mutation](data, rng)
     label = f"{name}/{mutation}"
     if rng.random() < 0.3:

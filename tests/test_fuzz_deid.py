@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from factories import camera_photo, write
-from fuzz_corpus import MUTATIONS, _with_transfer_syntax, case, leaks, seeds
+from fuzz_corpus import MUTATIONS, case, leaks, seeds, with_transfer_syntax
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -71,7 +71,7 @@ def test_deid_folder_goes_on_past_hostile_files(tmp_path: Path) -> None:
     inputs = tmp_path / "in"
     (inputs / "a-deep.dcm").parent.mkdir(parents=True)
     (inputs / "a-deep.dcm").write_bytes(case("deep", native, "deep-nesting", rng).data)
-    two_syntaxes = _with_transfer_syntax(native, f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
+    two_syntaxes = with_transfer_syntax(native, f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
     (inputs / "b-two-syntaxes.dcm").write_bytes(two_syntaxes)
     write(camera_photo(BurnedInAnnotation="NO"), inputs / "c-good.dcm")
     result = CliRunner().invoke(

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from factories import camera_photo, item, pixel_module, to_bytes, vl_photo
-from fuzz_corpus import MARKER, _insert, _jpeg, _nested_bytes, _set_length, _with_transfer_syntax, elements
+from fuzz_corpus import (
+    MARKER,
+    elements,
+    insert_element,
+    jpeg_with_metadata,
+    nested_sequences,
+    set_length,
+    with_transfer_syntax,
+)
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
@@ -66,7 +74,7 @@ def test_a_clean_photo_is_still_written(tmp_path: Path, site_key: SiteKey) -> No
 def test_code_string_swallowing_the_referring_physician_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
     data = to_bytes(_photo(ReferringPhysicianName=NAME))
     modality, study_uid = _element(data, 0x00080060), _element(data, 0x0020000D)
-    lying = _set_length(data, modality, study_uid.start - modality.value_at)
+    lying = set_length(data, modality, study_uid.start - modality.value_at)
     assert _refused(tmp_path, lying, site_key) == "bad-value"
 
 
@@ -75,7 +83,7 @@ def test_rows_swallowing_what_follows_is_refused(tmp_path: Path, site_key: SiteK
     ds.add_new(0x00291010, "LO", f"{NAME} CSA")
     data = to_bytes(ds)
     rows, pixels = _element(data, 0x00280010), _element(data, 0x00291010)
-    lying = _set_length(data, rows, pixels.start - rows.value_at)
+    lying = set_length(data, rows, pixels.start - rows.value_at)
     assert _refused(tmp_path, lying, site_key) == "bad-multiplicity"
 
 
@@ -85,7 +93,7 @@ def test_native_pixel_data_swallowing_trailing_elements_is_refused(tmp_path: Pat
     ds.add_new(0x7FE11010, "LT", f"{NAME} trailing private text")
     data = to_bytes(ds)
     pixels = _element(data, 0x7FE00010)
-    lying = _set_length(data, pixels, len(data) - pixels.value_at)
+    lying = set_length(data, pixels, len(data) - pixels.value_at)
     assert _refused(tmp_path, lying, site_key) == "pixel-data-mismatch"
 
 
@@ -117,7 +125,7 @@ def test_two_valued_sop_instance_uid_is_refused(tmp_path: Path, site_key: SiteKe
 
 
 def test_multi_valued_transfer_syntax_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
-    data = _with_transfer_syntax(to_bytes(_photo()), f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
+    data = with_transfer_syntax(to_bytes(_photo()), f"{ExplicitVRLittleEndian}\\{ImplicitVRLittleEndian}")
     assert _refused(tmp_path, data, site_key) == "bad-multiplicity"
 
 
@@ -126,7 +134,7 @@ def test_multi_valued_transfer_syntax_is_refused(tmp_path: Path, site_key: SiteK
 
 @pytest.mark.parametrize("depth", [17, 100, 500])
 def test_deep_nesting_is_refused(tmp_path: Path, site_key: SiteKey, depth: int) -> None:
-    data = _insert(to_bytes(_photo()), 0x0040A730, _nested_bytes(depth))
+    data = insert_element(to_bytes(_photo()), 0x0040A730, nested_sequences(depth))
     assert _refused(tmp_path, data, site_key) == "too-deep"
 
 
@@ -161,21 +169,21 @@ def test_unknown_character_set_is_refused(tmp_path: Path, site_key: SiteKey) -> 
 
 def _jpeg_photo(transfer_syntax: str = JPEGBaseline8Bit) -> Dataset:
     ds = _photo(Rows=16, Columns=16, PhotometricInterpretation="YBR_FULL_422", LossyImageCompression="01")
-    ds.PixelData = encapsulate([_jpeg(b"ZQXPHI JPEG COMMENT")])
+    ds.PixelData = encapsulate([jpeg_with_metadata(b"ZQXPHI JPEG COMMENT")])
     ds["PixelData"].is_undefined_length = True
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     return ds
 
 
 def test_encapsulated_jpeg_under_a_native_syntax_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
-    data = _with_transfer_syntax(to_bytes(_jpeg_photo()), ExplicitVRLittleEndian)
+    data = with_transfer_syntax(to_bytes(_jpeg_photo()), ExplicitVRLittleEndian)
     assert _refused(tmp_path, data, site_key) == "encapsulation-mismatch"
 
 
 def test_jpeg_where_the_basic_offset_table_belongs_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
     data = to_bytes(_jpeg_photo())
     pixels = _element(data, 0x7FE00010)
-    frame = _jpeg(b"ZQXPHI COM IN THE OFFSET TABLE")
+    frame = jpeg_with_metadata(b"ZQXPHI COM IN THE OFFSET TABLE")
     frame += b"\x00" * (len(frame) % 2)
     items = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(frame)) + frame + b"\xfe\xff\xdd\xe0" + bytes(4)
     assert _refused(tmp_path, data[: pixels.value_at] + items, site_key) == "bad-encapsulation"

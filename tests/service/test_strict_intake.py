@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from factories import to_bytes
-from fuzz_corpus import _insert, _nested_bytes, _set_length, elements
+from fuzz_corpus import elements, insert_element, nested_sequences, set_length
 from peers import events, tiny_photo, wait_until
 from test_ingress import send_raw, store
 
@@ -25,15 +25,15 @@ def _swallowing_modality() -> bytes:
     data = to_bytes(ds)
     modality = next(e for e in elements(data) if e.tag == 0x00080060)
     study_uid = next(e for e in elements(data) if e.tag == 0x0020000D)
-    return _set_length(data, modality, study_uid.start - modality.value_at)
+    return set_length(data, modality, study_uid.start - modality.value_at)
 
 
 @pytest.mark.parametrize(
     ("build", "code"),
     [
         (_swallowing_modality, "bad-value"),
-        (lambda: _insert(to_bytes(tiny_photo()), 0x0040A730, _nested_bytes(100)), "too-deep"),
-        (lambda: _insert(to_bytes(tiny_photo()), 0x0040A730, _nested_bytes(500)), "too-deep"),
+        (lambda: insert_element(to_bytes(tiny_photo()), 0x0040A730, nested_sequences(100)), "too-deep"),
+        (lambda: insert_element(to_bytes(tiny_photo()), 0x0040A730, nested_sequences(500)), "too-deep"),
     ],
     ids=["swallowing-length", "nested-100", "nested-500"],
 )
