@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import date
 
 import pytest
@@ -187,7 +188,10 @@ def test_retain_modified_dates_shifts_by_the_patients_offset(site_key):
 
 
 def test_retain_modified_dates_dummies_an_unreadable_date(site_key):
-    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
+    # pydicom only warns about the value, and not at all once dicomio has turned its reading
+    # validation off (its warnings quote values into logs): the engine must cope either way.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ds = photo(ContentDate="17.05.2024")
     out = deid(ds, site_key, Option.RETAIN_MODIFIED_DATES).dataset
     assert out.ContentDate == "19000101"
