@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from dicom_anon.faces.detect import resolve_device
-from dicom_anon.faces.ir_torch import STYLE_DIM, MobileStyleGAN, random_face_data_dir
+from dicom_anon.faces.generator import STYLE_DIM, model_dir
+from dicom_anon.faces.ir_torch import MobileStyleGAN
 
 FACES = 4  # timed faces per figure, after one warm-up
 COMPARED = 2  # faces compared across engines
@@ -52,7 +53,7 @@ def openvino(z: np.ndarray) -> np.ndarray | None:
     except ImportError:
         print("openvino: not installed, torch only")
         return None
-    folder = random_face_data_dir()
+    folder = model_dir()
     start = time.perf_counter()
     core = ov.Core()
     mapping = core.read_model(folder / "MappingNetwork.xml", folder / "MappingNetwork.bin")

@@ -8,11 +8,11 @@ from ONNX), so this module reads the IR itself: the XML with the standard librar
 with numpy, and evaluates the graph op for op with torch.
 
 Why an interpreter of the graph rather than a hand-written MobileStyleGAN loading the IR's
-constants: the two graphs use 20 simple op types, each a line or two of torch with OpenVINO's
+constants: the two graphs use 18 simple op types, each a line or two of torch with OpenVINO's
 documented semantics, and following the graph computes exactly what OpenVINO computes, including
 whatever the ONNX export and the model optimizer folded or rewrote (the IDWT as pairs of
 transposed convolutions, the modulation as products on the activations). A hand-written
-architecture would have to re-derive that rewriting and map 500 unnamed constants to it, and a
+architecture would have to re-derive that rewriting and map some 500 unnamed constants to it, and a
 mismatch would show only as a wrong picture. The interpreter refuses any op, attribute or
 element type it does not implement, by name, at load time.
 
@@ -20,16 +20,15 @@ Integer tensors (the shape arithmetic the ONNX export left in: ShapeOf, Gather, 
 kept on the host as numpy arrays and never touch the device, so the graph is batch-dynamic and
 its float part runs on any torch device, differentiable end to end.
 
-The four files are checksummed as they are read (the bytes hashed are the bytes parsed).
-Nothing is downloaded and no weights are copied into the repository; the weights' licence is
-NVIDIA's non-commercial StyleGAN2 licence (they are distilled from StyleGAN2-FFHQ).
+The four files are found and checksummed as ``generator`` pins them, as they are read (the bytes
+hashed are the bytes parsed). Nothing is downloaded and no weights are copied into the
+repository; the weights are non-commercial (docs/generator-card.md).
 """
 
 from __future__ import annotations
 
 import graphlib
 import hashlib
-import importlib.util
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,16 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-STYLE_DIM = 512
-RESOLUTION = 1024
-
-# sha256 of the files random-face==2021.7.21.1 installs under random_face/data/.
-SHA256 = {
-    "MappingNetwork.xml": "73e2096cad6e696e4af47df2477e048ab4c42c0e0dec83c7c66604822689e55b",
-    "MappingNetwork.bin": "212dd716bdb556e18db603ea97300d4fa3c872b878c726b2402fea80820e7305",
-    "SynthesisNetwork.xml": "7918fce515243954d3e06628cb39a23902d6b1d5d02932cc0c2faee7a2aeeedd",
-    "SynthesisNetwork.bin": "c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
-}
+from .generator import PACKAGE, PINNED_SHA256, GeneratorUnavailable, model_dir
 
 _ELEMENT_TYPES = {"f32": np.float32, "i64": np.int64, "i32": np.int32}
 
@@ -59,28 +49,20 @@ _ELEMENT_TYPES = {"f32": np.float32, "i64": np.int64, "i32": np.int32}
 Value = Tensor | np.ndarray
 
 
-class IRError(RuntimeError):
+class IRError(GeneratorUnavailable):
     """The generator's IR files are missing, altered, or use something this reader does not
-    implement. Callers turn it into a refusal (``method-unavailable``), never a picture."""
-
-
-def random_face_data_dir() -> Path:
-    """Where ``random-face`` installed its IR files, found without importing the package: its
-    ``__init__`` imports an OpenVINO API that no longer exists."""
-    spec = importlib.util.find_spec("random_face")
-    if spec is None or not spec.submodule_search_locations:
-        raise IRError("the face generator is not installed: pip install --no-deps random-face==2021.7.21.1")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+    implement: a kind of ``GeneratorUnavailable``, so callers refuse (``method-unavailable``)."""
 
 
 def read_checked(path: Path, expected_sha256: str) -> bytes:
-    """The file's bytes, refused unless they hash to ``expected_sha256``."""
+    """The file's bytes, refused unless they hash to ``expected_sha256``: the bytes hashed are
+    the bytes parsed, so a file replaced between a check and a read cannot slip through."""
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise IRError(f"cannot read the generator file {path}: {e.strerror}") from None
+        raise IRError(f"cannot read the generator file {path} ({e.strerror}); reinstall {PACKAGE}") from None
     if hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise IRError(f"the generator file {path} is not the one random-face 2021.7.21.1 ships (sha256)")
+        raise IRError(f"the generator file {path} is not the pinned one (sha256); reinstall {PACKAGE}")
     return data
 
 
@@ -390,12 +372,23 @@ def _pick(v: Value | list[Value], index: int) -> Any:
 
 
 def load_ir(stem: str, data_dir: Path | None = None, device: torch.device | str = "cpu") -> IRNetwork:
-    """``stem``.xml and ``stem``.bin from ``data_dir`` (default: random-face's), checked against
-    :data:`SHA256` as they are read."""
-    folder = data_dir if data_dir is not None else random_face_data_dir()
-    xml = read_checked(folder / f"{stem}.xml", SHA256[f"{stem}.xml"])
-    weights = read_checked(folder / f"{stem}.bin", SHA256[f"{stem}.bin"])
+    """``stem``.xml and ``stem``.bin from ``data_dir`` (default: where random-face put them),
+    checked against the pinned SHA-256s as they are read."""
+    folder = data_dir if data_dir is not None else model_dir()
+    xml = read_checked(folder / f"{stem}.xml", PINNED_SHA256[f"{stem}.xml"])
+    weights = read_checked(folder / f"{stem}.bin", PINNED_SHA256[f"{stem}.bin"])
     return IRNetwork(xml, weights, device)
+
+
+class _InFloat64(nn.Module):
+    """``net`` run in float64, float32 in and out."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net.double()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.double()).to(x.dtype)
 
 
 class MobileStyleGAN(nn.Module):
@@ -404,11 +397,16 @@ class MobileStyleGAN(nn.Module):
     ``mapping(z)``: latent z (N, 512), standard normal, to style w (N, 512).
     ``synthesis(w)`` (also ``forward``): style to an RGB image (N, 3, 1024, 1024) in about [-1, 1]
     (not clamped, as OpenVINO returns it). Differentiable in w on any device.
+
+    The mapping runs in float64 (a few ms): the synthesis amplifies a style's float32 rounding
+    (~5e-6) to ~1e-3 on some pixels, so two float32 engines computing z -> image differ by up
+    to 1.1e-3 on 32 test latents, each ~5e-4 from the float64 result; with the style exact to
+    float32, torch stays within 5.4e-4 of OpenVINO on those latents.
     """
 
     def __init__(self, device: torch.device | str = "cpu", data_dir: Path | None = None) -> None:
         super().__init__()
-        self.mapping = load_ir("MappingNetwork", data_dir, device)
+        self.mapping = _InFloat64(load_ir("MappingNetwork", data_dir, device))
         self.synthesis = load_ir("SynthesisNetwork", data_dir, device)
 
     def forward(self, style: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_anon.faces.ir_torch import SHA256, IRError, IRNetwork, MobileStyleGAN, random_face_data_dir
+from dicom_anon.faces.generator import PINNED_SHA256, GeneratorUnavailable, model_dir
+from dicom_anon.faces.ir_torch import IRError, IRNetwork, MobileStyleGAN
 
 # What OpenVINO and torch may differ by on a [-1, 1] image (float32, different summation orders).
 IMAGE_TOLERANCE = 1e-3
@@ -20,8 +21,8 @@ IMAGE_TOLERANCE = 1e-3
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
     try:
-        return random_face_data_dir()
-    except IRError:
+        return model_dir()
+    except GeneratorUnavailable:
         pytest.skip("random-face (the generator's IR files) is not installed")
 
 
@@ -46,14 +47,14 @@ def latents(n: int, seed: int = 7) -> np.ndarray:
 
 
 def test_torch_computes_what_openvino_computes(net: MobileStyleGAN, openvino_nets) -> None:
-    """Mapping on a batch of five, synthesis on a batch of two (the graph's shape arithmetic runs
-    per batch), each face against OpenVINO's of the same style."""
+    """Latent to style to face, end to end: mapping on a batch of five, synthesis on a batch of
+    two (the graph's shape arithmetic runs per batch), each face against OpenVINO's."""
     ov_mapping, ov_synthesis = openvino_nets
     z = latents(5)
     ov_styles = np.asarray(ov_mapping(z)[0])
     with torch.no_grad():
         styles = net.mapping(torch.from_numpy(z)).numpy()
-        images = net(torch.from_numpy(ov_styles[:2])).numpy()
+        images = net(torch.from_numpy(styles[:2])).numpy()
     assert np.abs(styles - ov_styles).max() < 1e-4
     assert images.shape == (2, 3, 1024, 1024)
     for style, image in zip(ov_styles[:2], images, strict=True):
@@ -89,14 +90,14 @@ def test_builds_and_runs_on_the_device_it_is_given(data_dir: Path) -> None:
     assert image.shape == (3, 3, 1024, 1024) and image.device.type == "meta"
 
 
-@pytest.mark.parametrize("name", sorted(SHA256))
+@pytest.mark.parametrize("name", sorted(PINNED_SHA256))
 def test_altered_or_missing_files_are_refused(data_dir: Path, tmp_path: Path, name: str) -> None:
-    for other in SHA256:
+    for other in PINNED_SHA256:
         shutil.copyfile(data_dir / other, tmp_path / other)
     altered = bytearray((tmp_path / name).read_bytes())
     altered[len(altered) // 2] ^= 1
     (tmp_path / name).write_bytes(altered)
-    with pytest.raises(IRError, match=f"{name} is not the one random-face"):
+    with pytest.raises(IRError, match=f"{name} is not the pinned one"):
         MobileStyleGAN("cpu", tmp_path)
     (tmp_path / name).unlink()
     with pytest.raises(IRError, match=f"cannot read the generator file .*{name}"):
