@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.uid import UID
 
 from .config import Match, ProfileSettings, Route, Settings
 
@@ -100,3 +101,75 @@ class Rules:
     def explain(self, ds: Dataset, calling_ae: str) -> list[tuple[Route, str | None]]:
         """Every route with the reason it did not match (None: it matched), for ``rules test``."""
         return [(route, compiled.why_not(ds, calling_ae)) for route, compiled in self._routes]
+
+
+# --- the routes as a person reads them (``rules check``, the console's Rules page) ---------------
+
+
+@dataclass(frozen=True)
+class RouteLine:
+    """One row of the route table: a records officer reads the file in this form, so ``rules check``
+    and the console print the same words."""
+
+    number: int
+    name: str
+    matches: str
+    does: str
+    then: str
+
+
+def match_summary(route: Route) -> str:
+    """The route's conditions in words: ``modality in XC; study description ~ /ortho/``."""
+    parts = []
+    m = route.match
+    for label, value in (
+        ("calling AE", m.calling_ae),
+        ("SOP class", [_sop_name(u) for u in m.sop_class]),
+        ("modality", m.modality),
+        ("body part", m.body_part),
+    ):
+        if value:
+            parts.append(f"{label} in {', '.join(value)}")
+    for label, pattern in (
+        ("study description", m.study_description),
+        ("series description", m.series_description),
+        ("institution", m.institution),
+    ):
+        if pattern is not None:
+            parts.append(f"{label} ~ /{pattern}/")
+    for keyword, pattern in m.attributes.items():
+        parts.append(f"{keyword} ~ /{pattern}/")
+    return "; ".join(parts) or "everything"
+
+
+def _sop_name(uid: str) -> str:
+    return UID(uid).keyword or uid
+
+
+def route_action(settings: Settings, route: Route) -> str:
+    """What the route does with an instance it matches, profile options and pixels included."""
+    if route.action != "forward":
+        return route.action
+    profile = settings.profile(route.profile or "")
+    pixels = ""
+    if profile.pixels is not None:
+        kept = ", ".join(profile.pixels.preserve) or "nothing"
+        pixels = f"; pixels: replace the face ({profile.pixels.method}), keep {kept} exactly"
+    options = ", ".join(sorted(o.value for o in profile.options)) or "no options"
+    held = ", held for review" if route.hold_for_review else ""
+    return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}{held}"
+
+
+def route_lines(settings: Settings) -> list[RouteLine]:
+    """Every route in the order it is applied, and last what happens to an instance none matches."""
+    lines = [
+        RouteLine(
+            i,
+            route.name,
+            match_summary(route),
+            route_action(settings, route),
+            "later routes too" if route.continue_ else "stop",
+        )
+        for i, route in enumerate(settings.routes, start=1)
+    ]
+    return [*lines, RouteLine(0, "(no match)", "", settings.unmatched, "")]

@@ -17,9 +17,8 @@ from rich.table import Table
 from ..config import Settings
 from ..console import ConfigOption, DataDirOption, err, fail, out, settings_or_exit
 from ..headers.errors import SiteKeyError
-from ..headers.pseudonyms import SiteKey
 from .chart import Bucket, draw, tally
-from .query import Filters, parse_time, query, to_csv, to_json
+from .query import Filters, search, to_csv, to_json
 from .trail import AuditTrail, operator, read_records, verify
 
 audit_app = typer.Typer(help="Verify, search and export the audit trail.", no_args_is_help=True)
@@ -85,30 +84,16 @@ def _filters(
     sop_uid: str | None,
 ) -> Filters:
     try:
-        return Filters(
-            since=parse_time(since) if since else None,
-            until=parse_time(until) if until else None,
-            events=frozenset(event or ()),
-            route=route,
-            destination=destination,
-            status=status,
-            patient=patient,
-            sop_uid=sop_uid,
-        )
+        return Filters.parse(since, until, event or (), route, destination, status, patient, sop_uid)
     except ValueError as exc:
         raise fail(str(exc)) from None
 
 
 def _select(settings: Settings, path: Path, filters: Filters) -> list[dict[str, Any]]:
-    key = None
-    if filters.sop_uid is not None:
-        if not settings.secret_path.is_file():
-            raise fail(f"--sop-uid needs the site secret, which is not at {settings.secret_path}")
-        try:
-            key = SiteKey.load_or_create(settings.secret_path)
-        except SiteKeyError as exc:
-            raise fail(str(exc)) from None
-    return query(read_records(path), filters, key)
+    try:
+        return search(path, filters, settings.secret_path)
+    except (ValueError, SiteKeyError) as exc:
+        raise fail(str(exc)) from None
 
 
 Since = Annotated[str | None, typer.Option(help="From this date/time (ISO, UTC unless an offset is given).")]

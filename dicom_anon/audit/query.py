@@ -14,9 +14,11 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..headers.pseudonyms import SiteKey
+from .trail import read_records
 
 # Columns of the CSV export, in the order a reviewer reads them; anything else goes to 'details'.
 CSV_COLUMNS = (
@@ -61,6 +63,31 @@ class Filters:
     status: str | None = None
     patient: str | None = None
     sop_uid: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        since: str | None = None,
+        until: str | None = None,
+        events: Iterable[str] = (),
+        route: str | None = None,
+        destination: str | None = None,
+        status: str | None = None,
+        patient: str | None = None,
+        sop_uid: str | None = None,
+    ) -> Filters:
+        """Filters as a person types them (``audit query`` options, the console's form): empty text
+        is no filter; ValueError names a time that cannot be read."""
+        return cls(
+            since=parse_time(since) if since else None,
+            until=parse_time(until) if until else None,
+            events=frozenset(e for e in events if e),
+            route=route or None,
+            destination=destination or None,
+            status=status or None,
+            patient=patient or None,
+            sop_uid=sop_uid or None,
+        )
 
     def describe(self) -> dict[str, Any]:
         """The filters as given, for the audit_read event (the SOP UID only as its keyed hash)."""
@@ -118,6 +145,17 @@ def query(
             r.get("job") for r in records if r.get("sop_uid_hash") == sop_hash and r.get("job") is not None
         }
     return [r for r in records if _matches(r, filters, sop_hash, jobs)]
+
+
+def search(trail: Path, filters: Filters, secret: Path) -> list[dict[str, Any]]:
+    """The trail's records matching ``filters``; the site secret at ``secret`` is read only for an
+    original SOP Instance UID, and ValueError says when it is missing."""
+    key = None
+    if filters.sop_uid is not None:
+        if not secret.is_file():
+            raise ValueError(f"--sop-uid needs the site secret, which is not at {secret}")
+        key = SiteKey.load_or_create(secret)
+    return query(read_records(trail), filters, key)
 
 
 def to_csv(records: Iterable[dict[str, Any]]) -> str:

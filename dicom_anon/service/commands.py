@@ -7,7 +7,6 @@ Registered on the main ``dicom-anon`` app in ``dicom_anon/cli.py``.
 from __future__ import annotations
 
 import errno
-import secrets
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydicom.uid import UID
 from rich.progress import track
 from rich.table import Table
 
@@ -23,7 +21,6 @@ from ..audit.trail import AuditTrail, operator, read_records
 from ..config import (
     DEFAULT_CONFIG,
     ConfigError,
-    Route,
     Settings,
     advice,
     apply_overrides,
@@ -40,15 +37,13 @@ from ..console import (
     out,
     settings_or_exit,
 )
-from ..dicomio import read_instance
-from ..headers.engine import Profile, deidentify
-from ..headers.errors import Refused, SiteKeyError
-from ..headers.pseudonyms import SiteKey
+from ..headers.errors import SiteKeyError
 from ..review import output_problem, qa_notes, read_tile, save_sheets
-from ..rules import Rules
+from ..rules import route_lines
+from ..trial import try_file
 from .app import Service, configure_logging, run
 from .files import Layout
-from .quarantine import Quarantine, QuarantineError
+from .quarantine import Quarantine, QuarantineError, released_text
 from .store import AWAITING_REVIEW, StateStore
 from .worker import face_pixel_stage
 
@@ -105,47 +100,6 @@ def serve(
 rules_app = typer.Typer(help="Check a routing rules file, and try it on sample files.", no_args_is_help=True)
 
 
-def _match_summary(route: Route) -> str:
-    parts = []
-    m = route.match
-    for label, value in (
-        ("calling AE", m.calling_ae),
-        ("SOP class", [_sop_name(u) for u in m.sop_class]),
-        ("modality", m.modality),
-        ("body part", m.body_part),
-    ):
-        if value:
-            parts.append(f"{label} in {', '.join(value)}")
-    for label, value in (
-        ("study description", m.study_description),
-        ("series description", m.series_description),
-        ("institution", m.institution),
-    ):
-        if value is not None:
-            parts.append(f"{label} ~ /{value}/")
-    for keyword, pattern in m.attributes.items():
-        parts.append(f"{keyword} ~ /{pattern}/")
-    return "; ".join(parts) or "everything"
-
-
-def _sop_name(uid: str) -> str:
-    name = UID(uid).keyword
-    return name or uid
-
-
-def _what(settings: Settings, route: Route) -> str:
-    if route.action != "forward":
-        return route.action
-    profile = settings.profile(route.profile)
-    pixels = ""
-    if profile.pixels is not None:
-        kept = ", ".join(profile.pixels.preserve) or "nothing"
-        pixels = f"; pixels: replace the face ({profile.pixels.method}), keep {kept} exactly"
-    options = ", ".join(sorted(o.value for o in profile.options)) or "no options"
-    held = ", held for review" if route.hold_for_review else ""
-    return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}{held}"
-
-
 def _settings_or_exit(file: Path) -> Settings:
     """The settings in ``file``, or every problem with its line and fix in red and exit 1."""
     try:
@@ -163,10 +117,8 @@ def rules_check(file: Annotated[Path, typer.Argument(help="The settings YAML to 
     table = Table(title=f"{file}: routes, applied in this order", title_justify="left")
     for column in ("#", "route", "matches", "does", "then"):
         table.add_column(column, overflow="fold")
-    for i, route in enumerate(settings.routes, start=1):
-        then = "later routes too" if route.continue_ else "stop"
-        table.add_row(str(i), route.name, _match_summary(route), _what(settings, route), then)
-    table.add_row("", "(no match)", "", settings.unmatched, "")
+    for line in route_lines(settings):
+        table.add_row(str(line.number or ""), line.name, line.matches, line.does, line.then)
     out.print(table)
     dests = Table(title="destinations", title_justify="left")
     dests.add_column("name")
@@ -196,45 +148,27 @@ def rules_test(
     profile would refuse shows up as 'quarantine' with the reason.
     """
     settings = _settings_or_exit(file)
-    rules = Rules(settings)
-    caller = calling_ae or (
-        settings.ingress.allowed_callers[0].ae_title if settings.ingress.allowed_callers else ""
-    )
-    key = SiteKey(secrets.token_bytes(32))
     for path in dicom:
         out.rule(str(path), align="left")
-        try:
-            ds = read_instance(path)
-        except Refused as refused:
-            out.print(f"  quarantine: cannot read it ({refused.code}): {refused.reason}", highlight=False)
+        trial = try_file(settings, path, calling_ae)
+        if trial.unreadable is not None:
+            out.print(f"  {trial.unreadable}", highlight=False)
             continue
-        except OSError as exc:
-            out.print(f"  [red]cannot read the file ({exc.strerror})[/]", highlight=False)
-            continue
-        for route, why_not in rules.explain(ds, caller):
+        for name, why_not in trial.verdicts:
             mark = "[green]matches[/]" if why_not is None else f"no: {why_not}"
-            out.print(f"  route {route.name}: {mark}", highlight=False, soft_wrap=True)
-        decisions = rules.decide(ds, caller)
-        if not decisions:
-            out.print(f"  => {settings.unmatched} (no route matches)", highlight=False)
-        for d in decisions:
-            if d.action != "forward":
-                out.print(f"  => route {d.route.name}: {d.action}", highlight=False)
-                continue
-            assert d.profile is not None
-            try:
-                deidentify(ds, key, Profile(options=d.profile.options))
-            except Refused as refused:
+            out.print(f"  route {name}: {mark}", highlight=False, soft_wrap=True)
+        if trial.unmatched is not None:
+            out.print(f"  => {trial.unmatched} (no route matches)", highlight=False)
+        for o in trial.outcomes:
+            if o.refused is not None:
                 out.print(
-                    f"  => route {d.route.name}: [red]quarantine[/], the profile refuses it "
-                    f"({refused.code}): {refused.reason}",
+                    f"  => route {o.route}: [red]quarantine[/], the profile refuses it "
+                    f"({o.refused.code}): {o.refused.reason}",
                     highlight=False,
                     soft_wrap=True,
                 )
-                continue
-            out.print(
-                f"  => route {d.route.name}: {_what(settings, d.route)}", highlight=False, soft_wrap=True
-            )
+            else:
+                out.print(f"  => route {o.route}: {o.does}", highlight=False, soft_wrap=True)
 
 
 # --- quarantine -------------------------------------------------------------------------
@@ -330,15 +264,7 @@ def quarantine_release(
     q = _quarantine(config, data_dir)
 
     def release(item: int) -> str:
-        row = q.release(item, operator())
-        if row.code == AWAITING_REVIEW:
-            return f"released quarantine item {item}: approved, sent to {row.destination}"
-        again = (
-            f"offered to {row.destination} again"
-            if row.delivery_id is not None
-            else "queued for processing again"
-        )
-        return f"released quarantine item {item}: {again}"
+        return released_text(q.release(item, operator()))
 
     _each(items, release)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..audit.trail import AuditTrail
 from .files import Layout, link_or_copy
-from .store import HELD, QuarantineRow, StateStore
+from .store import AWAITING_REVIEW, HELD, QuarantineRow, StateStore
 
 
 class QuarantineError(Exception):
@@ -91,3 +91,15 @@ class Quarantine:
         shutil.rmtree(self.layout.abs(row.path), ignore_errors=True)
         self._audit("quarantine_deleted", qid, row, by)
         return row
+
+
+def released_text(row: QuarantineRow) -> str:
+    """What releasing ``row`` did, in the words ``quarantine release`` and the console both use."""
+    if row.code == AWAITING_REVIEW:
+        return f"released quarantine item {row.id}: approved, sent to {row.destination}"
+    again = (
+        f"offered to {row.destination} again"
+        if row.delivery_id is not None
+        else "queued for processing again"
+    )
+    return f"released quarantine item {row.id}: {again}"
