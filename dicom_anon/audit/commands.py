@@ -18,7 +18,7 @@ from ..config import Settings
 from ..console import ConfigOption, DataDirOption, err, fail, out, settings_or_exit
 from ..headers.errors import SiteKeyError
 from .chart import Bucket, draw, tally
-from .query import Filters, search, to_csv, to_json
+from .query import QUERY_COLUMNS, Filters, query_row, search, to_csv, to_json
 from .trail import AuditTrail, operator, read_records, verify
 
 audit_app = typer.Typer(help="Verify, search and export the audit trail.", no_args_is_help=True)
@@ -144,45 +144,12 @@ def audit_query(
         title=f"{len(found)} records" + (f", newest {len(shown)} shown" if len(shown) < len(found) else ""),
         title_justify="left",
     )
-    for column in (
-        "seq",
-        "time (UTC)",
-        "event",
-        "job",
-        "route",
-        "destination",
-        "status/code",
-        "patient",
-        "detail",
-    ):
+    for column in QUERY_COLUMNS:
         # The event name is what a reviewer scans for: never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=column == "event")
     for r in shown:
-        # Who did it (a quarantine decision, a reading of the trail) and on which quarantine item,
-        # before what it was about.
-        item = f"item {r['quarantine']} " if r.get("quarantine") is not None else ""
-        who = f"{item}by {r['by']}" if r.get("by") else ""
-        what = r.get("reason") or r.get("error") or r.get("new_sop_uid") or r.get("calling_ae") or ""
-        detail = "; ".join(str(part) for part in (who, what) if part)
-        table.add_row(
-            str(r.get("seq", "")),
-            _short_time(r.get("ts")),
-            str(r.get("event", "")),
-            str(r.get("job", "") or ""),
-            str(r.get("route", "") or ""),
-            str(r.get("destination", "") or ""),
-            str(r.get("status", "") or r.get("code", "") or ""),
-            str(r.get("patient", "") or ""),
-            str(detail),
-        )
+        table.add_row(*query_row(r))
     out.print(table)
-
-
-def _short_time(ts: Any) -> str:
-    try:
-        return datetime.fromisoformat(str(ts)).strftime("%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return str(ts)
 
 
 @audit_app.command("export")

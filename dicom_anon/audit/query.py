@@ -158,6 +158,47 @@ def search(trail: Path, filters: Filters, secret: Path) -> list[dict[str, Any]]:
     return query(read_records(trail), filters, key)
 
 
+# The columns of ``audit query``'s table and the console's Audit page, in this order.
+QUERY_COLUMNS = (
+    "seq",
+    "time (UTC)",
+    "event",
+    "job",
+    "route",
+    "destination",
+    "status/code",
+    "patient",
+    "detail",
+)
+
+
+def query_row(r: dict[str, Any]) -> tuple[str, ...]:
+    """One record as a row under QUERY_COLUMNS: who did it (a quarantine decision, a reading of the
+    trail) and on which quarantine item, before what it was about."""
+    item = f"item {r['quarantine']} " if r.get("quarantine") is not None else ""
+    who = f"{item}by {r['by']}" if r.get("by") else ""
+    what = r.get("reason") or r.get("error") or r.get("new_sop_uid") or r.get("calling_ae") or ""
+    return (
+        str(r.get("seq", "")),
+        short_time(r.get("ts")),
+        str(r.get("event", "")),
+        str(r.get("job", "") or ""),
+        str(r.get("route", "") or ""),
+        str(r.get("destination", "") or ""),
+        str(r.get("status", "") or r.get("code", "") or ""),
+        str(r.get("patient", "") or ""),
+        "; ".join(str(part) for part in (who, what) if part),
+    )
+
+
+def short_time(ts: Any) -> str:
+    """A trail time stamp to the second, as people read it."""
+    try:
+        return datetime.fromisoformat(str(ts)).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return str(ts)
+
+
 def to_csv(records: Iterable[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -679,6 +679,18 @@ class StateStore:
                 result[f"{prefix}.{r['state']}"] = r["n"]
         return result
 
+    def backlog(self) -> dict[str, dict[str, float]]:
+        """Per destination, what waits to be sent: ``pending``, of which ``retrying`` (failed at least
+        once), the ``oldest`` one's creation time and when the ``next`` try is due; for the console's
+        Status page, where a destination that is down shows as a growing retry backlog."""
+        rows = self._read(
+            "SELECT destination, COUNT(*) AS pending, SUM(attempts > 0) AS retrying,"
+            " MIN(created_at) AS oldest, MIN(next_attempt_at) AS next FROM deliveries"
+            " WHERE state = ? GROUP BY destination",
+            (PENDING,),
+        )
+        return {r["destination"]: {k: r[k] for k in ("pending", "retrying", "oldest", "next")} for r in rows}
+
     def latencies(self) -> list[float]:
         """Seconds from receipt to delivery, per delivered instance (for the benchmark)."""
         rows = self._read(
