@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 from pydicom import dcmread
@@ -81,6 +82,28 @@ def _no_delay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def guard_reactor(assoc: Association) -> None:
+    """Keep pynetdicom's reactor off the responses our C-STOREs wait for (pynetdicom 3.0.4).
+
+    ``send_c_store`` pauses the reactor by clearing a checkpoint and spinning until the reactor says
+    it is paused; but the reactor says so just *before* it waits at the checkpoint, so it can pass a
+    checkpoint still set, be seen as paused, and then take the archive's response off the DIMSE queue
+    ("Received unexpected C-STORE service message"): the send then waits out the whole DIMSE timeout.
+    The reactor's only non-blocking read of that queue comes right after its pause check, so a read
+    made while the checkpoint is cleared is one the reactor should not make: it gets nothing. The
+    fix proposed upstream (docs/upstream/) re-checks the checkpoint in the reactor itself; drop this
+    once a pynetdicom release has it.
+    """
+    read = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and not assoc._reactor_checkpoint.is_set():
+            return None, None
+        return read(block)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+
 class DicomLink:
     """A reusable association to one DICOM destination."""
 
@@ -120,6 +143,7 @@ class DicomLink:
             **kwargs,
         )
         if assoc.is_established:
+            guard_reactor(assoc)
             return assoc
         if assoc.is_rejected:
             p = assoc.acceptor.primitive
