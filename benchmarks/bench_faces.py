@@ -11,7 +11,14 @@ into its own 4000x3000 photo with its own patient. openpeople P003 is printed ap
 worst case: P003 is also in the surrogate pool, so every candidate near them is excluded
 and the QA gate needs many tries.
 
+With ``--identity generated`` (the default, as for routes) each face is timed three ways: a
+new patient's first photo (a draw from the generator: screening, rendering and measuring
+candidates, preparing the chosen one), the same patient's next photo in the same process (the
+person remembered, its face and preparation cached), and that photo after a restart (the
+person regenerated from its remembered index and prepared again).
+
     .venv/bin/python benchmarks/bench_faces.py [--runs 3] [--faces 5] [--in-flight 2] [--device auto]
+        [--identity generated|pool]
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from dicom_anon.config import PixelSettings
-from dicom_anon.faces import blend, detect, embed, pipeline, prepare, qa, replace
+from dicom_anon.faces import blend, detect, embed, generator, identities, pipeline, prepare, qa, replace
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 from dicom_anon.pixels import codec
@@ -104,11 +111,16 @@ def faces(count: int) -> list[tuple[str, Dataset]]:
     return [(p, photo(openpeople_face(p), f"BENCH-{p}")) for p in people]
 
 
-def run(ds: Dataset, settings: PixelSettings) -> tuple[float, str]:
+def run(
+    ds: Dataset,
+    settings: PixelSettings,
+    pseudonym: str | None = None,
+    memory: identities.IdentityMemory | None = None,
+) -> tuple[float, str]:
     """Seconds for one photo end to end, and how it ended (candidates tried, or the refusal code)."""
     started = time.perf_counter()
     try:
-        result = pipeline.process_photo(ds, settings, f"ANON-{ds.PatientID}", KEY)
+        result = pipeline.process_photo(ds, settings, pseudonym or f"ANON-{ds.PatientID}", KEY, memory)
         outcome = f"{result.qa_figures['faces'][0]['attempts']} candidate(s)"
     except Refused as exc:
         outcome = f"refused {exc.code}"
@@ -133,6 +145,7 @@ def main() -> None:
         action="store_true",
         help="gate on SFace alone (the route setting second_recognizer: false)",
     )
+    ap.add_argument("--identity", default="generated", choices=["generated", "pool"])
     args = ap.parse_args()
 
     settings = PixelSettings(
@@ -141,7 +154,11 @@ def main() -> None:
         output=args.output,
         max_identity_similarity=args.max_similarity,
         second_recognizer=not args.no_second_recognizer,
+        identity=args.identity,
     )
+    if args.identity == "generated":
+        generated(settings, args)
+        return
     photos = faces(args.faces)
     worst = photo(openpeople_face("P003"), "BENCH-P003", "F", "030Y")
     pipe = pipeline.get_pipeline(settings)
@@ -202,6 +219,59 @@ def main() -> None:
         list(workers.map(lambda i: run(photos[i % len(photos)][1], settings), range(n)))
     wall = time.perf_counter() - started
     print(f"{args.in_flight} in flight: {n / wall:.2f} photos/s ({wall / n:.2f} s per photo, {n} photos)")
+
+
+def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
+    """A new patient's first photo, the next photo in the same process, and after a restart."""
+    photos = faces(args.faces)
+    pipe = pipeline.get_pipeline(settings)
+    source = pipe.identities
+    print(f"device {pipe.device}, generated identities (psi {source.generator.psi}), QA gate", end=" ")
+    print("SFace + dlib" if settings.second_recognizer else "SFace only")
+    run(photos[0][1], settings, "ANON-warm-up", identities.InMemoryIdentities())  # model load
+    stages = [
+        (codec, "decode", "decode (incl. read-back)"),
+        (codec, "encode", "encode"),
+        (detect.FaceDetector, "detect", "MTCNN detect (incl. QA re-detect, candidates)"),
+        (identities.GeneratedIdentities, "people", "draw or recall the new person"),
+        (generator.FaceGenerator, "faces", "  of which synthesis (OpenVINO)"),
+        (identities, "estimate", "  of which sex and age of candidates"),
+        (prepare, "_prepare", "prepare the new person's face (once per person)"),
+        (replace.SurrogateBackend, "render", "render (screening + full)"),
+        (embed.Recognizer, "embed", "SFace embed"),
+        (qa, "check", "full-resolution QA (re-detect, embed)"),
+    ]
+    for owner, name, label in stages:
+        timed(owner, name, label)
+    pipeline.decode, pipeline.encode, pipeline.check = codec.decode, codec.encode, qa.check
+    memory = identities.InMemoryIdentities()
+    cases = {
+        "new patient, first photo": [],
+        "seen before, same process": [],
+        "seen before, after a restart": [],
+    }
+    stage_sums: dict[str, dict[str, float]] = {c: defaultdict(float) for c in cases}
+    for r in range(args.runs):
+        for name, ds in photos:
+            pseudonym = f"ANON-{name}-{r}"
+            for case in cases:
+                if case.endswith("restart"):
+                    source._faces.clear()
+                    prepare._PREPARED.clear()
+                before = dict(STAGES)
+                secs, outcome = run(ds, settings, pseudonym, memory)
+                cases[case].append(secs)
+                for label, total in STAGES.items():
+                    stage_sums[case][label] += total - before.get(label, 0.0)
+                if case.startswith("new"):
+                    print(f"  {name:32s} new {secs:6.2f} s  {outcome}  draw {source.draws[-1]}")
+    for case, times in cases.items():
+        print(
+            f"{case}: median {statistics.median(times):.2f} s, max {max(times):.2f} s "
+            f"over {len(times)} photos (4000x3000 JPEG)"
+        )
+        for _, _, label in stages:
+            print(f"    {label:50s} {stage_sums[case][label] / len(times):6.2f} s")
 
 
 if __name__ == "__main__":

@@ -212,6 +212,10 @@ class PixelSettings(_Strict):
     min_eye_distance: float = Field(default=24.0, ge=8.0)
     max_yaw: float = Field(default=35.0, gt=0.0, le=90.0)
     max_candidates: int = Field(default=8, ge=1, le=100)
+    # Where the new person comes from: "generated" draws one per patient from the face generator
+    # (random-face's MobileStyleGAN; its weights are non-commercial, docs/generator-card.md),
+    # "pool" takes the people of a built pool (``pool``; openpeople's ten by default).
+    identity: Literal["generated", "pool"] = "generated"
     pool: Path | None = None
 
     @field_validator("device")

@@ -249,3 +249,10 @@ def test_gan_inversion_is_the_gan_method():
 
     assert PixelSettings(method="gan-inversion").method == "gan"
     assert PixelSettings(method="surrogate").method == "surrogate"
+
+
+def test_identity_source_defaults_to_generated_and_a_wrong_one_names_its_line(tmp_path):
+    assert load_settings(EXAMPLE).profiles["teaching-photo"].pixels.identity == "generated"
+    text = GOOD + "profiles:\n  mine:\n    pixels:\n      preserve: [mouth]\n      identity: generative\n"
+    msg = problems(tmp_path, text)
+    assert "settings.yaml:17:" in msg and "'generated' or 'pool'" in msg

@@ -63,6 +63,9 @@ class PatientContext:
     smile: float | None = None
     # pool.beard_cover of the patient's face.
     beard: float | None = None
+    # SFace embeddings of the new people other patients of the site were given (generated
+    # identities are kept apart from them).
+    taken: np.ndarray | None = None
 
 
 def smile(landmarks: np.ndarray) -> float:

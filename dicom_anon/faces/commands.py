@@ -166,6 +166,13 @@ def eval_command(
     pool: Annotated[
         Path | None, typer.Option(help="Surrogate pool folder (default models/surrogates).")
     ] = None,
+    identity: Annotated[
+        str,
+        typer.Option(
+            help="Where new people come from: 'generated' (one per patient, from the face generator) "
+            "or 'pool' (--pool's people), as the route setting pixels.identity."
+        ),
+    ] = "generated",
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda.")] = "auto",
     max_similarity: Annotated[
         float, typer.Option(help="QA gate: SFace similarity must stay below this.")
@@ -198,6 +205,7 @@ def eval_command(
 
     from ..config import PixelSettings
     from . import evaluate as ev
+    from .generator import GeneratorUnavailable
     from .judge import JudgeUnavailable
     from .pipeline import get_pipeline
     from .pool import PoolError
@@ -212,6 +220,7 @@ def eval_command(
             device=device,
             max_identity_similarity=max_similarity,
             pool=pool,
+            identity=identity,
             same_new_face=same_new_face,
             second_recognizer=second_recognizer,
         )
@@ -229,7 +238,7 @@ def eval_command(
     device_or_exit(device)
     try:
         evaluator = ev.Evaluator(settings, method)
-    except PoolError as exc:
+    except (PoolError, GeneratorUnavailable) as exc:
         raise fail(str(exc)) from None
     except JudgeUnavailable as exc:
         raise fail(f"the second recogniser (dlib) cannot run: {exc}; install the 'faces' extra") from None
@@ -243,6 +252,11 @@ def eval_command(
         table.add_row(*r.values())
     out.print(table)
     md = ev.markdown_table(rows)
+    pipe = evaluator.pipelines.get("surrogate")
+    draws = ev.draw_line(getattr(pipe.identities, "draws", [])) if pipe else ""
+    if draws:
+        out.print(draws, highlight=False)
+        md += "\n\n" + draws
     if consistency_pairs and "surrogate" in method:
         pipeline = get_pipeline(settings, "surrogate")
         photos = list(ev.openpeople_images(ev.CONSISTENCY_ASSETS, pipeline.detector))

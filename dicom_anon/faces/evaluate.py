@@ -32,8 +32,9 @@ from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
 from .detect import Face, FaceDetector
 from .embed import SFACE_SAME_PERSON, cosine
+from .identities import InMemoryIdentities
 from .judge import DLIB_SAME_PERSON, distance, get_judge
-from .pipeline import FacePipeline, InMemoryIdentities, Patient
+from .pipeline import FacePipeline, Patient
 from .pool import skin_lab
 from .qa import iou
 from .replace import BASELINES
@@ -263,6 +264,9 @@ class Evaluator:
         first = next(iter(self.pipelines.values()))
         self.detector, self.recognizer = first.detector, first.recognizer
         self.judge = get_judge()
+        # Each method remembers the new person of every patient, as the service's store does:
+        # generated people are kept apart from those of the patients before.
+        self.memories = {m: InMemoryIdentities() for m in methods}
 
     def _face(self, rgb: np.ndarray) -> Face | None:
         faces = self.detector.detect([rgb])[0]
@@ -300,7 +304,9 @@ class Evaluator:
         outcome = Outcome(img.stem, person=img.person)
         started = time.perf_counter()
         try:
-            result = pipeline.process_frames(img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY))
+            result = pipeline.process_frames(
+                img.rgb[None], Patient(f"eval-{img.person}", EVAL_KEY, memory=self.memories[pipeline.method])
+            )
         except Refused as exc:
             outcome.refused = exc.code
             outcome.seconds = time.perf_counter() - started
@@ -426,6 +432,30 @@ def consistency(
         different_same_surrogate=share(diff, 1),
         original_same=share(same, 2),
         original_separated=share(diff, 2, False),
+    )
+
+
+def draw_line(draws: list[dict]) -> str:
+    """How often each filter passed over a generated face, and how long new patients waited."""
+    if not draws:
+        return ""
+    rejected: Counter[str] = Counter()
+    for d in draws:
+        rejected.update(d["rejected"])
+    rendered = sum(d["rendered"] for d in draws)
+    screened = sum(d["screened"] for d in draws)
+    seconds = [d["seconds"] for d in draws]
+    screens = ", ".join(
+        f"{k[8:]} {100 * v / screened:.1f}%" for k, v in rejected.most_common() if k[:8] == "screen: "
+    )
+    renders = ", ".join(f"{k} {v}" for k, v in rejected.most_common() if k[:8] != "screen: ")
+    empty = sum(not d["found"] for d in draws)
+    return (
+        f"Generated identities: {len(draws)} draws for new patients ({empty} found nobody); the style "
+        f"screen passed over {screens or 'none'} of {screened} latents; {rendered} faces "
+        f"rendered ({rendered / len(draws):.1f} a draw), turned down: {renders or 'none'}; a draw took "
+        f"{statistics.median(seconds):.2f} s median, {float(np.percentile(seconds, 95)):.2f} s p95, "
+        f"{max(seconds):.2f} s max."
     )
 
 

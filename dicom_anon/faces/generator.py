@@ -139,9 +139,17 @@ class FaceGenerator:
         z = np.random.default_rng(_MEAN_SEED).standard_normal((MEAN_SAMPLES, STYLE_DIM)).astype(np.float32)
         self.mean_style = engine.styles(z).mean(axis=0)
 
+    def raw_styles(self, z: np.ndarray) -> np.ndarray:
+        """Untruncated styles of (n, 512) latents."""
+        return self.engine.styles(z)
+
+    def truncate(self, raw: np.ndarray, psi: float | None = None) -> np.ndarray:
+        """``psi`` (default the generator's) of the way from the mean style to ``raw``."""
+        return self.mean_style + (self.psi if psi is None else psi) * (raw - self.mean_style)
+
     def styles(self, z: np.ndarray) -> np.ndarray:
-        """Truncated styles of (n, 512) latents: ``psi`` of the way from the mean style."""
-        return self.mean_style + self.psi * (self.engine.styles(z) - self.mean_style)
+        """Truncated styles of (n, 512) latents."""
+        return self.truncate(self.raw_styles(z))
 
     def faces(self, styles: np.ndarray) -> np.ndarray:
         """(n, 1024, 1024, 3) uint8 RGB faces of (n, 512) truncated styles."""

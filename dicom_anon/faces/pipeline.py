@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
 
 import cv2
 import numpy as np
@@ -31,15 +31,16 @@ from .choice import (
     AGE_TOLERANCE_YEARS,
     ESTIMATED_AGE_TOLERANCE_YEARS,
     PatientContext,
-    candidates,
     parse_age,
     parse_sex,
     smile,
 )
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
+from .generator import GeneratorUnavailable
+from .identities import IdentityMemory, IdentitySource, PoolIdentities, get_generated
 from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
-from .pool import ADULT_AGE_YEARS, DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
+from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
 from .replace import BASELINES, Candidate, make_backend
 
@@ -57,33 +58,6 @@ class PhotoResult:
     qa_figures: dict
     options_cleaned: frozenset[Option]
     preserved: np.ndarray  # (frames, rows, columns) bool: the pixels that are bit-identical to the input
-
-
-class IdentityMemory(Protocol):
-    """Which pool person each patient was given (the service's state store is one).
-
-    The keyed order alone gives a patient the same first choice everywhere, but each photo
-    filters it (measured skin tone, look-alikes, the QA gate) and a before/after pair can
-    then part ways. Remembering the first choice keeps every later photo on it (VerA's one
-    pseudo-identity per patient) for as long as it passes that photo's QA.
-    """
-
-    def surrogate_for(self, pseudonym: str) -> str | None: ...
-
-    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None: ...
-
-
-class InMemoryIdentities:
-    """An ``IdentityMemory`` for one process (evaluations, batch runs)."""
-
-    def __init__(self) -> None:
-        self._chosen: dict[str, str] = {}
-
-    def surrogate_for(self, pseudonym: str) -> str | None:
-        return self._chosen.get(pseudonym)
-
-    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None:
-        self._chosen.setdefault(pseudonym, surrogate)
 
 
 @dataclass(frozen=True)
@@ -119,14 +93,20 @@ class FacePipeline:
         self.judge = get_judge() if settings.second_recognizer and gate else None
         self.method = method or settings.method
         pool = None
+        self.identities: IdentitySource | None = None
         if self.method not in BASELINES:
-            # The surrogate method needs the pool; others (gan) use it for context faces when present.
+            # The pool identity source needs the pool; others (gan) use it for context faces when present.
             try:
                 pool = get_pool(str(settings.pool or DEFAULT_POOL))
             except PoolError:
-                if self.method == "surrogate":
+                if self.method == "surrogate" and settings.identity == "pool":
                     raise
-        self.backend = make_backend(self.method, pool, self.device)
+        if self.method == "surrogate":
+            # Where new people come from; the backend renders whoever it is given.
+            self.identities = (
+                get_generated(str(self.device)) if settings.identity == "generated" else PoolIdentities(pool)
+            )
+        self.backend = make_backend(self.method, pool, self.device, self.identities)
         if hasattr(self.backend, "max_candidates"):
             self.backend.max_candidates = settings.max_candidates
         self.presets = [M.Preset(p) for p in settings.preserve]
@@ -187,7 +167,11 @@ class FacePipeline:
         embedding = self.recognizer.embed(original, face)
         second = SecondOpinion(self.judge, original, face) if self.judge else None
         # The first (largest) face is the patient's; others in the frame are other people.
-        remembered = patient.memory.surrogate_for(patient.pseudonym) if patient.memory and not used else None
+        remembered = (
+            self.identities.remembered(patient.memory, patient.pseudonym, patient.key)
+            if self.identities and patient.memory and not used
+            else None
+        )
         hints = _hints(original, face, patient)
         tone = skin_lab(original, face)
         ctx = PatientContext(
@@ -202,6 +186,10 @@ class FacePipeline:
             embedding=embedding,
             exclude_people=frozenset(used),
             remembered=remembered,
+            # Only a new person is kept apart from the others; a remembered one is not chosen again.
+            taken=patient.memory.generated_embeddings(patient.pseudonym)
+            if patient.memory and remembered is None and self.identities and self.identities.one_at_a_time
+            else None,
             age_tolerance=(
                 ESTIMATED_AGE_TOLERANCE_YEARS if hints["age_from"] == "photo" else AGE_TOLERANCE_YEARS
             ),
@@ -217,25 +205,7 @@ class FacePipeline:
                     "route gives each patient one new face (same_new_face: require)",
                 )
         if not options:
-            pool = getattr(self.backend, "pool", None)
-            child = hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS
-            if child:
-                why = (
-                    f"a child (age {hints['age_years']:.0f}, from the {hints['age_from']}) and the pool "
-                    "holds nobody near that age; add synthetic children to the pool"
-                )
-            elif pool is not None and candidates(pool, ctx, gain_limit=None):
-                why = (
-                    "the patient's skin is much lighter than that of every pool person left (relit "
-                    "that far, a new face washes out); add people with lighter skin to the pool"
-                )
-            elif hints["sex"]:
-                why = (
-                    f"every pool person of the patient's sex ({hints['sex']}, from the {hints['sex_from']}) "
-                    "resembles the patient; add more people of that sex to the pool"
-                )
-            else:
-                why = "every pool person resembles the patient"
+            why = self.identities.why_none(ctx, hints) if self.identities else "none"
             raise FaceRefused(
                 "no-surrogate", f"{where}: the {self.method} method offered no candidate: {why}"
             )
@@ -247,14 +217,30 @@ class FacePipeline:
         # The patient's own choice (remembered, with each of that person's photos offered, else
         # keyed first) at every oval before anyone else: a larger oval is a smaller change to the
         # picture than another person in the next photo.
-        first = options[0].info.get("person")
-        lead = [c for c in options if first is not None and c.info.get("person") == first] or options[:1]
-        rest = [c for c in options if c not in lead]
-        plan = [(c, o) for c in lead for o in ladder] + [(c, o) for o in ladder for c in rest]
+
+        def plan(options: list[Candidate]) -> Iterator[tuple[Candidate, float]]:
+            first = options[0].info.get("person")
+            lead = [c for c in options if first is not None and c.info.get("person") == first] or options[:1]
+            rest = [c for c in options if c not in lead]
+            yield from [(c, o) for c in lead for o in ladder] + [(c, o) for o in ladder for c in rest]
+            # A source that offers one person at a time (generated) is asked for the next, with
+            # everyone tried left out, until max_candidates people have been tried.
+            tried = {c.info.get("person") for c in options}
+            while not strict and self.identities and self.identities.one_at_a_time:
+                if len(tried) >= self.settings.max_candidates:
+                    return
+                more = self.backend.candidates(
+                    dataclasses.replace(ctx, remembered=None, exclude_people=ctx.exclude_people | tried)
+                )
+                if not more:
+                    return
+                tried |= {c.info.get("person") for c in more}
+                yield from [(c, o) for c in more for o in ladder]
+
         # The masks depend on the face and the oval only, not on the candidate.
         small_masks: dict[float, M.FaceMasks] = {}
         full_masks: dict[float, M.FaceMasks] = {}
-        for cand, oval_scale in plan:
+        for cand, oval_scale in plan(options):
             attempt = {**cand.info, "oval": oval_scale}
             attempts.append(attempt)
             if screen:
@@ -296,8 +282,8 @@ class FacePipeline:
                 attempt["code"] = v.code
                 continue
             if "person" in cand.info:
-                if patient.memory and not used:
-                    patient.memory.remember_surrogate(patient.pseudonym, cand.info["person"])
+                if self.identities and patient.memory and not used and cand.surrogate is not None:
+                    self.identities.remember(patient.memory, patient.pseudonym, cand.surrogate)
                 used.add(cand.info["person"])
             return (
                 result,
@@ -550,6 +536,11 @@ def process_photo(
         raise Refused("method-unavailable", str(exc)) from None
     except PoolError as exc:
         raise Refused("surrogate-pool-unavailable", str(exc)) from None
+    except GeneratorUnavailable as exc:
+        raise Refused(
+            "method-unavailable",
+            f"the face generator cannot run: {exc} (or set pixels.identity: pool)",
+        ) from None
     except JudgeUnavailable as exc:
         raise Refused(
             "method-unavailable",

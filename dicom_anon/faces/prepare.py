@@ -7,6 +7,7 @@ once more when a pool is built, to turn away crops that would paste hair or a mi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import cv2
@@ -96,17 +97,23 @@ class Prepared(NamedTuple):
     valid: np.ndarray
 
 
-_PREPARED: dict[str, Prepared] = {}
+# Bounded: generated identities bring a new surrogate with every new patient.
+_PREPARED: OrderedDict[str, Prepared] = OrderedDict()
+_PREPARED_MAX = 64
 
 
 def prepare(surrogate: Surrogate) -> Prepared:
-    """The surrogate's ``Prepared`` photo, worked out once per process (GrabCut and inpainting
-    take about a second a photo)."""
+    """The surrogate's ``Prepared`` photo, worked out once per process for the last
+    ``_PREPARED_MAX`` surrogates used (GrabCut and inpainting take about a second a photo)."""
     cached = _PREPARED.get(surrogate.sha256)
     if cached is None:
         cached = _PREPARED[surrogate.sha256] = _prepare(
             surrogate.image, surrogate.landmarks, surrogate.skin_lab
         )
+        while len(_PREPARED) > _PREPARED_MAX:
+            _PREPARED.popitem(last=False)
+    else:
+        _PREPARED.move_to_end(surrogate.sha256)
     return cached
 
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from . import blend
-from .choice import PatientContext, candidates
+from .choice import PatientContext
 from .detect import LEFT_EYE, RIGHT_EYE, Face, landmark_eye_distance
+from .identities import IdentitySource, PoolIdentities
 from .masks import TEMPLATE, FaceMasks, ellipse, paint, similarity
 from .pool import Pool, Surrogate, skin_lab, skin_mask
 from .prepare import EYES, LIPS, prepare
@@ -80,10 +81,13 @@ class Candidate:
         info: dict,
         render: Callable[[np.ndarray, Face, FaceMasks], np.ndarray],
         landmarks: Callable[[Face, FaceMasks], np.ndarray] | None = None,
+        surrogate: Surrogate | None = None,
     ) -> None:
         self.info = info
         self._render = render
         self._landmarks = landmarks
+        # The person lending the face, for the identity source to remember once it passes QA.
+        self.surrogate = surrogate
 
     def render(self, frame: np.ndarray, face: Face, masks: FaceMasks) -> np.ndarray:
         """New pixels for ``masks.roi`` of ``frame``."""
@@ -105,7 +109,8 @@ class ReplacementBackend:
 
 
 class SurrogateBackend(ReplacementBackend):
-    """Features of a synthetic pool person, aligned, harmonised and blended in torch."""
+    """Features of a synthetic person (generated, or from the pool), aligned, harmonised and
+    blended in torch."""
 
     name = "surrogate"
     for_routes = True
@@ -115,8 +120,8 @@ class SurrogateBackend(ReplacementBackend):
     # full render took 0.5 s instead of 0.9 s.
     detail = 1.0
 
-    def __init__(self, pool: Pool, device: torch.device, max_candidates: int = 4) -> None:
-        self.pool = pool
+    def __init__(self, identities: IdentitySource, device: torch.device, max_candidates: int = 4) -> None:
+        self.identities = identities
         self.device = device
         self.max_candidates = max_candidates
 
@@ -195,12 +200,13 @@ class SurrogateBackend(ReplacementBackend):
     def candidates(self, ctx: PatientContext) -> list[Candidate]:
         def make(s: Surrogate) -> Candidate:
             return Candidate(
-                {"surrogate": s.id, "person": s.person},
+                {"surrogate": s.id, "person": s.person, "identity": self.identities.name},
                 lambda frame, face, masks: self.render(frame, face, masks, s),
                 lambda face, masks: feature_landmarks(s.landmarks, face, masks),
+                s,
             )
 
-        chosen = candidates(self.pool, ctx)
+        chosen = self.identities.people(ctx)
         # max_candidates counts people, each with every photo of theirs.
         people = list(dict.fromkeys(s.person for s in chosen))[: self.max_candidates]
         return [make(s) for s in chosen if s.person in people]
@@ -257,7 +263,7 @@ class BaselineBackend(ReplacementBackend):
 
 BackendFactory = Callable[[Pool | None, torch.device], ReplacementBackend]
 _REGISTRY: dict[str, BackendFactory] = {
-    "surrogate": lambda pool, device: SurrogateBackend(pool, device) if pool else _no_pool(),
+    "surrogate": lambda pool, device: SurrogateBackend(PoolIdentities(pool), device) if pool else _no_pool(),
     "blur": lambda pool, device: BaselineBackend("blur", _blur),
     "pixelate": lambda pool, device: BaselineBackend("pixelate", _pixelate),
     "eyebar": lambda pool, device: BaselineBackend("eyebar", _eyebar),
@@ -288,7 +294,13 @@ def methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_backend(name: str, pool: Pool | None, device: torch.device) -> ReplacementBackend:
+def make_backend(
+    name: str, pool: Pool | None, device: torch.device, identities: IdentitySource | None = None
+) -> ReplacementBackend:
+    """The backend ``name``; the surrogate backend draws its people from ``identities`` when given,
+    else from ``pool``."""
+    if name == "surrogate" and identities is not None:
+        return SurrogateBackend(identities, device)
     try:
         factory = _REGISTRY[name]
     except KeyError:

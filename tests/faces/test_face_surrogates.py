@@ -20,7 +20,8 @@ from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.evaluate import EvalImage, consistency
-from dicom_anon.faces.pipeline import InMemoryIdentities, Patient, get_pipeline, process_photo
+from dicom_anon.faces.identities import InMemoryIdentities
+from dicom_anon.faces.pipeline import Patient, get_pipeline, process_photo
 from dicom_anon.faces.prepare import pool_photo_problem
 from dicom_anon.faces.qa import check
 from dicom_anon.faces.warp import MAX_FEATURE_SHIFT, feature_landmarks
@@ -28,6 +29,12 @@ from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 
 PSEUDONYMS = [f"ANONPATIENT{i:04d}" for i in range(8)]
+
+
+@pytest.fixture
+def lenient(lenient: PixelSettings) -> PixelSettings:
+    """This file is about the pool: its people, their keyed order, the memory of them."""
+    return lenient.model_copy(update={"identity": "pool"})
 
 
 def chosen(key: SiteKey, pseudonym: str, **kw) -> str:
@@ -340,7 +347,8 @@ def test_eval_settings_errors_are_one_clear_line(tmp_path, face_a) -> None:
     from dicom_anon.cli import app
 
     Image.fromarray(face_a).save(tmp_path / "face.png")
-    args = ["eval", str(tmp_path / "face.png"), "--method", "surrogate", "--pool", str(tmp_path / "none")]
+    args = ["eval", str(tmp_path / "face.png"), "--method", "surrogate", "--identity", "pool"]
+    args += ["--pool", str(tmp_path / "none")]
     result = CliRunner().invoke(app, [*args, "--no-consistency"])
     assert result.exit_code == 2, result.output
     assert "cannot read the surrogate pool" in result.output
@@ -453,7 +461,7 @@ def _refused_with_pool_of(tmp_path, person: np.ndarray, patient: np.ndarray, sit
     Image.fromarray(person).save(tmp_path / "src" / "person.png")
     entries, _ = _build(tmp_path)
     P.write_manifest(tmp_path / "pool", entries, ["test"])
-    settings = PixelSettings(preserve=["mouth"], device="cpu", pool=tmp_path / "pool")
+    settings = PixelSettings(preserve=["mouth"], device="cpu", identity="pool", pool=tmp_path / "pool")
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(patient[None]), settings, "ANONX", site_key)
     return exc.value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 from dicom_anon.service.store import (
@@ -188,4 +189,21 @@ def test_identity_memory_keeps_the_first_surrogate_and_survives_a_restart(tmp_pa
     again = StateStore(path)
     assert again.surrogate_for("ANONP1") == "openpeople-P002"
     assert again.surrogate_for("ANONP2") == "openpeople-P007"
+    again.close()
+
+
+def test_generated_identity_memory_keeps_index_and_embedding_across_a_restart(tmp_path):
+    path = tmp_path / "state.sqlite"
+    s = StateStore(path)
+    assert s.generated_for("ANONP1") is None
+    assert s.generated_embeddings(excluding="ANONP1").shape == (0, 128)
+    first, later = np.linspace(-1, 1, 128, dtype=np.float32), np.ones(128, np.float32)
+    s.remember_generated("ANONP1", 3, first)
+    s.remember_generated("ANONP1", 9, later)  # a later photo's draw does not move it
+    s.remember_generated("ANONP2", 0, later)
+    s.close()
+    again = StateStore(path)
+    assert again.generated_for("ANONP1") == 3 and again.generated_for("ANONP2") == 0
+    assert np.array_equal(again.generated_embeddings(excluding="ANONP2"), first[None])
+    assert again.generated_embeddings(excluding="nobody").shape == (2, 128)
     again.close()

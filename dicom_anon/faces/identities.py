@@ -1,0 +1,511 @@
+"""Where a patient's new person comes from: the generator (one new person per patient) or the pool.
+
+An ``IdentitySource`` offers the surrogates (``pool.Surrogate``: an aligned crop with
+landmarks, skin tone, SFace embedding, sex and age) that a backend renders into the patient's
+photo; the backend does not care where they came from, so the in-context GAN can draw on the
+same sources as the transplant.
+
+``GeneratedIdentities``: the patient's keyed pseudonym seeds a latent stream (HMAC-SHA256
+under the site key, then a NumPy generator per block of latents). Each latent is screened
+first in the generator's style space, where a linear read-out (``models/generated/``,
+learnt from labelled samples of this generator: benchmarks/generated_directions.py) says
+sex, age, glasses, headwear and whether the face is usable, at ~0.1 ms a latent; only those
+that pass are rendered (~0.35 s) and measured the way pool photos are (``pool.crop_face``,
+``prepare.pool_photo_problem``, ``attributes.estimate``, SFace). The first that fits the
+patient and resembles neither the patient nor another patient of this site becomes the
+patient's new person: its index in the stream and its SFace embedding (never the face) are
+remembered (``IdentityMemory``), so every later photo, on every machine sharing the key and
+the store, regenerates the same person.
+
+``PoolIdentities``: ``choice.candidates`` over a built pool (openpeople's ten, or a site's
+own), for sites where the generator's non-commercial weights do not fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from ..headers.pseudonyms import SiteKey
+from .attributes import AttributesRefused, ModelsError, estimate
+from .choice import (
+    BEARDED,
+    CHILD_AGE_TOLERANCE_YEARS,
+    EXCLUDE_SIMILARITY,
+    MAX_SKIN_DELTA_E,
+    PATIENT_BEARDED,
+    PatientContext,
+    candidates,
+    smile,
+)
+from .detect import FaceDetector, get_detector
+from .embed import SFACE_SAME_PERSON, Recognizer, cosine, get_recognizer
+from .generator import STYLE_DIM, FaceGenerator, GeneratorUnavailable, get_generator
+from .pool import ADULT_AGE_YEARS, MAX_SKIN_GAIN, PhotoSkipped, Pool, Surrogate, crop_face, skin_gain
+from .prepare import pool_photo_problem
+
+DIRECTIONS = Path(__file__).resolve().parents[2] / "models" / "generated" / "directions.json"
+# Truncation of the new people's faces. Over random pairs of generated faces SFace called 15.5%
+# the same person at 0.7 (400 faces), 3.7% at 0.85 and 1.8% at 1.0 (44 and 40 faces); 1.0 showed
+# more distorted faces and headwear on the contact sheets (docs/research/generated-identities.md).
+PSI = 0.85
+# Latents drawn per block of the keyed stream (one mapping-network call).
+BLOCK = 64
+# At most this many latents are screened in style space, and this many faces rendered, for one
+# new patient before the photo is held (no-surrogate).
+MAX_SCREENED = 2048
+MAX_RENDERS = 8
+# The generated 1024 px face is found on a copy this size (the face fills ~40% of it).
+DETECT_SIDE = 384
+# A new person this close (SFace cosine) to another patient's is passed over while patience
+# lasts: below SFace's 0.363 "same person", with the margin the choice keeps from the patient
+# (choice.EXCLUDE_SIMILARITY). After OTHERS_PATIENCE such faces the least alike is taken.
+OTHERS_SIMILARITY = 0.30
+OTHERS_PATIENCE = 4
+# An estimated sex counts only at this confidence (the estimator's own threshold).
+SEX_CONFIDENCE = 0.95
+# Adults get a generated face the estimator puts at this age or more (it reads adults young).
+ADULT_FACE_YEARS = 20.0
+# With the patient's age unknown, an adult of these years is drawn.
+UNKNOWN_AGE_YEARS = (22.0, 60.0)
+AGE_TOLERANCE_YEARS = 12.0
+MAX_YAW = 15.0
+MAX_YAW_DIFFERENCE = 20.0
+# Mouth width over eye distance, candidate against patient (choice.smile): a broad smile's cheeks
+# round a kept closed mouth read as a grimace.
+MAX_SMILE_DIFFERENCE = 0.25
+PERSON_PREFIX = "generated"
+
+
+class IdentityMemory(Protocol):
+    """What the site remembers of each patient's new person (the service's state store is one).
+
+    Pool people are remembered by name; generated people by their index in the patient's
+    keyed latent stream, with their SFace embedding so that a new patient's person can be
+    kept apart from everyone already given one.
+    """
+
+    def surrogate_for(self, pseudonym: str) -> str | None: ...
+
+    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None: ...
+
+    def generated_for(self, pseudonym: str) -> int | None: ...
+
+    def remember_generated(self, pseudonym: str, index: int, embedding: np.ndarray) -> None: ...
+
+    def generated_embeddings(self, excluding: str) -> np.ndarray: ...
+
+
+class InMemoryIdentities:
+    """An ``IdentityMemory`` for one process (evaluations, batch runs)."""
+
+    def __init__(self) -> None:
+        self._chosen: dict[str, str] = {}
+        self._generated: dict[str, tuple[int, np.ndarray]] = {}
+
+    def surrogate_for(self, pseudonym: str) -> str | None:
+        return self._chosen.get(pseudonym)
+
+    def remember_surrogate(self, pseudonym: str, surrogate: str) -> None:
+        self._chosen.setdefault(pseudonym, surrogate)
+
+    def generated_for(self, pseudonym: str) -> int | None:
+        entry = self._generated.get(pseudonym)
+        return None if entry is None else entry[0]
+
+    def remember_generated(self, pseudonym: str, index: int, embedding: np.ndarray) -> None:
+        self._generated.setdefault(pseudonym, (index, np.asarray(embedding, np.float32)))
+
+    def generated_embeddings(self, excluding: str) -> np.ndarray:
+        rows = [e for p, (_, e) in self._generated.items() if p != excluding]
+        return np.stack(rows) if rows else np.zeros((0, 128), np.float32)
+
+
+class IdentitySource(Protocol):
+    """Offers a patient's surrogates, best first, and remembers the one that passed QA."""
+
+    name: str
+    # Offers one person per call (the pipeline asks again, with those tried excluded).
+    one_at_a_time: bool
+
+    def remembered(self, memory: IdentityMemory, pseudonym: str, key: SiteKey) -> str | None:
+        """The person this patient was given before, if any."""
+        ...
+
+    def people(self, ctx: PatientContext) -> list[Surrogate]: ...
+
+    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None: ...
+
+    def why_none(self, ctx: PatientContext, hints: dict) -> str:
+        """Why ``people`` offered nobody, for the records officer (``hints``: where sex and age came from)."""
+        ...
+
+
+class PoolIdentities:
+    """The people of a built pool, in the patient's keyed order (``choice.candidates``)."""
+
+    name = "pool"
+    one_at_a_time = False
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def remembered(self, memory: IdentityMemory, pseudonym: str, key: SiteKey) -> str | None:
+        return memory.surrogate_for(pseudonym)
+
+    def people(self, ctx: PatientContext) -> list[Surrogate]:
+        return candidates(self.pool, ctx)
+
+    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
+        memory.remember_surrogate(pseudonym, surrogate.person)
+
+    def why_none(self, ctx: PatientContext, hints: dict) -> str:
+        if hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS:
+            return (
+                f"a child (age {hints['age_years']:.0f}, from the {hints['age_from']}) and the pool "
+                "holds nobody near that age; add synthetic children to the pool"
+            )
+        if candidates(self.pool, ctx, gain_limit=None):
+            return (
+                "the patient's skin is much lighter than that of every pool person left (relit "
+                "that far, a new face washes out); add people with lighter skin to the pool"
+            )
+        if hints["sex"]:
+            return (
+                f"every pool person of the patient's sex ({hints['sex']}, from the {hints['sex_from']}) "
+                "resembles the patient; add more people of that sex to the pool"
+            )
+        return "every pool person resembles the patient"
+
+
+# --- generated people ------------------------------------------------------------------------
+
+
+class DirectionsError(RuntimeError):
+    """models/generated/directions.json is missing or not for this generator."""
+
+
+@dataclass(frozen=True)
+class Directions:
+    """Linear read-outs of the generator's style truncated at ``psi`` (z-scored by
+    ``mean``/``scale``): ``weights[name] . x + bias[name]`` is a logit (glasses, headwear, male)
+    or, for ``age`` and ``yaw``, years and degrees. Learnt from labelled samples:
+    benchmarks/generated_directions.py. Faces rendered at another truncation are read at this
+    one (the same latent's style, truncated at ``psi``): coarse attributes such as glasses
+    stay with the latent."""
+
+    psi: float
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: dict[str, np.ndarray]
+    bias: dict[str, float]
+    # Logit above which a latent is passed over (glasses, headwear).
+    reject_above: dict[str, float]
+    source: dict = field(default_factory=dict)
+
+    def scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
+        x = (styles - self.mean) / self.scale
+        return {k: x @ w + self.bias[k] for k, w in self.weights.items()}
+
+
+def load_directions(path: Path = DIRECTIONS) -> Directions:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DirectionsError(f"{path}: cannot read the generator's style read-outs ({exc})") from None
+    return Directions(
+        psi=float(d["psi"]),
+        mean=np.asarray(d["mean"], np.float32),
+        scale=np.asarray(d["scale"], np.float32),
+        weights={k: np.asarray(v, np.float32) for k, v in d["weights"].items()},
+        bias={k: float(v) for k, v in d["bias"].items()},
+        reject_above={k: float(v) for k, v in d["reject_above"].items()},
+        source=d.get("source", {}),
+    )
+
+
+class GeneratedFace(Surrogate):
+    """A generated person as a surrogate: the aligned crop held in memory, not in a file."""
+
+    def __init__(self, pixels: np.ndarray, index: int, **fields) -> None:
+        super().__init__(path=None, **fields)
+        object.__setattr__(self, "pixels", pixels)
+        object.__setattr__(self, "index", index)
+
+    @property
+    def image(self) -> np.ndarray:  # type: ignore[override]
+        return self.pixels
+
+
+def stream_seed(key: SiteKey, pseudonym: str) -> bytes:
+    """The patient's latent stream seed: keyed, so unguessable without the site key."""
+    return key.digest("generated-identity", pseudonym)
+
+
+def latents(seed: bytes, block: int) -> np.ndarray:
+    """Latents ``block * BLOCK`` to ``(block + 1) * BLOCK - 1`` of the stream ``seed`` starts."""
+    seq = np.random.SeedSequence(int.from_bytes(seed, "big"), spawn_key=(block,))
+    return np.random.default_rng(seq).standard_normal((BLOCK, STYLE_DIM)).astype(np.float32)
+
+
+def person_id(seed: bytes, index: int) -> str:
+    """Names the new person in audit events and the pipeline: a tag of the (keyed) stream and the index."""
+    return f"{PERSON_PREFIX}-{seed[:5].hex()}-{index}"
+
+
+@dataclass(frozen=True)
+class Want:
+    """What the patient's new person must be, from ``PatientContext``."""
+
+    sex: str | None
+    age: tuple[float, float]
+    child: bool
+
+
+def _want(ctx: PatientContext, age_tolerance: float) -> Want:
+    if ctx.age_years is None:
+        return Want(ctx.sex, UNKNOWN_AGE_YEARS, False)
+    child = ctx.age_years < ADULT_AGE_YEARS
+    tol = CHILD_AGE_TOLERANCE_YEARS if child else age_tolerance
+    lo = ctx.age_years - tol if child else max(ADULT_FACE_YEARS, ctx.age_years - tol)
+    return Want(ctx.sex, (lo, ctx.age_years + tol), child)
+
+
+class GeneratedIdentities:
+    """One new person per patient, drawn from the generator by the patient's keyed latent stream."""
+
+    name = "generated"
+    one_at_a_time = True
+
+    def __init__(
+        self,
+        generator: FaceGenerator,
+        directions: Directions,
+        detector: FaceDetector,
+        recognizer: Recognizer,
+        cache: int = 32,
+    ) -> None:
+        self.generator = generator
+        self.directions = directions
+        self.detector = detector
+        self.recognizer = recognizer
+        self._faces: OrderedDict[tuple[bytes, int], GeneratedFace | str] = OrderedDict()
+        self._cache = cache
+        self._lock = threading.Lock()
+        self.last_draw: dict = {}
+        # Every new patient's draw (what ``last_draw`` says), for the evaluation's wait figures.
+        self.draws: list[dict] = []
+
+    # --- one latent ---------------------------------------------------------------------
+
+    def face(self, seed: bytes, index: int) -> GeneratedFace | str:
+        """The stream's ``index``-th person, rendered and measured (cached), or why it is unusable."""
+        with self._lock:
+            hit = self._faces.get((seed, index))
+            if hit is not None:
+                self._faces.move_to_end((seed, index))
+                return hit
+        z = latents(seed, index // BLOCK)[index % BLOCK]
+        made = self._render(seed, index, self.generator.styles(z[None]))
+        with self._lock:
+            self._faces[(seed, index)] = made
+            while len(self._faces) > self._cache:
+                self._faces.popitem(last=False)
+        return made
+
+    def _render(self, seed: bytes, index: int, style: np.ndarray) -> GeneratedFace | str:
+        rgb = self.generator.faces(style)[0]
+        try:
+            c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE)
+        except PhotoSkipped as exc:
+            return f"unusable: {exc}"
+        # Hair over the face (a fringe), checked on a half-size copy: the shares it measures do
+        # not need the detail, and at full size it took ~0.5 s a face.
+        half = cv2.resize(c.image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        problem = pool_photo_problem(half, c.face.landmarks * 0.5, c.skin_lab, np.ones(half.shape[:2], bool))
+        if problem:
+            return f"fringe or hair over the face: {problem}"
+        try:
+            a = estimate(c.image, c.face)
+        except (AttributesRefused, ModelsError) as exc:
+            return f"unusable: sex and age not estimated ({exc})"
+        pid = person_id(seed, index)
+        digest = hashlib.sha256(
+            seed + index.to_bytes(8, "big") + str(self.generator.psi).encode()
+        ).hexdigest()
+        age = round(a.age_years)
+        return GeneratedFace(
+            c.image,
+            index,
+            id=pid,
+            person=pid,
+            sha256=digest,
+            landmarks=c.face.landmarks,
+            yaw=c.yaw,
+            skin_lab=c.skin_lab,
+            embedding=self.recognizer.embed(c.image, c.face),
+            sex=a.trusted_sex(SEX_CONFIDENCE),
+            age_band=(age, age),
+            source=f"random-face MobileStyleGAN, psi {self.generator.psi}, latent {index}",
+            licence="generated; weights from StyleGAN2-FFHQ (non-commercial): docs/generator-card.md",
+            estimated=("sex", "age_band"),
+        )
+
+    # --- the filters ----------------------------------------------------------------------
+
+    def _screen(self, raw: np.ndarray, want: Want) -> tuple[np.ndarray, Counter]:
+        """Which of a block of (untruncated) styles may fit, by the linear read-outs alone; counts
+        of why not. (Rendering the likeliest fits first, nearest the band's middle age and most
+        frontal, drew faces SFace took for one another: the stream's own order is kept.)"""
+        s = self.directions.scores(self.generator.truncate(raw, self.directions.psi))
+        why: Counter = Counter()
+        keep = np.ones(len(raw), bool)
+        for name, limit in self.directions.reject_above.items():
+            bad = keep & (s[name] > limit)
+            why[name] += int(bad.sum())
+            keep &= ~bad
+        # The rendered face's own estimates decide; the screen passes over only what they would
+        # most likely turn down, so that few renders (~1 s each) are wasted: the sex on the
+        # wrong side of the read-out (97.7% right in cross-validation) or unsure, the age outside
+        # the band by more than half the read-out's error (5.9 years), the yaw past the limit.
+        if want.sex is not None:
+            bad = keep & ((s["male"] < 1.0) if want.sex == "M" else (s["male"] > -1.0))
+            why["sex"] += int(bad.sum())
+            keep &= ~bad
+        lo, hi = want.age
+        bad = keep & ((s["age"] < lo - 3.0) | (s["age"] > hi + 3.0))
+        why["age"] += int(bad.sum())
+        keep &= ~bad
+        bad = keep & (np.abs(s["yaw"]) > MAX_YAW)
+        why["pose"] += int(bad.sum())
+        keep &= ~bad
+        return keep, why
+
+    def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:
+        """Why this rendered person does not suit the patient, or None."""
+        if want.sex is not None and f.sex != want.sex:
+            return "sex"
+        if f.sex is None:
+            return "sex"
+        age = f.age_band[0] if f.age_band else None
+        if age is None or not want.age[0] <= age <= want.age[1]:
+            return "age"
+        if abs(f.yaw) > MAX_YAW or abs(f.yaw - ctx.yaw) > MAX_YAW_DIFFERENCE:
+            return "pose"
+        if ctx.smile is not None and abs(smile(f.landmarks) - ctx.smile) > MAX_SMILE_DIFFERENCE:
+            return "expression"
+        if ctx.skin_lab is not None and (
+            float(np.linalg.norm(f.skin_lab - ctx.skin_lab)) > MAX_SKIN_DELTA_E
+            or skin_gain(ctx.skin_lab, f.skin_lab) > MAX_SKIN_GAIN
+        ):
+            return "skin"
+        if (ctx.beard is None or ctx.beard < PATIENT_BEARDED) and f.beard >= BEARDED:
+            return "beard"
+        if ctx.embedding is not None and cosine(ctx.embedding, f.embedding) >= EXCLUDE_SIMILARITY:
+            return "resembles the patient"
+        return None
+
+    # --- IdentitySource -------------------------------------------------------------------
+
+    def remembered(self, memory: IdentityMemory, pseudonym: str, key: SiteKey) -> str | None:
+        index = memory.generated_for(pseudonym)
+        return None if index is None else person_id(stream_seed(key, pseudonym), index)
+
+    def people(self, ctx: PatientContext) -> list[Surrogate]:
+        """The remembered person alone, or the first new person of the stream that fits.
+
+        One person, not a ranked list: rendering a candidate costs ~0.5 s, and the pipeline
+        asks again (with the people tried excluded) when QA turns this one down.
+
+        Apart from the other patients' people: a fitting face closer than ``OTHERS_SIMILARITY``
+        to none of them is taken at once. A site's people cannot all stay apart for long (two
+        random generated faces are one person to SFace 3.7% of the time, so a new face is apart
+        from all of 200 others in 0.05% of draws): after ``OTHERS_PATIENCE`` fitting faces that
+        are not, the one that SFace takes for the fewest others is taken.
+        """
+        seed = stream_seed(ctx.key, ctx.pseudonym)
+        if ctx.remembered is not None and ctx.remembered not in ctx.exclude_people:
+            index = int(ctx.remembered.rsplit("-", 1)[1])
+            made = self.face(seed, index)
+            # A remembered person always rendered before; "unusable" would mean another generator.
+            return [made] if isinstance(made, GeneratedFace) else []
+        started = time.perf_counter()
+        want = _want(ctx, ctx.age_tolerance)
+        others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
+        screened, rendered, patience = 0, 0, 0
+        rejected: Counter = Counter()
+        found: GeneratedFace | None = None
+        best: tuple[tuple[int, float], GeneratedFace] | None = None
+        for block in range(MAX_SCREENED // BLOCK):
+            keep, why = self._screen(self.generator.raw_styles(latents(seed, block)), want)
+            rejected.update({f"screen: {k}": v for k, v in why.items() if v})
+            screened += BLOCK
+            for j in np.flatnonzero(keep):
+                index = block * BLOCK + int(j)
+                if person_id(seed, index) in ctx.exclude_people:
+                    continue
+                made = self.face(seed, index)
+                rendered += 1
+                problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+                if problem is None and isinstance(made, GeneratedFace):
+                    sims = others @ made.embedding if len(others) else np.zeros(0)
+                    if not len(sims) or float(sims.max()) < OTHERS_SIMILARITY:
+                        found = made
+                        break
+                    rank = (int((sims >= SFACE_SAME_PERSON).sum()), float(sims.max()))
+                    if best is None or rank < best[0]:
+                        best = (rank, made)
+                    patience += 1
+                    problem = "resembles another patient's new person"
+                    if patience >= OTHERS_PATIENCE:
+                        found = best[1]
+                        break
+                rejected[problem.split(":")[0]] += 1
+                if rendered >= MAX_RENDERS:
+                    break
+            if found is not None or rendered >= MAX_RENDERS:
+                break
+        if found is None and best is not None:
+            found = best[1]
+        self.last_draw = {
+            "screened": screened,
+            "rendered": rendered,
+            "rejected": dict(rejected),
+            "seconds": round(time.perf_counter() - started, 3),
+            "found": found is not None,
+        }
+        self.draws.append(self.last_draw)
+        return [found] if found is not None else []
+
+    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
+        if isinstance(surrogate, GeneratedFace):
+            memory.remember_generated(pseudonym, surrogate.index, surrogate.embedding)
+
+    def why_none(self, ctx: PatientContext, hints: dict) -> str:
+        d = self.last_draw
+        top = ", ".join(f"{k} {v}" for k, v in Counter(d.get("rejected", {})).most_common(4))
+        return (
+            f"none of the {d.get('rendered', 0)} generated faces rendered (of {d.get('screened', 0)} "
+            f"latents screened) suits the patient ({top})"
+        )
+
+
+@lru_cache(maxsize=2)
+def get_generated(device: str = "cpu") -> GeneratedIdentities:
+    """The generated-identity source (faces at ``PSI``), one per process and device;
+    ``GeneratorUnavailable`` when the generator or its read-outs are missing."""
+    try:
+        directions = load_directions()
+    except DirectionsError as exc:
+        raise GeneratorUnavailable(str(exc)) from None
+    return GeneratedIdentities(get_generator(PSI), directions, get_detector(device), get_recognizer())

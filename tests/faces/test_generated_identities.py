@@ -1,0 +1,180 @@
+"""Generated identities: the generator's files, the keyed latent stream, one new person per patient."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from facekit import photo_dataset
+
+from dicom_anon.config import PixelSettings
+from dicom_anon.faces import generator as G
+from dicom_anon.faces.choice import PatientContext
+from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
+from dicom_anon.faces.identities import (
+    OTHERS_SIMILARITY,
+    GeneratedFace,
+    GeneratedIdentities,
+    get_generated,
+    latents,
+    load_directions,
+    stream_seed,
+)
+from dicom_anon.faces.pipeline import process_photo
+from dicom_anon.headers.pseudonyms import SiteKey
+from dicom_anon.service.store import StateStore
+
+
+# Where facekit and factories live, for the test's own processes.
+TESTS = (Path(__file__).parent, Path(__file__).parents[1])
+
+
+@pytest.fixture(scope="module")
+def source() -> GeneratedIdentities:
+    return get_generated("cpu")
+
+
+def fresh(source: GeneratedIdentities) -> GeneratedIdentities:
+    """The same generator and models, nothing cached: a draw as another process would make it."""
+    return GeneratedIdentities(source.generator, source.directions, source.detector, source.recognizer)
+
+
+def ctx(key: SiteKey, pseudonym: str, **kw) -> PatientContext:
+    return PatientContext(pseudonym=pseudonym, key=key, sex="F", age_years=35.0, **kw)
+
+
+def test_the_generator_files_are_the_pinned_ones() -> None:
+    files = G.verified_files()
+    assert sorted(files) == sorted(G.PINNED_SHA256)
+    assert all(p.parent == G.model_dir() for p in files.values())
+
+
+def test_a_changed_or_missing_generator_file_is_refused(tmp_path) -> None:
+    for name in G.PINNED_SHA256:
+        shutil.copy(G.model_dir() / name, tmp_path / name)
+    G.verified_files(tmp_path)  # the copy passes
+    with open(tmp_path / "SynthesisNetwork.bin", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(G.GeneratorUnavailable, match="checksum"):
+        G.verified_files(tmp_path)
+    (tmp_path / "MappingNetwork.xml").unlink()
+    with pytest.raises(G.GeneratorUnavailable, match="unreadable"):
+        G.verified_files(tmp_path)
+
+
+_REFUSAL = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np
+    from PIL import Image
+    sys.path[:0] = [sys.argv[3], sys.argv[4]]
+    from facekit import photo_dataset
+    from dicom_anon.config import PixelSettings
+    from dicom_anon.faces.pipeline import process_photo
+    from dicom_anon.headers.errors import Refused
+    from dicom_anon.headers.pseudonyms import SiteKey
+
+    rgb = np.asarray(Image.open(sys.argv[2]).convert("RGB"))
+    try:
+        process_photo(photo_dataset(rgb[None]), PixelSettings(preserve=["mouth"], device="cpu"),
+                      "ANONX", SiteKey(b"k" * 32))
+    except Refused as exc:
+        print("REFUSED", exc.code, exc)
+    else:
+        print("FORWARDED")
+    """
+)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_missing_or_corrupt_generator_holds_the_photo(tmp_path, testdata, damage) -> None:
+    """A broken install (the package without its data, or a changed file), as a real process sees
+    it: the photo is refused with method-unavailable, never forwarded with the patient's face."""
+    fake = tmp_path / "site" / "random_face"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('never imported')\n")
+    if damage == "corrupt":
+        for name in G.PINNED_SHA256:
+            shutil.copy(G.model_dir() / name, fake / "data" / name)
+        (fake / "data" / "MappingNetwork.bin").write_bytes(b"not the weights")
+    face = testdata / "faces" / "sfhq" / "SFHQ_sample_2x4_002.jpg"
+    run = subprocess.run(
+        [sys.executable, "-c", _REFUSAL, str(tmp_path / "site"), str(face), *map(str, TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("REFUSED method-unavailable"), run.stdout
+    assert ("unreadable" if damage == "missing" else "checksum") in run.stdout
+    assert "pixels.identity: pool" in run.stdout
+
+
+def test_the_latent_stream_is_keyed_and_the_same_in_another_process(site_key) -> None:
+    here = latents(stream_seed(site_key, "ANONP1"), 0)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from dicom_anon.faces.identities import latents, stream_seed
+        from dicom_anon.headers.pseudonyms import SiteKey
+        sys.stdout.buffer.write(latents(stream_seed(SiteKey({site_key.secret!r}), "ANONP1"), 0).tobytes())
+        """
+    )
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=60).stdout
+    assert there == here.tobytes()
+    other_key = SiteKey(bytes(reversed(site_key.secret)))
+    assert not np.allclose(latents(stream_seed(other_key, "ANONP1"), 0), here)
+    assert not np.allclose(latents(stream_seed(site_key, "ANONP2"), 0), here)
+    assert not np.allclose(latents(stream_seed(site_key, "ANONP1"), 1), here)
+
+
+def test_a_patient_gets_the_same_new_person_on_every_draw_and_another_under_another_key(
+    source, site_key
+) -> None:
+    first = source.people(ctx(site_key, "ANONP1"))
+    again = fresh(source).people(ctx(site_key, "ANONP1"))
+    assert len(first) == len(again) == 1
+    assert first[0].person == again[0].person
+    assert np.array_equal(first[0].image, again[0].image)
+    f = first[0]
+    assert isinstance(f, GeneratedFace) and f.sex == "F" and 23 <= f.age_band[0] <= 47
+    other = source.people(ctx(SiteKey(bytes(reversed(site_key.secret))), "ANONP1"))[0]
+    assert other.person != f.person and cosine(other.embedding, f.embedding) < 0.9
+
+
+def test_two_patients_are_never_given_one_person(source, site_key) -> None:
+    """The draw passes over a face too close to the person another patient of the site was given."""
+    first = source.people(ctx(site_key, "ANONP2"))[0]
+    taken = np.stack([first.embedding])
+    second = fresh(source).people(ctx(site_key, "ANONP2", taken=taken))[0]
+    assert second.person != first.person
+    assert cosine(second.embedding, first.embedding) < SFACE_SAME_PERSON
+    assert source.draws[-1]["found"]
+
+
+def test_the_style_read_outs_are_for_this_generator() -> None:
+    d = load_directions()
+    assert {"male", "age", "yaw", "glasses", "headwear"} <= set(d.weights)
+    assert set(d.reject_above) == {"glasses", "headwear"}
+    assert all(w.shape == (G.STYLE_DIM,) for w in d.weights.values())
+
+
+def test_the_service_remembers_the_new_person_and_shows_it_again(face_a, tmp_path, site_key) -> None:
+    store = StateStore(tmp_path / "state.sqlite")
+    settings = PixelSettings(preserve=["mouth"], device="cpu", max_candidates=3)
+    first = process_photo(photo_dataset(face_a[None]), settings, "ANONMEM", site_key, store)
+    face = first.qa_figures["faces"][0]
+    assert face["identity"] == "generated" and not face["remembered"]
+    assert store.generated_for("ANONMEM") == int(face["person"].rsplit("-", 1)[1])
+    mirrored = np.ascontiguousarray(face_a[:, ::-1])
+    later = process_photo(photo_dataset(mirrored[None]), settings, "ANONMEM", site_key, store)
+    assert later.qa_figures["faces"][0]["person"] == face["person"]
+    assert later.qa_figures["faces"][0]["remembered"]
+    store.close()
