@@ -5,44 +5,106 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
-from rich.table import Table
+from typer.core import TyperGroup
 
 from . import __version__
-from .audit.commands import audit_app
-from .audit.trail import read_records
-from .batch import Inputs, Outcome, collect_inputs, deid_file
-from .config import ConfigError, load_settings
 from .console import ColumnsOption, PerPageOption, SheetSizeOption, err, fail, out
-from .faces.commands import eval_command, models_app
-from .faces.gan.commands import install_model, train_encoder_command
-from .headers.engine import Profile
-from .headers.errors import SiteKeyError
-from .headers.options import PIXEL_OPTIONS, Option, parse_options
-from .headers.pseudonyms import SiteKey
-from .review import output_problem, qa_notes, read_tile, save_sheets
-from .service.commands import quarantine_app, rules_app, serve
+from .headers.options import PIXEL_OPTIONS, Option
 
-app = typer.Typer(
-    name="dicom-anon",
-    help="De-identify clinical DICOM photographs and forward them to a teaching archive.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="markdown",
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-app.command()(serve)
-app.add_typer(rules_app, name="rules")
-app.add_typer(quarantine_app, name="quarantine")
-app.add_typer(audit_app, name="audit")
-app.add_typer(models_app, name="models")
-app.command("eval")(eval_command)
-app.command("train-encoder")(train_encoder_command)
-models_app.command("install")(install_model)
+if TYPE_CHECKING:
+    from .batch import Inputs, Outcome
+    from .headers.pseudonyms import SiteKey
+
+_HELP = "De-identify clinical DICOM photographs and forward them to a teaching archive."
+_APP_SETTINGS: dict[str, Any] = {
+    "no_args_is_help": True,
+    "pretty_exceptions_enable": False,
+    "rich_markup_mode": "markdown",
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+
+
+# Each command group imports what its work needs (pynetdicom, SQLite, PIL, torch...) when it is
+# loaded; loading them all up front cost ``deid`` and ``rules check`` most of a second of start-up.
+def _serve(app: typer.Typer) -> None:
+    from .service.commands import serve
+
+    app.command()(serve)
+
+
+def _rules(app: typer.Typer) -> None:
+    from .service.commands import rules_app
+
+    app.add_typer(rules_app, name="rules")
+
+
+def _quarantine(app: typer.Typer) -> None:
+    from .service.commands import quarantine_app
+
+    app.add_typer(quarantine_app, name="quarantine")
+
+
+def _audit(app: typer.Typer) -> None:
+    from .audit.commands import audit_app
+
+    app.add_typer(audit_app, name="audit")
+
+
+def _models(app: typer.Typer) -> None:
+    from .faces.commands import models_app
+    from .faces.gan.commands import install_model
+
+    if "install" not in {c.name for c in models_app.registered_commands}:
+        models_app.command("install")(install_model)
+    app.add_typer(models_app, name="models")
+
+
+def _eval(app: typer.Typer) -> None:
+    from .faces.commands import eval_command
+
+    app.command("eval")(eval_command)
+
+
+def _train_encoder(app: typer.Typer) -> None:
+    from .faces.gan.commands import train_encoder_command
+
+    app.command("train-encoder")(train_encoder_command)
+
+
+_LAZY: dict[str, Callable[[typer.Typer], None]] = {
+    "serve": _serve,
+    "rules": _rules,
+    "quarantine": _quarantine,
+    "audit": _audit,
+    "models": _models,
+    "eval": _eval,
+    "train-encoder": _train_encoder,
+}
+
+
+class _LazyGroup(TyperGroup):
+    """The top-level command: a command group is imported only when it is named (or when the
+    top-level help lists them all). This is click's documented lazy-loading pattern; typer has
+    none of its own. Each group is built as ``add_typer``/``command`` on a Typer with this app's
+    settings would build it, so its help and options are the same either way."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*_LAZY, *(n for n in super().list_commands(ctx) if n not in _LAZY)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            holder = typer.Typer(**_APP_SETTINGS)
+            _LAZY[cmd_name](holder)
+            self.commands[cmd_name] = typer.main.get_group(holder).commands[cmd_name]
+        return super().get_command(ctx, cmd_name)
+
+
+app = typer.Typer(name="dicom-anon", help=_HELP, cls=_LazyGroup, **_APP_SETTINGS)
 
 
 def run() -> None:
@@ -74,6 +136,10 @@ def main(
 
 def load_key(config: Path | None, data_dir: Path | None) -> tuple[SiteKey, frozenset[Option]]:
     """The site secret and the configured default options, or a clean exit naming the problem."""
+    from .config import ConfigError, load_settings
+    from .headers.errors import SiteKeyError
+    from .headers.pseudonyms import SiteKey
+
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -120,6 +186,12 @@ def deid(
     cannot be made safe (burned-in annotation, unsupported object, damaged file) is
     refused and listed; the exit status is 1 if anything was refused.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .batch import deid_file
+    from .headers.engine import Profile
+    from .headers.options import parse_options
+
     key, default_options = load_key(config, data_dir)
     try:
         options = parse_options(option) if option else default_options
@@ -195,6 +267,11 @@ def review(
     the exit status is 1, as it is when any file could not be read or decoded. An image that is
     not a photo (a CT in a mixed export) is named on the sheet but not drawn, and is no error.
     """
+    from rich.progress import track
+
+    from .audit.trail import read_records
+    from .review import output_problem, qa_notes, read_tile, save_sheets
+
     if problem := output_problem(output):
         raise fail(problem)
     found = _inputs_or_exit(inputs)
@@ -233,6 +310,8 @@ def review(
 
 def _inputs_or_exit(inputs: list[Path]) -> Inputs:
     """The DICOM files under ``inputs``, each missing one reported; a clean exit when there are none."""
+    from .batch import collect_inputs
+
     found = collect_inputs(inputs)
     for path in found.missing:
         err.print(f"[red]{path}:[/] no such file or folder", highlight=False, soft_wrap=True)
@@ -242,6 +321,8 @@ def _inputs_or_exit(inputs: list[Path]) -> Inputs:
 
 
 def _print_changes(outcome: Outcome) -> None:
+    from rich.table import Table
+
     table = Table(title=str(outcome.source), title_justify="left", expand=False)
     for column in ("attribute", "action", "old (masked)", "new"):
         table.add_column(column, overflow="fold")
@@ -253,6 +334,8 @@ def _print_changes(outcome: Outcome) -> None:
 def _print_summary(
     outcomes: list[Outcome], skipped: tuple[Path, ...], elapsed: float, dry_run: bool, output: Path
 ) -> None:
+    from rich.table import Table
+
     done = [o for o in outcomes if o.ok]
     refused = Counter(o.refused.code for o in outcomes if o.refused is not None)
     table = Table(

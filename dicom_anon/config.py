@@ -26,12 +26,11 @@ from pydantic import (
 )
 from pydicom.datadict import keyword_dict, tag_for_keyword
 from pydicom.uid import UID
-from pynetdicom import sop_class
 
+from . import DEFAULT_CONFIG
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 
 DEFAULT_DATA_DIR = Path("/var/lib/dicom-anon")
-DEFAULT_CONFIG = Path("/etc/dicom-anon/dicom-anon.yaml")
 
 # An AE title is 1-16 characters of the default repertoire without backslash (PS3.5 6.2);
 # leading/trailing spaces are not significant, so they are stripped.
@@ -89,6 +88,8 @@ def _listify(value: Any) -> Any:
 
 def _sop_class(value: Any) -> str:
     """A SOP class by keyword (VLPhotographicImageStorage) or UID; stored as the UID."""
+    from pynetdicom import sop_class  # only settings that name a SOP class need pynetdicom's list
+
     text = str(value).strip()
     if re.fullmatch(r"[0-9.]+", text):
         if not UID(text).is_valid:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from .config import DEFAULT_CONFIG, ConfigError, Settings, resolve_settings
+from . import DEFAULT_CONFIG
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 # Piped output (a review saved to a file, CI logs) gets wide tables instead of rich's 80 columns.
 out = Console(width=None if sys.stdout.isatty() else 160)
@@ -47,6 +50,8 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def settings_or_exit(config: Path | None, data_dir: Path | None) -> Settings:
     """The settings for a command, or a clean exit naming the file, line and fix."""
+    from .config import ConfigError, resolve_settings
+
     try:
         return resolve_settings(config, data_dir)
     except ConfigError as exc:

@@ -11,13 +11,11 @@ import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import track
 from rich.table import Table
 
-from ..audit.trail import AuditTrail, operator, read_records
 from ..config import (
     DEFAULT_CONFIG,
     ConfigError,
@@ -38,14 +36,12 @@ from ..console import (
     settings_or_exit,
 )
 from ..headers.errors import SiteKeyError
-from ..review import output_problem, qa_notes, read_tile, save_sheets
-from ..rules import route_lines
-from ..trial import try_file
-from .app import Service, configure_logging, run
-from .files import Layout
-from .quarantine import Quarantine, QuarantineError, released_text
-from .store import AWAITING_REVIEW, StateStore
-from .worker import face_pixel_stage
+
+if TYPE_CHECKING:
+    from .quarantine import Quarantine
+
+# Each command imports the rest of what it needs when it runs: ``rules check`` must not pay for
+# the whole service (pynetdicom, the face pipeline, PIL) at start-up.
 
 # --- serve ------------------------------------------------------------------------------
 
@@ -72,6 +68,9 @@ def serve(
     errors keeps the rules in force). Overrides let a second instance run without an
     edited file.
     """
+    from .app import Service, configure_logging, run
+    from .worker import face_pixel_stage
+
     overrides = {"listen": listen, "data_dir": data_dir, "destinations": destination or []}
     try:
         settings = apply_overrides(load_settings(config), **overrides)
@@ -113,6 +112,8 @@ def _settings_or_exit(file: Path) -> Settings:
 @rules_app.command("check")
 def rules_check(file: Annotated[Path, typer.Argument(help="The settings YAML to check.")]) -> None:
     """Validate a settings file: every problem with its line and the fix; then the routes in order."""
+    from ..rules import route_lines
+
     settings = _settings_or_exit(file)
     table = Table(title=f"{file}: routes, applied in this order", title_justify="left")
     for column in ("#", "route", "matches", "does", "then"):
@@ -147,6 +148,8 @@ def rules_test(
     De-identification is really run (in memory, with a throwaway key) so that a file the
     profile would refuse shows up as 'quarantine' with the reason.
     """
+    from ..trial import try_file
+
     settings = _settings_or_exit(file)
     for path in dicom:
         out.rule(str(path), align="left")
@@ -179,6 +182,11 @@ quarantine_app = typer.Typer(
 
 
 def _quarantine(config: Path | None, data_dir: Path | None) -> Quarantine:
+    from ..audit.trail import AuditTrail
+    from .files import Layout
+    from .quarantine import Quarantine
+    from .store import StateStore
+
     settings = settings_or_exit(config, data_dir)
     if not settings.state_path.exists():
         raise fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
@@ -240,6 +248,8 @@ def quarantine_list(
 def _each(items: list[int], decide: Callable[[int], str]) -> None:
     """An operator's decision on each item, a line each; one that cannot be done is reported and
     the others still go, and the exit status is 1."""
+    from .quarantine import QuarantineError
+
     failed = False
     for item in items:
         try:
@@ -261,6 +271,9 @@ def quarantine_release(
 ) -> None:
     """Send items back on their way: processed again under the current rules, or offered to their
     destination again (a photo held for review: sent). De-identification is never skipped."""
+    from ..audit.trail import operator
+    from .quarantine import released_text
+
     q = _quarantine(config, data_dir)
 
     def release(item: int) -> str:
@@ -280,6 +293,8 @@ def quarantine_delete(
 ) -> None:
     """Delete held items and their files for good (the audit trail keeps the record); for a photo
     held for review, this is withdrawing it."""
+    from ..audit.trail import operator
+
     q = _quarantine(config, data_dir)
     which = ", ".join(str(i) for i in items)
     if not yes and not typer.confirm(f"Delete quarantine item(s) {which} and their files?"):
@@ -311,6 +326,12 @@ def quarantine_review(
     heavy brows, or one patient shown as two new people; then `dicom-anon quarantine release ID...`
     sends the good ones and `dicom-anon quarantine delete ID...` withdraws the others.
     """
+    from rich.progress import track
+
+    from ..audit.trail import read_records
+    from ..review import output_problem, qa_notes, read_tile, save_sheets
+    from .store import AWAITING_REVIEW
+
     if problem := output_problem(output):
         raise fail(problem)
     q = _quarantine(config, data_dir)
