@@ -13,6 +13,9 @@ need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
 command -v Orthanc  >/dev/null 2>&1 || need_apt+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
+# The web console's browser test drives Debian's chromium through its chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "dev.sh: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
