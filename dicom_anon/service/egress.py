@@ -24,8 +24,9 @@ from typing import Any
 
 import structlog
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
@@ -41,6 +42,9 @@ _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 # Sender-side statuses worth another try: out of resources (A7xx), resource limitation, processing failure.
 _TRANSIENT = {0x0110, 0x0213}
 _MAX_CLASSES = 60  # two contexts each, under the 128 a requestor may propose
+# send_c_store(path) then streams the file's data set after its meta header instead of reading the
+# file into a Dataset and encoding it again. Process-wide; ingress never sends C-STOREs.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class TransientError(Exception):
@@ -163,8 +167,9 @@ class DicomLink:
             self.assoc = self._associate()
         accepted = [cx for cx in self.assoc.accepted_contexts if cx.abstract_syntax == sop_class]
         as_is = any(cx.transfer_syntax[0] == ts for cx in accepted)
+        dataset: Dataset | Path
         if as_is:
-            dataset = dcmread(path)
+            dataset = path  # sent as it lies on disk, past the last gate: not decoded, not re-encoded
         elif any(cx.transfer_syntax[0] in _UNCOMPRESSED for cx in accepted):
             dataset = dcmread(path)
             try:
