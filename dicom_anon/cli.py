@@ -76,6 +76,18 @@ def _train_encoder(app: typer.Typer) -> None:
     app.command("train-encoder")(train_encoder_command)
 
 
+def _console(app: typer.Typer) -> None:
+    from .web.commands import console_command
+
+    app.command("console")(console_command)
+
+
+def _users(app: typer.Typer) -> None:
+    from .web.commands import users_app
+
+    app.add_typer(users_app, name="users")
+
+
 _LAZY: dict[str, Callable[[typer.Typer], None]] = {
     "serve": _serve,
     "rules": _rules,
@@ -84,6 +96,8 @@ _LAZY: dict[str, Callable[[typer.Typer], None]] = {
     "models": _models,
     "eval": _eval,
     "train-encoder": _train_encoder,
+    "console": _console,
+    "users": _users,
 }
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..audit.query import short_time
 from ..audit.trail import read_records
 
 _LIFE_CYCLE = ("service_started", "service_stopped")
@@ -36,8 +37,8 @@ class ServiceState:
         if self.pid is None:
             return "never started with this data dir"
         if self.running:
-            return f"up since {self.since} (process {self.pid}, listening on {self.listen})"
-        return f"down (process {self.pid} that started at {self.since} is gone or stopped)"
+            return f"up since {short_time(self.since)} UTC (process {self.pid}, listening on {self.listen})"
+        return f"down (process {self.pid} that started at {short_time(self.since)} UTC is gone or stopped)"
 
 
 def _alive(pid: int) -> bool:

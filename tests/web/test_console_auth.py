@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from starlette.testclient import TestClient
 
-pytest.importorskip("starlette")
-from starlette.testclient import TestClient  # noqa: E402
-
-from dicom_anon.config import load_settings  # noqa: E402
-from dicom_anon.web.accounts import MAX_FAILURES, Accounts  # noqa: E402
-from dicom_anon.web.app import COOKIE, Console, create_app  # noqa: E402
-from dicom_anon.web.commands import accounts_path  # noqa: E402
+from dicom_anon.config import load_settings
+from dicom_anon.web.accounts import MAX_FAILURES, Accounts
+from dicom_anon.web.app import COOKIE, Console, create_app
+from dicom_anon.web.commands import accounts_path
 
 PASSWORD = "correct horse battery"
 SETTINGS = {
