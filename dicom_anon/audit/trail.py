@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,14 +83,24 @@ class _LineWriter:
 class AuditTrail:
     """Append events to the trail; thread- and process-safe."""
 
-    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: Path, *, fsync: bool = True, head_every_s: float = 0.0) -> None:
+        """``head_every_s``: how often the head file is rewritten (0: after every step). The service
+        writes it once a second: after a crash it may name a record a little before the trail's
+        end, which still verifies; only cutting off the last second of records goes unnoticed."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._fsync = fsync
+        self._head_every_s = head_every_s
         self._lock = threading.RLock()
         self._depth = 0
         self._dirty = False
         self._pending = (0, GENESIS)
+        # Group commit: one thread fsyncs at a time, outside the write lock, and its fsync makes
+        # every record written before it durable; a thread whose records it covered does not fsync.
+        self._sync_lock = threading.Lock()
+        self._written = (0, 0, GENESIS)  # (file size, seq, hash) after this process's last step
+        self._synced_size = 0
+        self._head_at = float("-inf")
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+b", buffering=0)
         self._known_size = -1
@@ -105,13 +116,18 @@ class AuditTrail:
         )
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._sync_lock:
+            if self._written[0] > self._synced_size or self._head_every_s:
+                self._sync_and_mark(force_head=True)
             self._file.close()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Records of one step (a job routed and de-identified) written in order, fsynced once at the
-        end: each step's records are on disk before the next step begins, at one fsync per step."""
+        """Records of one step (a job routed and de-identified) written in order, durable when the
+        step ends: each step's records are on disk before the next step begins. The fsync happens
+        after the write lock is let go, so other threads go on writing meanwhile, and one fsync
+        serves every step written before it (concurrent associations share it)."""
+        wrote = False
         with self._lock:
             outer = self._depth == 0
             if outer:
@@ -125,13 +141,32 @@ class AuditTrail:
                 finally:
                     self._depth -= 1
                 if outer and self._dirty:
-                    if self._fsync:
-                        os.fsync(self._file.fileno())
-                    self._write_head()
+                    self._written = (self._known_size, self._seq, self._prev)
                     self._dirty = False
+                    wrote = True
             finally:
                 if outer:
                     fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        if wrote:
+            self._durable(self._written[0])
+
+    def _durable(self, size: int) -> None:
+        """Return once the trail is durable up to ``size`` bytes."""
+        with self._sync_lock:
+            if self._synced_size >= size:
+                return  # another thread's fsync, begun after our write, covered it
+            self._sync_and_mark()
+
+    def _sync_and_mark(self, *, force_head: bool = False) -> None:
+        """fsync everything written so far, then (when due) name its last record in the head file."""
+        size, seq, last = self._written
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self._synced_size = max(self._synced_size, size)
+        now = time.monotonic()
+        if seq and (force_head or now - self._head_at >= self._head_every_s):
+            self._write_head(seq, last)
+            self._head_at = now
 
     def record(self, event: str, **fields: Any) -> None:
         """Append one event. Values must be JSON-friendly and free of PHI."""
@@ -178,10 +213,11 @@ class AuditTrail:
         self._known_size = os.fstat(self._file.fileno()).st_size
         self._dirty = True
 
-    def _write_head(self) -> None:
+    def _write_head(self, seq: int, last: str) -> None:
+        """Written outside the trail's lock: each writer (thread or process) uses its own temp file."""
         head = head_path(self.path)
-        tmp = head.with_name(head.name + ".tmp")
-        tmp.write_text(json.dumps({"seq": self._seq, "hash": self._prev}))
+        tmp = head.with_name(f"{head.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"seq": seq, "hash": last}))
         os.replace(tmp, head)
 
 

@@ -132,7 +132,7 @@ class Service:
         key = SiteKey.load_or_create(s.secret_path)
         store, recovered = self._open_store()
         self.store = store
-        self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync)
+        self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync, head_every_s=1.0)
         swept = self._sweep()
         self.keep_reserve()
         self.runtime = Runtime(

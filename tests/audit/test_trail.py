@@ -133,3 +133,42 @@ def test_trail_file_is_private(tmp_path, fsync):
     path = tmp_path / "a.jsonl"
     AuditTrail(path, fsync=fsync).record("x")
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_threads_share_fsyncs_and_keep_one_chain(tmp_path):
+    """Concurrent associations each wait for their own record to be durable; one fsync serves many."""
+    path = tmp_path / "a.jsonl"
+    trail = AuditTrail(path, head_every_s=1.0)
+
+    def write(who: int) -> None:
+        for i in range(40):
+            trail.record("instance_received", who=who, i=i)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    trail.close()
+    result = verify(path)
+    assert result.ok, result.problems
+    assert result.records == 240
+    assert json.loads(head_path(path).read_text())["seq"] == 240  # close names the last record
+
+
+def test_a_head_file_behind_the_trail_after_a_crash_still_verifies(tmp_path):
+    """The service rewrites the head once a second: killed in between, the head names an earlier
+    record. That verifies; cutting records off below the head is still found."""
+    path = tmp_path / "a.jsonl"
+    trail = AuditTrail(path, head_every_s=3600)
+    for i in range(5):
+        trail.record("instance_received", job=i + 1)
+    # No close(): the process died here. The first step wrote the head; later ones were not due.
+    assert json.loads(head_path(path).read_text())["seq"] == 1
+    assert verify(path).ok
+    later = AuditTrail(path, head_every_s=3600)
+    later.record("service_started")
+    later.close()
+    rewrite(path, lines(path)[:4])
+    result = verify(path)
+    assert not result.ok and "records at the end were removed" in result.problems[0].message
