@@ -1,4 +1,4 @@
-"""De-identifying files from disk, one at a time: what ``dicom-anon deid`` runs per file.
+"""De-identifying files from disk: what ``dicom-anon deid`` runs per file, on one core or all of them.
 
 Kept apart from the CLI so that the command only presents results, and so that
 tests can check outcomes without parsing terminal output.
@@ -6,7 +6,10 @@ tests can check outcomes without parsing terminal output.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,3 +90,57 @@ def deid_file(
     except OSError as exc:
         return Outcome(source, refused=Refused("write-failed", f"cannot write the output ({exc.strerror})"))
     return Outcome(source, output=target, changes=result.changes)
+
+
+def default_jobs() -> int:
+    """One worker process per core this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+# What each worker process de-identifies with, set once when the pool starts (by fork, so the site
+# key is inherited, never pickled).
+_worker: tuple[SiteKey, Profile, Path, bool] | None = None
+
+
+def _start_worker(key: SiteKey, profile: Profile, outdir: Path, dry_run: bool) -> None:
+    global _worker
+    _worker = (key, profile, outdir, dry_run)
+
+
+def _deid_in_worker(source: Path) -> tuple[Path, Path | None, tuple[str, str] | None, tuple[Change, ...]]:
+    """``deid_file`` in a worker, its outcome as plain values: ``Refused`` and its subclasses take
+    their own arguments and cannot be pickled back as they are."""
+    assert _worker is not None
+    key, profile, outdir, dry_run = _worker
+    o = deid_file(source, key, profile, outdir, dry_run=dry_run)
+    refused = (o.refused.code, o.refused.reason) if o.refused is not None else None
+    return o.source, o.output, refused, o.changes
+
+
+def deid_files(
+    sources: Iterable[Path],
+    key: SiteKey,
+    profile: Profile,
+    outdir: Path,
+    *,
+    dry_run: bool = False,
+    jobs: int = 1,
+) -> Iterator[Outcome]:
+    """``deid_file`` over many files, outcomes in input order. With ``jobs`` > 1 the files are shared
+    among that many worker processes: de-identification is CPU-bound Python, which threads would
+    run one at a time. Each output is named by its keyed new UID, so which worker wrote it does not
+    change a byte of it."""
+    files = list(sources)
+    jobs = min(jobs, len(files))
+    if jobs <= 1:
+        for source in files:
+            yield deid_file(source, key, profile, outdir, dry_run=dry_run)
+        return
+    # fork: the workers start with everything this process has imported and the key it has loaded.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(
+        jobs, mp_context=context, initializer=_start_worker, initargs=(key, profile, outdir, dry_run)
+    ) as pool:
+        chunk = max(1, min(16, len(files) // (jobs * 4)))
+        for source, output, refused, changes in pool.map(_deid_in_worker, files, chunksize=chunk):
+            yield Outcome(source, output, Refused(*refused) if refused else None, changes)

@@ -192,6 +192,15 @@ def deid(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would change in each file; write nothing.")
     ] = False,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=0,
+            help="Worker processes (0: one per core). The outputs are the same for any number.",
+        ),
+    ] = 0,
 ) -> None:
     """De-identify DICOM files with the PS3.15 Annex E profile (headers only).
 
@@ -202,7 +211,7 @@ def deid(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .batch import deid_file
+    from .batch import default_jobs, deid_files
     from .headers.engine import Profile
     from .headers.options import parse_options
 
@@ -230,8 +239,9 @@ def deid(
         disable=not err.is_terminal,
     ) as progress:
         task = progress.add_task("de-identifying", total=len(found.files))
-        for path in found.files:
-            outcome = deid_file(path, key, profile, output, dry_run=dry_run)
+        workers = jobs or default_jobs()
+        for outcome in deid_files(found.files, key, profile, output, dry_run=dry_run, jobs=workers):
+            path = outcome.source
             outcomes.append(outcome)
             if outcome.refused is not None:
                 progress.console.print(

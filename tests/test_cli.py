@@ -179,3 +179,26 @@ def test_a_file_the_system_will_not_write_is_one_line_not_a_traceback(
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error:" in result.stderr and "/proc/no-such-folder" in result.stderr
+
+
+def test_jobs_gives_the_same_outputs_as_one_process(tmp_path):
+    """``--jobs 2`` shares the files among worker processes: same files, same bytes, same refusals
+    and exit status as ``--jobs 1``."""
+    for i in range(24):
+        photo(
+            tmp_path / "in" / f"p{i:02d}.dcm",
+            patient_id=f"MRN{i % 5:05d}",
+            burned_in="YES" if i % 7 == 3 else "NO",
+        )
+    (tmp_path / "in" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 40)
+    results = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        code, output = run(
+            "deid", str(tmp_path / "in"), "-o", str(out), "--data-dir", str(tmp_path / "d"), "--jobs", jobs
+        )
+        refusals = sorted(line for line in output.splitlines() if "refused (" in line)
+        results[jobs] = (code, refusals, {p.name: p.read_bytes() for p in out.iterdir()})
+    assert results["1"] == results["2"]
+    code, refusals, files = results["2"]
+    assert code == 1 and len(refusals) == 4 and len(files) == 21
