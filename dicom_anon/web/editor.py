@@ -41,7 +41,8 @@ class Checked:
 
     def numbered(self) -> list[tuple[int, str, list[str]]]:
         """Each line with its number and the problems found on it, for the page."""
-        return [(i, line, self.by_line.get(i, [])) for i, line in enumerate(self.text.split("\n"), start=1)]
+        lines = self.text.removesuffix("\n").split("\n")
+        return [(i, line, self.by_line.get(i, [])) for i, line in enumerate(lines, start=1)]
 
 
 def check_text(config: Path, text: str) -> Checked:

@@ -100,10 +100,13 @@ def browser(tmp_path: Path):
     driver.quit()
 
 
-def shoot(driver, name: str, height: int = 1000) -> None:
+def shoot(driver, name: str, height: int = 1000, at: str | None = None) -> None:
+    """Save the page (from the element with id ``at`` down) when CONSOLE_SCREENSHOTS names a folder."""
     folder = os.environ.get("CONSOLE_SCREENSHOTS")
     if folder:
         driver.set_window_size(1280, height)
+        if at is not None:
+            driver.execute_script("arguments[0].scrollIntoView()", driver.find_element(By.ID, at))
         driver.save_screenshot(str(Path(folder) / f"console-{name}.png"))
         driver.set_window_size(1280, 1000)
 
@@ -162,12 +165,35 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     browser.get(f"{base}/rules")
     browser.find_element(By.ID, "dicom").send_keys(str(EXAMPLES[0]))
     browser.find_element(By.ID, "try").click()
+    wait_until(lambda: browser.find_elements(By.ID, "trial"), 20, "the rules test")
     trial = browser.find_element(By.ID, "trial").text
     assert "route photos: matches" in trial
     assert "route photos: de-identify (basic: no options) -> teaching, held for review" in trial
     assert "PatientName" in trial and "PatientID" in trial
     shoot(browser, "rules", 2000)
     assert not list(archive.glob("**/*.dcm")), "a rules test sent something"
+
+    # The editor: a mistake is shown on its line and cannot be applied; a good change is written,
+    # the service reloads it, and the diff is in the trail under the officer's name.
+    original = config.read_text()
+    wrong = original.replace("profile: basic", "profile: basci")
+    line = next(i for i, text in enumerate(wrong.splitlines(), start=1) if "basci" in text)
+    browser.execute_script("arguments[0].value = arguments[1]", browser.find_element(By.ID, "text"), wrong)
+    browser.find_element(By.ID, "apply").click()
+    wait_until(lambda: "not applied" in browser.page_source, 20, "the editor's answer")
+    problems = browser.find_element(By.ID, "problems").text
+    assert f"line {line}: routes.0.profile: unknown profile 'basci'" in problems
+    assert config.read_text() == original
+    shoot(browser, "rules-editor", 1000, at="problems")
+    changed = "# Held for review until the records office approves (docs/console.md).\n" + original
+    browser.execute_script("arguments[0].value = arguments[1]", browser.find_element(By.ID, "text"), changed)
+    browser.find_element(By.ID, "apply").click()
+    wait_until(lambda: "applied:" in browser.page_source, 20, "the editor's answer")
+    assert "the service reloaded the settings" in browser.find_element(By.CSS_SELECTOR, ".note.ok").text
+    assert config.read_text() == changed
+    [change] = events(data, "config_changed")
+    assert change["by"] == "olivia" and "+# Held for review" in change["diff"]
+    assert events(data, "config_reloaded")[-1]["seq"] > change["seq"]
 
     browser.get(f"{base}/review")
     shoot(browser, "review", 1500)
@@ -177,7 +203,9 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     for box in held:
         box.click()
     browser.find_element(By.ID, "approve").click()
-    assert browser.page_source.count("approved, sent to teaching") == len(EXAMPLES)
+    wait_until(
+        lambda: browser.page_source.count("approved, sent to teaching") == len(EXAMPLES), 20, "the approvals"
+    )
     wait_until(lambda: len(list(archive.glob("**/*.dcm"))) == len(EXAMPLES), 60, "the approved photos")
     for path in archive.glob("**/*.dcm"):
         ds = pydicom.dcmread(path)
@@ -188,10 +216,12 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
 
     # The operator sees the original the profile refused, and that is recorded.
     browser.find_element(By.ID, "sign-out").click()
+    wait_until(lambda: "Sign in" in browser.title, 20, "the sign-in page")
     sign_in(browser, base, "oscar")
     browser.get(f"{base}/review")
     browser.find_element(By.CSS_SELECTOR, "a.original").click()
-    assert browser.execute_script("return document.images.length && document.images[0].naturalWidth") == 4
+    width = "return document.images.length && document.images[0].naturalWidth"
+    wait_until(lambda: browser.execute_script(width) == 4, 20, "the original (4 x 4 pixels)")
     shown = events(data, "original_shown")
     assert [(r["by"], r["shown"]) for r in shown] == [("oscar", True)]
 
@@ -202,6 +232,7 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     browser.get(f"{base}/audit")
     browser.find_element(By.ID, "event").send_keys("quarantine_released")
     browser.find_element(By.ID, "search").click()
+    wait_until(lambda: browser.find_elements(By.ID, "records"), 20, "the search")
     assert "chain" in browser.find_element(By.ID, "chain").text.lower()
     rows = browser.find_elements(By.CSS_SELECTOR, "#records tr")[1:]
     assert len(rows) == len(EXAMPLES) and all("by olivia" in r.text for r in rows)
