@@ -70,16 +70,18 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def write_instance(data: bytes, path: Path) -> None:
+def write_instance(data: bytes, path: Path, *, fsync: bool = True) -> None:
     """Write the bytes of an instance (``headers.gate.release`` made them) atomically: temp file,
-    fsync, rename, so that a reader never sees half a file."""
+    fsync, rename, so that a reader never sees half a file. ``fsync=False`` leaves the flush to
+    the caller (``deid`` syncs once after the whole batch instead of once per file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
