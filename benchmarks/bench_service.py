@@ -1,23 +1,27 @@
-"""End-to-end throughput and latency of the service, beside the ceiling of the same network path.
+"""End-to-end throughput of the service beside the receivers a hospital already runs.
 
-    .venv/bin/python benchmarks/bench_service.py [--count 1000] [--keep DIR]
+    .venv/bin/python benchmarks/bench_service.py [--rounds 8] [--count 1000] [--photos 100] [--keep DIR]
 
-1. Ceiling: dcmtk storescu sends N small instances straight to dcmtk storescp.
-2. Service: the same storescu sends the same files to ``dicom-anon serve`` (the example
-   settings with photo routes on the headers-only ``basic`` profile: the instances are tiny
-   synthetic photos without a face, which the face pipeline would rightly quarantine; its own
-   speed is benchmarks/bench_faces.py. Durable ack, audit fsynced), which forwards them to
-   storescp. Measured from the start of the send until the state store has every delivery.
-
-Prints instances/s for both and their ratio, the time until storescu had every
-acknowledgement, latency from receipt to forwarded (p50, p99, from the state store's
-timestamps), and the service's peak resident memory (VmHWM). Everything runs on
-127.0.0.1 and is stopped by PID at the end.
+Each round, dcmtk's storescu (TCP_NODELAY=1, one association, as a clinic PACS sends) sends the
+same files to each receiver in turn, the order rotating from round to round:
+- wire: dcmtk storescp writing the files (the ceiling of the network path);
+- pynetdicom: pynetdicom's own storescp app writing the files (no processing);
+- orthanc: Orthanc started here with its own config on loopback (durable store with an index,
+  TcpNoDelay), timed until storescu had every acknowledgement;
+- dicom-anon: ``dicom-anon serve`` (the example settings with photo routes on the headers-only
+  ``basic`` profile; durable ack, audit fsynced) forwarding to a dcmtk storescp, timed from the
+  start of the send until the state store has every delivery.
+Two corpora: small instances (1.6 kB) and photos (copies of the generated face photo, 835 kB).
+Prints instances/s per receiver and round, the ratios dicom-anon / each peer per round, and the
+medians. A dicom-anon round counts as stalled if its service log shows a lost C-STORE response
+(a DIMSE timeout or pynetdicom's "unexpected ... message"). Everything runs on 127.0.0.1 and is
+stopped by PID; a fresh data dir and archive folder for every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -30,6 +34,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -129,7 +134,7 @@ def storescu(port: int, aec: str, files: list[Path]) -> float:
     result = subprocess.run(args, capture_output=True, text=True, env=DCMTK_ENV, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
-        sys.exit(f"bench_service: storescu failed: {result.stderr[-500:]}")
+        sys.exit(f"bench_service: storescu to {aec} failed: {result.stderr[-500:]}")
     return elapsed
 
 
@@ -143,99 +148,183 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def photo_instances(folder: Path, count: int) -> list[Path]:
+    """``count`` copies of the generated face photo (no burned-in text), each with its own UIDs."""
+    source = (
+        ROOT.parent / "shared" / "testdata" / "dicom" / "generated" / "vlphoto_face_noburn_explicit_le.dcm"
+    )
+    if not source.is_file():
+        sys.exit(f"bench_service: {source} is missing; run with --photos 0")
+    folder.mkdir(parents=True)
+    ds = dcmread(source)
+    paths = []
+    for i in range(count):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID = f"MRN{i % 20:08d}"
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
 
 
-def percentile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+def run_wire(work: Path, files: list[Path]) -> float:
+    port = free_port()
+    proc = storescp(work / "archive", port, work / "storescp.log")
+    try:
+        return storescu(port, "TEACHING", files)
+    finally:
+        stop(proc)
+
+
+def run_pynetdicom(work: Path, files: list[Path]) -> float:
+    port = free_port()
+    out = work / "archive"
+    out.mkdir(parents=True)
+    args = [sys.executable, "-m", "pynetdicom", "storescp", str(port), "-aet", "TEACHING", "-od", str(out)]
+    proc = subprocess.Popen(args, stdout=(work / "pynetdicom.log").open("wb"), stderr=subprocess.STDOUT)
+    wait_port(port, proc)
+    try:
+        return storescu(port, "TEACHING", files)
+    finally:
+        stop(proc)
+
+
+def run_orthanc(work: Path, files: list[Path]) -> float:
+    port, http = free_port(), free_port()
+    db = work / "orthanc-db"
+    cfg = {
+        "Name": "bench",
+        "DicomAet": "ORTHANC",
+        "DicomPort": port,
+        "HttpPort": http,
+        "StorageDirectory": str(db),
+        "IndexDirectory": str(db),
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "HttpServerEnabled": True,
+        "DicomServerEnabled": True,
+        "UnknownSopClassAccepted": True,
+        "TcpNoDelay": True,
+        "Plugins": [],
+    }
+    cfg_path = work / "orthanc.json"
+    cfg_path.write_text(json.dumps(cfg))
+    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    proc = subprocess.Popen(
+        [binary, str(cfg_path)], stdout=(work / "orthanc.log").open("wb"), stderr=subprocess.STDOUT
+    )
+    wait_port(port, proc)
+    try:
+        return storescu(port, "ORTHANC", files)
+    finally:
+        stop(proc)
+
+
+def run_service(work: Path, files: list[Path], config: Path) -> tuple[float, bool]:
+    """Seconds from the start of the send to the last delivery, and whether a response was lost."""
+    arch, port = free_port(), free_port()
+    archive = storescp(work / "archive", arch, work / "archive.log")
+    data = work / "data"
+    log = work / "service.log"
+    service = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dicom-anon"),
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(data),
+            "--destination",
+            f"teaching=TEACHING@127.0.0.1:{arch}",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_port(port, service)
+        store = StateStore(data / "state" / "state.sqlite")
+        started = time.perf_counter()
+        storescu(port, "DICOM_ANON", files)
+        deadline = time.monotonic() + 900
+        while store.counts().get("deliveries.delivered", 0) < len(files):
+            if time.monotonic() > deadline or service.poll() is not None:
+                sys.exit(f"bench_service: not everything was delivered; see {log}")
+            time.sleep(0.01)
+        total = time.perf_counter() - started
+        store.close()
+    finally:
+        stop(service)
+        stop(archive)
+    text = log.read_text(errors="replace")
+    return total, "DIMSE timeout" in text or "unexpected" in text.lower()
+
+
+PEERS = ("wire", "pynetdicom", "orthanc")
+
+
+def bench(name: str, files: list[Path], rounds: int, config: Path, work: Path) -> None:
+    size = sum(p.stat().st_size for p in files) / len(files)
+    print(f"\n{name}: {len(files)} instances of {size / 1000:.1f} kB, {rounds} rounds (instances/s)")
+    print(f"  {'round':>5} {'dicom-anon':>10} " + " ".join(f"{p:>10}" for p in PEERS) + "   ratios to each")
+    rates: dict[str, list[float]] = {k: [] for k in ("dicom-anon", *PEERS)}
+    ratios: dict[str, list[float]] = {p: [] for p in PEERS}
+    stalls = 0
+    for r in range(rounds):
+        who = ["dicom-anon", *PEERS]
+        who = who[r % len(who) :] + who[: r % len(who)]
+        seconds: dict[str, float] = {}
+        for receiver in who:
+            run_dir = work / f"{name}-{r}-{receiver}"
+            run_dir.mkdir(parents=True)
+            if receiver == "dicom-anon":
+                seconds[receiver], stalled = run_service(run_dir, files, config)
+                stalls += stalled
+            else:
+                seconds[receiver] = {"wire": run_wire, "pynetdicom": run_pynetdicom, "orthanc": run_orthanc}[
+                    receiver
+                ](run_dir, files)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        for k, v in seconds.items():
+            rates[k].append(len(files) / v)
+        for p in PEERS:
+            ratios[p].append(seconds[p] / seconds["dicom-anon"])
+        print(
+            f"  {r + 1:>5} {rates['dicom-anon'][-1]:>10.1f} "
+            + " ".join(f"{rates[p][-1]:>10.1f}" for p in PEERS)
+            + "   "
+            + "  ".join(f"{ratios[p][-1]:.2f}x" for p in PEERS)
+        )
+    med = statistics.median
+    print(
+        f"  {'med':>5} {med(rates['dicom-anon']):>10.1f} "
+        + " ".join(f"{med(rates[p]):>10.1f}" for p in PEERS)
+        + "   "
+        + "  ".join(f"{med(ratios[p]):.2f}x" for p in PEERS)
+    )
+    print(f"  dicom-anon rounds with a lost C-STORE response (stall): {stalls} of {rounds}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=1000, help="instances to send (default 1000)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--count", type=int, default=1000, help="small instances (0: skip)")
+    parser.add_argument("--photos", type=int, default=100, help="photos (0: skip)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp dir)")
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "dicom-anon.yaml")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-service-"))
     work.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
     try:
-        files = make_instances(work / "in", args.count)
-        size = sum(p.stat().st_size for p in files) / len(files)
         config = work / "headers-only.yaml"
         config.write_text(args.config.read_text().replace("profile: orthodontic", "profile: basic"))
-        print(f"{args.count} instances of {size:.0f} bytes; {args.config}, photo routes headers only")
-
-        port = free_port()
-        procs.append(storescp(work / "direct", port, work / "direct.log"))
-        direct = storescu(port, "TEACHING", files)
-        stop(procs.pop())
-        print(
-            f"ceiling   storescu -> storescp:              {args.count / direct:8.1f} instances/s"
-            f" ({direct:.2f} s)"
-        )
-
-        arch, port = free_port(), free_port()
-        procs.append(storescp(work / "archive", arch, work / "archive.log"))
-        data = work / "data"
-        service = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "dicom-anon"),
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--data-dir",
-                str(data),
-                "--destination",
-                f"teaching=TEACHING@127.0.0.1:{arch}",
-            ],
-            stdout=(work / "service.log").open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(service)
-        wait_port(port, service)
-        store = StateStore(data / "state" / "state.sqlite")
-
-        def delivered() -> int:
-            return store.counts().get("deliveries.delivered", 0)
-
-        started = time.perf_counter()
-        acked = storescu(port, "DICOM_ANON", files)
-        deadline = time.monotonic() + 600
-        while delivered() < args.count:
-            if time.monotonic() > deadline or service.poll() is not None:
-                sys.exit(
-                    f"bench_service: only {delivered()} of {args.count} delivered; see {work}/service.log"
-                )
-            time.sleep(0.02)
-        total = time.perf_counter() - started
-        peak = peak_rss_mib(service.pid)
-        lat = sorted(store.latencies())
-        store.close()
-        rate = args.count / total
-        print(
-            f"service   storescu -> dicom-anon -> storescp: {rate:8.1f} instances/s"
-            f" ({total:.2f} s end to end)"
-        )
-        print(
-            f"          all acknowledged to storescu after  {acked:.2f} s"
-            f" ({args.count / acked:.1f} instances/s)"
-        )
-        print(
-            f"          receipt -> forwarded latency         p50 {percentile(lat, 0.5) * 1000:.0f} ms,"
-            f" p99 {percentile(lat, 0.99) * 1000:.0f} ms, mean {statistics.fmean(lat) * 1000:.0f} ms"
-        )
-        print(f"          peak memory (VmHWM)                  {peak:.0f} MiB")
-        print(f"ratio service / ceiling: {rate / (args.count / direct):.3f}")
+        print(f"settings: {args.config}, photo routes on the headers-only basic profile")
+        if args.count:
+            bench("small", make_instances(work / "small", args.count), args.rounds, config, work)
+        if args.photos:
+            bench("photos", photo_instances(work / "photos", args.photos), args.rounds, config, work)
     finally:
-        for proc in reversed(procs):
-            stop(proc)
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
