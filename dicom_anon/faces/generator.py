@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -48,9 +49,16 @@ class GeneratorUnavailable(RuntimeError):
     A route that draws its new people from it holds its photos (``method-unavailable``)."""
 
 
+# A folder holding the four files instead of the installed wheel (a GPU host that has torch alone
+# and the files copied): they are checked against the same pins.
+DIR_ENV = "DICOM_ANON_GENERATOR_DIR"
+
+
 def model_dir() -> Path:
     """Where the wheel put its IR files, found by spec, not import: its ``__init__`` imports the
-    OpenVINO API that no longer exists."""
+    OpenVINO API that no longer exists. ``$DICOM_ANON_GENERATOR_DIR`` overrides it."""
+    if folder := os.environ.get(DIR_ENV):
+        return Path(folder)
     spec = importlib.util.find_spec(_MODULE)
     if spec is None or not spec.submodule_search_locations:
         raise GeneratorUnavailable(

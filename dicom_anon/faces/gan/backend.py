@@ -70,7 +70,7 @@ class GanBackend(ReplacementBackend):
         if encoder.latent_dim != generator.latent_dim or encoder.resolution != generator.resolution:
             raise ModelCardError(
                 f"the encoder maps {encoder.resolution}px images to {encoder.latent_dim} numbers, "
-                f"the generator {generator.card.name} expects {generator.latent_dim} and makes "
+                f"the generator {generator.name} expects {generator.latent_dim} and makes "
                 f"{generator.resolution}px"
             )
         self.device = torch.device(device)
@@ -78,7 +78,7 @@ class GanBackend(ReplacementBackend):
         self.encoder = encoder.to(self.device).eval()
         self.pool = pool
         self.max_candidates = max_candidates
-        self.info = {"generator": generator.card.name, **(info or {})}
+        self.info = {"generator": generator.name, **(info or {})}
 
     # --- contexts ---------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ class GanBackend(ReplacementBackend):
                 people.setdefault(surrogate.person, surrogate)
             for surrogate in list(people.values())[: self.max_candidates]:
                 fake = Face(box=np.zeros(4), landmarks=surrogate.landmarks, score=1.0)
-                m = to_aligned(fake, r, self.generator.card.frame)
+                m = to_aligned(fake, r, self.generator.frame)
                 aligned = warp_into_frame(surrogate.image, m, r)
                 yield to_tensor(aligned), {"context": "pool", "surrogate": surrogate.id}
             return
@@ -116,7 +116,7 @@ class GanBackend(ReplacementBackend):
         x0, y0, x1, y1 = masks.roi
         patient_roi = frame[y0:y1, x0:x1]
         r = self.generator.resolution
-        m = roi_to_aligned(face, masks.roi, r, self.generator.card.frame)
+        m = roi_to_aligned(face, masks.roi, r, self.generator.frame)
         patient = to_tensor(warp_into_frame(patient_roi, m, r))
         coverage = warp_into_frame(masks.preserved.astype(np.float32), m, r, border=cv2.BORDER_CONSTANT)
         mask = torch.from_numpy((coverage > 0.5).astype(np.float32))[None]

@@ -45,6 +45,16 @@ class FaceSet:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return FaceSet(self.images[idx], self.masks[idx], [self.names[i] for i in idx.tolist()])
 
+    def draw(self, generated: Tensor, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A training batch (``train.TrainingFaces``): random crops with their masks, mirrored at
+        random, as many as ``generated`` holds, on its device."""
+        n, device = len(generated), generated.device
+        idx = torch.randint(len(self), (n,), generator=rng)
+        flip = (torch.rand(n, generator=rng) < 0.5).to(device)[:, None, None, None]
+        x = self.images[idx].to(device)
+        m = self.masks[idx].to(device)
+        return torch.where(flip, x.flip(-1), x), torch.where(flip, m.flip(-1), m)
+
 
 def template_in_frame(points: np.ndarray, resolution: int, frame: Frame = IDENTITY_FRAME) -> np.ndarray:
     """Template-unit points (landmarks, mask polygons) in the generator's pixel frame."""

@@ -1,8 +1,13 @@
 """The encoder E: a small ResNet-style CNN from a face image into the generator's latent space.
 
-Built from torchvision's ResNet ``BasicBlock`` (the well-tested residual unit) with group norm
-instead of batch norm: at inference the backend encodes one face at a time, and batch
-statistics of a single merged face would differ from those seen in training.
+Built from ResNet basic blocks with group norm instead of batch norm: at inference the backend
+encodes one face at a time, and batch statistics of a single merged face would differ from those
+seen in training.
+
+The block is written out here rather than imported from torchvision (as it first was): encoders
+for the 1024 px generator are trained on GPU hosts that have torch alone, and the block is a dozen
+lines. Its module names are torchvision's (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``downsample``),
+so encoders saved with torchvision's block load unchanged.
 """
 
 from __future__ import annotations
@@ -12,11 +17,28 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut: torchvision's ``BasicBlock`` with a given norm."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _group_norm(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = _group_norm(cout)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + shortcut)
 
 
 class Encoder(nn.Module):
@@ -55,8 +77,8 @@ class Encoder(nn.Module):
         for _ in range(int(math.log2(resolution // 2)) - 2):  # down to 4x4
             out = min(channels * 2, max_width)
             downsample = nn.Sequential(nn.Conv2d(channels, out, 1, stride=2, bias=False), _group_norm(out))
-            layers.append(BasicBlock(channels, out, stride=2, downsample=downsample, norm_layer=_group_norm))
-            layers.extend(BasicBlock(out, out, norm_layer=_group_norm) for _ in range(blocks_per_stage - 1))
+            layers.append(BasicBlock(channels, out, stride=2, downsample=downsample))
+            layers.extend(BasicBlock(out, out) for _ in range(blocks_per_stage - 1))
             channels = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(channels, latent_dim)

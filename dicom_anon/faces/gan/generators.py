@@ -20,13 +20,16 @@ import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .registry import GeneratorCard, ModelCardError, load_card, weights_path
+
+if TYPE_CHECKING:
+    from .mobile import MobileGenerator
 
 # --------------------------------------------------------------------------- DCGAN
 
@@ -329,6 +332,14 @@ class FaceGenerator(nn.Module):
         self.net.eval()
         self.net.requires_grad_(False)
 
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def frame(self) -> tuple[float, float, float]:
+        return self.card.frame
+
     def train(self, mode: bool = True) -> FaceGenerator:
         """Stay in eval mode: the DCGAN's batch norm must use its trained running statistics."""
         return super().train(False)
@@ -409,10 +420,28 @@ def load_generator(card: GeneratorCard, weights: Path, device: torch.device | st
     return FaceGenerator(net, card).to(device)
 
 
-def open_generator(models_dir: Path, name: str, device: torch.device | str = "cpu") -> FaceGenerator:
+def open_generator(
+    models_dir: Path, name: str, device: torch.device | str = "cpu"
+) -> FaceGenerator | MobileGenerator:
     """The installed generator called ``name`` (card, weights and checksum all checked)."""
     card = load_card(models_dir, name)
+    if card.architecture == "mobilestylegan":
+        return open_mobile(card, device)
     return load_generator(card, weights_path(models_dir, card), device)
+
+
+def open_mobile(card: GeneratorCard, device: torch.device | str = "cpu") -> MobileGenerator:
+    """random-face's MobileStyleGAN from the pinned IR files (``generator.model_dir``: the
+    installed package or ``$DICOM_ANON_GENERATOR_DIR``); the card adds the frame and sampling."""
+    from ..generator import PINNED_SHA256, GeneratorUnavailable
+    from .mobile import MobileGenerator
+
+    if card.sha256 != PINNED_SHA256["SynthesisNetwork.bin"]:
+        raise ModelCardError(f"{card.name}: the card's sha256 is not that of the pinned generator")
+    try:
+        return MobileGenerator(card.frame, card.resolution, card.name, device=device, **card.params)
+    except (GeneratorUnavailable, TypeError) as exc:
+        raise ModelCardError(f"{card.name}: {exc}") from None
 
 
 def measure_frame(

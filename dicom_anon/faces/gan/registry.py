@@ -35,7 +35,7 @@ class GeneratorCard(BaseModel):
 
     name: str
     kind: Literal["generator"] = "generator"
-    architecture: Literal["dcgan", "stylegan2"]
+    architecture: Literal["dcgan", "stylegan2", "mobilestylegan"]
     resolution: int = Field(ge=8)
     latent_dim: int = Field(ge=1)
     latent_space: Literal["z", "w"]

@@ -8,27 +8,35 @@ Each step draws, from a random generator seeded by (seed, step) alone:
     with G(E(input)).
 Because every step's randomness depends only on (seed, step), a run resumed from a checkpoint
 (encoder + Adam state + step) continues exactly as the uninterrupted run would have.
+
+The crops come from a ``FaceSet`` (photos) or, for a generator that draws real-looking people,
+from G's own samples (``mobile.SampledFaces``: each sample's preserved area merged onto the next
+sample). This module imports torch and nothing else outside the standard library, so training
+runs on a GPU host that has torch alone (benchmarks/gpu_incontext.py).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from .data import FaceSet
 from .encoder import Encoder, encoder_from_config
-from .generators import FaceGenerator
 from .losses import LossTerms, encoder_loss
+
+if TYPE_CHECKING:
+    from .data import FaceSet
+    from .generators import FaceGenerator
+    from .mobile import MobileGenerator
 
 CHECKPOINT = "checkpoint.pt"
 ENCODER = "encoder.pt"
@@ -39,26 +47,65 @@ CSV_FIELDS = ("step", "latent", "area", "rec", "total", "seconds")
 RESUMABLE_CHANGES = {"steps", "checkpoint_every"}
 
 
-class TrainConfig(BaseModel):
-    """Everything that decides the result of a run; a resume must match it."""
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the result of a run; a resume must match it.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    A dataclass, not a pydantic model, so that training imports nothing but torch; the checks
+    pydantic's field bounds made are in ``__post_init__``.
+    """
 
     generator: str
-    preserve: list[str] = Field(default_factory=lambda: ["mouth"])
-    lambda_area: float = Field(1.0, ge=0)
-    lambda_rec: float = Field(1.0, ge=0)
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    preserve: list[str] = field(default_factory=lambda: ["mouth"])
+    lambda_area: float = 1.0
+    lambda_rec: float = 1.0
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 5e-4
     seed: int = 0
-    merge_fraction: float = Field(0.5, ge=0, le=1)
-    width: int = Field(32, ge=4)
-    checkpoint_every: int = Field(100, ge=1)
+    merge_fraction: float = 0.5
+    width: int = 32
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        problems = [
+            name
+            for name, ok in (
+                ("lambda_area >= 0", self.lambda_area >= 0),
+                ("lambda_rec >= 0", self.lambda_rec >= 0),
+                ("steps >= 1", self.steps >= 1),
+                ("batch_size >= 1", self.batch_size >= 1),
+                ("lr > 0", self.lr > 0),
+                ("0 <= merge_fraction <= 1", 0 <= self.merge_fraction <= 1),
+                ("width >= 4", self.width >= 4),
+                ("checkpoint_every >= 1", self.checkpoint_every >= 1),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError(f"training settings out of range: {', '.join(problems)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     def resumable_with(self, other: TrainConfig) -> bool:
         """The same run, perhaps with more steps or a different checkpoint interval."""
-        return self.model_dump(exclude=RESUMABLE_CHANGES) == other.model_dump(exclude=RESUMABLE_CHANGES)
+        return _without_resumable(self.as_dict()) == _without_resumable(other.as_dict())
+
+
+def _without_resumable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
+
+
+class TrainingFaces(Protocol):
+    """Where a batch's encoder inputs come from: photos (``data.FaceSet``) or G's own samples."""
+
+    def __len__(self) -> int: ...
+
+    def draw(self, generated: Tensor, rng: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Crops and their preserved-area masks for a batch the size of ``generated`` (G's faces
+        of this step, which the crops are merged onto), on its device."""
+        ...
 
 
 class ResumeError(Exception):
@@ -81,31 +128,29 @@ def step_rng(seed: int, step: int) -> torch.Generator:
 
 
 def make_batch(
-    generator: FaceGenerator, data: FaceSet, config: TrainConfig, rng: torch.Generator, device: torch.device
+    generator: FaceGenerator | MobileGenerator,
+    data: TrainingFaces,
+    config: TrainConfig,
+    rng: torch.Generator,
+    device: torch.device,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Codes z, their images G(z), encoder inputs (real or merged crops) and their masks."""
+    """Codes z, their images G(z), encoder inputs (crops or merged crops) and their masks."""
     n = config.batch_size
     z = generator.sample_latent(n, rng)
     with torch.no_grad():
         generated = generator(z)
-    idx = torch.randint(len(data), (n,), generator=rng)
-    flip = torch.rand(n, generator=rng) < 0.5
+    x, m = data.draw(generated, rng)
     merge = (torch.rand(n, generator=rng) < config.merge_fraction).to(device)
-    x = data.images[idx].to(device)
-    m = data.masks[idx].to(device)
-    flip = flip.to(device)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    m = torch.where(flip[:, None, None, None], m.flip(-1), m)
     merged = m * x + (1 - m) * generated
     inputs = torch.where(merge[:, None, None, None], merged, x)
     return z, generated, inputs, m
 
 
 def train_step(
-    generator: FaceGenerator,
+    generator: FaceGenerator | MobileGenerator,
     encoder: Encoder,
     optimizer: torch.optim.Optimizer,
-    data: FaceSet,
+    data: TrainingFaces,
     config: TrainConfig,
     step: int,
     device: torch.device,
@@ -137,7 +182,7 @@ def save_checkpoint(
             "encoder_config": encoder.config,
             "encoder": encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "train_config": config.model_dump(mode="json"),
+            "train_config": config.as_dict(),
         },
         path,
     )
@@ -148,12 +193,9 @@ def load_checkpoint(
 ) -> tuple[Encoder, torch.optim.Optimizer, int]:
     """Encoder, optimiser and step count from a checkpoint of the same run (else ResumeError)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    previous = TrainConfig.model_validate(saved["train_config"])
+    previous = TrainConfig(**saved["train_config"])
     if not previous.resumable_with(config):
-        before, now = (
-            previous.model_dump(exclude=RESUMABLE_CHANGES),
-            config.model_dump(exclude=RESUMABLE_CHANGES),
-        )
+        before, now = _without_resumable(previous.as_dict()), _without_resumable(config.as_dict())
         changed = sorted(k for k, v in now.items() if before[k] != v)
         raise ResumeError(
             f"{path} is from a run with different settings ({', '.join(changed)}); use a new --out"
@@ -167,7 +209,7 @@ def load_checkpoint(
 
 def save_encoder(path: Path, encoder: Encoder, config: TrainConfig, steps: int) -> None:
     """The trained encoder and what it was trained for, as the backend loads it."""
-    meta = {**config.model_dump(mode="json"), "steps": steps}
+    meta = {**config.as_dict(), "steps": steps}
     _save_atomic({"config": encoder.config, "state_dict": encoder.state_dict(), "meta": meta}, path)
 
 
@@ -224,26 +266,32 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str) -> Non
 
 
 def train_encoder(
-    generator: FaceGenerator,
-    data: FaceSet,
+    generator: FaceGenerator | MobileGenerator,
+    data: TrainingFaces,
     config: TrainConfig,
     out_dir: Path,
     device: torch.device | str = "cpu",
     resume: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after_s: float | None = None,
+    plot: bool = True,
+    deterministic: bool = True,
 ) -> TrainResult:
     """Train (or continue training) E for ``config.steps`` steps in total.
 
     Writes ``checkpoint.pt`` every ``checkpoint_every`` steps and at the end, ``losses.csv``
-    and ``losses.png`` alongside, and ``encoder.pt`` when done. ``on_step`` gets each step's
-    losses (the CLI drives its progress bar with it).
+    and ``losses.png`` (unless ``plot`` is false: matplotlib is not on every GPU host) alongside,
+    and ``encoder.pt`` when done. ``on_step`` gets each step's losses (the CLI drives its progress
+    bar with it). ``stop_after_s`` ends the run early, checkpointed and resumable, once this call
+    has trained that many seconds: a lent GPU comes in short windows. ``deterministic`` asks
+    cuDNN for reproducible kernels, which resumes bit for bit but can be slower.
     """
     if len(data) == 0:
         raise ValueError("no training faces")
     device = torch.device(device)
     if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
     out_dir.mkdir(parents=True, exist_ok=True)
     generator = generator.to(device)
     ckpt = out_dir / CHECKPOINT
@@ -257,18 +305,23 @@ def train_encoder(
     history = _read_history(out_dir / LOSSES_CSV, start) if start else []
     encoder.train()
     # Seconds in the CSV count training time across resumes.
-    started = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    began = time.perf_counter()
+    started = began - (history[-1]["seconds"] if history else 0.0)
+    done = start
     for step in range(start + 1, config.steps + 1):
         terms = train_step(generator, encoder, optimizer, data, config, step, device)
         row = {"step": float(step), **terms.as_floats(), "seconds": time.perf_counter() - started}
         history.append(row)
+        done = step
         if on_step is not None:
             on_step(step, row)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        out_of_time = stop_after_s is not None and time.perf_counter() - began >= stop_after_s
+        if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
             save_checkpoint(ckpt, encoder, optimizer, config, step)
             _write_history(out_dir / LOSSES_CSV, history)
-    done = max(start, config.steps)
-    if history:
+        if out_of_time:
+            break
+    if history and plot:
         title = f"{config.generator}: lambda_area={config.lambda_area:g}, lambda_rec={config.lambda_rec:g}"
         plot_history(history, out_dir / LOSSES_PNG, title)
     save_encoder(out_dir / ENCODER, encoder, config, done)
