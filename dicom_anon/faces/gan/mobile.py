@@ -182,10 +182,11 @@ def evaluate_held_out(
     device = generator._device()
     out: dict[str, list[Tensor]] = {}
     merged_out = []
+    merged = data.merged
     for lo in range(0, len(data.codes), batch):
         m = data.masks[lo : lo + batch].to(device)
         area = (3 * m.sum(dim=(1, 2, 3))).clamp_min(1)
-        for kind, x in (("real", data.patients[lo : lo + batch]), ("merged", data.merged[lo : lo + batch])):
+        for kind, x in (("real", data.patients[lo : lo + batch]), ("merged", merged[lo : lo + batch])):
             x = x.to(device)
             code = encoder(x)
             y = generator(code)
