@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -18,11 +18,22 @@ from rich.table import Table
 from ...console import err, fail, out
 from .registry import DEFAULT_MODELS_DIR, GENERATORS_DIR, GeneratorCard, ModelCardError, card_path, write_card
 
+if TYPE_CHECKING:
+    import torch
+
+    from ..masks import Preset
+    from .data import FaceSet, Frame
+
 
 def train_encoder_command(
     images: Annotated[
-        Path, typer.Option(help="Folder of face photos (searched recursively); one face per photo is used.")
-    ],
+        Path | None,
+        typer.Option(
+            help="Folder of face photos (searched recursively); one face per photo is used. "
+            "Without it, a generator that draws real-looking people (mobilestylegan-1024) trains on its "
+            "own samples."
+        ),
+    ] = None,
     generator: Annotated[str, typer.Option(help="Installed generator (models/generators/NAME.json).")] = (
         "dcgan-digiface-64"
     ),
@@ -55,15 +66,15 @@ def train_encoder_command(
 
     from ..commands import device_or_exit
     from ..masks import Preset
-    from .data import list_images, load_faces
     from .generators import open_generator
-    from .train import ENCODER, LOSSES_CSV, LOSSES_PNG, ResumeError, TrainConfig, train_encoder
+    from .mobile import MobileGenerator, SampledFaces
+    from .train import ENCODER, LOSSES_CSV, LOSSES_PNG, ResumeError, TrainConfig, TrainingFaces, train_encoder
 
     try:
         presets = [Preset(p) for p in preserve]
     except ValueError as exc:
         raise fail(f"--preserve: {exc}") from None
-    if not images.is_dir():
+    if images is not None and not images.is_dir():
         raise fail(f"--images {images}: not a folder")
     if threads:
         torch.set_num_threads(threads)
@@ -72,17 +83,16 @@ def train_encoder_command(
         gen = open_generator(models_dir, generator, dev)
     except ModelCardError as exc:
         raise fail(str(exc)) from None
-    paths = list_images(images)
-    if not paths:
-        raise fail(f"no images (.jpg, .png, ...) in {images}")
-    with err.status(f"finding and aligning faces in {len(paths)} images"):
-        faces, skipped = load_faces(paths, gen.resolution, presets, device=str(dev), frame=gen.card.frame)
-    if skipped:
-        err.print(
-            f"no usable face in {len(skipped)} of {len(paths)} images; they are left out", highlight=False
-        )
-    if not len(faces):
-        raise fail(f"no usable face in {images}")
+    if images is None:
+        if not isinstance(gen, MobileGenerator):
+            raise fail(f"--images is needed: {generator} draws no faces to train on")
+        if presets != [Preset.MOUTH]:
+            raise fail("training on the generator's own samples preserves the mouth only; drop --preserve")
+        faces: TrainingFaces = SampledFaces(gen)
+        source = "its own samples"
+    else:
+        faces = _photo_faces(images, gen.resolution, presets, dev, gen.frame)
+        source = f"{len(faces)} faces"
     config = TrainConfig(
         generator=generator,
         preserve=[p.value for p in presets],
@@ -114,9 +124,7 @@ def train_encoder_command(
             result = train_encoder(gen, faces, config, run_dir, device=dev, resume=resume, on_step=on_step)
         except ResumeError as exc:
             raise fail(str(exc)) from None
-    table = Table(
-        title=f"encoder for {generator} ({len(faces)} faces, {device} -> {dev})", title_justify="left"
-    )
+    table = Table(title=f"encoder for {generator} ({source}, {device} -> {dev})", title_justify="left")
     table.add_column("")
     table.add_column("value", overflow="fold")
     if result.resumed_from:
@@ -130,6 +138,26 @@ def train_encoder_command(
     for label, name in (("encoder", ENCODER), ("losses", LOSSES_CSV), ("plot", LOSSES_PNG)):
         table.add_row(label, str(run_dir / name))
     out.print(table)
+
+
+def _photo_faces(
+    images: Path, resolution: int, presets: list[Preset], dev: torch.device, frame: Frame
+) -> FaceSet:
+    """The aligned faces of a folder of photos, or a one-line error."""
+    from .data import list_images, load_faces
+
+    paths = list_images(images)
+    if not paths:
+        raise fail(f"no images (.jpg, .png, ...) in {images}")
+    with err.status(f"finding and aligning faces in {len(paths)} images"):
+        faces, skipped = load_faces(paths, resolution, presets, device=str(dev), frame=frame)
+    if skipped:
+        err.print(
+            f"no usable face in {len(skipped)} of {len(paths)} images; they are left out", highlight=False
+        )
+    if not len(faces):
+        raise fail(f"no usable face in {images}")
+    return faces
 
 
 def install_model(

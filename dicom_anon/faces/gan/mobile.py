@@ -102,27 +102,42 @@ class MobileGenerator(nn.Module):
         return F.avg_pool2d(self.net.synthesis(self.style(code)), RESOLUTION // self.resolution)
 
     def mouth_masks(self, n: int, rng: torch.Generator) -> Tensor:
-        """``(n, 1, R, R)`` mouth masks in G's frame: the pipeline's mouth preset (an ellipse over
-        the mouth corners, ``masks.preset_polygons``) for mouths up to ``MOUTH_WIDTH_RANGE`` times
-        the template's width, shifted by up to ``MOUTH_SHIFT`` template units."""
-        width = MOUTH_WIDTH_RANGE[0] + (MOUTH_WIDTH_RANGE[1] - MOUTH_WIDTH_RANGE[0]) * torch.rand(
-            n, generator=rng
-        )
-        shift = (torch.rand(n, 2, generator=rng) * 2 - 1) * MOUTH_SHIFT
-        corners = torch.from_numpy(TEMPLATE_MOUTH).float()
-        mw = float(torch.linalg.vector_norm(corners[1] - corners[0])) * width
-        centre = corners.mean(0) + shift
-        centre = torch.stack([centre[:, 0], centre[:, 1] + 0.12 * mw], 1)
-        scale, dx, dy = self.frame
-        px = self.resolution / TEMPLATE_SIZE
-        cx, cy = [(centre[:, i] * scale + d) * px for i, d in ((0, dx), (1, dy))]
-        ax, ay = 0.625 * mw * scale * px, 0.425 * mw * scale * px
-        # Pixel (i, j) is in when its integer coordinates are, as OpenCV's fillPoly decides.
-        grid = torch.arange(self.resolution, dtype=torch.float32)
-        inside = ((grid[None, None, :] - cx[:, None, None]) / ax[:, None, None]) ** 2 + (
-            (grid[None, :, None] - cy[:, None, None]) / ay[:, None, None]
-        ) ** 2 <= 1
-        return inside[:, None].float().to(self._device())
+        """``(n, 1, R, R)`` mouth masks in G's frame, on G's device (see ``mouth_masks``)."""
+        return mouth_masks(n, rng, self.resolution, self.frame).to(self._device())
+
+
+def mouth_masks(
+    n: int,
+    rng: torch.Generator,
+    resolution: int,
+    frame: Frame,
+    width_range: tuple[float, float] = MOUTH_WIDTH_RANGE,
+    shift: float = MOUTH_SHIFT,
+) -> Tensor:
+    """``(n, 1, R, R)`` masks of the pipeline's mouth preset (``masks.preset_polygons``: an ellipse
+    over and below the mouth corners) in a generator's frame, for mouths ``width_range`` times the
+    template's width placed up to ``shift`` template units off the template's place.
+
+    Drawn analytically rather than with OpenCV (absent on GPU hosts); a test keeps it equal to
+    ``data.aligned_area_mask`` on the template face.
+    """
+    lo, hi = width_range
+    width = lo + (hi - lo) * torch.rand(n, generator=rng)
+    offset = (torch.rand(n, 2, generator=rng) * 2 - 1) * shift
+    corners = torch.from_numpy(TEMPLATE_MOUTH).float()
+    mw = float(torch.linalg.vector_norm(corners[1] - corners[0])) * width
+    centre = corners.mean(0) + offset
+    scale, dx, dy = frame
+    px = resolution / TEMPLATE_SIZE
+    cx = (centre[:, 0] * scale + dx) * px
+    cy = ((centre[:, 1] + 0.12 * mw) * scale + dy) * px
+    ax, ay = 0.625 * mw * scale * px, 0.425 * mw * scale * px
+    # Pixel (i, j) is in when its integer coordinates are, as OpenCV's fillPoly decides.
+    grid = torch.arange(resolution, dtype=torch.float32)
+    inside = ((grid[None, None, :] - cx[:, None, None]) / ax[:, None, None]) ** 2 + (
+        (grid[None, :, None] - cy[:, None, None]) / ay[:, None, None]
+    ) ** 2 <= 1
+    return inside[:, None].float()
 
 
 class SampledFaces:
