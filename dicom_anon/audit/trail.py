@@ -116,10 +116,16 @@ class AuditTrail:
         )
 
     def close(self) -> None:
+        """Name the last record in the head file, then close. Every record is already durable; a
+        head that cannot be written now (a full disk) lags behind the trail, which still verifies."""
         with self._lock, self._sync_lock:
-            if self._written[0] > self._synced_size or self._head_every_s:
-                self._sync_and_mark(force_head=True)
-            self._file.close()
+            try:
+                if self._written[0] > self._synced_size or self._head_every_s:
+                    self._sync_and_mark(force_head=True)
+            except OSError:
+                pass
+            finally:
+                self._file.close()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
