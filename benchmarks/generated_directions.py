@@ -5,12 +5,13 @@
 Inputs: ``samples.npz`` from ``generated_sample.py`` and ``benchmarks/generated_labels.json``
 (indices of the sampled faces a person marked, by looking at the contact sheets, as wearing
 glasses or headwear). Targets: ``male`` (the sex estimator, where it is confident), ``age``
-(the age estimator), ``yaw`` (MTCNN's landmarks), ``glasses``, ``headwear`` (the labels).
+(the age estimator), ``yaw`` (MTCNN's landmarks), ``skin_l/a/b`` (the cheeks' CIELAB),
+``smile`` (mouth width over eye distance), ``glasses``, ``headwear`` (the labels).
 Whether a face gives a usable crop at all (no hair over it, one face, frontal) was tried as a
 target too: AUC 0.73, too weak to screen by, so the rendered crop's own check decides that.
 
 Each read-out is a linear model on the z-scored style: L2-regularised logistic regression
-(or ridge regression for age and yaw), written out here in NumPy because the project has no
+(or ridge regression for the measured quantities), written out here in NumPy because the project has no
 scikit-learn and the models are a few lines. Five-fold cross-validation prints AUC, and for
 each screen the share of labelled positives it catches and of negatives it passes over at
 the chosen threshold, which goes into the file.
@@ -29,7 +30,7 @@ L2 = 30.0
 # Screens reject above the logit that catches this share of the labelled positives in
 # cross-validation (glasses, headwear, unusable).
 RECALL = {"glasses": 0.95, "headwear": 0.9}
-REGRESSIONS = ("age", "yaw")
+REGRESSIONS = ("age", "yaw", "skin_l", "skin_a", "skin_b", "smile")
 
 
 def logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = 400) -> tuple[np.ndarray, float]:
@@ -83,6 +84,10 @@ def main() -> None:
         "glasses": (np.isin(np.arange(n), labels["glasses"]).astype(float), np.ones(n, bool)),
         "headwear": (np.isin(np.arange(n), labels["headwear"]).astype(float), np.ones(n, bool)),
         "yaw": (np.nan_to_num(d["yaw"]), np.isfinite(d["yaw"])),
+        "skin_l": (np.nan_to_num(d["skin"][:, 0]), np.isfinite(d["skin"][:, 0])),
+        "skin_a": (np.nan_to_num(d["skin"][:, 1]), np.isfinite(d["skin"][:, 1])),
+        "skin_b": (np.nan_to_num(d["skin"][:, 2]), np.isfinite(d["skin"][:, 2])),
+        "smile": (np.nan_to_num(d["smile"]), np.isfinite(d["smile"])),
     }
     out = {
         "psi": float(d["psi"]),

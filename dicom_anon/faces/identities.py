@@ -33,7 +33,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-import cv2
 import numpy as np
 
 from ..headers.pseudonyms import SiteKey
@@ -63,8 +62,8 @@ PSI = 0.85
 BLOCK = 64
 # At most this many latents are screened in style space, and this many faces rendered, for one
 # new patient before the photo is held (no-surrogate).
-MAX_SCREENED = 2048
-MAX_RENDERS = 8
+MAX_SCREENED = 4096
+MAX_RENDERS = 12
 # The generated 1024 px face is found on a copy this size (the face fills ~40% of it).
 DETECT_SIDE = 384
 # A new person this close (SFace cosine) to another patient's is passed over while patience
@@ -72,6 +71,12 @@ DETECT_SIDE = 384
 # (choice.EXCLUDE_SIMILARITY). After OTHERS_PATIENCE such faces the least alike is taken.
 OTHERS_SIMILARITY = 0.30
 OTHERS_PATIENCE = 4
+# A generated face at least this close (SFace cosine) to the patient is taken only when patience
+# runs out (never at the pool's EXCLUDE_SIMILARITY, 0.30, or more): the output keeps the
+# patient's mouth, face shape and light, so it lands closer to the patient than the new face
+# itself, and with 0.30 alone a quarter of the outputs of 24 SFHQ patients were still nearer
+# their own original than any other (rank-1).
+PATIENT_SIMILARITY = 0.10
 # An estimated sex counts only at this confidence (the estimator's own threshold).
 SEX_CONFIDENCE = 0.95
 # Adults get a generated face the estimator puts at this age or more (it reads adults young).
@@ -329,10 +334,9 @@ class GeneratedIdentities:
             c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE)
         except PhotoSkipped as exc:
             return f"unusable: {exc}"
-        # Hair over the face (a fringe), checked on a half-size copy: the shares it measures do
-        # not need the detail, and at full size it took ~0.5 s a face.
-        half = cv2.resize(c.image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-        problem = pool_photo_problem(half, c.face.landmarks * 0.5, c.skin_lab, np.ones(half.shape[:2], bool))
+        # Hair over the face (a fringe), checked at full size as the pool builder does: on a
+        # half-size copy (twice as fast) fringes and strands over the forehead got through.
+        problem = pool_photo_problem(c.image, c.face.landmarks, c.skin_lab, np.ones(c.image.shape[:2], bool))
         if problem:
             return f"fringe or hair over the face: {problem}"
         try:
@@ -363,7 +367,7 @@ class GeneratedIdentities:
 
     # --- the filters ----------------------------------------------------------------------
 
-    def _screen(self, raw: np.ndarray, want: Want) -> tuple[np.ndarray, Counter]:
+    def _screen(self, raw: np.ndarray, want: Want, ctx: PatientContext) -> tuple[np.ndarray, Counter]:
         """Which of a block of (untruncated) styles may fit, by the linear read-outs alone; counts
         of why not. (Rendering the likeliest fits first, nearest the band's middle age and most
         frontal, drew faces SFace took for one another: the stream's own order is kept.)"""
@@ -374,21 +378,35 @@ class GeneratedIdentities:
             bad = keep & (s[name] > limit)
             why[name] += int(bad.sum())
             keep &= ~bad
-        # The rendered face's own estimates decide; the screen passes over only what they would
-        # most likely turn down, so that few renders (~1 s each) are wasted: the sex on the
-        # wrong side of the read-out (97.7% right in cross-validation) or unsure, the age outside
-        # the band by more than half the read-out's error (5.9 years), the yaw past the limit.
+        # The rendered face's own measures decide; the screen passes over what they would most
+        # likely turn down, so that few renders (~1 s each) are wasted: the sex on the wrong side
+        # of the read-out (97.7% right in cross-validation) or unsure; an age not inside the band
+        # by half the read-out's error (5.9 years); a yaw near the limit (error 3.0 degrees); a
+        # skin tone or smile near their limits (errors: L* 4.2, a* 2.3, b* 2.7; smile 0.04).
         if want.sex is not None:
             bad = keep & ((s["male"] < 1.0) if want.sex == "M" else (s["male"] > -1.0))
             why["sex"] += int(bad.sum())
             keep &= ~bad
         lo, hi = want.age
-        bad = keep & ((s["age"] < lo - 3.0) | (s["age"] > hi + 3.0))
+        # Inside the band by half the read-out's error where the band is wide enough for it.
+        margin = min(3.0, (hi - lo) / 4)
+        bad = keep & ((s["age"] < lo + margin) | (s["age"] > hi - margin))
         why["age"] += int(bad.sum())
         keep &= ~bad
-        bad = keep & (np.abs(s["yaw"]) > MAX_YAW)
+        bad = keep & (
+            (np.abs(s["yaw"]) > MAX_YAW - 3.0) | (np.abs(s["yaw"] - ctx.yaw) > MAX_YAW_DIFFERENCE - 3.0)
+        )
         why["pose"] += int(bad.sum())
         keep &= ~bad
+        if ctx.skin_lab is not None:
+            lab = np.stack([s["skin_l"], s["skin_a"], s["skin_b"]], axis=1)
+            bad = keep & (np.linalg.norm(lab - ctx.skin_lab, axis=1) > MAX_SKIN_DELTA_E - 4.0)
+            why["skin"] += int(bad.sum())
+            keep &= ~bad
+        if ctx.smile is not None:
+            bad = keep & (np.abs(s["smile"] - ctx.smile) > MAX_SMILE_DIFFERENCE - 0.04)
+            why["expression"] += int(bad.sum())
+            keep &= ~bad
         return keep, why
 
     def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:
@@ -447,7 +465,7 @@ class GeneratedIdentities:
         found: GeneratedFace | None = None
         best: tuple[tuple[int, float], GeneratedFace] | None = None
         for block in range(MAX_SCREENED // BLOCK):
-            keep, why = self._screen(self.generator.raw_styles(latents(seed, block)), want)
+            keep, why = self._screen(self.generator.raw_styles(latents(seed, block)), want, ctx)
             rejected.update({f"screen: {k}": v for k, v in why.items() if v})
             screened += BLOCK
             for j in np.flatnonzero(keep):
@@ -458,15 +476,27 @@ class GeneratedIdentities:
                 rendered += 1
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
                 if problem is None and isinstance(made, GeneratedFace):
-                    sims = others @ made.embedding if len(others) else np.zeros(0)
-                    if not len(sims) or float(sims.max()) < OTHERS_SIMILARITY:
+                    sims = others @ made.embedding if len(others) else np.zeros(1)
+                    near = cosine(ctx.embedding, made.embedding) if ctx.embedding is not None else 0.0
+                    if near < PATIENT_SIMILARITY and float(sims.max()) < OTHERS_SIMILARITY:
                         found = made
                         break
-                    rank = (int((sims >= SFACE_SAME_PERSON).sum()), float(sims.max()))
+                    # Fits, but near the patient or another patient's person: the least near
+                    # of the first OTHERS_PATIENCE such faces is taken.
+                    rank = (
+                        near >= PATIENT_SIMILARITY,
+                        int((sims >= SFACE_SAME_PERSON).sum()),
+                        float(sims.max()) >= OTHERS_SIMILARITY,
+                        near,
+                    )
                     if best is None or rank < best[0]:
                         best = (rank, made)
                     patience += 1
-                    problem = "resembles another patient's new person"
+                    problem = (
+                        "near the patient"
+                        if near >= PATIENT_SIMILARITY
+                        else "resembles another patient's new person"
+                    )
                     if patience >= OTHERS_PATIENCE:
                         found = best[1]
                         break
