@@ -1,4 +1,5 @@
-"""The egress stall of issue 22: pynetdicom's reactor taking the archive's C-STORE response.
+"""Sending to an archive: the egress stall of issue 22 (pynetdicom's reactor taking the archive's
+C-STORE response), and the outbox file sent as it lies.
 
 Under load the race is rare per instance (6 runs in 33 of 1,000 small instances stalled) because it
 needs two unlucky preemptions: the reactor thread descheduled just after it passed its pause check
@@ -19,12 +20,14 @@ from typing import Any
 
 import pytest
 from factories import write
-from peers import tiny_photo
+from peers import free_port, tiny_photo
 from pydicom import dcmread
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 
 from dicom_anon.config import Destination, EgressSettings
 from dicom_anon.service.egress import DicomLink
+from dicom_anon.service.ingress import decodable_transfer_syntaxes
 
 # What the archive answers within; a send that waits this long has lost its response.
 DIMSE_TIMEOUT_S = 3.0
@@ -112,3 +115,28 @@ def test_many_small_instances_over_fresh_associations(archive, photo):
             assert link.send(photo, sop_class, ts, "2.25.1") == 0x0000
         link.close()
     assert len(scp.wait_for(rounds * 3)) == rounds * 3
+
+
+def test_the_outbox_file_is_sent_as_it_lies(photo, tmp_path):
+    """Encode once: the data set on the wire is the file's bytes after its meta header."""
+    received: list[bytes] = []
+
+    def store(event: evt.Event) -> int:
+        received.append(event.request.DataSet.getvalue())
+        return 0x0000
+
+    ae = AE(ae_title="TEACHING")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, decodable_transfer_syntaxes())
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
+    try:
+        ds = dcmread(photo)
+        link = _link(port)
+        assert link.send(photo, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), "2.25.1") == 0
+        link.close()
+    finally:
+        server.shutdown()
+    data = photo.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # preamble, DICM, group length
+    assert received == [data[meta_end:]]
