@@ -16,6 +16,9 @@ command -v dciodvfy >/dev/null 2>&1 || need_apt+=(dicom3tools)
 # The web console's browser test drives Debian's chromium through its chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The ATNA tests' audit repository: rsyslogd receiving syslog over TLS through its OpenSSL driver.
+command -v rsyslogd >/dev/null 2>&1 || need_apt+=(rsyslog)
+ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || need_apt+=(rsyslog-openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "dev.sh: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -501,11 +501,55 @@ class Route(_Strict):
 # --- the rest -----------------------------------------------------------------------------
 
 
+class AtnaSettings(_Strict):
+    """The hospital's Audit Record Repository (IHE ATNA): DICOM audit messages by syslog over TLS
+    (RFC 5425, mutual: the repository's certificate checked against ``ca``, ours from ``cert`` and
+    ``key``), or UDP (RFC 5426) where a site asks for it. Messages wait in a queue on disk of at
+    most ``queue_mb`` while the repository is away; the trail keeps the rest until there is room."""
+
+    host: str
+    port: int = Field(6514, ge=1, le=65535)
+    transport: Literal["tls", "udp"] = "tls"
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    queue_mb: int = Field(256, ge=1)
+    retry_max_s: float = Field(60.0, gt=0)
+    # AuditSourceID (default: AE title @ this host) and AuditEnterpriseSiteID of every message.
+    source_id: str | None = None
+    site_id: str | None = None
+    # Destinations outside the hospital (a teaching archive): their forwards are also an Export.
+    export_destinations: list[Name] = Field(default_factory=list)
+
+    @field_validator("export_destinations", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return _listify(value)
+
+    @model_validator(mode="after")
+    def _transport_needs(self) -> AtnaSettings:
+        if self.transport == "tls":
+            if self.ca is None:
+                raise ValueError(
+                    "TLS needs 'ca:' (the PEM file of the CA that signed the repository's certificate)"
+                )
+            if (self.cert is None) != (self.key is None):
+                raise ValueError(
+                    "give both 'cert:' and 'key:' (this node's certificate and its key), or neither"
+                )
+        elif any(v is not None for v in (self.ca, self.cert, self.key)):
+            raise ValueError(
+                "UDP sends in the clear and uses no certificates; remove ca, cert and key or use tls"
+            )
+        return self
+
+
 class AuditSettings(_Strict):
     """The hash-chained trail. fsync after each record unless a site accepts losing the last few."""
 
     path: Path | None = None
     fsync: bool = True
+    atna: AtnaSettings | None = None
 
 
 class LoggingSettings(_Strict):
@@ -544,6 +588,11 @@ class Settings(_Strict):
     @property
     def state_path(self) -> Path:
         return self.data_dir / "state" / "state.sqlite"
+
+    @property
+    def atna_outbox_path(self) -> Path:
+        """The queue of audit messages for the repository (and how far the trail was read)."""
+        return self.data_dir / "audit" / "atna-outbox.sqlite"
 
     def profile(self, name: str) -> ProfileSettings:
         """A profile from the file, or a built-in preset of that name; KeyError if neither."""
@@ -692,6 +741,21 @@ def check_references(settings: Settings, raw: Any, path: Path) -> None:
         if dest.tls is not None:
             for field in ("ca", "certificate", "private_key"):
                 files.append((("destinations", name, "tls", field), getattr(dest.tls, field)))
+    atna = settings.audit.atna
+    if atna is not None:
+        for field in ("ca", "cert", "key"):
+            files.append((("audit", "atna", field), getattr(atna, field)))
+        for j, dest in enumerate(atna.export_destinations):
+            if dest not in settings.destinations:
+                known = ", ".join(sorted(settings.destinations)) or "none defined yet"
+                problems.append(
+                    _problem(
+                        raw,
+                        path,
+                        ("audit", "atna", "export_destinations", j),
+                        f"unknown destination {dest!r}; name one under destinations: (known: {known})",
+                    )
+                )
     for loc, file in files:
         if file is not None and not file.is_file():
             problems.append(

@@ -1,4 +1,4 @@
-"""``dicom-anon audit verify|query|export|chart``: the compliance reviewer's commands.
+"""``dicom-anon audit verify|query|export|chart|atna status``: the compliance reviewer's commands.
 
 Reading or exporting the trail is itself audited (who, which filters, how many records).
 Registered on the main app in ``dicom_anon/cli.py``.
@@ -6,6 +6,7 @@ Registered on the main app in ``dicom_anon/cli.py``.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -22,6 +23,8 @@ from .query import QUERY_COLUMNS, Filters, query_row, search, to_csv, to_json
 from .trail import AuditTrail, operator, read_records, verify
 
 audit_app = typer.Typer(help="Verify, search and export the audit trail.", no_args_is_help=True)
+atna_app = typer.Typer(help="The copy of the trail sent to the hospital's audit repository (IHE ATNA).")
+audit_app.add_typer(atna_app, name="atna", no_args_is_help=True)
 
 TrailOption = Annotated[
     Path | None, typer.Option("--trail", help="The audit file itself, e.g. a copy under review.")
@@ -245,3 +248,62 @@ def audit_chart(
         soft_wrap=True,
     )
     raise typer.Exit(1)
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "never"
+    moment = datetime.fromtimestamp(stamp, UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({_ago(datetime.now(UTC).timestamp() - stamp)} ago)"
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
+@atna_app.command("status")
+def atna_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Where the repository copy stands: messages waiting, last sent, last error, a full queue.
+    Exit 1 while the queue is full or the last attempt failed, so a monitoring check can call it."""
+    from .atna_relay import read_status  # sqlite and the relay only for this command
+
+    settings = settings_or_exit(config, data_dir)
+    atna = settings.audit.atna
+    if atna is None:
+        raise fail("audit.atna is not configured: no audit messages are sent to a repository")
+    try:
+        status = read_status(settings)
+    except sqlite3.Error as exc:
+        raise fail(f"cannot read the ATNA queue at {settings.atna_outbox_path}: {exc}") from None
+    out.print(f"repository   {atna.host}:{atna.port} ({atna.transport})", highlight=False)
+    if status is None:
+        out.print("queue        none yet: the service has not run with audit.atna", highlight=False)
+        return
+    waiting = f"{status.backlog} messages ({status.backlog_bytes / 2**20:.1f} of {atna.queue_mb} MB)"
+    if status.oldest_queued_at is not None:
+        waiting += f", oldest queued {_when(status.oldest_queued_at)}"
+    out.print(f"backlog      {waiting}", highlight=False, soft_wrap=True)
+    out.print(f"trail unread {status.trail_bytes_unread} bytes", highlight=False)
+    out.print(f"sent         {status.sent} messages, last {_when(status.last_sent_at)}", highlight=False)
+    problem = False
+    if status.last_error:
+        problem = True
+        err.print(
+            f"[red]last error   {_when(status.last_error_at)}: {status.last_error}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        out.print("last error   none since the last message sent", highlight=False)
+    if status.full_since is not None:
+        problem = True
+        err.print(
+            f"[bold red]queue full   since {_when(status.full_since)}: new events wait in the trail[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if problem:
+        raise typer.Exit(1)

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from .. import __version__
+from ..audit.atna_relay import Relay
 from ..audit.trail import AuditTrail
 from ..config import ConfigError, LoggingSettings, Settings, apply_overrides, load_settings
 from ..headers.pseudonyms import SiteKey
@@ -117,6 +118,7 @@ class Service:
         self.layout = Layout(settings.data_dir)
         self.store: StateStore | None = None
         self.audit: AuditTrail | None = None
+        self.atna: Relay | None = None
         self.runtime: Runtime | None = None
         self.ingress: Ingress | None = None
         self.workers: list[Worker] = []
@@ -133,6 +135,10 @@ class Service:
         store, recovered = self._open_store()
         self.store = store
         self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync, head_every_s=1.0)
+        if s.audit.atna is not None:
+            # Before service_started is written: a first start relays from that record on.
+            self.atna = Relay(s)
+            self.atna.start()
         swept = self._sweep()
         self.keep_reserve()
         self.runtime = Runtime(
@@ -221,6 +227,8 @@ class Service:
         if self.audit is not None:
             record_or_log(self.audit, "service_stopped", pid=os.getpid())
             self.audit.close()
+        if self.atna is not None:
+            self.atna.stop()
         if self.store is not None:
             self.store.close()
         log.info("service stopped")

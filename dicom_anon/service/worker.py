@@ -345,6 +345,7 @@ class Worker(threading.Thread):
                 "patient": deid.patient_pseudonym,
                 "patient_hash": deid.patient_hash,
                 "new_sop_uid": str(out.SOPInstanceUID),
+                "new_study_uid": str(out.get("StudyInstanceUID", "")),
                 "sop_class": str(out.SOPClassUID),
                 "changes": len(deid.changes),
                 "pixels": pixels,
