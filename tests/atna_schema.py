@@ -9,7 +9,7 @@ from pathlib import Path
 import rnc2rng
 from lxml import etree
 
-SCHEMA = Path(__file__).parent / "data" / "dicom-audit-message.rnc"
+SCHEMA = Path(__file__).parent / "audit" / "data" / "dicom-audit-message.rnc"
 BOM = b"\xef\xbb\xbf"
 
 
