@@ -17,9 +17,11 @@ next connection. So a repository may see a message twice after an outage, never 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -119,11 +121,12 @@ class Relay(threading.Thread):
         if "trail_offset" not in self.state:
             self._start_at_trail_end()
         self.bytes = int(self.db.execute("SELECT COALESCE(SUM(LENGTH(frame)), 0) FROM outbox").fetchone()[0])
-        self.context = (
-            tls_context(config.ca, config.cert, config.key)
-            if config.transport == "tls" and config.ca
-            else None
-        )
+        self.context: ssl.SSLContext | None = None
+        if config.transport == "tls" and config.ca is not None:
+            try:
+                self.context = tls_context(config.ca, config.cert, config.key)
+            except OSError as exc:  # ssl.SSLError too: a file that is not PEM, a key not the cert's
+                raise OSError(errno.EINVAL, f"audit.atna: cannot use ca/cert/key ({exc})") from None
         self.transport: TlsTransport | UdpTransport | None = None
         self.unconfirmed: list[tuple[int, float]] = []  # (outbox id, when sent), in order
         self.next_id = 0  # send outbox rows with a larger id
