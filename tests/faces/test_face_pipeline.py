@@ -14,6 +14,7 @@ from PIL import Image
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import replace
 from dicom_anon.faces.detect import MOUTH_LEFT, get_detector, resolve_device
+from dicom_anon.faces.masks import OVAL_LADDER
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import Option
@@ -142,8 +143,13 @@ def test_identity_still_too_similar_is_refused(face_a, site_key) -> None:
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(face_a[None]), settings, PSEUDONYM, site_key)
     assert exc.value.code == "qa-identity-too-similar"
-    # One person (max_candidates counts people) with both photos, each at every face-oval size.
-    assert "after 6 tries" in exc.value.reason
+    # One generated person (max_candidates counts people; one face each) at every face-oval size.
+    assert f"after {len(OVAL_LADDER)} tries" in exc.value.reason
+    # A pool person: both of their photos, each at every oval size.
+    pool = settings.model_copy(update={"identity": "pool"})
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(face_a[None]), pool, PSEUDONYM, site_key)
+    assert f"after {2 * len(OVAL_LADDER)} tries" in exc.value.reason
 
 
 def test_undecodable_pixels_are_refused(face_a, lenient, site_key) -> None:
@@ -176,7 +182,7 @@ def test_missing_pool_and_unknown_method_are_refused(face_a, tmp_path, site_key,
     monkeypatch.delitem(replace._REGISTRY, "gan", raising=False)
     ds = photo_dataset(face_a[None])
     with pytest.raises(Refused) as exc:
-        process_photo(ds, PixelSettings(device="cpu", pool=tmp_path), PSEUDONYM, site_key)
+        process_photo(ds, PixelSettings(device="cpu", identity="pool", pool=tmp_path), PSEUDONYM, site_key)
     assert exc.value.code == "surrogate-pool-unavailable"
     with pytest.raises(Refused) as exc:
         process_photo(ds, PixelSettings(device="cpu", method="gan"), PSEUDONYM, site_key)
