@@ -43,7 +43,12 @@ def main() -> None:
     args = parser.parse_args(mine)
     torch.set_num_threads(args.threads)
 
-    register_method("gan", lambda pool, device: load_backend(args.encoder, device=device, pool=pool))
+    register_method(
+        "gan",
+        lambda pool, device, identities: load_backend(
+            args.encoder, device=device, pool=pool, identities=identities
+        ),
+    )
     with tempfile.TemporaryDirectory() as tmp:
         faces = [str(FACES)]
         if args.held_out_of:

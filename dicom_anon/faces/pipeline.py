@@ -101,8 +101,9 @@ class FacePipeline:
             except PoolError:
                 if self.method == "surrogate" and settings.identity == "pool":
                     raise
-        if self.method == "surrogate":
-            # Where new people come from; the backend renders whoever it is given.
+        if self.method in ("surrogate", "gan"):
+            # Where new people come from; the backend renders whoever it is given (gan: as the
+            # context face it generates around the preserved area).
             self.identities = (
                 get_generated(str(self.device)) if settings.identity == "generated" else PoolIdentities(pool)
             )

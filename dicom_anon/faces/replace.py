@@ -261,28 +261,37 @@ class BaselineBackend(ReplacementBackend):
 
 # --- registry --------------------------------------------------------------------------
 
-BackendFactory = Callable[[Pool | None, torch.device], ReplacementBackend]
-_REGISTRY: dict[str, BackendFactory] = {
-    "surrogate": lambda pool, device: SurrogateBackend(PoolIdentities(pool), device) if pool else _no_pool(),
-    "blur": lambda pool, device: BaselineBackend("blur", _blur),
-    "pixelate": lambda pool, device: BaselineBackend("pixelate", _pixelate),
-    "eyebar": lambda pool, device: BaselineBackend("eyebar", _eyebar),
-    "gan": lambda pool, device: _gan(pool, device),
-}
+# A factory gets the pool (or None), the device and the route's identity source (or None).
+BackendFactory = Callable[[Pool | None, torch.device, IdentitySource | None], ReplacementBackend]
 
 
-def _gan(pool: Pool | None, device: torch.device) -> ReplacementBackend:
-    """The area-preserving GAN inversion backend, imported on use: it loads a generator and an encoder."""
+def _surrogate(
+    pool: Pool | None, device: torch.device, identities: IdentitySource | None
+) -> ReplacementBackend:
+    """The surrogate backend, drawing its people from ``identities``, else from the pool."""
+    if identities is None:
+        if pool is None:
+            raise ValueError("the surrogate method needs a surrogate pool")
+        identities = PoolIdentities(pool)
+    return SurrogateBackend(identities, device)
+
+
+def _gan(pool: Pool | None, device: torch.device, identities: IdentitySource | None) -> ReplacementBackend:
+    """The area-preserving GAN inversion backend, imported on use: it loads a generator and an encoder.
+    Its context faces are the identity source's people (or the pool's, or the generator's)."""
     from .gan.backend import create_backend
 
-    return create_backend(pool, device)
+    return create_backend(pool, device, identities)
 
 
+_REGISTRY: dict[str, BackendFactory] = {
+    "surrogate": _surrogate,
+    "blur": lambda pool, device, identities: BaselineBackend("blur", _blur),
+    "pixelate": lambda pool, device, identities: BaselineBackend("pixelate", _pixelate),
+    "eyebar": lambda pool, device, identities: BaselineBackend("eyebar", _eyebar),
+    "gan": _gan,
+}
 BASELINES = frozenset({"blur", "pixelate", "eyebar"})
-
-
-def _no_pool() -> ReplacementBackend:
-    raise ValueError("the surrogate method needs a surrogate pool")
 
 
 def register_method(name: str, factory: BackendFactory) -> None:
@@ -298,11 +307,9 @@ def make_backend(
     name: str, pool: Pool | None, device: torch.device, identities: IdentitySource | None = None
 ) -> ReplacementBackend:
     """The backend ``name``; the surrogate backend draws its people from ``identities`` when given,
-    else from ``pool``."""
-    if name == "surrogate" and identities is not None:
-        return SurrogateBackend(identities, device)
+    else from ``pool``, and the gan backend its context faces."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose from: {', '.join(methods())}") from None
-    return factory(pool, device)
+    return factory(pool, device, identities)

@@ -100,6 +100,30 @@ def test_pool_contexts_are_different_people(tiny_generator: FaceGenerator, site_
 
     torch.manual_seed(0)
     pool_backend = GanBackend(tiny_generator, Encoder(64, 4, width=8), pool=get_pool(), max_candidates=3)
-    infos = [info for _, info in pool_backend.contexts(_ctx(site_key))]
-    people = [info["surrogate"].rsplit("-", 1)[0] for info in infos]
+    infos = [info for _, info, _ in pool_backend.contexts(_ctx(site_key))]
+    people = [info["person"] for info in infos]
     assert len(infos) == 3 and len(set(people)) == 3 and all(i["context"] == "pool" for i in infos)
+
+
+def test_contexts_are_the_identity_sources_people_and_are_remembered(
+    tiny_generator: FaceGenerator, site_key: SiteKey
+) -> None:
+    """The context is the person the route's identity source gives the patient (the transplant's
+    person), and the candidate carries it so the pipeline remembers it once it passes QA."""
+    from dicom_anon.faces.identities import PoolIdentities
+    from dicom_anon.faces.pool import get_pool
+
+    identities = PoolIdentities(get_pool())
+    torch.manual_seed(0)
+    backend = GanBackend(tiny_generator, Encoder(64, 4, width=8), identities=identities, max_candidates=2)
+    ctx = _ctx(site_key)
+    chosen = list(dict.fromkeys(s.person for s in identities.people(ctx)))[:2]
+    candidates = backend.candidates(ctx)
+    assert [c.info["person"] for c in candidates] == chosen
+    assert all(c.surrogate is not None and c.surrogate.person == c.info["person"] for c in candidates)
+    assert all(c.info["context"] == identities.name for c in candidates)
+    frame, face = _photo()
+    fm = M.build(face, frame.shape, [M.Preset.MOUTH])
+    x0, y0, x1, y1 = fm.roi
+    roi = candidates[0].render(frame, face, fm)
+    assert np.array_equal(roi[fm.preserved], frame[y0:y1, x0:x1][fm.preserved])

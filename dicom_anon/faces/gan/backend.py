@@ -1,12 +1,18 @@
 """The GAN-inversion identity-replacement backend (``method: gan``).
 
-For one face: align it into the generator's frame; take a context face (a pool surrogate that
-suits the patient when a pool is given, else a face drawn from G with a code keyed by the
-patient's pseudonym, so one patient always gets the same context); paste the patient's preserved
-area onto the context; encode the merged image with the area-preserving encoder E and generate
-G(E(merged)); warp the result back onto the photo at the face's size; harmonise its colour, blend
-it in with the pipeline's gradient-domain compositor; and copy the preserved pixels back bit for
-bit, so exactness never depends on how well E inverted the area.
+For one face: align it into the generator's frame; take a context face (the patient's new person
+from the route's identity source - the same person the transplant would give - when the pipeline
+passes one; else a pool surrogate that suits the patient when a pool is given; else a face drawn
+from G with a code keyed by the patient's pseudonym); paste the patient's preserved area onto the
+context; encode the merged image with the area-preserving encoder E and generate G(E(merged)) at
+G's full resolution (1024 px for the MobileStyleGAN; the encoder works at 256); warp the result back
+onto the photo at the face's size; harmonise its colour, blend it in with the pipeline's
+gradient-domain compositor; and copy the preserved pixels back bit for bit, so exactness never
+depends on how well E inverted the area.
+
+The new face is drawn once per candidate, on its first rendering; later renderings (the full photo
+after the screening copy, larger ovals) put the same face in place, so a candidate shows the same
+person however often it is asked.
 
 It implements the face pipeline's ``ReplacementBackend`` interface
 (``dicom_anon.faces.replace``); the pipeline's QA gate judges its candidates like any other.
@@ -14,6 +20,7 @@ It implements the face pipeline's ``ReplacementBackend`` interface
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,15 +32,23 @@ import torch
 from .. import blend
 from ..choice import PatientContext, candidates
 from ..detect import Face
+from ..generator import GeneratorUnavailable, get_generator
+from ..identities import PSI, IdentitySource
 from ..masks import FaceMasks
 from ..pool import Pool, Surrogate
 from ..replace import Candidate, ReplacementBackend
 from .data import IDENTITY_FRAME, Frame, to_aligned, to_rgb8, to_tensor, warp_into_frame
 from .encoder import Encoder, load_encoder
 from .generators import FaceGenerator, open_generator, sha256_file
+from .mobile import MobileGenerator
 from .registry import DEFAULT_MODELS_DIR, ModelCardError
 
-DEFAULT_ENCODER = DEFAULT_MODELS_DIR / "encoders" / "dcgan-digiface-64" / "encoder.pt"
+ENCODERS = DEFAULT_MODELS_DIR / "encoders"
+# The encoder the backend loads: the 1024 px generator's when one is installed, else the DCGAN's.
+DEFAULT_ENCODERS = (
+    ENCODERS / "mobilestylegan-1024" / "encoder.pt",
+    ENCODERS / "dcgan-digiface-64" / "encoder.pt",
+)
 MAX_CONTEXTS = 4
 
 
@@ -44,6 +59,17 @@ def roi_to_aligned(
     m = to_aligned(face, resolution, frame)
     shift = np.array([[1.0, 0, roi[0]], [0, 1.0, roi[1]], [0, 0, 1.0]])
     return m @ shift
+
+
+def warp_back(image: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` mapped by the 2x3 ``m`` into a ``size`` (width, height) picture; a face shrunk to
+    less than half is first area-averaged (a cubic warp alone would alias the 1024 px face)."""
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if scale < 0.5:
+        shrink = 2.0 * scale
+        image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+        m = m @ np.diag([1 / shrink, 1 / shrink, 1.0])
+    return cv2.warpAffine(image, m, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
 
 
 def context_seed(ctx: PatientContext, index: int) -> int:
@@ -60,12 +86,13 @@ class GanBackend(ReplacementBackend):
 
     def __init__(
         self,
-        generator: FaceGenerator,
+        generator: FaceGenerator | MobileGenerator,
         encoder: Encoder,
         device: torch.device | str = "cpu",
         pool: Pool | None = None,
         max_candidates: int = MAX_CONTEXTS,
         info: dict[str, Any] | None = None,
+        identities: IdentitySource | None = None,
     ) -> None:
         if encoder.latent_dim != generator.latent_dim or encoder.resolution != generator.resolution:
             raise ModelCardError(
@@ -77,58 +104,73 @@ class GanBackend(ReplacementBackend):
         self.generator = generator.to(self.device)
         self.encoder = encoder.to(self.device).eval()
         self.pool = pool
+        self.identities = identities
         self.max_candidates = max_candidates
         self.info = {"generator": generator.name, **(info or {})}
 
     # --- contexts ---------------------------------------------------------------------
 
-    def contexts(self, ctx: PatientContext) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
-        """Context faces in the aligned frame, ``(3, R, R)`` in [-1, 1], best first."""
+    def contexts(
+        self, ctx: PatientContext
+    ) -> Iterator[tuple[torch.Tensor, dict[str, Any], Surrogate | None]]:
+        """Context faces in the aligned frame, ``(3, R, R)`` in [-1, 1], best first, with what the
+        candidate says about them and the person to remember once one passes QA."""
         r = self.generator.resolution
-        if self.pool is not None:
+        if self.identities is not None or self.pool is not None:
+            if self.identities is not None:
+                chosen = self.identities.people(ctx)
+                source = self.identities.name
+            else:
+                chosen, source = candidates(self.pool, ctx), "pool"
             # One photo a person, the best-matched: each context should be another identity.
             people: dict[str, Surrogate] = {}
-            for surrogate in candidates(self.pool, ctx):
+            for surrogate in chosen:
                 people.setdefault(surrogate.person, surrogate)
             for surrogate in list(people.values())[: self.max_candidates]:
                 fake = Face(box=np.zeros(4), landmarks=surrogate.landmarks, score=1.0)
                 m = to_aligned(fake, r, self.generator.frame)
                 aligned = warp_into_frame(surrogate.image, m, r)
-                yield to_tensor(aligned), {"context": "pool", "surrogate": surrogate.id}
+                info = {"context": source, "surrogate": surrogate.id, "person": surrogate.person}
+                yield to_tensor(aligned), info, surrogate
             return
         for index in range(self.max_candidates):
             rng = torch.Generator().manual_seed(context_seed(ctx, index))
             with torch.no_grad():
                 face = self.generator(self.generator.sample_latent(1, rng))[0].cpu()
-            yield face, {"context": "generator", "index": index}
+            yield face, {"context": "generator", "index": index}, None
 
     # --- one rendering ----------------------------------------------------------------
 
     @torch.no_grad()
-    def invert(self, patient: torch.Tensor, mask: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """G(E(merged)) for one aligned patient crop, its preserved mask and a context face."""
+    def invert(self, patient: torch.Tensor, mask: torch.Tensor, context: torch.Tensor) -> np.ndarray:
+        """G(E(merged)) at G's full resolution (RGB uint8) for one aligned patient crop, its
+        preserved mask and a context face."""
         merged = mask * patient + (1 - mask) * context
-        batch = merged[None].to(self.device)
-        return self.generator(self.encoder(batch))[0].clamp(-1, 1).cpu()
+        code = self.encoder(merged[None].to(self.device))
+        return to_rgb8(self.generator.full(code)[0])
 
-    def render(self, frame: np.ndarray, face: Face, masks: FaceMasks, context: torch.Tensor) -> np.ndarray:
-        """New pixels (uint8) for ``masks.roi`` of ``frame``."""
+    def render(
+        self,
+        frame: np.ndarray,
+        face: Face,
+        masks: FaceMasks,
+        context: torch.Tensor,
+        drawn: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """New pixels (uint8) for ``masks.roi`` of ``frame``; ``drawn`` keeps the candidate's face."""
         x0, y0, x1, y1 = masks.roi
         patient_roi = frame[y0:y1, x0:x1]
-        r = self.generator.resolution
-        m = roi_to_aligned(face, masks.roi, r, self.generator.frame)
-        patient = to_tensor(warp_into_frame(patient_roi, m, r))
-        coverage = warp_into_frame(masks.preserved.astype(np.float32), m, r, border=cv2.BORDER_CONSTANT)
-        mask = torch.from_numpy((coverage > 0.5).astype(np.float32))[None]
-        generated = self.invert(patient, mask, context)
-        # Upsample: warp the R x R result back onto the face at its real size.
-        back = cv2.warpAffine(
-            to_rgb8(generated),
-            cv2.invertAffineTransform(m),
-            (x1 - x0, y1 - y0),
-            flags=cv2.INTER_CUBIC,
-            borderMode=cv2.BORDER_REFLECT,
-        )
+        if "face" not in drawn:
+            r = self.generator.resolution
+            m = roi_to_aligned(face, masks.roi, r, self.generator.frame)
+            patient = to_tensor(warp_into_frame(patient_roi, m, r))
+            coverage = warp_into_frame(masks.preserved.astype(np.float32), m, r, border=cv2.BORDER_CONSTANT)
+            mask = torch.from_numpy((coverage > 0.5).astype(np.float32))[None]
+            drawn["face"] = self.invert(patient, mask, context)
+        generated = drawn["face"]
+        # Put back: the full-resolution face warped onto the photo at the face's real size.
+        m_full = roi_to_aligned(face, masks.roi, generated.shape[0], self.generator.frame)
+        back = warp_back(generated, cv2.invertAffineTransform(m_full), (x1 - x0, y1 - y0))
         with torch.inference_mode():
             result = blend.composite(
                 blend.to_tensor(patient_roi, self.device),
@@ -142,39 +184,53 @@ class GanBackend(ReplacementBackend):
         return out
 
     def candidates(self, ctx: PatientContext) -> list[Candidate]:
-        """One candidate per context face, best first; each renders the same way every time it is
-        asked (the pipeline renders a screening copy first, then the full photo)."""
+        """One candidate per context face, best first; each shows the same face every time it is
+        rendered (the pipeline renders a screening copy first, then the full photo)."""
 
-        def make(context: torch.Tensor, info: dict[str, Any]) -> Candidate:
+        def make(context: torch.Tensor, info: dict[str, Any], surrogate: Surrogate | None) -> Candidate:
+            drawn: dict[str, np.ndarray] = {}
             return Candidate(
                 {**self.info, **info},
-                lambda frame, face, masks: self.render(frame, face, masks, context),
+                lambda frame, face, masks: self.render(frame, face, masks, context, drawn),
+                surrogate=surrogate,
             )
 
-        return [make(context, info) for context, info in self.contexts(ctx)]
+        return [make(*c) for c in self.contexts(ctx)]
 
 
 def load_backend(
-    encoder_path: Path = DEFAULT_ENCODER,
+    encoder_path: Path | None = None,
     models_dir: Path = DEFAULT_MODELS_DIR,
     device: torch.device | str = "cpu",
     pool: Pool | None = None,
+    identities: IdentitySource | None = None,
 ) -> GanBackend:
-    """The backend for a trained encoder; the generator is the one it was trained for."""
+    """The backend for a trained encoder (default: the first of ``DEFAULT_ENCODERS`` present); the
+    generator is the one it was trained for."""
+    if encoder_path is None:
+        encoder_path = next((p for p in DEFAULT_ENCODERS if p.is_file()), DEFAULT_ENCODERS[-1])
     if not encoder_path.is_file():
         raise ModelCardError(
             f"no trained encoder at {encoder_path}; train one with "
-            "'dicom-anon train-encoder --generator dcgan-digiface-64 --images DIR'"
+            "'dicom-anon train-encoder --generator mobilestylegan-1024' (on a GPU) or "
+            "'--generator dcgan-digiface-64 --images DIR'"
         )
     encoder, meta = load_encoder(str(encoder_path), device)
     generator = open_generator(models_dir, meta["generator"], device)
+    if isinstance(generator, MobileGenerator) and torch.device(device).type == "cpu":
+        # The identities' OpenVINO engine, compiled once per process; without it torch draws (slower).
+        with contextlib.suppress(GeneratorUnavailable):
+            generator.engine = get_generator(PSI).engine
     info = {"encoder_sha256": sha256_file(encoder_path)[:16], "preserve": meta.get("preserve")}
-    return GanBackend(generator, encoder, device, pool=pool, info=info)
+    return GanBackend(generator, encoder, device, pool=pool, info=info, identities=identities)
 
 
-def create_backend(pool: Pool | None, device: torch.device) -> ReplacementBackend:
-    """Factory with the signature of ``dicom_anon.faces.replace.register_method``."""
+def create_backend(
+    pool: Pool | None, device: torch.device, identities: IdentitySource | None = None
+) -> ReplacementBackend:
+    """Factory with the signature of ``dicom_anon.faces.replace.register_method`` (and the
+    identity source the pipeline passes for routes)."""
     try:
-        return load_backend(device=device, pool=pool)
+        return load_backend(device=device, pool=pool, identities=identities)
     except ModelCardError as exc:
         raise ValueError(f"the gan method is not ready: {exc}") from None

@@ -354,6 +354,10 @@ class FaceGenerator(nn.Module):
     def forward(self, latent: Tensor) -> Tensor:
         return self.net(latent)
 
+    def full(self, latent: Tensor) -> Tensor:
+        """The image at the generator's own resolution: here the same as ``forward``."""
+        return self.net(latent)
+
     def _device(self) -> torch.device:
         return next(self.net.parameters()).device
 

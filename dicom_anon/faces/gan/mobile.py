@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..generator import _MEAN_SEED, MEAN_SAMPLES, RESOLUTION, STYLE_DIM
+from ..generator import _MEAN_SEED, MEAN_SAMPLES, RESOLUTION, STYLE_DIM, Engine
 from ..ir_torch import MobileStyleGAN
 
 NAME = "mobilestylegan-1024"
@@ -78,6 +78,7 @@ class MobileGenerator(nn.Module):
             styles = self.net.mapping(torch.from_numpy(z).to(device))
         self.register_buffer("mean_style", styles.mean(0))
         self.register_buffer("style_scale", styles.std(0))
+        self.engine: Engine | None = None
 
     def _device(self) -> torch.device:
         return self.mean_style.device
@@ -99,7 +100,18 @@ class MobileGenerator(nn.Module):
         return self.code(self.mean_style + psi * (raw - self.mean_style))
 
     def forward(self, code: Tensor) -> Tensor:
-        return F.avg_pool2d(self.net.synthesis(self.style(code)), RESOLUTION // self.resolution)
+        return F.avg_pool2d(self.full(code), RESOLUTION // self.resolution)
+
+    def full(self, code: Tensor) -> Tensor:
+        """G's own 1024 px face: what the backend puts into the photo.
+
+        Without gradients on the CPU, ``engine`` (OpenVINO, when the backend attached one) draws
+        it: the same network within 5.4e-4, 0.3 s a face instead of torch's 2.2 s on two cores.
+        """
+        style = self.style(code)
+        if self.engine is not None and not torch.is_grad_enabled() and style.device.type == "cpu":
+            return torch.from_numpy(self.engine.images(style.numpy()))
+        return self.net.synthesis(style)
 
     def mouth_masks(self, n: int, rng: torch.Generator) -> Tensor:
         """``(n, 1, R, R)`` mouth masks in G's frame, on G's device (see ``mouth_masks``)."""
