@@ -545,10 +545,15 @@ class AtnaSettings(_Strict):
 
 
 class AuditSettings(_Strict):
-    """The hash-chained trail. fsync after each record unless a site accepts losing the last few."""
+    """The hash-chained trail. fsync after each record unless a site accepts losing the last few.
+    The service starts a new file when this one reaches ``rotate_mb`` or is ``rotate_hours`` old
+    (the chain goes on across files), and removes rotated files after ``keep_days`` (recorded)."""
 
     path: Path | None = None
     fsync: bool = True
+    rotate_mb: int | None = Field(None, ge=1)
+    rotate_hours: float | None = Field(None, gt=0)
+    keep_days: float | None = Field(None, gt=0)
     atna: AtnaSettings | None = None
 
 

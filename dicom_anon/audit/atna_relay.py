@@ -35,7 +35,7 @@ import structlog
 from ..config import AtnaSettings, Settings
 from . import atna
 from .syslog import TlsTransport, UdpTransport, frame, hostname, tls_context
-from .trail import _last_record
+from .trail import _last_record, rotated_files
 
 log = structlog.get_logger("dicom_anon.atna")
 
@@ -141,14 +141,14 @@ class Relay(threading.Thread):
 
     def _start_at_trail_end(self) -> None:
         """A site that turns ATNA on gets the events from now on, not years of history at once."""
-        offset, seq = 0, 0
+        offset, seq, inode = 0, 0, 0
         if self.trail_path.exists():
             with self.trail_path.open("rb") as f:
                 last = _last_record(f)
-                offset = os.fstat(f.fileno()).st_size
+                offset, inode = os.fstat(f.fileno()).st_size, os.fstat(f.fileno()).st_ino
             seq = int(last.get("seq", 0)) if last else 0
         with _transaction(self.db):
-            self._set_state(trail_offset=offset, trail_seq=seq)
+            self._set_state(trail_offset=offset, trail_seq=seq, trail_inode=inode)
 
     def stop(self, drain_s: float = SETTLE_S + 3.0) -> None:
         """Stop after sending what is queued (for at most ``drain_s``); what is left stays queued."""
@@ -201,21 +201,23 @@ class Relay(threading.Thread):
             log.warning("ATNA queue has room again; reading the trail on")
             with _transaction(self.db):
                 self._set_state(full_since="")
-        try:
-            size = self.trail_path.stat().st_size
-        except FileNotFoundError:
+        source = self._source()
+        if source is None:
             return
         offset = int(self.state["trail_offset"])
-        if size < offset:
-            offset = 0  # the trail was replaced; records already relayed are skipped by seq
-        if size == offset:
-            return
-        with self.trail_path.open("rb") as f:
+        with source.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                offset = 0  # the trail was replaced; records already relayed are skipped by seq
             f.seek(offset)
             data = f.read(min(size - offset, READ_CHUNK))
         end = data.rfind(b"\n")
         if end < 0:
-            return  # a record still being written
+            if source != self.trail_path:  # the rotated file is read to its end: on to the live one
+                with _transaction(self.db):
+                    self._set_state(trail_inode=self.trail_path.stat().st_ino, trail_offset=0)
+                self.wake()
+            return  # or a record still being written
         seq = int(self.state["trail_seq"])
         rows = []
         now = time.time()
@@ -237,6 +239,27 @@ class Relay(threading.Thread):
                 "INSERT INTO outbox (trail_seq, event, frame, queued_at) VALUES (?, ?, ?, ?)", rows
             )
             self._set_state(trail_offset=offset + consumed, trail_seq=seq)
+
+    def _source(self) -> Path | None:
+        """The file to read on in: the live trail, or, once it was rotated, the rest of the file
+        being read when that happened (found by its inode among the rotated files)."""
+        try:
+            live = self.trail_path.stat().st_ino
+        except FileNotFoundError:
+            return None
+        reading = int(self.state.get("trail_inode") or 0)
+        if reading in (0, live):
+            if not reading:
+                with _transaction(self.db):
+                    self._set_state(trail_inode=live)
+            return self.trail_path
+        for _, file in reversed(rotated_files(self.trail_path)):
+            if file.stat().st_ino == reading:
+                return file
+        log.error("the trail file being read is gone (removed by retention?); reading the live one on")
+        with _transaction(self.db):
+            self._set_state(trail_inode=live, trail_offset=0)
+        return self.trail_path
 
     @staticmethod
     def _parse(line: bytes) -> dict[str, Any] | None:

@@ -6,6 +6,13 @@ processes may append (the service, and operators' ``quarantine``/``audit`` comma
 an exclusive ``flock`` around each append, and re-reading the tail when another
 process has written since, keep one unbroken chain.
 
+The service may rotate the file (``audit.rotate_mb``, ``audit.rotate_hours``): the full file is
+renamed ``audit.jsonl.000001`` (then ``.000002``...) and the new one begins with an
+``audit_rotated`` record that carries the chain on (its ``prev`` is the old file's last hash), so
+``verify`` walks all files as one chain. Rotated files older than ``audit.keep_days`` are removed,
+and that removal is itself a record (``audit_files_expired``, naming the files and the last hash
+they held), which lets the chain start from there.
+
 What goes in is the caller's business and never raw PHI: original identifiers as
 keyed hashes (``SiteKey.keyed_hash``), pseudonyms as they are.
 """
@@ -17,11 +24,13 @@ import getpass
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,23 @@ def record_hash(record: dict[str, Any]) -> str:
 def head_path(path: Path) -> Path:
     """The side file holding the last (seq, hash): lets ``verify`` notice records cut off the end."""
     return path.with_name(path.name + ".head")
+
+
+def rotated_files(path: Path) -> list[tuple[int, Path]]:
+    """The rotated files of the trail at ``path``, oldest first, with their numbers."""
+    pattern = re.compile(re.escape(path.name) + r"\.(\d{6,})")
+    found = []
+    if path.parent.is_dir():
+        for entry in path.parent.iterdir():
+            match = pattern.fullmatch(entry.name)
+            if match:
+                found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def trail_files(path: Path) -> list[Path]:
+    """Every file of the trail in chain order: the rotated ones, then the live one."""
+    return [f for _, f in rotated_files(path)] + ([path] if path.exists() else [])
 
 
 def _last_record(f: Any) -> dict[str, Any] | None:
@@ -83,14 +109,29 @@ class _LineWriter:
 class AuditTrail:
     """Append events to the trail; thread- and process-safe."""
 
-    def __init__(self, path: Path, *, fsync: bool = True, head_every_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool = True,
+        head_every_s: float = 0.0,
+        rotate_bytes: int = 0,
+        rotate_s: float = 0.0,
+        keep_s: float = 0.0,
+    ) -> None:
         """``head_every_s``: how often the head file is rewritten (0: after every step). The service
         writes it once a second: after a crash it may name a record a little before the trail's
-        end, which still verifies; only cutting off the last second of records goes unnoticed."""
+        end, which still verifies; only cutting off the last second of records goes unnoticed.
+        ``rotate_bytes``/``rotate_s``: start a new file once this one is that large or that old
+        (0: never); ``keep_s``: remove rotated files whose last record is older (0: keep all)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
         self._fsync = fsync
         self._head_every_s = head_every_s
+        self._rotate_bytes = rotate_bytes
+        self._rotate_s = rotate_s
+        self._keep_s = keep_s
+        self._started_at: tuple[int, float] | None = None  # (inode, time of its first record)
         self._lock = threading.RLock()
         self._depth = 0
         self._dirty = False
@@ -98,9 +139,13 @@ class AuditTrail:
         # Group commit: one thread fsyncs at a time, outside the write lock, and its fsync makes
         # every record written before it durable; a thread whose records it covered does not fsync.
         self._sync_lock = threading.Lock()
-        self._written = (0, 0, GENESIS)  # (file size, seq, hash) after this process's last step
+        self._written = (0, 0, GENESIS)  # (bytes, seq, hash) after this process's last step
         self._synced_size = 0
+        # Bytes of the files before this one (rotated, or replaced by another process's rotation):
+        # sizes above count from the first file on, so a new, shorter file never looks synced.
+        self._base = 0
         self._head_at = float("-inf")
+        _finish_rotation(path)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+b", buffering=0)
         self._known_size = -1
@@ -137,17 +182,19 @@ class AuditTrail:
         with self._lock:
             outer = self._depth == 0
             if outer:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+                self._lock_current_file()
             try:
                 if outer:
                     self._catch_up()
+                    if self._rotation_due():
+                        self._rotate()
                 self._depth += 1
                 try:
                     yield
                 finally:
                     self._depth -= 1
                 if outer and self._dirty:
-                    self._written = (self._known_size, self._seq, self._prev)
+                    self._written = (self._base + self._known_size, self._seq, self._prev)
                     self._dirty = False
                     wrote = True
             finally:
@@ -155,6 +202,90 @@ class AuditTrail:
                     fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         if wrote:
             self._durable(self._written[0])
+
+    def _lock_current_file(self) -> None:
+        """flock the live file; if another process rotated it meanwhile, reopen and lock the new one
+        (its rotation fsynced the old file, our records in it included)."""
+        while True:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = -1
+            if current == os.fstat(self._file.fileno()).st_ino:
+                return
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._switch_file()
+
+    def _switch_file(self) -> None:
+        """Follow another process's rotation to the new live file."""
+        with self._sync_lock:
+            self._base = max(self._written[0], self._synced_size, self._base + max(self._known_size, 0))
+            self._synced_size = self._base
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        old, self._file = self._file, os.fdopen(fd, "r+b", buffering=0)
+        old.close()
+        self._known_size = -1
+
+    def _rotation_due(self) -> bool:
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
+            return False
+        if self._rotate_bytes and size >= self._rotate_bytes:
+            return True
+        if self._rotate_s:
+            inode = os.fstat(self._file.fileno()).st_ino
+            if self._started_at is None or self._started_at[0] != inode:
+                self._started_at = (inode, _first_record_time(self.path))
+            return time.time() - self._started_at[1] >= self._rotate_s
+        return False
+
+    def _rotate(self) -> None:
+        """Give the full file the next number and carry the chain on in a new one. Called with the
+        file locked. The new file is made and locked under a temporary name, the old one linked to
+        its number, its first record (``audit_rotated``) written, and only then renamed into place:
+        at no moment is there no live file, or one whose chain does not go on from the last."""
+        numbers = [n for n, _ in rotated_files(self.path)]
+        target = self.path.with_name(f"{self.path.name}.{(max(numbers) + 1 if numbers else 1):06d}")
+        os.fsync(self._file.fileno())
+        temp = _rotating_path(self.path)
+        fd = os.open(temp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+        new = os.fdopen(fd, "r+b", buffering=0)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.link(self.path, target)
+        with self._sync_lock:
+            self._base = max(self._written[0], self._synced_size, self._base + self._known_size)
+            self._synced_size = self._base
+        old, self._file = self._file, new
+        self._known_size = 0
+        self._logger.info("audit_rotated", previous_file=target.name)
+        os.rename(temp, self.path)
+        _sync_folder(self.path.parent)
+        old.close()  # wakes writers waiting on the old file: they find the new one
+        if self._keep_s:
+            self._expire()
+
+    def _expire(self) -> None:
+        """Remove rotated files whose newest record is older than ``keep_s``, oldest first, and
+        record which, with the last hash they held, so the chain still starts somewhere known."""
+        gone: list[str] = []
+        through: dict[str, Any] | None = None
+        for _, file in rotated_files(self.path):
+            with file.open("rb") as f:
+                last = _last_record(f)
+            if last is None or time.time() - _record_time(last) < self._keep_s:
+                break
+            file.unlink()
+            gone.append(file.name)
+            through = last
+        if through is not None:
+            self._logger.info(
+                "audit_files_expired",
+                files=gone,
+                through_seq=through.get("seq"),
+                through_hash=through.get("hash"),
+            )
+            _sync_folder(self.path.parent)
 
     def _durable(self, size: int) -> None:
         """Return once the trail is durable up to ``size`` bytes."""
@@ -227,6 +358,47 @@ class AuditTrail:
         os.replace(tmp, head)
 
 
+def _rotating_path(path: Path) -> Path:
+    return path.with_name(path.name + ".rotating")
+
+
+def _finish_rotation(path: Path) -> None:
+    """After a crash mid-rotation: if the old file already has its number, the new one (under its
+    temporary name) takes its place; if not, the rotation never happened and the new one goes."""
+    temp = _rotating_path(path)
+    if not temp.exists():
+        return
+    rotated = rotated_files(path)
+    if path.exists() and rotated and os.stat(path).st_ino == os.stat(rotated[-1][1]).st_ino:
+        os.rename(temp, path)
+    else:
+        temp.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _record_time(record: dict[str, Any]) -> float:
+    try:
+        return datetime.fromisoformat(str(record.get("ts"))).timestamp()
+    except ValueError:
+        return time.time()
+
+
+def _first_record_time(path: Path) -> float:
+    """When the live file's first record was written (now, for an unreadable one)."""
+    try:
+        with path.open("rb") as f:
+            return _record_time(json.loads(f.readline()))
+    except (OSError, ValueError, AttributeError):
+        return time.time()
+
+
 def operator() -> str:
     """Who is acting, for operator events: the login name (or what LOGNAME/USER say)."""
     try:
@@ -242,9 +414,10 @@ def operator() -> str:
 class Problem:
     line: int
     message: str
+    file: str | None = None  # named once the trail has more than one file
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+        return f"{self.file + ' ' if self.file else ''}line {self.line}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -258,19 +431,91 @@ class Verification:
 
 
 def verify(path: Path) -> Verification:
-    """Walk the chain and report every break, first one first.
+    """Walk the chain, across rotated files, and report every break, first one first.
 
     An edited line fails its own hash (or, if the editor recomputed it, the next line's
     ``prev``); a deleted line leaves a gap in ``seq``; reordered lines run ``seq`` backwards;
-    records removed from the end leave the trail shorter than its head file says.
+    records removed from the end leave the trail shorter than its head file says; a rotated file
+    removed leaves a gap in the files' numbers, unless an ``audit_files_expired`` record says
+    retention removed it and which hash it ended with.
     """
+    files = rotated_files(path)
+    live = [(None, path)] if path.exists() else []
+    several = bool(files) or _starts_rotated(path)
+    expired = _expiries([f for _, f in files] + [path])
     problems: list[Problem] = []
-    prev_hash = GENESIS
-    prev_seq = 0
-    count = 0
-    line_no = 0
-    with path.open("rb") as f:
+    walk = _Walk()
+    for _, file in [*files, *live]:
+        _walk_file(file, file.name if several else None, walk, expired, problems)
+    head = head_path(path)
+    if head.is_file():
+        last_label = path.name if several else None
+        try:
+            mark = json.loads(head.read_text())
+            if int(mark["seq"]) > walk.seq:
+                problems.append(
+                    Problem(
+                        walk.line + 1,
+                        f"the trail ends at record {walk.seq} but its head file records "
+                        f"{mark['seq']}: records at the end were removed",
+                        last_label,
+                    )
+                )
+            elif int(mark["seq"]) == walk.seq and mark["hash"] != walk.hash:
+                problems.append(
+                    Problem(
+                        walk.line,
+                        "the last record differs from the one the head file records: edited",
+                        last_label,
+                    )
+                )
+        except (ValueError, KeyError, TypeError):
+            problems.append(Problem(0, f"the head file {head} is damaged"))
+    return Verification(walk.count, tuple(problems))
+
+
+@dataclass
+class _Walk:
+    hash: str = GENESIS
+    seq: int = 0
+    count: int = 0
+    line: int = 0
+
+
+def _starts_rotated(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return b'"event":"audit_rotated"' in f.readline()
+    except OSError:
+        return False
+
+
+def _expiries(files: list[Path]) -> dict[int, str]:
+    """through_seq -> through_hash of every audit_files_expired record: where retention let the
+    chain begin again."""
+    found: dict[int, str] = {}
+    for file in files:
+        if not file.exists():
+            continue
+        with file.open("rb") as f:
+            for raw in f:
+                if b"audit_files_expired" not in raw:
+                    continue
+                try:
+                    record = json.loads(raw)
+                    found[int(record["through_seq"])] = str(record["through_hash"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return found
+
+
+def _walk_file(
+    file: Path, label: str | None, walk: _Walk, expired: dict[int, str], problems: list[Problem]
+) -> None:
+    walk.line = 0
+    with file.open("rb") as f:
         for line_no, raw in enumerate(f, start=1):
+            walk.line = line_no
             if not raw.strip():
                 continue
             try:
@@ -279,68 +524,70 @@ def verify(path: Path) -> Verification:
                     raise ValueError
             except ValueError:
                 problems.append(
-                    Problem(line_no, "not a JSON record (damaged, or a write cut short by a crash)")
+                    Problem(line_no, "not a JSON record (damaged, or a write cut short by a crash)", label)
                 )
                 continue
-            count += 1
             seq = record.get("seq")
+            if (
+                walk.count == 0
+                and isinstance(seq, int)
+                and seq > 1
+                and expired.get(seq - 1) == record.get("prev")
+            ):
+                # The first record after files that retention removed (and recorded removing).
+                walk.seq, walk.hash = seq - 1, str(record.get("prev"))
+            walk.count += 1
+            before = record.get("previous_file")
+            if (
+                record.get("event") == "audit_rotated"
+                and isinstance(before, str)
+                and not (file.parent / before).exists()
+                and not (isinstance(seq, int) and seq - 1 in expired)
+            ):
+                problems.append(
+                    Problem(line_no, f"the file before this one, {before}, is missing: removed", label)
+                )
             if record.get("hash") != record_hash(record):
                 problems.append(
-                    Problem(line_no, "the record does not match its own hash: this line was edited")
+                    Problem(line_no, "the record does not match its own hash: this line was edited", label)
                 )
             if not isinstance(seq, int):
-                problems.append(Problem(line_no, "the record has no sequence number"))
-            elif seq > prev_seq + 1:
+                problems.append(Problem(line_no, "the record has no sequence number", label))
+            elif seq > walk.seq + 1:
                 missing = (
-                    f"record {prev_seq + 1}" if seq == prev_seq + 2 else f"records {prev_seq + 1}-{seq - 1}"
+                    f"record {walk.seq + 1}" if seq == walk.seq + 2 else f"records {walk.seq + 1}-{seq - 1}"
                 )
-                problems.append(Problem(line_no, f"{missing} missing before this line: deleted"))
-            elif seq <= prev_seq:
+                problems.append(Problem(line_no, f"{missing} missing before this line: deleted", label))
+            elif seq <= walk.seq:
                 problems.append(
-                    Problem(line_no, f"record {seq} comes after record {prev_seq}: lines were reordered")
+                    Problem(
+                        line_no, f"record {seq} comes after record {walk.seq}: lines were reordered", label
+                    )
                 )
-            elif record.get("prev") != prev_hash:
+            elif record.get("prev") != walk.hash:
                 problems.append(
                     Problem(
                         line_no,
                         "does not follow the line before it (previous-hash mismatch): the line "
                         "before was edited and re-hashed, or a line was replaced",
+                        label,
                     )
                 )
-            prev_hash = str(record.get("hash"))
-            prev_seq = seq if isinstance(seq, int) else prev_seq
-    head = head_path(path)
-    if head.is_file():
-        try:
-            mark = json.loads(head.read_text())
-            if int(mark["seq"]) > prev_seq:
-                problems.append(
-                    Problem(
-                        line_no + 1,
-                        f"the trail ends at record {prev_seq} but its head file records "
-                        f"{mark['seq']}: records at the end were removed",
-                    )
-                )
-            elif int(mark["seq"]) == prev_seq and mark["hash"] != prev_hash:
-                problems.append(
-                    Problem(line_no, "the last record differs from the one the head file records: edited")
-                )
-        except (ValueError, KeyError, TypeError):
-            problems.append(Problem(0, f"the head file {head} is damaged"))
-    return Verification(count, tuple(problems))
+            walk.hash = str(record.get("hash"))
+            walk.seq = seq if isinstance(seq, int) else walk.seq
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Every parseable record in file order (damaged lines are verify's business, skipped here)."""
+    """Every parseable record in chain order, across rotated files (damaged lines are verify's
+    business, skipped here)."""
     records = []
-    if not path.exists():
-        return records
-    with path.open("rb") as f:
-        for raw in f:
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
+    for file in trail_files(path):
+        with file.open("rb") as f:
+            for raw in f:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    records.append(record)
     return records

@@ -134,7 +134,14 @@ class Service:
         key = SiteKey.load_or_create(s.secret_path)
         store, recovered = self._open_store()
         self.store = store
-        self.audit = audit = AuditTrail(s.audit_path, fsync=s.audit.fsync, head_every_s=1.0)
+        self.audit = audit = AuditTrail(
+            s.audit_path,
+            fsync=s.audit.fsync,
+            head_every_s=1.0,
+            rotate_bytes=(s.audit.rotate_mb or 0) * 2**20,
+            rotate_s=(s.audit.rotate_hours or 0) * 3600,
+            keep_s=(s.audit.keep_days or 0) * 86400,
+        )
         if s.audit.atna is not None:
             # Before service_started is written: a first start relays from that record on.
             self.atna = Relay(s)

@@ -16,7 +16,7 @@ from lxml import etree
 from syslog_receiver import Receiver, rsyslog_missing, throwaway_pki
 
 from dicom_anon.audit.atna_relay import Relay, read_status
-from dicom_anon.audit.trail import AuditTrail
+from dicom_anon.audit.trail import AuditTrail, rotated_files
 from dicom_anon.config import Settings
 
 pytestmark = pytest.mark.skipif(rsyslog_missing() is not None, reason=str(rsyslog_missing()))
@@ -180,3 +180,19 @@ def test_a_restarted_relay_reads_on_where_it_stopped(tmp_path, pki, receiver):
         relay.stop()
         trail.close()
     assert first_of_each(verified_counts(receiver)) == list(range(9))
+
+
+def test_the_relay_follows_the_trail_across_rotations(tmp_path, pki, receiver):
+    receiver.start()
+    settings = settings_for(tmp_path, pki, receiver.port)
+    trail = AuditTrail(settings.audit_path, rotate_bytes=20_000)
+    relay = Relay(settings, poll_s=0.05)
+    relay.start()
+    try:
+        write(trail, range(300), pause_s=0.002)
+        wait_until(lambda: set(verified_counts(receiver)) >= set(range(300)), 30, "all 300 messages")
+    finally:
+        relay.stop()
+        trail.close()
+    assert len(rotated_files(settings.audit_path)) >= 3
+    assert first_of_each(verified_counts(receiver)) == list(range(300))
