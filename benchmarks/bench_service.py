@@ -7,7 +7,8 @@ same files to each receiver in turn, the order rotating from round to round:
 - wire: dcmtk storescp writing the files (the ceiling of the network path);
 - pynetdicom: pynetdicom's own storescp app writing the files (no processing);
 - orthanc: Orthanc started here with its own config on loopback (durable store with an index,
-  TcpNoDelay), timed until storescu had every acknowledgement;
+  TCP_NODELAY=1 for its dcmtk DICOM side, TcpNoDelay for its HTTP side), timed until storescu
+  had every acknowledgement;
 - dicom-anon: ``dicom-anon serve`` (the example settings with photo routes on the headers-only
   ``basic`` profile; durable ack, audit fsynced) forwarding to a dcmtk storescp, timed from the
   start of the send until the state store has every delivery.
@@ -204,14 +205,17 @@ def run_orthanc(work: Path, files: list[Path]) -> float:
         "HttpServerEnabled": True,
         "DicomServerEnabled": True,
         "UnknownSopClassAccepted": True,
-        "TcpNoDelay": True,
+        "TcpNoDelay": True,  # its HTTP server; its DICOM side is dcmtk, told by TCP_NODELAY=1
         "Plugins": [],
     }
     cfg_path = work / "orthanc.json"
     cfg_path.write_text(json.dumps(cfg))
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     proc = subprocess.Popen(
-        [binary, str(cfg_path)], stdout=(work / "orthanc.log").open("wb"), stderr=subprocess.STDOUT
+        [binary, str(cfg_path)],
+        stdout=(work / "orthanc.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        env=DCMTK_ENV,
     )
     wait_port(port, proc)
     try:
