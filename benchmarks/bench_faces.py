@@ -11,7 +11,7 @@ into its own 4000x3000 photo with its own patient. openpeople P003 is printed ap
 worst case: P003 is also in the surrogate pool, so every candidate near them is excluded
 and the QA gate needs many tries.
 
-With ``--identity generated`` (the default, as for routes) each face is timed three ways: a
+With ``--identity generated`` each face is timed three ways: a
 new patient's first photo (a draw from the generator: screening, rendering and measuring
 candidates, preparing the chosen one), the same patient's next photo in the same process (the
 person remembered, its face and preparation cached), and that photo after a restart (the
@@ -145,7 +145,7 @@ def main() -> None:
         action="store_true",
         help="gate on SFace alone (the route setting second_recognizer: false)",
     )
-    ap.add_argument("--identity", default="generated", choices=["generated", "pool"])
+    ap.add_argument("--identity", default="pool", choices=["generated", "pool"])
     args = ap.parse_args()
 
     settings = PixelSettings(

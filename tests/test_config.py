@@ -9,6 +9,7 @@ import pytest
 from dicom_anon.config import (
     PRESETS,
     ConfigError,
+    PixelSettings,
     Settings,
     advice,
     apply_overrides,
@@ -251,8 +252,9 @@ def test_gan_inversion_is_the_gan_method():
     assert PixelSettings(method="surrogate").method == "surrogate"
 
 
-def test_identity_source_defaults_to_generated_and_a_wrong_one_names_its_line(tmp_path):
-    assert load_settings(EXAMPLE).profiles["teaching-photo"].pixels.identity == "generated"
+def test_identity_source_defaults_to_pool_and_a_wrong_one_names_its_line(tmp_path):
+    assert PixelSettings().identity == "pool"
+    assert load_settings(EXAMPLE).profiles["teaching-photo"].pixels.identity == "pool"
     text = GOOD + "profiles:\n  mine:\n    pixels:\n      preserve: [mouth]\n      identity: generative\n"
     msg = problems(tmp_path, text)
     assert "settings.yaml:17:" in msg and "'generated' or 'pool'" in msg

@@ -172,7 +172,7 @@ def eval_command(
             help="Where new people come from: 'generated' (one per patient, from the face generator) "
             "or 'pool' (--pool's people), as the route setting pixels.identity."
         ),
-    ] = "generated",
+    ] = "pool",
     device: Annotated[str, typer.Option(help="torch device: auto, cpu, cuda.")] = "auto",
     max_similarity: Annotated[
         float, typer.Option(help="QA gate: SFace similarity must stay below this.")

@@ -17,7 +17,6 @@ from dicom_anon.faces import generator as G
 from dicom_anon.faces.choice import PatientContext
 from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
 from dicom_anon.faces.identities import (
-    OTHERS_SIMILARITY,
     GeneratedFace,
     GeneratedIdentities,
     get_generated,
@@ -28,7 +27,6 @@ from dicom_anon.faces.identities import (
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.headers.pseudonyms import SiteKey
 from dicom_anon.service.store import StateStore
-
 
 # Where facekit and factories live, for the test's own processes.
 TESTS = (Path(__file__).parent, Path(__file__).parents[1])
@@ -83,8 +81,8 @@ _REFUSAL = textwrap.dedent(
 
     rgb = np.asarray(Image.open(sys.argv[2]).convert("RGB"))
     try:
-        process_photo(photo_dataset(rgb[None]), PixelSettings(preserve=["mouth"], device="cpu"),
-                      "ANONX", SiteKey(b"k" * 32))
+        settings = PixelSettings(preserve=["mouth"], device="cpu", identity="generated")
+        process_photo(photo_dataset(rgb[None]), settings, "ANONX", SiteKey(b"k" * 32))
     except Refused as exc:
         print("REFUSED", exc.code, exc)
     else:
@@ -168,7 +166,7 @@ def test_the_style_read_outs_are_for_this_generator() -> None:
 
 def test_the_service_remembers_the_new_person_and_shows_it_again(face_a, tmp_path, site_key) -> None:
     store = StateStore(tmp_path / "state.sqlite")
-    settings = PixelSettings(preserve=["mouth"], device="cpu", max_candidates=3)
+    settings = PixelSettings(preserve=["mouth"], device="cpu", max_candidates=3, identity="generated")
     first = process_photo(photo_dataset(face_a[None]), settings, "ANONMEM", site_key, store)
     face = first.qa_figures["faces"][0]
     assert face["identity"] == "generated" and not face["remembered"]
