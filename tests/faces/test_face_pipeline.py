@@ -138,7 +138,11 @@ def test_identity_still_too_similar_is_refused(face_a, site_key) -> None:
     # A limit of 0.001 asks for an output unrelated to the patient; a face that shares the
     # patient's mouth and hair never gets there, so every candidate fails the identity check.
     settings = PixelSettings(
-        preserve=["mouth"], device="cpu", max_identity_similarity=0.001, max_candidates=1
+        preserve=["mouth"],
+        device="cpu",
+        max_identity_similarity=0.001,
+        max_candidates=1,
+        identity="generated",
     )
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(face_a[None]), settings, PSEUDONYM, site_key)
