@@ -53,6 +53,18 @@ class Tile:
     name: str = ""  # what the label calls the file (a quarantine item's id); its name if empty
 
 
+def qa_figures(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """New SOP Instance UID -> the face pipeline's QA figures for it, from the audit trail's
+    ``instance_deidentified`` records (the service writes them there, nowhere else)."""
+    figures = {}
+    for record in records:
+        uid = record.get("new_sop_uid")
+        qa = (record.get("pixels") or {}).get("qa")
+        if record.get("event") == "instance_deidentified" and uid and qa:
+            figures[uid] = qa
+    return figures
+
+
 def qa_notes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     """New SOP Instance UID -> the pool photo, oval size and SFace similarity of each face the
     service replaced, from the audit trail's ``instance_deidentified`` records.
@@ -61,14 +73,40 @@ def qa_notes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
     was given, and the photos most often flawed (a pool person's selfie, the largest oval,
     docs/faces.md) can be looked at first.
     """
-    notes = {}
-    for record in records:
-        uid = record.get("new_sop_uid")
-        faces = ((record.get("pixels") or {}).get("qa") or {}).get("faces") or []
-        if record.get("event") != "instance_deidentified" or not uid or not faces:
-            continue
-        notes[uid] = "; ".join(_qa_note(face) for face in faces)
-    return notes
+    return {
+        uid: "; ".join(_qa_note(face) for face in qa["faces"])
+        for uid, qa in qa_figures(records).items()
+        if qa.get("faces")
+    }
+
+
+def qa_lines(qa: Mapping[str, Any]) -> list[str]:
+    """The QA figures of one photo as a reviewer reads them: per face, who the new face is and how
+    far it is from the patient by both recognisers; then what was kept exactly. The console's
+    tiles and the rules test show these lines; the numbers are the audit trail's."""
+    lines = []
+    for face in qa.get("faces") or []:
+        tries = f", {face['attempts']} attempt(s)" if face.get("attempts") else ""
+        new = f"new face {face.get('surrogate', '?')} ({face.get('identity', '?')})"
+        lines.append(f"{face.get('where', 'face')}: {new}, oval {face.get('oval', '?')}{tries}")
+        checks = [f"SFace similarity to the patient {_number(face.get('identity_similarity'))}"]
+        if face.get("second_recognizer_distance") is not None:
+            checks.append(f"dlib distance {_number(face['second_recognizer_distance'])}")
+        checks.append("found again" if face.get("face_found") else "NOT found again")
+        checks.append(f"preserved area changed by {face.get('preserved_max_abs_diff', '?')}")
+        lines.append("  " + ", ".join(checks))
+    if not qa.get("faces"):
+        lines.append("no face replaced")
+    lines.append(
+        f"{qa.get('method', '?')}: {qa.get('preserved_pixels', 0)} pixels kept exactly, "
+        f"stored copy differs there by {qa.get('stored_preserved_max_abs_diff', '?')}; "
+        f"{qa.get('output', '?')}, {qa.get('seconds', '?')} s"
+    )
+    return lines
+
+
+def _number(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "?"
 
 
 def read_tile(path: Path, size: int = 240, qa: Mapping[str, str] | None = None, name: str = "") -> Tile:
@@ -105,8 +143,7 @@ def in_review_order(tiles: Iterable[Tile]) -> list[Tile]:
 
 def _qa_note(face: dict[str, Any]) -> str:
     """``P003-studio_portrait oval 1.25 SFace 0.21``: short enough for a 240 px tile's label."""
-    similarity = face.get("identity_similarity")
-    sface = f"{similarity:.2f}" if isinstance(similarity, int | float) else "?"
+    sface = _number(face.get("identity_similarity"))
     pool_photo = str(face.get("surrogate", "?")).removeprefix("openpeople-")
     return f"{pool_photo} oval {face.get('oval', '?')} SFace {sface}"
 

@@ -162,14 +162,26 @@ def test_rules_check_fails_with_line_and_fix(tmp_path):
 
 
 def test_rules_test_shows_route_and_outcome(tmp_path):
-    settings = write_settings(tmp_path, GOOD)
+    settings = write_settings(tmp_path, GOOD.replace("profile: orthodontic", "profile: basic"))
     ok = photo_file(tmp_path / "ok.dcm")
     burned = photo_file(tmp_path / "burned.dcm", burned_in="YES")
     result = runner.invoke(app, ["rules", "test", str(settings), str(ok), str(burned)], terminal_width=200)
     assert result.exit_code == 0, result.output
     ok_part, burned_part = result.output.split("burned.dcm")
-    assert "route photos: de-identify (orthodontic" in ok_part and "teaching" in ok_part
-    assert "quarantine" in burned_part and "burned-in" in burned_part.lower()
+    assert "route photos: de-identify (basic" in ok_part and "teaching" in ok_part
+    assert "quarantine, the profile refuses it" in burned_part and "burned-in" in burned_part.lower()
+
+
+def test_rules_test_runs_a_photo_profiles_face_pipeline(tmp_path):
+    """As the service would: a photo route's file without pixels is held by the face stage, not forwarded
+    (tests/web/test_console_rules_test.py tries real face photos)."""
+    result = runner.invoke(
+        app,
+        ["rules", "test", str(write_settings(tmp_path, GOOD)), str(photo_file(tmp_path / "ok.dcm"))],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "=> route photos: quarantine, the face pipeline holds it (undecodable-pixels)" in result.output
 
 
 def test_rules_test_with_another_caller(tmp_path):

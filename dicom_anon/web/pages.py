@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from PIL import Image
+from pydicom.dataset import Dataset
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -27,17 +28,18 @@ from ..config import ConfigError, advice, load_settings
 from ..dicomio import read_instance
 from ..headers.errors import Refused, SiteKeyError
 from ..pixels.codec import UnsupportedPixels, decode
-from ..review import qa_notes, read_tile, sheets
+from ..review import qa_lines, qa_notes, read_tile, sheets
 from ..rules import route_lines
 from ..service.quarantine import QuarantineError, released_text
 from ..service.status import service_state
 from ..service.store import AWAITING_REVIEW
-from ..trial import default_caller, try_file
+from ..trial import default_caller, try_file, verdict
 from .accounts import Session
 from .app import Console, guarded, render
 from .editor import apply_text, check_text, sha256_of
 
 TILE = 320  # pixels across a photo on the Review page
+TRIAL_PICTURE = 360  # pixels across the de-identified picture a rules test shows
 AUDIT_LIMIT = 200  # rows shown on the Audit page (the newest); an export has them all
 
 
@@ -437,22 +439,32 @@ def _trial(console: Console, data: bytes, name: str, calling_ae: str) -> dict[st
     except ConfigError as exc:
         return _rules(console, errors=[f"the settings file has errors; fix them first: {exc}"])
     trial = try_file(settings, data, calling_ae or None)
-    pictures = {}
-    for outcome in trial.outcomes:
-        if outcome.deidentified is not None and not outcome.pixels:
-            try:
-                image = Image.fromarray(decode(outcome.deidentified).frames[0])
-                image.thumbnail((TILE, TILE))
-                pictures[outcome.route] = _data_uri(image)
-            except (Refused, UnsupportedPixels):
-                continue
+    shown = [
+        {
+            "outcome": o,
+            "verdict": verdict(o),
+            "qa": qa_lines(o.qa) if o.qa else [],
+            "picture": _picture(o.deidentified) if o.deidentified is not None else None,
+        }
+        for o in trial.outcomes
+    ]
     return _rules(
         console,
         trial=trial,
         trial_name=name,
         trial_caller=calling_ae or default_caller(settings),
-        pictures=pictures,
+        shown=shown,
     )
+
+
+def _picture(ds: Dataset) -> str | None:
+    """The de-identified copy's first frame, scaled down, inline: it exists only in this answer."""
+    try:
+        image = Image.fromarray(decode(ds).frames[0])
+    except (Refused, UnsupportedPixels):
+        return None
+    image.thumbnail((TRIAL_PICTURE, TRIAL_PICTURE))
+    return _data_uri(image)
 
 
 @guarded("rules")

@@ -3,74 +3,21 @@ trail. Driven through Starlette's TestClient against a real accounts file and a 
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from starlette.testclient import TestClient
+from webkit import PASSWORD, csrf_of, make_console, sign_in, signed_in, trail
 
-from dicom_anon.config import load_settings
-from dicom_anon.web.accounts import MAX_FAILURES, Accounts
+from dicom_anon.web.accounts import MAX_FAILURES
 from dicom_anon.web.app import COOKIE, Console, create_app
 from dicom_anon.web.commands import accounts_path
-
-PASSWORD = "correct horse battery"
-SETTINGS = {
-    "ingress": {"allowed_callers": [{"ae_title": "CLINIC", "addresses": ["127.0.0.1"]}]},
-    "destinations": {"teaching": {"ae_title": "TEACHING", "host": "127.0.0.1", "port": 11113}},
-    "routes": [
-        {"name": "photos", "match": {"modality": "XC"}, "profile": "basic", "destinations": "teaching"}
-    ],
-}
-
-
-def make_console(tmp_path: Path, **kwargs) -> Console:
-    config = tmp_path / "dicom-anon.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), **SETTINGS}, sort_keys=False))
-    settings = load_settings(config)
-    accounts = Accounts(accounts_path(settings))
-    for name, role in (("olivia", "officer"), ("rita", "reviewer"), ("oscar", "operator")):
-        accounts.add(name, role, PASSWORD)
-    return Console(settings, config, accounts, **kwargs)
 
 
 @pytest.fixture
 def console(tmp_path: Path) -> Console:
     return make_console(tmp_path)
-
-
-def trail(console: Console, event: str) -> list[dict]:
-    path = console.settings.audit_path
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["event"] == event]
-
-
-def csrf_of(html: str) -> str:
-    match = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert match, "no CSRF token on the page"
-    return match.group(1)
-
-
-def sign_in(client: TestClient, name: str, password: str = PASSWORD):
-    page = client.get("/login")
-    return client.post(
-        "/login",
-        data={"name": name, "password": password, "csrf": csrf_of(page.text), "next": "/"},
-        follow_redirects=False,
-    )
-
-
-def signed_in(console: Console, name: str) -> tuple[TestClient, str]:
-    client = TestClient(create_app(console))
-    assert sign_in(client, name).status_code == 303
-    page = client.get("/")
-    assert page.status_code == 200
-    return client, csrf_of(page.text)
 
 
 def test_a_right_password_opens_the_pages_of_the_role_and_is_recorded(console: Console) -> None:
