@@ -1,7 +1,7 @@
 """The console's pages: Status (everyone), Review (officers, operators), Audit (reviewers, operators)
 and Rules (officers). Each calls the functions the command line calls, so the two cannot disagree:
 ``rules check|test`` (``rules.route_lines``, ``trial.try_file``), ``quarantine release|delete``
-(``Quarantine``), ``quarantine review`` (``review.read_tile``, ``qa_notes``) and ``audit
+(``Quarantine``), ``quarantine review`` (``review.read_tile``, ``qa_lines``) and ``audit
 query|export|chart|verify`` (``audit.query``, ``audit.chart``, ``audit.trail.verify``).
 """
 
@@ -28,7 +28,7 @@ from ..config import ConfigError, advice, load_settings
 from ..dicomio import read_instance
 from ..headers.errors import Refused, SiteKeyError
 from ..pixels.codec import UnsupportedPixels, decode
-from ..review import qa_lines, qa_notes, read_tile, sheets
+from ..review import qa_lines, read_tile, sheets
 from ..rules import route_lines
 from ..service.quarantine import QuarantineError, released_text
 from ..service.status import service_state
@@ -126,7 +126,7 @@ def _review(console: Console, session: Session) -> dict[str, Any]:
     q = console.quarantine()
     if q is None:
         return {"patients": [], "others": [], "store_missing": True}
-    notes = qa_notes(_records(console))
+    reports = _pixel_reports(_records(console))
     patients: dict[str, list[dict[str, Any]]] = {}
     others = []
     for row in q.list():
@@ -140,7 +140,7 @@ def _review(console: Console, session: Session) -> dict[str, Any]:
             "reason": row.reason,
             "stage": row.stage,
             "patient": copy[1] if copy else "",
-            "qa": notes.get(copy[0], "") if copy else "",
+            "qa": _qa(reports.get(copy[0])) if copy else [],
             # Quarantined before de-identification, the held file is the original itself.
             "original": row.delivery_id is None,
         }
@@ -154,6 +154,25 @@ def _review(console: Console, session: Session) -> dict[str, Any]:
         "store_missing": False,
         "originals": session.user.may("originals"),
     }
+
+
+def _pixel_reports(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """New SOP Instance UID -> what the pixel stage reported of it in its ``instance_deidentified``
+    record: the QA figures of a replaced face, or why no face was replaced."""
+    return {
+        r["new_sop_uid"]: r.get("pixels") or {}
+        for r in records
+        if r.get("event") == "instance_deidentified" and r.get("new_sop_uid")
+    }
+
+
+def _qa(report: dict[str, Any] | None) -> list[str]:
+    """The lines under a held photo's tile: its QA figures, or plainly that its face is the patient's."""
+    if report is None:
+        return []
+    if report.get("qa"):
+        return qa_lines(report["qa"])
+    return [f"no face replaced: {report.get('reason', 'the pixel stage did not run')}"]
 
 
 @guarded("review")

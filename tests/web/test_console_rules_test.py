@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
-from webkit import SETTINGS, make_console, signed_in
+from webkit import LENIENT, SETTINGS, make_console, signed_in
 
 from dicom_anon.cli import app
 from dicom_anon.dicomio import read_instance
 from dicom_anon.pixels import decode
 
-# Mouth kept, CPU, and a QA limit loose enough that the test does not hang on the pool's people.
-LENIENT = {"preserve": ["mouth"], "device": "cpu", "max_identity_similarity": 0.9, "max_candidates": 2}
 FACES = {
     **SETTINGS,
     "profiles": {"faces": {"pixels": LENIENT}},
