@@ -72,7 +72,7 @@ def deid_file(
     """
     try:
         ds = read_instance(source)
-        result = deidentify(ds, key, profile)
+        result = deidentify(ds, key, profile, in_place=True)
         data = release(result, profile)
     except Refused as refused:
         return Outcome(source, refused=refused)

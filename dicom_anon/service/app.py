@@ -31,6 +31,7 @@ from ..audit.trail import AuditTrail
 from ..config import ConfigError, LoggingSettings, Settings, apply_overrides, load_settings
 from ..headers.pseudonyms import SiteKey
 from ..rules import Rules
+from .deid_pool import DeidPool
 from .egress import Sender
 from .failures import describe_environment, record_or_log
 from .files import Layout
@@ -157,6 +158,8 @@ class Service:
             notify_destination=self._notify,
             on_job_done=self._job_done,
             pixel_stage=self.pixel_stage,
+            # One process per pipeline thread: a thread hands over one instance at a time.
+            deid_pool=DeidPool(s.secret_path, s.workers),
         )
         record_or_log(
             audit,
@@ -231,6 +234,8 @@ class Service:
             sender.stop()
         for thread in [*self.workers, *self.senders.values()]:
             thread.join(timeout=30)
+        if self.runtime is not None and self.runtime.deid_pool is not None:
+            self.runtime.deid_pool.close()
         if self.audit is not None:
             record_or_log(self.audit, "service_stopped", pid=os.getpid())
             self.audit.close()
