@@ -115,6 +115,16 @@ def _keyword(value: Any) -> str:
     return text
 
 
+def _view_name(value: str) -> str:
+    from .views import VIEW_NAMES
+
+    if value not in VIEW_NAMES:
+        close = difflib.get_close_matches(value, list(VIEW_NAMES), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"use one of {', '.join(VIEW_NAMES)}"
+        raise ValueError(f"unknown view {value!r}; {hint}")
+    return value
+
+
 def parse_host_port(value: str) -> tuple[str, int]:
     """'HOST:PORT' (IPv6 as [::1]:PORT) -> (host, port); ValueError says what form is expected."""
     match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", str(value).strip())
@@ -133,6 +143,7 @@ Name = Annotated[str, BeforeValidator(_name)]
 Pattern = Annotated[str, AfterValidator(_pattern)]
 SopClassUID = Annotated[str, BeforeValidator(_sop_class)]
 Keyword = Annotated[str, AfterValidator(_keyword)]
+ViewName = Annotated[str, AfterValidator(_view_name)]
 
 
 def _options(value: Any, where: str) -> frozenset[Option]:
@@ -191,7 +202,9 @@ class PixelSettings(_Strict):
         default_factory=list
     )
     boxes: list[Box] = Field(default_factory=list)
-    method: Literal["surrogate", "gan"] = "surrogate"
+    # "keep" is for views that must show no face (intraoral): the pixels leave exactly as received,
+    # and only once two face detectors and an eye detector find nothing (dicom_anon/faces/intraoral.py).
+    method: Literal["surrogate", "gan", "keep"] = "surrogate"
     # "forward" is for photos that are not expected to show a face (intraoral); anything else
     # without a face found must not leave, so the default quarantines.
     on_no_face: Literal["quarantine", "forward"] = "quarantine"
@@ -261,6 +274,10 @@ PRESETS: dict[str, ProfileSettings] = {
     "orthodontic": ProfileSettings(
         description="Orthodontic photos: mouth preserved exactly, face replaced, headers de-identified",
         pixels=PixelSettings(preserve=["mouth"], method="surrogate", on_no_face="quarantine"),
+    ),
+    "intraoral": ProfileSettings(
+        description="Intraoral photos: pixels unchanged if no face or eyes are found; headers de-identified",
+        pixels=PixelSettings(method="keep"),
     ),
 }
 
@@ -453,8 +470,10 @@ class Match(_Strict):
     series_description: Pattern | None = None
     institution: Pattern | None = None
     attributes: dict[Keyword, Pattern] = Field(default_factory=dict)
+    # Views of a clinic's photo set (dicom_anon/views.py, docs/dental-views.md), by code or description.
+    view: list[ViewName] = Field(default_factory=list)
 
-    @field_validator("calling_ae", "sop_class", "modality", "body_part", mode="before")
+    @field_validator("calling_ae", "sop_class", "modality", "body_part", "view", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return _listify(value)
@@ -476,6 +495,9 @@ class Route(_Strict):
     # every copy has passed the privacy checks, but about half of the new faces still show a
     # visible flaw (docs/faces.md), and teaching material should not carry one unseen.
     hold_for_review: bool = False
+    # A quarantine route's reason code in the quarantine list and the audit (default route-quarantine),
+    # e.g. profile-view: a records officer sees why the photo waits without opening the settings.
+    reason: Name | None = None
 
     @field_validator("destinations", mode="before")
     @classmethod
@@ -487,13 +509,18 @@ class Route(_Strict):
         if self.action == "forward":
             if not self.profile:
                 raise ValueError(
-                    "a forward route needs 'profile:' (a name under profiles:, or basic, orthodontic)"
+                    "a forward route needs 'profile:' (a name under profiles:, or basic, orthodontic, "
+                    "intraoral)"
                 )
             if not self.destinations:
                 raise ValueError(
                     "a forward route needs 'destinations:' (one or more names under destinations:)"
                 )
-        elif self.profile or self.destinations or self.hold_for_review:
+        if self.reason is not None and self.action != "quarantine":
+            raise ValueError(
+                "'reason:' names why a quarantine route holds a photo; use it with action: quarantine"
+            )
+        if self.action != "forward" and (self.profile or self.destinations or self.hold_for_review):
             raise ValueError(
                 f"a {self.action} route sends nothing; remove 'profile:', 'destinations:' and "
                 "'hold_for_review:'"

@@ -14,6 +14,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
 from .config import Match, ProfileSettings, Route, Settings
+from .views import covers, recognise
 
 
 def attribute_text(ds: Dataset, keyword: str) -> str:
@@ -57,6 +58,7 @@ class _CompiledMatch:
                 self.patterns.append((keyword, label, re.compile(pattern)))
         for keyword, pattern in match.attributes.items():
             self.patterns.append((keyword, f"attributes.{keyword}", re.compile(pattern)))
+        self.views = list(match.view)
 
     def why_not(self, ds: Dataset, calling_ae: str) -> str | None:
         """None when the instance matches, else the first condition that failed (for ``rules test``)."""
@@ -73,6 +75,10 @@ class _CompiledMatch:
         for keyword, label, pattern in self.patterns:
             if not pattern.search(attribute_text(ds, keyword)):
                 return f"{label} does not match {pattern.pattern!r}"
+        if self.views:
+            view = recognise(ds)
+            if not covers(self.views, view.name):
+                return f"view {view.name or '(not recognised)'} is not one of {self.views}"
         return None
 
 
@@ -127,6 +133,7 @@ def match_summary(route: Route) -> str:
         ("SOP class", [_sop_name(u) for u in m.sop_class]),
         ("modality", m.modality),
         ("body part", m.body_part),
+        ("view", m.view),
     ):
         if value:
             parts.append(f"{label} in {', '.join(value)}")
@@ -149,10 +156,12 @@ def _sop_name(uid: str) -> str:
 def route_action(settings: Settings, route: Route) -> str:
     """What the route does with an instance it matches, profile options and pixels included."""
     if route.action != "forward":
-        return route.action
+        return f"{route.action} ({route.reason})" if route.reason else route.action
     profile = settings.profile(route.profile or "")
     pixels = ""
-    if profile.pixels is not None:
+    if profile.pixels is not None and profile.pixels.method == "keep":
+        pixels = "; pixels: unchanged, held if a face or eyes are found"
+    elif profile.pixels is not None:
         kept = ", ".join(profile.pixels.preserve) or "nothing"
         pixels = f"; pixels: replace the face ({profile.pixels.method}), keep {kept} exactly"
     options = ", ".join(sorted(o.value for o in profile.options)) or "no options"

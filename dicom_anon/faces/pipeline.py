@@ -39,6 +39,7 @@ from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
 from .generator import GeneratorUnavailable
 from .identities import IdentityMemory, IdentitySource, PoolIdentities, get_generated
+from .intraoral import check_no_face
 from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
@@ -530,7 +531,14 @@ def process_photo(
     ``pseudonym`` is the patient's keyed pseudonym (the same one the header stage writes),
     so every photo of one patient gets the same new face under one site key; ``memory``
     keeps it the same when one photo's measurements would filter the keyed choice away.
+    ``method: keep`` (intraoral views) replaces nothing: the photo leaves as received, once no
+    face and no eyes are found in it.
     """
+    if settings.method == "keep":
+        dataset, figures = check_no_face(ds, settings)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        preserved = np.ones((frames, int(ds.Rows), int(ds.Columns)), bool)
+        return PhotoResult(dataset, figures, frozenset(), preserved)
     try:
         pipeline = get_pipeline(settings)
     except ValueError as exc:

@@ -35,7 +35,6 @@ from ..headers.gate import GateFailed, release
 from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..rules import Decision, Rules
-from .deid_pool import DeidPool, released
 from .failures import Backoff, describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable, write_durable
 from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
@@ -88,7 +87,6 @@ class Runtime:
     notify_destination: Callable[[str], None]
     on_job_done: Callable[[int, str], None]
     pixel_stage: PixelStage | None = None
-    deid_pool: DeidPool | None = None
 
 
 @dataclass
@@ -176,9 +174,8 @@ class Worker(threading.Thread):
         rt = self.rt
         rules = rt.rules
         result = _Result()
-        loaded = self._load(job, result)
-        if loaded is not None:
-            data, ds = loaded
+        ds = self._load(job, result)
+        if ds is not None:
             decisions = rules.decide(ds, job.calling_ae)
             if job.route_only is not None:
                 decisions = [d for d in decisions if d.route.name == job.route_only]
@@ -207,7 +204,7 @@ class Worker(threading.Thread):
                     }
                 )
             for decision in decisions:
-                self._apply(job, data, ds, decision, result)
+                self._apply(job, ds, decision, result)
         self._commit(job, result)
 
     def _commit(self, job: Job, result: _Result) -> None:
@@ -268,16 +265,14 @@ class Worker(threading.Thread):
         level = log.info if q.code == AWAITING_REVIEW else log.warning
         level("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
 
-    def _load(self, job: Job, result: _Result) -> tuple[bytes, Dataset] | None:
-        """The received bytes and their strict reading, or None once the job is quarantined."""
+    def _load(self, job: Job, result: _Result) -> Dataset | None:
         if job.spool_path is None:
             self._quarantine(
                 job, result, "decode", "spool-missing", "the received file is no longer in the spool", None
             )
             return None
         try:
-            data = self.rt.layout.abs(job.spool_path).read_bytes()
-            return data, read_instance(data)
+            return read_instance(self.rt.layout.abs(job.spool_path))
         except Refused as refused:
             self._quarantine(job, result, "decode", refused.code, refused.reason, None)
         except OSError as exc:
@@ -286,7 +281,7 @@ class Worker(threading.Thread):
             )
         return None
 
-    def _apply(self, job: Job, original: bytes, ds: Dataset, decision: Decision, result: _Result) -> None:
+    def _apply(self, job: Job, ds: Dataset, decision: Decision, result: _Result) -> None:
         route = decision.route
         if decision.action == "drop":
             result.events.append(
@@ -295,21 +290,22 @@ class Worker(threading.Thread):
             return
         if decision.action == "quarantine":
             self._quarantine(
-                job, result, "route", "route-quarantine", f"route {route.name!r} says quarantine", route.name
+                job,
+                result,
+                "route",
+                route.reason or "route-quarantine",
+                f"route {route.name!r} says quarantine" + (f" ({route.reason})" if route.reason else ""),
+                route.name,
             )
             return
         profile = decision.profile
         assert profile is not None and route.profile is not None
         try:
             dataset, cleaned, pixels = self._pixels(ds, profile)
-            if (profile.pixels is None or self.rt.pixel_stage is None) and self.rt.deid_pool is not None:
-                # Headers only: engine and gate in a worker process, on the bytes as received.
-                deid = self.rt.deid_pool.deidentify(original, profile.options)
-            else:
-                deid_profile = Profile(options=profile.options)
-                done = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
-                # The last gate: only bytes that re-read strictly and match the profile may leave.
-                deid = released(done, release(done, deid_profile))
+            deid_profile = Profile(options=profile.options)
+            deid = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
+            # The last gate: only bytes that re-read strictly and match the profile may leave.
+            data = release(deid, deid_profile)
         except Refused as refused:
             stage = "gate" if isinstance(refused, GateFailed) else "deid"
             self._quarantine(job, result, stage, refused.code, refused.reason, route.name)
@@ -319,26 +315,27 @@ class Worker(threading.Thread):
             log.error("de-identification failed", job=job.id, route=route.name, error=describe_exception(exc))
             self._quarantine(job, result, "deid", "internal-error", reason, route.name)
             return
+        out = deid.dataset
         path: str | None = None
         held: tuple[NewQuarantine, ...] = ()
         if route.hold_for_review:
             held = tuple(
-                self._hold(job.id, deid.data, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
+                self._hold(job.id, data, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
                 for dest in route.destinations
             )
         else:
             target = self.rt.layout.outbox / f"{job.id}-{route.name}.dcm"
             # Only this job writes this name; a copy left by an attempt cut short is replaced whole.
             target.unlink(missing_ok=True)
-            write_durable(target, deid.data)
+            write_durable(target, data)
             path = self.rt.layout.rel(target)
         result.outputs.append(
             NewOutput(
                 route=route.name,
                 path=path,
-                sop_class=deid.sop_class,
-                sop_uid=deid.sop_uid,
-                transfer_syntax=deid.transfer_syntax,
+                sop_class=str(out.SOPClassUID),
+                sop_uid=str(out.SOPInstanceUID),
+                transfer_syntax=str(out.file_meta.TransferSyntaxUID),
                 patient_pseudonym=deid.patient_pseudonym,
                 destinations=tuple(route.destinations),
                 held=held,
@@ -352,10 +349,10 @@ class Worker(threading.Thread):
                 "options": sorted(o.value for o in deid.options),
                 "patient": deid.patient_pseudonym,
                 "patient_hash": deid.patient_hash,
-                "new_sop_uid": deid.sop_uid,
-                "new_study_uid": deid.study_uid,
-                "sop_class": deid.sop_class,
-                "changes": deid.changes,
+                "new_sop_uid": str(out.SOPInstanceUID),
+                "new_study_uid": str(out.get("StudyInstanceUID", "")),
+                "sop_class": str(out.SOPClassUID),
+                "changes": len(deid.changes),
                 "pixels": pixels,
                 "key": self.rt.key.fingerprint(),
                 "versions": VERSIONS,
