@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import time
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -31,6 +31,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 MIN_PASSWORD = 10
 MAX_FAILURES = 5  # wrong passwords in a row before the account is locked ...
 LOCK_S = 15 * 60  # ... for this long
+# Failed sign-ins from one client address, whatever the names tried, within ADDRESS_WINDOW_S that
+# lock the address out for ADDRESS_LOCK_S: guessing across many accounts locks none of them.
+ADDRESS_MAX_FAILURES = 20
+ADDRESS_WINDOW_S = 15 * 60
+ADDRESS_LOCK_S = 15 * 60
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _SCHEMA = """
@@ -43,6 +48,15 @@ CREATE TABLE IF NOT EXISTS users (
     locked_until REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     last_login REAL
+);
+CREATE TABLE IF NOT EXISTS address_failures (
+    address TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS address_failures_by_address ON address_failures (address, at);
+CREATE TABLE IF NOT EXISTS address_locks (
+    address TEXT PRIMARY KEY,
+    locked_until REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (
     token_hash TEXT PRIMARY KEY,
@@ -80,11 +94,13 @@ class Session:
 @dataclass(frozen=True)
 class SignIn:
     """The answer to a sign-in: the user, or why not (``unknown user``, ``wrong password``,
-    ``locked``, ``disabled``); ``locked_now`` when this failure locked the account."""
+    ``locked``, ``disabled``, ``address locked``); ``locked_now`` when this failure locked the
+    account, ``address_locked_now`` when it locked the client's address."""
 
     user: User | None
     refusal: str = ""
     locked_now: bool = False
+    address_locked_now: bool = False
 
 
 def _digest(token: str) -> str:
@@ -92,11 +108,25 @@ def _digest(token: str) -> str:
 
 
 class Accounts:
-    """The accounts file. One connection per call: the console serves requests from a thread pool."""
+    """The accounts file. One connection per call: the console serves requests from a thread pool.
 
-    def __init__(self, path: Path) -> None:
+    The per-address limit is kept here, beside the accounts' own lock-out, rather than in a rate
+    limiting library's memory: a restarted console must not forget a locked address, and the
+    whole rule is a count over a window in one table.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        address_max_failures: int = ADDRESS_MAX_FAILURES,
+        address_window_s: float = ADDRESS_WINDOW_S,
+        address_lock_s: float = ADDRESS_LOCK_S,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = path
+        self.address_max_failures = address_max_failures
+        self.address_window_s = address_window_s
+        self.address_lock_s = address_lock_s
         self._hasher = PasswordHasher()
         # Verified against for unknown names, so a wrong name takes as long as a wrong password.
         self._decoy = self._hasher.hash(secrets.token_hex(16))
@@ -144,35 +174,60 @@ class Accounts:
 
     # --- signing in -------------------------------------------------------------------------
 
-    def sign_in(self, name: str, password: str) -> SignIn:
-        """Check a password; MAX_FAILURES wrong ones in a row lock the account for LOCK_S."""
+    def sign_in(self, name: str, password: str, address: str = "") -> SignIn:
+        """Check a password from the client at ``address``; MAX_FAILURES wrong ones in a row lock
+        the account for LOCK_S, and address_max_failures failures of any kind from one address
+        within address_window_s lock that address for address_lock_s (no password is checked)."""
         now = time.time()
         with self._db() as db:
-            row = db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
-            if row is None:
-                self._check(self._decoy, password)
-                return SignIn(None, "unknown user")
-            user = _user(row)
-            if user.disabled:
-                return SignIn(None, "disabled")
-            if user.locked_until > now:
-                return SignIn(None, "locked")
-            if not self._check(row["password"], password):
-                failures = row["failures"] + 1
-                locked = failures >= MAX_FAILURES
-                db.execute(
-                    "UPDATE users SET failures = ?, locked_until = ? WHERE name = ?",
-                    (0 if locked else failures, now + LOCK_S if locked else 0, name),
-                )
-                return SignIn(None, "wrong password", locked_now=locked)
-            if self._hasher.check_needs_rehash(row["password"]):
-                db.execute(
-                    "UPDATE users SET password = ? WHERE name = ?", (self._hasher.hash(password), name)
-                )
+            db.execute("DELETE FROM address_locks WHERE locked_until <= ?", (now,))
+            if db.execute("SELECT 1 FROM address_locks WHERE address = ?", (address,)).fetchone():
+                return SignIn(None, "address locked")
+            answer = self._sign_in(db, name, password, now)
+            if answer.user is None:
+                return replace(answer, address_locked_now=self._failed_from(db, address, now))
+        return answer
+
+    def _sign_in(self, db: sqlite3.Connection, name: str, password: str, now: float) -> SignIn:
+        row = db.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            self._check(self._decoy, password)
+            return SignIn(None, "unknown user")
+        user = _user(row)
+        if user.disabled:
+            return SignIn(None, "disabled")
+        if user.locked_until > now:
+            return SignIn(None, "locked")
+        if not self._check(row["password"], password):
+            failures = row["failures"] + 1
+            locked = failures >= MAX_FAILURES
             db.execute(
-                "UPDATE users SET failures = 0, locked_until = 0, last_login = ? WHERE name = ?", (now, name)
+                "UPDATE users SET failures = ?, locked_until = ? WHERE name = ?",
+                (0 if locked else failures, now + LOCK_S if locked else 0, name),
             )
+            return SignIn(None, "wrong password", locked_now=locked)
+        if self._hasher.check_needs_rehash(row["password"]):
+            db.execute("UPDATE users SET password = ? WHERE name = ?", (self._hasher.hash(password), name))
+        db.execute(
+            "UPDATE users SET failures = 0, locked_until = 0, last_login = ? WHERE name = ?", (now, name)
+        )
         return SignIn(user)
+
+    def _failed_from(self, db: sqlite3.Connection, address: str, now: float) -> bool:
+        """Count a failure against ``address``; True when it locks the address now."""
+        db.execute("DELETE FROM address_failures WHERE at <= ?", (now - self.address_window_s,))
+        db.execute("INSERT INTO address_failures (address, at) VALUES (?, ?)", (address, now))
+        (count,) = db.execute(
+            "SELECT count(*) FROM address_failures WHERE address = ?", (address,)
+        ).fetchone()
+        if count < self.address_max_failures:
+            return False
+        db.execute("DELETE FROM address_failures WHERE address = ?", (address,))
+        db.execute(
+            "INSERT OR REPLACE INTO address_locks (address, locked_until) VALUES (?, ?)",
+            (address, now + self.address_lock_s),
+        )
+        return True
 
     def _check(self, stored: str, password: str) -> bool:
         try:

@@ -213,7 +213,7 @@ async def login(request: Request) -> Response:
         return render(
             request, "refused.html", None, 403, why="The sign-in form was not sent from this console."
         )
-    result = await run_in_threadpool(console.accounts.sign_in, name, password)
+    result = await run_in_threadpool(console.accounts.sign_in, name, password, _peer(request))
     if result.user is None:
         await run_in_threadpool(
             console.record,
@@ -223,12 +223,16 @@ async def login(request: Request) -> Response:
             name=name[:64],
             why=result.refusal,
             locked=result.locked_now,
+            address_locked=result.address_locked_now,
         )
-        message = (
-            "This account is locked after too many wrong passwords; try again later or ask an operator."
-            if result.refusal == "locked" or result.locked_now
-            else "Wrong name or password."
-        )
+        if result.refusal == "address locked" or result.address_locked_now:
+            message = "Too many failed sign-ins from this computer; try again later or ask an operator."
+        elif result.refusal == "locked" or result.locked_now:
+            message = (
+                "This account is locked after too many wrong passwords; try again later or ask an operator."
+            )
+        else:
+            message = "Wrong name or password."
         response = render(
             request, "login.html", None, 401, error=message, login_csrf=cookie, next=form.get("next", "/")
         )

@@ -58,6 +58,27 @@ def test_repeated_failures_lock_the_account_even_against_the_right_password(cons
     assert sign_in(client, "olivia", PASSWORD).status_code == 303
 
 
+def test_many_failures_from_one_address_lock_that_address_whatever_the_names(tmp_path: Path) -> None:
+    console = make_console(tmp_path)
+    console.accounts.address_max_failures, console.accounts.address_lock_s = 6, 1.0
+    guesser = TestClient(create_app(console), client=("203.0.113.9", 40000))
+    # Six names, none tried MAX_FAILURES times: no account locks, the address does.
+    for name in ("olivia", "rita", "oscar", "mallory", "olivia", "rita"):
+        assert sign_in(guesser, name, "guess").status_code == 401
+    answer = sign_in(guesser, "oscar", PASSWORD)
+    assert answer.status_code == 401 and "Too many failed sign-ins from this computer" in answer.text
+    failed = trail(console, "console_sign_in_failed")
+    assert [r["address_locked"] for r in failed] == [False] * 5 + [True, False]
+    assert failed[-1]["why"] == "address locked" and {r["peer"] for r in failed} == {"203.0.113.9"}
+    assert not any(r["locked"] for r in failed) and not trail(console, "console_signed_in")
+    # Another address is not affected; the locked one may try again once the lock has passed.
+    elsewhere = TestClient(create_app(console), client=("198.51.100.7", 40000))
+    assert sign_in(elsewhere, "oscar").status_code == 303
+    time.sleep(1.1)
+    assert sign_in(guesser, "oscar").status_code == 303
+    assert [r["peer"] for r in trail(console, "console_signed_in")] == ["198.51.100.7", "203.0.113.9"]
+
+
 def test_an_expired_session_is_refused_and_recorded(tmp_path: Path) -> None:
     console = make_console(tmp_path, idle_s=0.3)
     client, csrf = signed_in(console, "olivia")
