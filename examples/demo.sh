@@ -73,31 +73,48 @@ for path in sorted(Path("out/archive").glob("*.dcm")):
     )
 PY
 "$PYTHON" - <<'PY'
-# A before/after sheet: each example beside what the archive received, or why it was held.
+# A before/after sheet: each example beside what the archive received, or why it was held, with the
+# view it was recognised as (dicom_anon/views.py) and what its route did.
 # Outputs are found through the keyed UID map (new UID = HMAC of the original under .demo-data's key).
+import json
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from PIL import Image, ImageDraw
 
 from dicom_anon.headers.pseudonyms import SiteKey
+from dicom_anon.views import recognise
 
 key = SiteKey.load_or_create(Path(".demo-data/site.key"))
 received = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in Path("out/archive").glob("*.dcm")}
-size = 256
+held = {}
+for folder in Path(".demo-data/quarantine").glob("*"):
+    if (folder / "instance.dcm").exists() and (folder / "reason.json").exists():
+        uid = pydicom.dcmread(folder / "instance.dcm", stop_before_pixels=True).SOPInstanceUID
+        held[uid] = json.loads((folder / "reason.json").read_text())["code"]
+size, band = 256, 18
 rows = sorted(Path("examples").glob("*.dcm"))
-sheet = Image.new("RGB", (2 * size, len(rows) * size), "white")
+sheet = Image.new("RGB", (2 * size, len(rows) * (size + band)), "white")
 draw = ImageDraw.Draw(sheet)
 for i, src in enumerate(rows):
+    top = i * (size + band)
     original = pydicom.dcmread(src)
-    sheet.paste(Image.fromarray(original.pixel_array).convert("RGB").resize((size, size)), (0, i * size))
+    sheet.paste(Image.fromarray(original.pixel_array).convert("RGB").resize((size, size)), (0, top))
     out = received.get(key.uid(original.SOPInstanceUID))
     if out is not None:
-        sheet.paste(Image.fromarray(pydicom.dcmread(out).pixel_array).convert("RGB").resize((size, size)), (size, i * size))
+        arrived = pydicom.dcmread(out)
+        sheet.paste(Image.fromarray(arrived.pixel_array).convert("RGB").resize((size, size)), (size, top))
+        if np.array_equal(arrived.pixel_array, original.pixel_array):
+            what = "forwarded, pixels unchanged"
+        else:
+            what = "forwarded, face replaced"
     else:
-        draw.rectangle((size, i * size, 2 * size - 1, (i + 1) * size - 1), fill=(96, 20, 20))
-        draw.text((size + 10, i * size + size // 2), "held in quarantine", fill="white")
-    draw.text((4, i * size + 4), src.name, fill="yellow")
+        draw.rectangle((size, top, 2 * size - 1, top + size - 1), fill=(96, 20, 20))
+        what = f"held: {held.get(original.SOPInstanceUID, 'in quarantine')}"
+        draw.text((size + 10, top + size // 2), what, fill="white")
+    draw.text((4, top + 4), src.name, fill="yellow")
+    draw.text((4, top + size + 3), f"{recognise(original).name or 'view not recognised'}: {what}", fill="black")
 sheet.save("out/before_after.png")
 print("demo: before/after sheet (example | what the archive received): out/before_after.png")
 PY

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
 import pytest
 import yaml
 from dentalkit import DENTAL_ROUTES, HEAD, MOUTH, RIGHT_LATERAL, ROUTE_OF, coded, sample_set, uncoded
@@ -124,3 +125,15 @@ def test_example_config_routes_the_set(samples):
     intraoral = [n for n in routes if n.startswith(("intraoral", "buccal", "occlusal", "face-coded"))]
     assert {routes[n] for n in intraoral} == {"dental-intraoral"}
     assert {routes[n] for n in routes if n.startswith(("frontal", "smile"))} == {"photos"}
+
+
+def test_the_demo_examples_take_their_routes():
+    root = Path(__file__).resolve().parents[1]
+    rules = Rules(load_settings(root / "config" / "dicom-anon.yaml"))
+    want = {"face": "photos", "intraoral": "dental-intraoral", "profile": "dental-profiles"}
+    examples = sorted((root / "examples").glob("*.dcm"))
+    assert len(examples) == 8
+    for path in examples:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        [decision] = rules.decide(ds, "CLINIC")
+        assert decision.route.name == want[path.name.split("_")[2]], path.name
