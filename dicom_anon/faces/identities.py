@@ -7,15 +7,19 @@ same sources as the transplant.
 
 ``GeneratedIdentities``: the patient's keyed pseudonym seeds a latent stream (HMAC-SHA256
 under the site key, then a NumPy generator per block of latents). Each latent is screened
-first in the generator's style space, where a linear read-out (``models/generated/``,
+first, in the generator's style space, where a linear read-out (``models/generated/``,
 learnt from labelled samples of this generator: benchmarks/generated_directions.py) says
-sex, age, glasses, headwear and whether the face is usable, at ~0.1 ms a latent; only those
-that pass are rendered (~0.35 s) and measured the way pool photos are (``pool.crop_face``,
+sex, age, glasses, headwear, pose and skin tone, at ~0.1 ms a latent. A latent of the other sex
+or another skin tone is not passed over but steered: its style is moved, the least it can be,
+until the read-outs say the patient's sex and skin while the others (age, pose, glasses, ...)
+stay where they were. FFHQ holds few dark-skinned and few old people, and without steering
+every dark-skinned patient of a test set was held (no-surrogate). Only the latents that pass
+are rendered (~0.35 s) and measured the way pool photos are (``pool.crop_face``,
 ``prepare.pool_photo_problem``, ``attributes.estimate``, SFace). The first that fits the
 patient and resembles neither the patient nor another patient of this site becomes the
-patient's new person: its index in the stream and its SFace embedding (never the face) are
-remembered (``IdentityMemory``), so every later photo, on every machine sharing the key and
-the store, regenerates the same person.
+patient's new person: its index in the stream, the steering it was given and its SFace
+embedding (never the face) are remembered (``IdentityMemory``), so every later photo, on every
+machine sharing the key and the store, regenerates the same person.
 
 ``PoolIdentities``: ``choice.candidates`` over a built pool (openpeople's ten, or a site's
 own), for sites where the generator's non-commercial weights do not fit.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -90,23 +95,34 @@ MAX_YAW_DIFFERENCE = 20.0
 # round a kept closed mouth read as a grimace.
 MAX_SMILE_DIFFERENCE = 0.25
 PERSON_PREFIX = "generated"
+# Steering (``steer_code``): the sex read-out's logit a steered latent is given (the unsteered
+# latents the sex estimator was sure of sit at about +-4 to +-8).
+SEX_STEER_LOGIT = 4.0
+# The skin read-out is steered to the patient's CIELAB when it is further than this (delta E)
+# from it; nearer, the latent is left as drawn.
+SKIN_STEER_FROM = 6.0
+# The largest move, in units of the z-scored style, a latent may be steered: up to ~9 the faces
+# looked like people of another skin tone or sex; beyond, some looked lit grey rather than dark.
+MAX_STEER = 9.0
+_STEER = re.compile(r"^(?:L(-?\d+)a(-?\d+)b(-?\d+))?([MF])?$")
 
 
 class IdentityMemory(Protocol):
     """What the site remembers of each patient's new person (the service's state store is one).
 
     Pool people are remembered by name; generated people by their index in the patient's
-    keyed latent stream, with their SFace embedding so that a new patient's person can be
-    kept apart from everyone already given one.
+    keyed latent stream and the steering code they were given (``steer_code``), with their
+    SFace embedding so that a new patient's person can be kept apart from everyone already
+    given one.
     """
 
     def surrogate_for(self, pseudonym: str) -> str | None: ...
 
     def remember_surrogate(self, pseudonym: str, surrogate: str) -> None: ...
 
-    def generated_for(self, pseudonym: str) -> int | None: ...
+    def generated_for(self, pseudonym: str) -> tuple[int, str] | None: ...
 
-    def remember_generated(self, pseudonym: str, index: int, embedding: np.ndarray) -> None: ...
+    def remember_generated(self, pseudonym: str, index: int, steer: str, embedding: np.ndarray) -> None: ...
 
     def generated_embeddings(self, excluding: str) -> np.ndarray: ...
 
@@ -116,7 +132,7 @@ class InMemoryIdentities:
 
     def __init__(self) -> None:
         self._chosen: dict[str, str] = {}
-        self._generated: dict[str, tuple[int, np.ndarray]] = {}
+        self._generated: dict[str, tuple[int, str, np.ndarray]] = {}
 
     def surrogate_for(self, pseudonym: str) -> str | None:
         return self._chosen.get(pseudonym)
@@ -124,15 +140,15 @@ class InMemoryIdentities:
     def remember_surrogate(self, pseudonym: str, surrogate: str) -> None:
         self._chosen.setdefault(pseudonym, surrogate)
 
-    def generated_for(self, pseudonym: str) -> int | None:
+    def generated_for(self, pseudonym: str) -> tuple[int, str] | None:
         entry = self._generated.get(pseudonym)
-        return None if entry is None else entry[0]
+        return None if entry is None else entry[:2]
 
-    def remember_generated(self, pseudonym: str, index: int, embedding: np.ndarray) -> None:
-        self._generated.setdefault(pseudonym, (index, np.asarray(embedding, np.float32)))
+    def remember_generated(self, pseudonym: str, index: int, steer: str, embedding: np.ndarray) -> None:
+        self._generated.setdefault(pseudonym, (index, steer, np.asarray(embedding, np.float32)))
 
     def generated_embeddings(self, excluding: str) -> np.ndarray:
-        rows = [e for p, (_, e) in self._generated.items() if p != excluding]
+        rows = [e for p, (_, _, e) in self._generated.items() if p != excluding]
         return np.stack(rows) if rows else np.zeros((0, 128), np.float32)
 
 
@@ -222,6 +238,20 @@ class Directions:
         x = (styles - self.mean) / self.scale
         return {k: x @ w + self.bias[k] for k, w in self.weights.items()}
 
+    def steer(self, styles: np.ndarray, change: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Move (n, 512) styles (truncated at ``psi``) so that each read-out named in ``change``
+        moves by that much and every other read-out stays; and how far each moved (z-scored).
+
+        The least-norm move in the z-scored style space that does this (InterFaceGAN's
+        conditional manipulation, here with all the read-outs at once), so that steering skin
+        tone does not also age the face or put glasses on it, as far as the read-outs see.
+        """
+        names = list(self.weights)
+        u = np.stack([self.weights[k] for k in names])
+        d = np.stack([np.asarray(change.get(k, np.zeros(len(styles))), np.float64) for k in names], axis=1)
+        dx = d @ np.linalg.solve(u @ u.T, u)
+        return styles + (dx * self.scale).astype(np.float32), np.linalg.norm(dx, axis=1)
+
 
 def load_directions(path: Path = DIRECTIONS) -> Directions:
     try:
@@ -242,10 +272,11 @@ def load_directions(path: Path = DIRECTIONS) -> Directions:
 class GeneratedFace(Surrogate):
     """A generated person as a surrogate: the aligned crop held in memory, not in a file."""
 
-    def __init__(self, pixels: np.ndarray, index: int, **fields) -> None:
+    def __init__(self, pixels: np.ndarray, index: int, steer: str, **fields) -> None:
         super().__init__(path=None, **fields)
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "index", index)
+        object.__setattr__(self, "steer", steer)
 
     @property
     def image(self) -> np.ndarray:  # type: ignore[override]
@@ -263,9 +294,37 @@ def latents(seed: bytes, block: int) -> np.ndarray:
     return np.random.default_rng(seq).standard_normal((BLOCK, STYLE_DIM)).astype(np.float32)
 
 
-def person_id(seed: bytes, index: int) -> str:
-    """Names the new person in audit events and the pipeline: a tag of the (keyed) stream and the index."""
-    return f"{PERSON_PREFIX}-{seed[:5].hex()}-{index}"
+def person_id(seed: bytes, index: int, steer: str = "") -> str:
+    """Names the new person in audit events and the pipeline: a tag of the (keyed) stream, the
+    index and the steering (``steer_code``), which together make the face."""
+    return f"{PERSON_PREFIX}-{seed[:5].hex()}-{index}" + (f"-{steer}" if steer else "")
+
+
+def parse_person(person: str) -> tuple[int, str]:
+    """The index and steering code ``person_id`` put into a name."""
+    _, _, index, *steer = person.split("-", 3)  # a steering code may hold a minus sign
+    return int(index), steer[0] if steer else ""
+
+
+def steer_code(skin_lab: np.ndarray | None, sex: str | None) -> str:
+    """The steering a latent is given, as a short code that the store keeps: ``L36a15b18`` for
+    a skin tone (CIELAB, whole units: the read-outs' errors are 2-4 units) and ``M``/``F`` for
+    a sex. Kept as a target, not a move, so the same code regenerates the same face."""
+    skin = "" if skin_lab is None else "L{}a{}b{}".format(*(round(float(v)) for v in skin_lab))
+    return skin + (sex or "")
+
+
+def steer_targets(code: str) -> dict[str, float]:
+    """The read-out values ``steer_code`` names."""
+    m = _STEER.match(code)
+    if m is None:
+        raise ValueError(f"not a steering code: {code!r}")
+    targets: dict[str, float] = {}
+    if m.group(1) is not None:
+        targets |= {"skin_l": float(m.group(1)), "skin_a": float(m.group(2)), "skin_b": float(m.group(3))}
+    if m.group(4):
+        targets["male"] = SEX_STEER_LOGIT if m.group(4) == "M" else -SEX_STEER_LOGIT
+    return targets
 
 
 @dataclass(frozen=True)
@@ -304,7 +363,7 @@ class GeneratedIdentities:
         self.directions = directions
         self.detector = detector
         self.recognizer = recognizer
-        self._faces: OrderedDict[tuple[bytes, int], GeneratedFace | str] = OrderedDict()
+        self._faces: OrderedDict[tuple[bytes, int, str], GeneratedFace | str] = OrderedDict()
         self._cache = cache
         self._lock = threading.Lock()
         self.last_draw: dict = {}
@@ -313,22 +372,36 @@ class GeneratedIdentities:
 
     # --- one latent ---------------------------------------------------------------------
 
-    def face(self, seed: bytes, index: int) -> GeneratedFace | str:
-        """The stream's ``index``-th person, rendered and measured (cached), or why it is unusable."""
+    def face(self, seed: bytes, index: int, steer: str = "") -> GeneratedFace | str:
+        """The stream's ``index``-th person, steered (``steer_code``), rendered and measured
+        (cached), or why it is unusable."""
         with self._lock:
-            hit = self._faces.get((seed, index))
+            hit = self._faces.get((seed, index, steer))
             if hit is not None:
-                self._faces.move_to_end((seed, index))
+                self._faces.move_to_end((seed, index, steer))
                 return hit
         z = latents(seed, index // BLOCK)[index % BLOCK]
-        made = self._render(seed, index, self.generator.styles(z[None]))
+        raw = self.generator.raw_styles(z[None])
+        if steer:
+            raw = self._steered(raw, steer_targets(steer))
+        made = self._render(seed, index, steer, self.generator.truncate(raw))
         with self._lock:
-            self._faces[(seed, index)] = made
+            self._faces[(seed, index, steer)] = made
             while len(self._faces) > self._cache:
                 self._faces.popitem(last=False)
         return made
 
-    def _render(self, seed: bytes, index: int, style: np.ndarray) -> GeneratedFace | str:
+    def _steered(self, raw: np.ndarray, targets: dict[str, float]) -> np.ndarray:
+        """Untruncated styles moved so that the read-outs (at the read-outs' truncation) reach
+        ``targets``; the others stay."""
+        d = self.directions
+        at = self.generator.truncate(raw, d.psi)
+        s = d.scores(at)
+        moved, _ = d.steer(at, {k: v - s[k] for k, v in targets.items()})
+        # Back from the read-outs' truncation to the untruncated style the render truncates.
+        return raw + (moved - at) / d.psi
+
+    def _render(self, seed: bytes, index: int, steer: str, style: np.ndarray) -> GeneratedFace | str:
         rgb = self.generator.faces(style)[0]
         try:
             c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE)
@@ -343,14 +416,15 @@ class GeneratedIdentities:
             a = estimate(c.image, c.face)
         except (AttributesRefused, ModelsError) as exc:
             return f"unusable: sex and age not estimated ({exc})"
-        pid = person_id(seed, index)
+        pid = person_id(seed, index, steer)
         digest = hashlib.sha256(
-            seed + index.to_bytes(8, "big") + str(self.generator.psi).encode()
+            seed + index.to_bytes(8, "big") + str(self.generator.psi).encode() + steer.encode()
         ).hexdigest()
         age = round(a.age_years)
         return GeneratedFace(
             c.image,
             index,
+            steer,
             id=pid,
             person=pid,
             sha256=digest,
@@ -360,21 +434,50 @@ class GeneratedIdentities:
             embedding=self.recognizer.embed(c.image, c.face),
             sex=a.trusted_sex(SEX_CONFIDENCE),
             age_band=(age, age),
-            source=f"random-face MobileStyleGAN, psi {self.generator.psi}, latent {index}",
+            source=f"random-face MobileStyleGAN, psi {self.generator.psi}, latent {index}"
+            + (f", steered {steer}" if steer else ""),
             licence="generated; weights from StyleGAN2-FFHQ (non-commercial): docs/generator-card.md",
             estimated=("sex", "age_band"),
         )
 
     # --- the filters ----------------------------------------------------------------------
 
-    def _screen(self, raw: np.ndarray, want: Want, ctx: PatientContext) -> tuple[np.ndarray, Counter]:
-        """Which of a block of (untruncated) styles may fit, by the linear read-outs alone; counts
-        of why not. (Rendering the likeliest fits first, nearest the band's middle age and most
-        frontal, drew faces SFace took for one another: the stream's own order is kept.)"""
-        s = self.directions.scores(self.generator.truncate(raw, self.directions.psi))
+    def _screen(
+        self, raw: np.ndarray, want: Want, ctx: PatientContext
+    ) -> tuple[np.ndarray, list[str], Counter]:
+        """Which of a block of (untruncated) styles may fit, by the linear read-outs alone, each
+        with the steering it needs (``steer_code``); counts of why not. (Rendering the likeliest
+        fits first, nearest the band's middle age and most frontal, drew faces SFace took for
+        one another: the stream's own order is kept.)"""
+        d = self.directions
+        s = d.scores(self.generator.truncate(raw, d.psi))
         why: Counter = Counter()
         keep = np.ones(len(raw), bool)
-        for name, limit in self.directions.reject_above.items():
+        # Steer the sex where the read-out says the other one or is unsure, and the skin where it
+        # is not near the patient's; the screen below then reads the steered values.
+        sex_code = np.full(len(raw), "", object)
+        change: dict[str, np.ndarray] = {}
+        if want.sex is not None:
+            target = SEX_STEER_LOGIT if want.sex == "M" else -SEX_STEER_LOGIT
+            wrong = (s["male"] < 1.0) if want.sex == "M" else (s["male"] > -1.0)
+            change["male"] = np.where(wrong, target - s["male"], 0.0)
+            sex_code[wrong] = want.sex
+        skin_code = np.full(len(raw), "", object)
+        if ctx.skin_lab is not None:
+            target_lab = np.round(np.asarray(ctx.skin_lab, np.float64))
+            lab = np.stack([s["skin_l"], s["skin_a"], s["skin_b"]], axis=1)
+            far = np.linalg.norm(lab - target_lab, axis=1) > SKIN_STEER_FROM
+            for i, name in enumerate(("skin_l", "skin_a", "skin_b")):
+                change[name] = np.where(far, target_lab[i] - s[name], 0.0)
+            skin_code[far] = steer_code(target_lab, None)
+        codes = [a + b for a, b in zip(skin_code, sex_code, strict=True)]
+        if change:
+            _, moved = d.steer(np.zeros_like(raw), change)
+            s = {k: v + change.get(k, 0.0) for k, v in s.items()}
+            bad = moved > MAX_STEER
+            why["steering too far"] += int(bad.sum())
+            keep &= ~bad
+        for name, limit in d.reject_above.items():
             bad = keep & (s[name] > limit)
             why[name] += int(bad.sum())
             keep &= ~bad
@@ -407,7 +510,7 @@ class GeneratedIdentities:
             bad = keep & (np.abs(s["smile"] - ctx.smile) > MAX_SMILE_DIFFERENCE - 0.04)
             why["expression"] += int(bad.sum())
             keep &= ~bad
-        return keep, why
+        return keep, codes, why
 
     def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:
         """Why this rendered person does not suit the patient, or None."""
@@ -436,8 +539,8 @@ class GeneratedIdentities:
     # --- IdentitySource -------------------------------------------------------------------
 
     def remembered(self, memory: IdentityMemory, pseudonym: str, key: SiteKey) -> str | None:
-        index = memory.generated_for(pseudonym)
-        return None if index is None else person_id(stream_seed(key, pseudonym), index)
+        entry = memory.generated_for(pseudonym)
+        return None if entry is None else person_id(stream_seed(key, pseudonym), *entry)
 
     def people(self, ctx: PatientContext) -> list[Surrogate]:
         """The remembered person alone, or the first new person of the stream that fits.
@@ -453,8 +556,7 @@ class GeneratedIdentities:
         """
         seed = stream_seed(ctx.key, ctx.pseudonym)
         if ctx.remembered is not None and ctx.remembered not in ctx.exclude_people:
-            index = int(ctx.remembered.rsplit("-", 1)[1])
-            made = self.face(seed, index)
+            made = self.face(seed, *parse_person(ctx.remembered))
             # A remembered person always rendered before; "unusable" would mean another generator.
             return [made] if isinstance(made, GeneratedFace) else []
         started = time.perf_counter()
@@ -465,14 +567,14 @@ class GeneratedIdentities:
         found: GeneratedFace | None = None
         best: tuple[tuple[int, float], GeneratedFace] | None = None
         for block in range(MAX_SCREENED // BLOCK):
-            keep, why = self._screen(self.generator.raw_styles(latents(seed, block)), want, ctx)
+            keep, codes, why = self._screen(self.generator.raw_styles(latents(seed, block)), want, ctx)
             rejected.update({f"screen: {k}": v for k, v in why.items() if v})
             screened += BLOCK
             for j in np.flatnonzero(keep):
                 index = block * BLOCK + int(j)
-                if person_id(seed, index) in ctx.exclude_people:
+                if person_id(seed, index, codes[j]) in ctx.exclude_people:
                     continue
-                made = self.face(seed, index)
+                made = self.face(seed, index, codes[j])
                 rendered += 1
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
                 if problem is None and isinstance(made, GeneratedFace):
@@ -519,7 +621,7 @@ class GeneratedIdentities:
 
     def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
         if isinstance(surrogate, GeneratedFace):
-            memory.remember_generated(pseudonym, surrogate.index, surrogate.embedding)
+            memory.remember_generated(pseudonym, surrogate.index, surrogate.steer, surrogate.embedding)
 
     def why_none(self, ctx: PatientContext, hints: dict) -> str:
         d = self.last_draw

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS identities (
 CREATE TABLE IF NOT EXISTS generated_identities (
     patient_pseudonym TEXT PRIMARY KEY,
     latent_index INTEGER NOT NULL,
+    steer TEXT NOT NULL DEFAULT '',
     embedding BLOB NOT NULL,
     chosen_at REAL NOT NULL
 );
@@ -232,14 +233,22 @@ class StateStore:
         self.set_meta_default("schema_version", SCHEMA_VERSION)
 
     def _migrate(self) -> None:
-        """Schema 1 -> 2: jobs count their failed tries and wait out a backoff (poison jobs)."""
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        """Schema 1 -> 2: jobs count their failed tries and wait out a backoff (poison jobs).
+        2 -> 3: a generated person is its latent index and its steering code."""
         added = {
-            "attempts": "INTEGER NOT NULL DEFAULT 0",
-            "next_attempt_at": "REAL NOT NULL DEFAULT 0",
-            "error": "TEXT",
+            "jobs": {
+                "attempts": "INTEGER NOT NULL DEFAULT 0",
+                "next_attempt_at": "REAL NOT NULL DEFAULT 0",
+                "error": "TEXT",
+            },
+            "generated_identities": {"steer": "TEXT NOT NULL DEFAULT ''"},
         }
-        missing = [f"ALTER TABLE jobs ADD COLUMN {n} {kind}" for n, kind in added.items() if n not in columns]
+        missing = []
+        for table, wanted in added.items():
+            columns = {r["name"] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            missing += [
+                f"ALTER TABLE {table} ADD COLUMN {n} {kind}" for n, kind in wanted.items() if n not in columns
+            ]
         if missing:
             with self.transaction() as db:
                 for sql in missing:
@@ -643,21 +652,23 @@ class StateStore:
                 (pseudonym, surrogate, time.time()),
             )
 
-    def generated_for(self, pseudonym: str) -> int | None:
-        """The index, in this patient's keyed latent stream, of the generated person they were given."""
+    def generated_for(self, pseudonym: str) -> tuple[int, str] | None:
+        """The index, in this patient's keyed latent stream, of the generated person they were
+        given, and the steering code it was rendered with."""
         rows = self._read(
-            "SELECT latent_index FROM generated_identities WHERE patient_pseudonym = ?", (pseudonym,)
+            "SELECT latent_index, steer FROM generated_identities WHERE patient_pseudonym = ?", (pseudonym,)
         )
-        return rows[0]["latent_index"] if rows else None
+        return (rows[0]["latent_index"], rows[0]["steer"]) if rows else None
 
-    def remember_generated(self, pseudonym: str, index: int, embedding: np.ndarray) -> None:
+    def remember_generated(self, pseudonym: str, index: int, steer: str, embedding: np.ndarray) -> None:
         """Keep the first generated person and its SFace embedding (what keeping later patients'
-        people apart from it needs; the face itself is regenerated from the index)."""
+        people apart from it needs; the face itself is regenerated from the index and steering)."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO generated_identities (patient_pseudonym, latent_index, embedding, chosen_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (patient_pseudonym) DO NOTHING",
-                (pseudonym, int(index), np.asarray(embedding, "<f4").tobytes(), time.time()),
+                "INSERT INTO generated_identities"
+                " (patient_pseudonym, latent_index, steer, embedding, chosen_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (patient_pseudonym) DO NOTHING",
+                (pseudonym, int(index), steer, np.asarray(embedding, "<f4").tobytes(), time.time()),
             )
 
     def generated_embeddings(self, excluding: str) -> np.ndarray:

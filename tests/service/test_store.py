@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import numpy as np
@@ -198,12 +199,29 @@ def test_generated_identity_memory_keeps_index_and_embedding_across_a_restart(tm
     assert s.generated_for("ANONP1") is None
     assert s.generated_embeddings(excluding="ANONP1").shape == (0, 128)
     first, later = np.linspace(-1, 1, 128, dtype=np.float32), np.ones(128, np.float32)
-    s.remember_generated("ANONP1", 3, first)
-    s.remember_generated("ANONP1", 9, later)  # a later photo's draw does not move it
-    s.remember_generated("ANONP2", 0, later)
+    s.remember_generated("ANONP1", 3, "L35a15b18F", first)
+    s.remember_generated("ANONP1", 9, "", later)  # a later photo's draw does not move it
+    s.remember_generated("ANONP2", 0, "", later)
     s.close()
     again = StateStore(path)
-    assert again.generated_for("ANONP1") == 3 and again.generated_for("ANONP2") == 0
+    assert again.generated_for("ANONP1") == (3, "L35a15b18F") and again.generated_for("ANONP2") == (0, "")
     assert np.array_equal(again.generated_embeddings(excluding="ANONP2"), first[None])
     assert again.generated_embeddings(excluding="nobody").shape == (2, 128)
     again.close()
+
+
+def test_a_schema_2_store_gains_the_steering_column_and_keeps_its_people(tmp_path):
+    path = tmp_path / "state.sqlite"
+    s = StateStore(path)
+    s.remember_generated("ANONP1", 3, "", np.ones(128, np.float32))
+    s.close()
+    with sqlite3.connect(path) as db:  # as schema 2 left it
+        db.execute("ALTER TABLE generated_identities DROP COLUMN steer")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    again = StateStore(path)
+    assert again.generated_for("ANONP1") == (3, "")
+    again.remember_generated("ANONP2", 5, "M", np.ones(128, np.float32))
+    assert again.generated_for("ANONP2") == (5, "M")
+    again.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
