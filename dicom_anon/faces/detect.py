@@ -163,6 +163,8 @@ class FaceDetector:
             h, w = shape[:2]
             scale = min(1.0, self.max_side / max(h, w))
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if min(size) < self._mtcnn.min_face_size:
+                continue  # smaller than the smallest face MTCNN looks for (and it fails on such images)
             small = [
                 cv2.resize(images[i], size, interpolation=cv2.INTER_AREA) if scale < 1 else images[i]
                 for i in idx

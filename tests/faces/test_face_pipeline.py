@@ -213,3 +213,10 @@ def test_surroundings_blur_or_replace_keep_the_preserved_area(
     corner = (slice(0, 40), slice(0, 40))  # background, far from the face
     moved = not np.array_equal(out[corner], face_a[corner])
     assert moved == (surroundings == "blur")
+
+
+def test_a_photo_smaller_than_any_face_is_held_for_no_face(lenient, site_key) -> None:
+    """MTCNN fails on images under its smallest face (20 px); such a photo simply has no face."""
+    with pytest.raises(Refused) as held:
+        process_photo(photo_dataset(np.full((1, 8, 8, 3), 128, np.uint8)), lenient, PSEUDONYM, site_key)
+    assert held.value.code == "no-face"
