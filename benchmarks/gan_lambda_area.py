@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dicom_anon.faces.gan.data import FaceSet, list_images, load_faces, to_rgb8
+from dicom_anon.faces.gan.frame import to_rgb8
 from dicom_anon.faces.gan.generators import open_generator
-from dicom_anon.faces.gan.train import TrainConfig, evaluate, train_encoder
 from dicom_anon.faces.masks import Preset
+from dicom_anon.lab.training.facesets import FaceSet, list_images, load_faces
+from dicom_anon.lab.training.train import TrainConfig, evaluate, train_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ROOT.parent / "shared" / "testdata" / "faces" / "sfhq"

@@ -4,7 +4,7 @@
         python benchmarks/gpu_incontext.py --out $OUT --minutes 2.5
 
 Trains one area-preserving encoder per lambda_area (0, 1, 10) for ``--minutes`` of wall clock
-each, on G's own samples at the 256 px working resolution (dicom_anon.faces.gan.mobile), with the
+each, on G's own samples at the 256 px working resolution (dicom_anon.lab.training.samples), with the
 train-encoder machinery (checkpoints under --work, so a run can be resumed with --resume); then
 evaluates every encoder on the same held-out generated faces and writes to --out:
 
@@ -36,15 +36,9 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dicom_anon.faces.gan.mobile import (  # noqa: E402 (after the path is set)
-    NAME,
-    HeldOut,
-    MobileGenerator,
-    SampledFaces,
-    evaluate_held_out,
-    held_out,
-)
-from dicom_anon.faces.gan.train import ENCODER, TrainConfig, train_encoder  # noqa: E402
+from dicom_anon.faces.gan.mobile import NAME, MobileGenerator  # noqa: E402 (after the path is set)
+from dicom_anon.lab.training.samples import HeldOut, SampledFaces, evaluate_held_out, held_out  # noqa: E402
+from dicom_anon.lab.training.train import ENCODER, TrainConfig, train_encoder  # noqa: E402
 
 CARD = ROOT / "models" / "generators" / f"{NAME}.json"
 

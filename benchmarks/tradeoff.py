@@ -29,10 +29,10 @@ import numpy as np
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces.attributes import AttributesRefused, estimate
 from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
-from dicom_anon.faces.evaluate import EVAL_KEY, EvalImage, collect, openpeople_images
 from dicom_anon.faces.pipeline import FacePipeline, Patient
 from dicom_anon.faces.pool import skin_lab
 from dicom_anon.headers.errors import Refused
+from dicom_anon.lab.evaluate import EVAL_KEY, EvalImage, collect, openpeople_images
 
 SFHQ = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "faces" / "sfhq"
 

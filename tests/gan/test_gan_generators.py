@@ -10,7 +10,7 @@ import cv2
 import pytest
 import torch
 
-from dicom_anon.faces.gan.data import to_rgb8
+from dicom_anon.faces.gan.frame import to_rgb8
 from dicom_anon.faces.gan.generators import (
     DCGAN,
     FaceGenerator,

@@ -37,8 +37,8 @@ from ..identities import PSI, IdentitySource
 from ..masks import FaceMasks
 from ..pool import Pool, Surrogate
 from ..replace import Candidate, ReplacementBackend
-from .data import IDENTITY_FRAME, Frame, to_aligned, to_rgb8, to_tensor, warp_into_frame
 from .encoder import Encoder, load_encoder
+from .frame import IDENTITY_FRAME, Frame, to_aligned, to_rgb8, to_tensor, warp_into_frame
 from .generators import FaceGenerator, open_generator, sha256_file
 from .mobile import MobileGenerator
 from .registry import DEFAULT_MODELS_DIR, ModelCardError

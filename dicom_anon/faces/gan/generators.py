@@ -462,7 +462,7 @@ def measure_frame(
 
     from ..detect import get_detector
     from ..masks import TEMPLATE
-    from .data import TEMPLATE_SIZE, to_rgb8
+    from .frame import TEMPLATE_SIZE, to_rgb8
 
     with torch.no_grad():
         images = generator(generator.sample_latent(samples, torch.Generator().manual_seed(seed)))

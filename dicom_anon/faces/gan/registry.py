@@ -48,7 +48,7 @@ class GeneratorCard(BaseModel):
     training_data: str = ""
     notes: str = ""
     # Where the ArcFace 112x112 template lies in the generator's images, as (scale, dx, dy) in
-    # template units (see data.template_in_frame); measured at install time by detecting landmarks
+    # template units (see frame.template_in_frame); measured at install time by detecting landmarks
     # on samples of G. (1, 0, 0) for ArcFace-aligned training data such as DigiFace-1M.
     frame: tuple[float, float, float] = (1.0, 0.0, 0.0)
 

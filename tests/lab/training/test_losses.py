@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dicom_anon.faces.gan.losses import area_loss, encoder_loss, latent_loss, reconstruction_loss
+from dicom_anon.lab.training.losses import area_loss, encoder_loss, latent_loss, reconstruction_loss
 
 
 def _images() -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ Because every step's randomness depends only on (seed, step), a run resumed from
 (encoder + Adam state + step) continues exactly as the uninterrupted run would have.
 
 The crops come from a ``FaceSet`` (photos) or, for a generator that draws real-looking people,
-from G's own samples (``mobile.SampledFaces``: each sample's preserved area merged onto the next
+from G's own samples (``samples.SampledFaces``: each sample's preserved area merged onto the next
 sample). This module imports torch and nothing else outside the standard library, so training
 runs on a GPU host that has torch alone (benchmarks/gpu_incontext.py).
 """
@@ -30,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from .encoder import Encoder, encoder_from_config
+from ...faces.gan.encoder import Encoder, encoder_from_config
 from .losses import LossTerms, encoder_loss
 
 if TYPE_CHECKING:
-    from .data import FaceSet
-    from .generators import FaceGenerator
-    from .mobile import MobileGenerator
+    from ...faces.gan.generators import FaceGenerator
+    from ...faces.gan.mobile import MobileGenerator
+    from .facesets import FaceSet
 
 CHECKPOINT = "checkpoint.pt"
 ENCODER = "encoder.pt"
@@ -98,7 +98,7 @@ def _without_resumable(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 class TrainingFaces(Protocol):
-    """Where a batch's encoder inputs come from: photos (``data.FaceSet``) or G's own samples."""
+    """Where a batch's encoder inputs come from: photos (``facesets.FaceSet``) or G's own samples."""
 
     def __len__(self) -> int: ...
 

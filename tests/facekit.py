@@ -1,15 +1,20 @@
-"""Helpers for the face tests: SFHQ synthetic faces from shared test data, built into DICOM here."""
+"""Helpers for the face and face-lab tests: SFHQ synthetic faces from shared test data, built into DICOM
+here, and the fixtures both folders' conftest.py import (``face_a``, ``face_b``, ``lenient``)."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
+import pytest
 from factories import frames_dataset
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
+
+from dicom_anon.config import PixelSettings
+from dicom_anon.lab.evaluate import EvalImage, openpeople_images
 
 # Faces that MTCNN finds frontal and that the default pool replaces within a few candidates.
 FACE_A = "SFHQ_sample_2x4_002.jpg"
@@ -38,3 +43,27 @@ def photo_dataset(frames: np.ndarray, *, jpeg: bool = False, sex: str = "F", age
         ds.PixelData = encapsulate(parts)
         ds["PixelData"].VR = "OB"
     return ds
+
+
+@pytest.fixture(scope="session")
+def face_a(testdata) -> np.ndarray:
+    return load_face(testdata, FACE_A)
+
+
+@pytest.fixture(scope="session")
+def face_b(testdata) -> np.ndarray:
+    return load_face(testdata, FACE_B)
+
+
+@pytest.fixture
+def lenient() -> PixelSettings:
+    """Mouth kept, CPU, and a QA identity limit loose enough that tests of other behaviour
+    do not depend on how far the pool's people are from one test face."""
+    return PixelSettings(preserve=["mouth"], device="cpu", max_identity_similarity=0.9, max_candidates=2)
+
+
+@pytest.fixture(scope="session")
+def portraits() -> dict[str, EvalImage]:
+    """The openpeople studio portraits and selfies by stem (P003_studio_portrait, ...)."""
+    pytest.importorskip("openpeople")
+    return {im.stem: im for im in openpeople_images(("studio_portrait", "amateur_selfie"))}

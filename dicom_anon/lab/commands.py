@@ -1,7 +1,7 @@
-"""CLI commands of the face pipeline: ``dicom-anon models build-surrogates`` and ``dicom-anon eval``.
+"""The lab's CLI commands: ``dicom-anon models build-surrogates``, ``models check-pool`` and ``eval``.
 
-Registered on the main ``app`` in ``dicom_anon/cli.py``; they only parse arguments and
-present results.
+Registered lazily on the main ``app`` in ``dicom_anon/cli.py`` (``train-encoder`` is in
+``training/commands.py``); they only parse arguments and present results.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ models_app = typer.Typer(help="Build and inspect the models the face pipeline us
 
 def device_or_exit(name: str) -> torch.device:
     """The torch device ``--device`` names, or a one-line error before any model loads."""
-    from .detect import resolve_device
+    from ..faces.detect import resolve_device
 
     try:
         return resolve_device(name)
@@ -48,10 +48,11 @@ def build_surrogates(
     device: Annotated[str, typer.Option(help="torch device for MTCNN: auto, cpu, cuda.")] = "auto",
 ) -> None:
     """Crop, measure and embed surrogate faces into a pool with a checksummed manifest."""
-    from .detect import FaceDetector
-    from .embed import get_recognizer
-    from .pool import DEFAULT_POOL, build, folder_sources, openpeople_sources, write_manifest
-    from .prepare import pool_photo_problem
+    from ..faces.detect import FaceDetector
+    from ..faces.embed import get_recognizer
+    from ..faces.pool import DEFAULT_POOL
+    from ..faces.prepare import pool_photo_problem
+    from .pool_build import build, folder_sources, openpeople_sources, write_manifest
 
     dev = device_or_exit(device)
     target = output or DEFAULT_POOL
@@ -106,7 +107,8 @@ def check_pool(
     ] = None,
 ) -> None:
     """Say who is in a surrogate pool and what to add or remove before routes use it."""
-    from .pool import DEFAULT_POOL, PoolError, contact_sheet, load, report
+    from ..faces.pool import DEFAULT_POOL, PoolError, load
+    from .pool_build import contact_sheet, report
 
     try:
         loaded = load(pool or DEFAULT_POOL)
@@ -204,12 +206,12 @@ def eval_command(
     from pydantic import ValidationError
 
     from ..config import PixelSettings
+    from ..faces.generator import GeneratorUnavailable
+    from ..faces.judge import JudgeUnavailable
+    from ..faces.pipeline import get_pipeline
+    from ..faces.pool import PoolError
+    from ..faces.replace import methods as known_methods
     from . import evaluate as ev
-    from .generator import GeneratorUnavailable
-    from .judge import JudgeUnavailable
-    from .pipeline import get_pipeline
-    from .pool import PoolError
-    from .replace import methods as known_methods
 
     unknown = [m for m in method if m not in known_methods()]
     if unknown:

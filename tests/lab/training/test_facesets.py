@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_anon.faces.gan.data import list_images, load_faces, to_rgb8, to_tensor
 from dicom_anon.faces.masks import Preset
+from dicom_anon.lab.training.facesets import list_images, load_faces
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,3 @@ def test_an_image_without_a_detectable_face_is_left_out(sfhq: list[Path]) -> Non
         pytest.skip("the close-up sample is not in this copy of the test data")
     faces, skipped = load_faces(close_up, 64, [Preset.MOUTH], device="cpu")
     assert len(faces) == 0 and skipped == close_up
-
-
-def test_tensor_conversion_round_trips_8_bit_pixels() -> None:
-    rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    assert np.array_equal(to_rgb8(to_tensor(rgb)), rgb)

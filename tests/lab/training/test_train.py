@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dicom_anon.faces.gan.data import FaceSet
 from dicom_anon.faces.gan.encoder import Encoder, load_encoder
 from dicom_anon.faces.gan.generators import FaceGenerator
-from dicom_anon.faces.gan.losses import encoder_loss
-from dicom_anon.faces.gan.train import (
+from dicom_anon.lab.training.facesets import FaceSet
+from dicom_anon.lab.training.losses import encoder_loss
+from dicom_anon.lab.training.train import (
     CHECKPOINT,
     ENCODER,
     LOSSES_CSV,

@@ -28,16 +28,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..config import PixelSettings
+from ..faces.detect import Face, FaceDetector
+from ..faces.embed import SFACE_SAME_PERSON, cosine
+from ..faces.identities import InMemoryIdentities
+from ..faces.judge import DLIB_SAME_PERSON, distance, get_judge
+from ..faces.pipeline import FacePipeline, Patient
+from ..faces.pool import skin_lab
+from ..faces.qa import iou
+from ..faces.replace import BASELINES
 from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
-from .detect import Face, FaceDetector
-from .embed import SFACE_SAME_PERSON, cosine
-from .identities import InMemoryIdentities
-from .judge import DLIB_SAME_PERSON, distance, get_judge
-from .pipeline import FacePipeline, Patient
-from .pool import skin_lab
-from .qa import iou
-from .replace import BASELINES
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 DICOM_EXTS = {".dcm", ""}
