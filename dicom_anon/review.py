@@ -96,7 +96,7 @@ def qa_lines(qa: Mapping[str, Any]) -> list[str]:
         checks.append(f"preserved area changed by {face.get('preserved_max_abs_diff', '?')}")
         lines.append("  " + ", ".join(checks))
     if not qa.get("faces"):
-        lines.append("no face replaced")
+        return ["no face found: none replaced, the pixels leave as they came"]
     lines.append(
         f"{qa.get('method', '?')}: {qa.get('preserved_pixels', 0)} pixels kept exactly, "
         f"stored copy differs there by {qa.get('stored_preserved_max_abs_diff', '?')}; "

@@ -64,11 +64,24 @@ def settings(tmp: Path, scp_port: int, archive_port: int) -> dict:
             "allowed_callers": [{"ae_title": "CLINIC", "addresses": ["127.0.0.1"]}],
         },
         "destinations": {"teaching": {"ae_title": "TEACHING", "host": "127.0.0.1", "port": archive_port}},
+        # The face replaced with the mouth kept, on the CPU, with a QA limit loose enough that the
+        # test does not depend on the pool's people; an intraoral photo has no face and goes on.
+        "profiles": {
+            "faces": {
+                "pixels": {
+                    "preserve": ["mouth"],
+                    "device": "cpu",
+                    "max_identity_similarity": 0.9,
+                    "max_candidates": 2,
+                    "on_no_face": "forward",
+                }
+            }
+        },
         "routes": [
             {
                 "name": "photos",
                 "match": {"sop_class": "VLPhotographicImageStorage"},
-                "profile": "basic",
+                "profile": "faces",
                 "destinations": "teaching",
                 "hold_for_review": True,
             }
@@ -156,7 +169,8 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     burned = write(tiny_photo(9, burned_in="YES"), tmp_path / "burned.dcm")
     sent = storescu(scp_port, [*EXAMPLES, burned])
     assert sent.returncode == 0, sent.stderr
-    wait_until(lambda: len(events(data, "instance_quarantined")) == len(EXAMPLES) + 1, 60, "held photos")
+    # The face pipeline on the CPU: models load, then seconds a photo.
+    wait_until(lambda: len(events(data, "instance_quarantined")) == len(EXAMPLES) + 1, 240, "held photos")
 
     # The officer: the rules, tried on a file; then the held photos, approved.
     sign_in(browser, base, "olivia")
@@ -165,24 +179,26 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     browser.get(f"{base}/rules")
     browser.find_element(By.ID, "dicom").send_keys(str(EXAMPLES[0]))
     browser.find_element(By.ID, "try").click()
-    wait_until(lambda: browser.find_elements(By.ID, "trial"), 20, "the rules test")
+    wait_until(lambda: browser.find_elements(By.ID, "trial"), 120, "the rules test")
     trial = browser.find_element(By.ID, "trial").text
     assert "route photos: matches" in trial
-    assert "route photos: de-identify (basic: no options) -> teaching, held for review" in trial
+    assert "route photos: de-identify (faces: no options; pixels: replace the face" in trial
+    assert "-> teaching, held for review" in trial and "frame 1 face 1: new face openpeople-" in trial
     assert "PatientName" in trial and "PatientID" in trial
+    assert browser.find_element(By.CSS_SELECTOR, "#trial img.deidentified").get_attribute("naturalWidth")
     shoot(browser, "rules", 2000)
     assert not list(archive.glob("**/*.dcm")), "a rules test sent something"
 
     # The editor: a mistake is shown on its line and cannot be applied; a good change is written,
     # the service reloads it, and the diff is in the trail under the officer's name.
     original = config.read_text()
-    wrong = original.replace("profile: basic", "profile: basci")
-    line = next(i for i, text in enumerate(wrong.splitlines(), start=1) if "basci" in text)
+    wrong = original.replace("profile: faces", "profile: facse")
+    line = next(i for i, text in enumerate(wrong.splitlines(), start=1) if "facse" in text)
     browser.execute_script("arguments[0].value = arguments[1]", browser.find_element(By.ID, "text"), wrong)
     browser.find_element(By.ID, "apply").click()
     wait_until(lambda: "not applied" in browser.page_source, 20, "the editor's answer")
     problems = browser.find_element(By.ID, "problems").text
-    assert f"line {line}: routes.0.profile: unknown profile 'basci'" in problems
+    assert f"line {line}: routes.0.profile: unknown profile 'facse'" in problems
     assert config.read_text() == original
     shoot(browser, "rules-editor", 1000, at="problems")
     changed = "# Held for review until the records office approves (docs/console.md).\n" + original
@@ -199,6 +215,8 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     shoot(browser, "review", 1500)
     held = browser.find_elements(By.CSS_SELECTOR, ".tile input[type=checkbox]")
     assert len(held) == len(EXAMPLES)
+    qa = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".tile .qa")]
+    assert any("SFace similarity to the patient" in q for q in qa) and any("no face found" in q for q in qa)
     assert "operators only" in browser.find_element(By.ID, "others").text
     for box in held:
         box.click()
