@@ -8,7 +8,7 @@ same sources as the transplant.
 ``GeneratedIdentities``: the patient's keyed pseudonym seeds a latent stream (HMAC-SHA256
 under the site key, then a NumPy generator per block of latents). Each latent is screened
 first, in the generator's style space, where a linear read-out (``models/generated/``,
-learnt from labelled samples of this generator: benchmarks/generated_directions.py) says
+learnt from labelled samples of this generator: dicom_anon/lab/directions/learn.py) says
 sex, age, glasses, headwear, pose and skin tone, at ~0.1 ms a latent. A latent of the other sex
 or another skin tone is not passed over but steered: its style is moved, the least it can be,
 until the read-outs say the patient's sex and skin while the others (age, pose, glasses, ...)
@@ -221,7 +221,7 @@ class Directions:
     """Linear read-outs of the generator's style truncated at ``psi`` (z-scored by
     ``mean``/``scale``): ``weights[name] . x + bias[name]`` is a logit (glasses, headwear, male)
     or, for ``age`` and ``yaw``, years and degrees. Learnt from labelled samples:
-    benchmarks/generated_directions.py. Faces rendered at another truncation are read at this
+    dicom_anon/lab/directions/learn.py. Faces rendered at another truncation are read at this
     one (the same latent's style, truncated at ``psi``): coarse attributes such as glasses
     stay with the latent."""
 

@@ -1,12 +1,12 @@
 """Sample the face generator and measure every face, for learning and checking the candidate filters.
 
-    .venv/bin/python benchmarks/generated_sample.py --psi 0.7 -n 400 -o /tmp/gen07
+    .venv/bin/python -m dicom_anon.lab.directions.sample --psi 0.7 -n 400 -o /tmp/gen07
 
 Writes ``samples.npz`` (latents, truncated styles, and per face what the identity source
 measures: whether a usable crop came out and why not, sex and its confidence, age, skin
 tone, yaw, smile, SFace embedding) and numbered contact sheets (``sheet-NN.png``, 100 faces
 each) to label by eye: glasses, headwear, fringe, artefacts. The labels go into
-``benchmarks/generated_labels.json``; ``generated_directions.py`` learns from both.
+``labels.json`` beside this module; ``learn.py`` learns from both.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dicom_anon.faces.attributes import AttributesRefused, estimate
-from dicom_anon.faces.choice import smile
-from dicom_anon.faces.detect import get_detector
-from dicom_anon.faces.embed import get_recognizer
-from dicom_anon.faces.generator import STYLE_DIM, load
-from dicom_anon.faces.pool import PhotoSkipped, crop_face
-from dicom_anon.faces.prepare import pool_photo_problem
+from ...faces.attributes import AttributesRefused, estimate
+from ...faces.choice import smile
+from ...faces.detect import get_detector
+from ...faces.embed import get_recognizer
+from ...faces.generator import STYLE_DIM, load
+from ...faces.pool import PhotoSkipped, crop_face
+from ...faces.prepare import pool_photo_problem
 
 THUMB = 128
 

@@ -1,8 +1,8 @@
 """Learn the generator's style-space read-outs (models/generated/directions.json) from labelled samples.
 
-    .venv/bin/python benchmarks/generated_directions.py /tmp/gen07 [-o models/generated/directions.json]
+    .venv/bin/python -m dicom_anon.lab.directions.learn /tmp/gen07 [-o models/generated/directions.json]
 
-Inputs: ``samples.npz`` from ``generated_sample.py`` and ``benchmarks/generated_labels.json``
+Inputs: ``samples.npz`` from ``sample.py`` and ``labels.json`` (beside this module)
 (indices of the sampled faces a person marked, by looking at the contact sheets, as wearing
 glasses or headwear). Targets: ``male`` (the sex estimator, where it is confident), ``age``
 (the age estimator), ``yaw`` (MTCNN's landmarks), ``skin_l/a/b`` (the cheeks' CIELAB),
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-LABELS = Path(__file__).with_name("generated_labels.json")
+LABELS = Path(__file__).with_name("labels.json")
 L2 = 30.0
 # Screens reject above the logit that catches this share of the labelled positives in
 # cross-validation (glasses, headwear, unusable).
