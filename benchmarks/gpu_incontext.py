@@ -16,7 +16,7 @@ evaluates every encoder on the same held-out generated faces and writes to --out
 * ``log.txt`` when the caller tees it there.
 
 Imports torch, numpy, Pillow and the project's torch-only modules: nothing else is installed on
-the GPU host (checked with ``python -X importtime``, see tests/gan/test_gan_mobile.py).
+the GPU host (checked with ``python -X importtime``, see tests/lab/training/test_samples.py).
 """
 
 from __future__ import annotations
