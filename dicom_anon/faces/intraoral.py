@@ -31,6 +31,8 @@ from ..pixels import decode
 # a fifth of the photo, small enough to stay well under a second.
 HAAR_SIDE = 640
 EYE_MIN_PX = 12
+# Below this many pixels on a side no detector can tell (MTCNN fails outright): such a photo is held.
+MIN_SIDE = 32
 
 
 class _Cascades:
@@ -105,9 +107,14 @@ def check_no_face(ds: Dataset, settings: PixelSettings) -> tuple[Dataset, dict]:
     from .detect import resolve_device
 
     started = time.perf_counter()
+    frames = decode(ds).frames
+    if min(frames.shape[1:3]) < MIN_SIDE:
+        raise Refused(
+            "too-small-to-check",
+            f"{frames.shape[2]}x{frames.shape[1]} pixels: too small to check for a face; held",
+        )
     try:
         device = str(resolve_device(settings.device))
-        frames = decode(ds).frames
         per_frame = [findings(frame, device) for frame in frames]
     except (ImportError, FileNotFoundError, ValueError, cv2.error) as exc:
         raise Refused(

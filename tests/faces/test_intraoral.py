@@ -66,3 +66,13 @@ def test_eye_pairs_need_two_alike_side_by_side():
     assert eye_pairs(np.array([[10, 10, 20, 20], [50, 60, 20, 20]])) == 0  # one above the other
     assert eye_pairs(np.array([[10, 10, 20, 20], [50, 10, 60, 60]])) == 0  # sizes far apart
     assert eye_pairs(np.array([[10, 10, 20, 20]])) == 0
+
+
+def test_a_photo_too_small_to_check_is_held(samples, site_key):
+    ds = copy.deepcopy(samples["intraoral-coded"][0])
+    small = np.ascontiguousarray(decode(ds).frames[0][:20, :24])
+    ds.Rows, ds.Columns = small.shape[:2]
+    ds.PixelData = small.tobytes()
+    with pytest.raises(Refused) as refused:
+        process_photo(ds, KEEP, "PSEUDO", site_key)
+    assert refused.value.code == "too-small-to-check"
