@@ -173,11 +173,13 @@ class AuditTrail:
                 self._file.close()
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, sync: bool = True) -> Iterator[None]:
         """Records of one step (a job routed and de-identified) written in order, durable when the
         step ends: each step's records are on disk before the next step begins. The fsync happens
         after the write lock is let go, so other threads go on writing meanwhile, and one fsync
-        serves every step written before it (concurrent associations share it)."""
+        serves every step written before it (concurrent associations share it). ``sync=False``:
+        the caller makes them durable itself, with its own writes of the step (ingress flushes
+        the spool file, the job and the receipt at once)."""
         wrote = False
         with self._lock:
             outer = self._depth == 0
@@ -200,7 +202,7 @@ class AuditTrail:
             finally:
                 if outer:
                     fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-        if wrote:
+        if wrote and sync:
             self._durable(self._written[0])
 
     def _lock_current_file(self) -> None:

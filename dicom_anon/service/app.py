@@ -34,7 +34,7 @@ from ..rules import Rules
 from .deid_pool import DeidPool
 from .egress import Sender
 from .failures import describe_environment, record_or_log
-from .files import Layout
+from .files import FileSystemFlush, Layout
 from .ingress import Ingress
 from .store import StateStore
 from .worker import PixelStage, Runtime, Worker
@@ -118,6 +118,7 @@ class Service:
         self.pixel_stage = pixel_stage
         self.layout = Layout(settings.data_dir)
         self.store: StateStore | None = None
+        self.flush: FileSystemFlush | None = None
         self.audit: AuditTrail | None = None
         self.atna: Relay | None = None
         self.runtime: Runtime | None = None
@@ -132,6 +133,7 @@ class Service:
     def start(self) -> None:
         s = self.settings
         self.layout.create()
+        self.flush = flush = FileSystemFlush(s.data_dir)
         key = SiteKey.load_or_create(s.secret_path)
         store, recovered = self._open_store()
         self.store = store
@@ -187,11 +189,13 @@ class Service:
             self._start_sender(name)
         for name in sorted(store.pending_destinations() - set(s.destinations)):
             log.warning("deliveries wait for a destination that is not configured", destination=name)
+        assert self.runtime.deid_pool is not None
+        self.runtime.deid_pool.start()
         for i in range(s.workers):
             worker = Worker(i, self.runtime, self._work)
             worker.start()
             self.workers.append(worker)
-        self.ingress = Ingress(s, store, self.layout, audit, key, self._work.set)
+        self.ingress = Ingress(s, store, self.layout, audit, key, self._work.set, flush)
         self.ingress.start()
         sd_notify("READY=1")
         log.info("service started", version=__version__, listen=s.ingress.listen, recovered_jobs=recovered)
@@ -243,6 +247,8 @@ class Service:
             self.atna.stop()
         if self.store is not None:
             self.store.close()
+        if self.flush is not None:
+            self.flush.close()
         log.info("service stopped")
 
     def _start_sender(self, name: str) -> None:
@@ -286,12 +292,31 @@ class Service:
                 if path.is_file() and self.layout.rel(path) not in keep:
                     path.unlink(missing_ok=True)
                     removed += 1
+        self._drop_unacknowledged()
         held = self.store.quarantine_paths()
         for item in self.layout.quarantine.iterdir():
             if item.is_dir() and self.layout.rel(item) not in held:
                 shutil.rmtree(item, ignore_errors=True)
                 removed += 1
         return removed
+
+    def _drop_unacknowledged(self) -> None:
+        """Jobs whose spool file is missing or short: ingress acknowledges only after one flush made
+        the file, the job and the receipt durable together, so such a job was cut off by a power
+        cut before its acknowledgement. Dropped (and audited), so that the sender's re-send is a
+        new job and not a duplicate of nothing."""
+        assert self.store is not None and self.audit is not None
+        lost = []
+        for job_id, rel, size in self.store.received_spools():
+            path = self.layout.abs(rel)
+            if not path.is_file() or path.stat().st_size != size:
+                lost.append(job_id)
+                path.unlink(missing_ok=True)
+        if lost:
+            self.store.drop_jobs(lost)
+            for job_id in lost:
+                record_or_log(self.audit, "instance_unacknowledged", job=job_id, reason="spool file lost")
+            log.warning("jobs lost with their spool files before acknowledgement dropped", jobs=lost)
 
     def purge_spool(self) -> int:
         """Originals kept under spool.keep_days whose time is up."""

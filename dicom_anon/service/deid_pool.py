@@ -80,6 +80,10 @@ def _start_child(secret_path: Path) -> None:
     _key = SiteKey.load_or_create(secret_path)
 
 
+def _start_child_done() -> None:
+    """Nothing: submitted so that the pool starts its children."""
+
+
 def _deidentify_bytes(data: bytes, options: frozenset[Option]) -> Released | _Refusal:
     assert _key is not None
     profile = Profile(options=options)
@@ -92,7 +96,7 @@ def _deidentify_bytes(data: bytes, options: frozenset[Option]) -> Released | _Re
 
 class DeidPool:
     """Processes that de-identify received bytes for the worker threads; one per thread is enough,
-    since a thread hands over one instance at a time. Started on the first instance."""
+    since a thread hands over one instance at a time."""
 
     def __init__(self, secret_path: Path, processes: int) -> None:
         self.secret_path = secret_path
@@ -112,6 +116,11 @@ class DeidPool:
         if isinstance(outcome, _Refusal):
             raise (GateFailed if outcome.gate else Refused)(outcome.code, outcome.reason)
         return outcome
+
+    def start(self) -> None:
+        """Start the children now, while the service is idle: each imports pydicom and the engine
+        (about half a second), which the first instances would otherwise wait for."""
+        self._running().submit(_start_child_done)
 
     def close(self) -> None:
         with self._lock:

@@ -4,7 +4,8 @@ pynetdicom runs the C-STORE handler in the association's own thread, so the hand
 does only what the answer depends on: check the dataset parses strictly (``headers.strict``:
 a lying length, a wrong VR or multiplicity, broken encapsulation or deep nesting is refused
 here with 0xC000 and the rule it broke, before anything is acknowledged), write the bytes to
-the spool (fsync file and directory), record the job (SQLite, synchronous commit),
+the spool, record the job (SQLite) and the receipt (audit trail), make all three durable with
+one flush of the file system (``files.FileSystemFlush``, shared by concurrent associations),
 then answer. De-identification happens later, from the queue; a slow model here
 would time the sender out.
 
@@ -47,7 +48,7 @@ from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
 from .connections import ConnectionGuard, printable
 from .failures import record_or_log
-from .files import Layout, write_durable
+from .files import Layout, write_new
 from .store import NewJob, StateStore
 
 log = structlog.get_logger("dicom_anon.ingress")
@@ -154,8 +155,10 @@ class Ingress:
         audit: AuditTrail,
         key: SiteKey,
         on_job: Callable[[], None],
+        flush: Callable[[], None],
     ) -> None:
         self.settings = settings
+        self.flush = flush
         self.store = store
         self.layout = layout
         self.audit = audit
@@ -347,7 +350,7 @@ class Ingress:
             )
         try:
             path = self.layout.new_spool_path()
-            write_durable(path, data)
+            write_new(path, data)  # durable with the job and the receipt, by self.flush below
         except OSError as exc:
             return self._refuse(
                 event, STATUS_OUT_OF_RESOURCES, "spool-write-failed", exc.strerror or str(exc)
@@ -364,39 +367,45 @@ class Ingress:
             spool_path=self.layout.rel(path),
         )
         try:
-            job_id, new = self.store.add_job(job)
+            job_id, new = self.store.add_job(job, durable=False)
         except Exception as exc:  # sqlite3 errors (disk full, I/O) and anything else: we cannot promise it
             path.unlink(missing_ok=True)
             return self._refuse(event, STATUS_OUT_OF_RESOURCES, "state-write-failed", type(exc).__name__)
         try:
-            if not new:
-                path.unlink(missing_ok=True)
-                self.audit.record(
-                    "instance_duplicate",
-                    job=job_id,
-                    sop_uid_hash=sop_key,
-                    calling_ae=job.calling_ae,
-                    peer=job.peer,
-                )
-                return STATUS_SUCCESS
-            self.audit.record(
-                "instance_received",
-                job=job_id,
-                sop_class=job.sop_class,
-                sop_uid_hash=sop_key,
-                transfer_syntax=job.transfer_syntax,
-                bytes=job.size,
-                calling_ae=job.calling_ae,
-                peer=job.peer,
-            )
+            with self.audit.batch(sync=False):
+                if new:
+                    self.audit.record(
+                        "instance_received",
+                        job=job_id,
+                        sop_class=job.sop_class,
+                        sop_uid_hash=sop_key,
+                        transfer_syntax=job.transfer_syntax,
+                        bytes=job.size,
+                        calling_ae=job.calling_ae,
+                        peer=job.peer,
+                    )
+                else:
+                    path.unlink(missing_ok=True)
+                    self.audit.record(
+                        "instance_duplicate",
+                        job=job_id,
+                        sop_uid_hash=sop_key,
+                        calling_ae=job.calling_ae,
+                        peer=job.peer,
+                    )
+            # One flush: the spool file, the job (or the earlier one a duplicate names) and the
+            # receipt are on disk before the answer.
+            self.flush()
         except OSError as exc:
-            # The job is safe, but a receipt we cannot audit must not be acknowledged; a re-send is
-            # recognised as the same instance and answered once the trail can be written again.
+            # The job is recorded, but a receipt not audited and on disk must not be acknowledged; a
+            # re-send is recognised as the same instance and answered once the trail can be written.
             log.error("audit write failed", error=exc.strerror)
             rsp = Dataset()
             rsp.Status = STATUS_OUT_OF_RESOURCES
             rsp.ErrorComment = "audit trail cannot be written"
             return rsp
+        if not new:
+            return STATUS_SUCCESS
         log.debug("instance received", job=job_id, bytes=job.size, at=time.time())
         self.on_job()
         return STATUS_SUCCESS

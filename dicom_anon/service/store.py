@@ -295,11 +295,12 @@ class StateStore:
 
     # --- ingress -------------------------------------------------------------------------
 
-    def add_job(self, job: NewJob) -> tuple[int, bool]:
+    def add_job(self, job: NewJob, *, durable: bool = True) -> tuple[int, bool]:
         """Record a received instance. Returns (job id, True), or (the earlier job's id, False)
         when the same bytes of the same SOP instance were already accepted: a PACS that re-sends
-        after a lost response must not get the instance forwarded twice."""
-        with self.transaction() as db:
+        after a lost response must not get the instance forwarded twice. ``durable=False``: the
+        caller's own flush makes it durable together with the spool file and the receipt."""
+        with self.transaction(durable=durable) as db:
             row = db.execute(
                 "SELECT id FROM jobs WHERE sop_key = ? AND digest = ?", (job.sop_key, job.digest)
             ).fetchone()
@@ -349,6 +350,24 @@ class StateStore:
             return db.execute(
                 "UPDATE jobs SET state = ?, claimed_at = NULL WHERE state = ?", (RECEIVED, PROCESSING)
             ).rowcount
+
+    def received_spools(self) -> list[tuple[int, str, int]]:
+        """(job id, spool path, size) of every job received and not yet taken up (nothing refers to
+        it, as to one released from quarantine): what start checks for a spool file a power cut did
+        not let reach the disk."""
+        rows = self._read(
+            "SELECT id, spool_path, size FROM jobs WHERE state = ? AND spool_path IS NOT NULL"
+            " AND id NOT IN (SELECT job_id FROM quarantine) AND id NOT IN (SELECT job_id FROM outputs)",
+            (RECEIVED,),
+        )
+        return [(r["id"], r["spool_path"], r["size"]) for r in rows]
+
+    def drop_jobs(self, job_ids: list[int]) -> None:
+        """Forget jobs that were never acknowledged (their spool file did not survive a power cut):
+        the sender had no answer and sends the instance again, which must not be taken for a
+        duplicate of a job with nothing left to forward."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM jobs WHERE id = ? AND state = ?", [(i, RECEIVED) for i in job_ids])
 
     def claim_job(self) -> Job | None:
         """The oldest received job whose time has come (a job that failed waits out its backoff while

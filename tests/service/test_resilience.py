@@ -14,8 +14,9 @@ import hashlib
 import sqlite3
 
 import pytest
+from conftest import settings_for
 from factories import to_bytes
-from peers import events, tiny_photo, wait_until
+from peers import events, free_port, tiny_photo, wait_until
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context
 from pynetdicom.sop_class import Verification
@@ -190,3 +191,27 @@ def test_an_association_that_cannot_be_checked_is_refused_not_accepted(start_ser
     assert assoc.is_rejected and assoc.acceptor.primitive.result == 0x02  # transient: try later
     [refused] = events(service.settings.data_dir, "association_rejected")
     assert refused["calling_ae"] == "CLINIC" and "could not be checked" in refused["reason"]
+
+
+def test_a_job_whose_spool_file_a_power_cut_took_is_dropped_and_the_resend_forwarded(start_service, tmp_path):
+    """Ingress answers only after one flush made the spool file, the job and the receipt durable
+    together, so a job found at start without its whole spool file was never acknowledged. It
+    was quarantined as spool-missing, and the PACS's re-send, taken for its duplicate, was lost."""
+    port = free_port()
+    first = Service(settings_for(tmp_path, port))
+    first.start()
+    pause_workers(first)
+    photo = tiny_photo(0)
+    assert send(port, photo) == [0]
+    assert first.store is not None
+    [(job_id, rel, size)] = first.store.received_spools()
+    first.stop()
+    first.layout.abs(rel).write_bytes(b"\0" * (size // 2))  # what a power cut may leave
+
+    service = start_service()
+    data_dir = service.settings.data_dir
+    [dropped] = events(data_dir, "instance_unacknowledged")
+    assert dropped["job"] == job_id
+    assert send(service.port, photo) == [0]
+    wait_until(lambda: archived(service), 10, "the re-sent photo")
+    assert not events(data_dir, "instance_duplicate") and not events(data_dir, "instance_quarantined")
