@@ -69,9 +69,10 @@ _SMILES = "225583004"
 # The words clinics' photo desks use, tried in this order (the first that matches wins); {side}
 # is filled in with "right" or "left" from the same text.
 _WORDS: tuple[tuple[str, str], ...] = (
-    (r"occlus\w*.*(upper|maxill)|(upper|maxill)\w*.*occlus", "occlusal-upper"),
-    (r"occlus\w*.*(lower|mandib)|(lower|mandib)\w*.*occlus", "occlusal-lower"),
-    (r"occlus", "occlusal"),
+    # "occlusal" (the view), never "occlusion" (the bite it was taken in: "centric occlusion").
+    (r"occlusal.*(upper|maxill)|(upper|maxill).*occlusal", "occlusal-upper"),
+    (r"occlusal.*(lower|mandib)|(lower|mandib).*occlusal", "occlusal-lower"),
+    (r"occlusal", "occlusal"),
     (r"buccal|intra.?oral.*(lateral|side)", "intraoral-buccal-{side}"),
     (r"intra.?oral.*(front|anterior)|(front|anterior).*intra.?oral", "intraoral-frontal"),
     (r"intra.?oral|\bteeth\b|dentition", "intraoral"),
@@ -201,22 +202,23 @@ def _from_words(text: str) -> tuple[str, str] | None:
 def recognise(ds: Dataset) -> RecognisedView:
     """The most specific view the headers give. Codes come first; the descriptions name the view
     only where the codes give none, or refine a general one ('extraoral' head codes and a series
-    called 'smile'). A description never moves a photo between intraoral and extraoral that its
-    codes placed: a wrongly worded series must not send a face down the intraoral route."""
+    called 'smile'; a series called 'Extraoral series' and Image Comments that say 'Right Profile',
+    as dicom4ortho writes them). A description never moves a photo between intraoral and extraoral
+    that its codes placed: a wrongly worded series must not send a face down the intraoral route."""
     coded, used = _from_codes(ds)
     evidence = "; ".join(used)
     if coded is not None and coded not in GROUPS:
         return RecognisedView(coded, f"from codes: {evidence}")
+    best: RecognisedView | None = RecognisedView(coded, f"from codes: {evidence}") if coded else None
     for keyword, label in (("SeriesDescription", "Series Description"), ("ImageComments", "Image Comments")):
-        text = str(ds.get(keyword, "") or "")
-        found = _from_words(text)
+        found = _from_words(str(ds.get(keyword, "") or ""))
         if found is None:
             continue
         worded, words = found
-        if coded is not None and worded not in GROUPS[coded]:
-            continue  # the words disagree with the codes' side of the mouth: the codes stand
+        if best is not None and (best.name not in GROUPS or worded not in GROUPS[best.name]):
+            continue  # the words disagree with, or say no more than, what is known: that stands
         why = f"{label} says {words}"
-        return RecognisedView(worded, f"{why}; {evidence}" if evidence else why)
-    if coded is not None:
-        return RecognisedView(coded, f"from codes: {evidence}")
-    return RecognisedView(None, "no view code and no description naming one")
+        best = RecognisedView(worded, f"{why}; {evidence}" if evidence else why)
+        if worded not in GROUPS:
+            break
+    return best or RecognisedView(None, "no view code and no description naming one")

@@ -137,3 +137,13 @@ def test_the_demo_examples_take_their_routes():
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         [decision] = rules.decide(ds, "CLINIC")
         assert decision.route.name == want[path.name.split("_")[2]], path.name
+
+
+def test_image_comments_refine_a_general_series(testdata):
+    """dicom4ortho's way: 'Orthodontic Extraoral Series', and the view in Image Comments ('EV01^Right
+    Profile ... Centric Occlusion'): a profile, not an occlusal view (occlusion is the bite)."""
+    ds = pydicom.dcmread(testdata / "dicom" / "dicom4ortho" / "test.dcm", stop_before_pixels=True)
+    for keyword in ("AnatomicRegionSequence", "ViewCodeSequence", "PrimaryAnatomicStructureSequence"):
+        delattr(ds, keyword)
+    found = recognise(ds)
+    assert found.name == "profile-right" and found.source.startswith("Image Comments says")
