@@ -32,7 +32,7 @@ from ..pixels import decode
 HAAR_SIDE = 640
 EYE_MIN_PX = 12
 # How many overlapping hits make an eye. At OpenCV's usual 5 a mirrored intraoral photo showed a
-# "pair" among the teeth; at 8 none of the nine intraoral photos of benchmarks/intraoral_check.py
+# "pair" among the teeth; at 8 none of the nine intraoral photos of the lab's intraoral_check
 # did, while the faces' eye pairs stayed (a small set: the figures are in docs/dental-views.md).
 EYE_NEIGHBOURS = 8
 # Below this many pixels on a side no detector can tell (MTCNN fails outright): such a photo is held.

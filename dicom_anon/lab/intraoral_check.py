@@ -1,7 +1,7 @@
 """The intraoral preset's no-face check (dicom_anon/faces/intraoral.py) on the test data: how many
 intraoral photos it lets through, how many faces and eye bands it holds, and by which detector.
 
-    .venv/bin/python benchmarks/intraoral_check.py [--faces 207]
+    .venv/bin/python -m dicom_anon.lab.intraoral_check [--faces 207]
 
 Intraoral: dicom4ortho's sample photo (full size, mirrored, its left and right halves as stand-ins
 for buccal views, the teeth only, upside down as an occlusal mirror shot, grey) and the two DICOM
@@ -27,7 +27,7 @@ from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.intraoral import MIN_SIDE, findings
 from dicom_anon.pixels import decode
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (an editable install's checkout)
 TESTDATA = ROOT.parent / "shared" / "testdata"
 
 
