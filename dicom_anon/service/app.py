@@ -158,6 +158,7 @@ class Service:
             audit=audit,
             key=key,
             notify_destination=self._notify,
+            flush=flush,
             on_job_done=self._job_done,
             pixel_stage=self.pixel_stage,
             # One process per pipeline thread: a thread hands over one instance at a time.
@@ -263,6 +264,7 @@ class Service:
             self.layout,
             self.audit,
             self._job_done,
+            self.flush,
         )
         sender.start()
         self.senders[name] = sender

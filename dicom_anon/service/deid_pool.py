@@ -22,6 +22,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from ..dicomio import read_instance
 from ..headers.engine import DeidResult, Profile, deidentify
 from ..headers.errors import Refused
@@ -61,13 +63,28 @@ def released(result: DeidResult, data: bytes) -> Released:
     )
 
 
+class Unreadable(Refused):
+    """The received bytes do not read strictly: quarantined at the decode stage."""
+
+
+def read_strictly(data: bytes) -> Dataset:
+    """``read_instance`` whose refusal says it came from reading, not from the engine."""
+    try:
+        return read_instance(data)
+    except Refused as refused:
+        raise Unreadable(refused.code, refused.reason) from None
+
+
+# The refusals a child sends back, by class name: Refused and its subclasses take their own
+# arguments and do not pickle back as they are.
+_REFUSALS: dict[str, type[Refused]] = {c.__name__: c for c in (GateFailed, Unreadable, Refused)}
+
+
 @dataclass(frozen=True)
 class _Refusal:
-    """A ``Refused`` as plain values: its subclasses take their own arguments and do not pickle back."""
-
     code: str
     reason: str
-    gate: bool
+    kind: str
 
 
 # The site key each child de-identifies with, loaded once when it starts (from the secret file:
@@ -88,10 +105,11 @@ def _deidentify_bytes(data: bytes, options: frozenset[Option]) -> Released | _Re
     assert _key is not None
     profile = Profile(options=options)
     try:
-        result = deidentify(read_instance(data), _key, profile, in_place=True)
+        result = deidentify(read_strictly(data), _key, profile, in_place=True)
         return released(result, release(result, profile))
     except Refused as refused:
-        return _Refusal(refused.code, refused.reason, isinstance(refused, GateFailed))
+        kind = next(name for name, cls in _REFUSALS.items() if isinstance(refused, cls))
+        return _Refusal(refused.code, refused.reason, kind)
 
 
 class DeidPool:
@@ -105,8 +123,9 @@ class DeidPool:
         self._pool: ProcessPoolExecutor | None = None
 
     def deidentify(self, data: bytes, options: frozenset[Option]) -> Released:
-        """The released bytes of ``data`` under ``options``; raise ``Refused`` (``GateFailed`` at the
-        gate) as the engine would in this process, ``RuntimeError`` if the child died."""
+        """The released bytes of ``data`` under ``options``; raise ``Refused`` as the worker's own
+        process would (``Unreadable`` when reading, ``GateFailed`` at the gate), ``RuntimeError`` if
+        the child died."""
         pool = self._running()
         try:
             outcome = pool.submit(_deidentify_bytes, data, options).result()
@@ -114,7 +133,7 @@ class DeidPool:
             self._restart(pool)
             raise RuntimeError("the de-identification process died") from None
         if isinstance(outcome, _Refusal):
-            raise (GateFailed if outcome.gate else Refused)(outcome.code, outcome.reason)
+            raise _REFUSALS[outcome.kind](outcome.code, outcome.reason)
         return outcome
 
     def start(self) -> None:

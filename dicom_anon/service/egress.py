@@ -259,6 +259,7 @@ class Sender(threading.Thread):
         layout: Layout,
         audit: AuditTrail,
         on_job_done: Callable[[int, str], None],
+        flush: Callable[[], None],
     ) -> None:
         super().__init__(name=f"egress-{name}", daemon=True)
         self.dest_name = name
@@ -268,6 +269,7 @@ class Sender(threading.Thread):
         self.layout = layout
         self.audit = audit
         self.on_job_done = on_job_done
+        self.flush = flush
         self.link: DicomLink | FolderLink = (
             FolderLink(dest) if dest.is_folder else DicomLink(dest, calling_ae, settings)
         )
@@ -359,17 +361,20 @@ class Sender(threading.Thread):
             self._quarantine(d, "send-failed", f"{type(exc).__name__}: {str(exc)[:200]}")
             return
         if delivered(status):
-            self.audit.record(
-                "instance_forwarded",
-                job=d.job_id,
-                route=d.route,
-                destination=self.dest_name,
-                status=f"0x{status:04X}",
-                new_sop_uid=d.sop_uid,
-                patient=d.patient_pseudonym,
-                attempt=d.attempts + 1,
-            )
-            completion = self.store.mark_delivered(d.id, status)
+            with self.audit.batch(sync=False):
+                self.audit.record(
+                    "instance_forwarded",
+                    job=d.job_id,
+                    route=d.route,
+                    destination=self.dest_name,
+                    status=f"0x{status:04X}",
+                    new_sop_uid=d.sop_uid,
+                    patient=d.patient_pseudonym,
+                    attempt=d.attempts + 1,
+                )
+            completion = self.store.mark_delivered(d.id, status, durable=False)
+            # One flush for the record and the row, before the files they free are removed.
+            self.flush()
             self._backoff = _Backoff()
             self.layout.remove(completion.output_path)
             if completion.spool_path is not None:

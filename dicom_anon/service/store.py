@@ -535,10 +535,11 @@ class StateStore:
             row = db.execute("SELECT attempts FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
             return int(row["attempts"])
 
-    def mark_delivered(self, delivery_id: int, status: int) -> Completion:
-        """The destination answered success or a warning; close the delivery and whatever it completes."""
+    def mark_delivered(self, delivery_id: int, status: int, *, durable: bool = True) -> Completion:
+        """The destination answered success or a warning; close the delivery and whatever it completes.
+        ``durable=False``: the caller's own flush makes it durable with the audit record."""
         now = time.time()
-        with self.transaction() as db:
+        with self.transaction(durable=durable) as db:
             db.execute(
                 "UPDATE deliveries SET state = ?, status = ?, delivered_at = ?, attempts = attempts + 1,"
                 " error = NULL WHERE id = ?",

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ from ..headers.gate import GateFailed, release
 from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..rules import Decision, Rules
+from .deid_pool import DeidPool, Unreadable, read_strictly, released
 from .failures import Backoff, describe_environment, describe_exception, is_environment
-from .files import Layout, link_or_copy, replace_durable, write_durable
+from .files import Layout, link_or_copy, replace_durable, write_durable, write_new
 from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.worker")
@@ -85,8 +87,10 @@ class Runtime:
     audit: AuditTrail
     key: SiteKey
     notify_destination: Callable[[str], None]
+    flush: Callable[[], None]  # files.FileSystemFlush: one disk flush for a step's writes
     on_job_done: Callable[[int, str], None]
     pixel_stage: PixelStage | None = None
+    deid_pool: DeidPool | None = None
 
 
 @dataclass
@@ -174,8 +178,9 @@ class Worker(threading.Thread):
         rt = self.rt
         rules = rt.rules
         result = _Result()
-        ds = self._load(job, result)
-        if ds is not None:
+        loaded = self._load(job, result)
+        if loaded is not None:
+            data, ds = loaded
             decisions = rules.decide(ds, job.calling_ae)
             if job.route_only is not None:
                 decisions = [d for d in decisions if d.route.name == job.route_only]
@@ -204,17 +209,19 @@ class Worker(threading.Thread):
                     }
                 )
             for decision in decisions:
-                self._apply(job, ds, decision, result)
+                self._apply(job, data, ds, decision, result)
         self._commit(job, result)
 
     def _commit(self, job: Job, result: _Result) -> None:
         """Record what the job came to: audit events first, then outputs, deliveries and quarantine
         rows in one transaction, then wake the senders and release the original."""
         rt = self.rt
-        # One step, one fsync: the job's records are on disk before its deliveries can start.
-        with rt.audit.batch():
+        # One step, one flush: the job's outbox files and records are on disk before its deliveries
+        # can start.
+        with rt.audit.batch(sync=False):
             for event in result.events:
                 rt.audit.record(event.pop("event"), job=job.id, sop_uid_hash=job.sop_key, **event)
+        rt.flush()
         delivery_ids, quarantine_ids, done = rt.store.finish_routing(
             job.id, result.outputs, result.quarantines
         )
@@ -265,14 +272,26 @@ class Worker(threading.Thread):
         level = log.info if q.code == AWAITING_REVIEW else log.warning
         level("instance quarantined", job=job.id, route=q.route, code=q.code, quarantine=qid)
 
-    def _load(self, job: Job, result: _Result) -> Dataset | None:
+    def _load(self, job: Job, result: _Result) -> tuple[bytes, Dataset] | None:
+        """The received bytes and a reading of their attributes for routing, or None once the job is
+        quarantined.
+
+        Ingress read these bytes strictly before it acknowledged them, so routing reads them as
+        pydicom does, without the pixels; whatever is de-identified is read strictly again where
+        that happens (``_strict``, or the pool's child process). Bytes pydicom cannot even read are
+        read strictly here, for the reason to quarantine them with.
+        """
         if job.spool_path is None:
             self._quarantine(
                 job, result, "decode", "spool-missing", "the received file is no longer in the spool", None
             )
             return None
         try:
-            return read_instance(self.rt.layout.abs(job.spool_path))
+            data = self.rt.layout.abs(job.spool_path).read_bytes()
+            try:
+                return data, pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+            except Exception:
+                return data, read_instance(data)
         except Refused as refused:
             self._quarantine(job, result, "decode", refused.code, refused.reason, None)
         except OSError as exc:
@@ -281,7 +300,7 @@ class Worker(threading.Thread):
             )
         return None
 
-    def _apply(self, job: Job, ds: Dataset, decision: Decision, result: _Result) -> None:
+    def _apply(self, job: Job, original: bytes, ds: Dataset, decision: Decision, result: _Result) -> None:
         route = decision.route
         if decision.action == "drop":
             result.events.append(
@@ -290,24 +309,26 @@ class Worker(threading.Thread):
             return
         if decision.action == "quarantine":
             self._quarantine(
-                job,
-                result,
-                "route",
-                route.reason or "route-quarantine",
-                f"route {route.name!r} says quarantine" + (f" ({route.reason})" if route.reason else ""),
-                route.name,
+                job, result, "route", "route-quarantine", f"route {route.name!r} says quarantine", route.name
             )
             return
         profile = decision.profile
         assert profile is not None and route.profile is not None
         try:
-            dataset, cleaned, pixels = self._pixels(ds, profile)
-            deid_profile = Profile(options=profile.options)
-            deid = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
-            # The last gate: only bytes that re-read strictly and match the profile may leave.
-            data = release(deid, deid_profile)
+            skipped = self._pixels_skipped(profile)
+            if skipped is not None and self.rt.deid_pool is not None:
+                # Headers only: strict reading, engine and gate in a child process, bytes in and out.
+                pixels = skipped
+                deid = self.rt.deid_pool.deidentify(original, profile.options)
+            else:
+                dataset, cleaned, pixels = self._pixels(read_strictly(original), profile)
+                deid_profile = Profile(options=profile.options)
+                done = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
+                # The last gate: only bytes that re-read strictly and match the profile may leave.
+                deid = released(done, release(done, deid_profile))
         except Refused as refused:
             stage = "gate" if isinstance(refused, GateFailed) else "deid"
+            stage = "decode" if isinstance(refused, Unreadable) else stage
             self._quarantine(job, result, stage, refused.code, refused.reason, route.name)
             return
         except Exception as exc:  # fail closed: whatever went wrong, this instance does not leave
@@ -315,27 +336,26 @@ class Worker(threading.Thread):
             log.error("de-identification failed", job=job.id, route=route.name, error=describe_exception(exc))
             self._quarantine(job, result, "deid", "internal-error", reason, route.name)
             return
-        out = deid.dataset
         path: str | None = None
         held: tuple[NewQuarantine, ...] = ()
         if route.hold_for_review:
             held = tuple(
-                self._hold(job.id, data, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
+                self._hold(job.id, deid.data, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
                 for dest in route.destinations
             )
         else:
             target = self.rt.layout.outbox / f"{job.id}-{route.name}.dcm"
             # Only this job writes this name; a copy left by an attempt cut short is replaced whole.
             target.unlink(missing_ok=True)
-            write_durable(target, data)
+            write_new(target, deid.data)  # durable with the job's records, by the flush in _commit
             path = self.rt.layout.rel(target)
         result.outputs.append(
             NewOutput(
                 route=route.name,
                 path=path,
-                sop_class=str(out.SOPClassUID),
-                sop_uid=str(out.SOPInstanceUID),
-                transfer_syntax=str(out.file_meta.TransferSyntaxUID),
+                sop_class=deid.sop_class,
+                sop_uid=deid.sop_uid,
+                transfer_syntax=deid.transfer_syntax,
                 patient_pseudonym=deid.patient_pseudonym,
                 destinations=tuple(route.destinations),
                 held=held,
@@ -349,10 +369,10 @@ class Worker(threading.Thread):
                 "options": sorted(o.value for o in deid.options),
                 "patient": deid.patient_pseudonym,
                 "patient_hash": deid.patient_hash,
-                "new_sop_uid": str(out.SOPInstanceUID),
-                "new_study_uid": str(out.get("StudyInstanceUID", "")),
-                "sop_class": str(out.SOPClassUID),
-                "changes": len(deid.changes),
+                "new_sop_uid": deid.sop_uid,
+                "new_study_uid": deid.study_uid,
+                "sop_class": deid.sop_class,
+                "changes": deid.changes,
                 "pixels": pixels,
                 "key": self.rt.key.fingerprint(),
                 "versions": VERSIONS,
@@ -364,22 +384,25 @@ class Worker(threading.Thread):
         self, ds: Dataset, profile: ProfileSettings
     ) -> tuple[Dataset, frozenset[Option], dict[str, Any]]:
         """Run the pixel stage for a photo profile; say plainly in the audit when it did not run."""
-        if profile.pixels is None:
-            return ds, frozenset(), {"applied": False, "reason": "profile has no pixel settings"}
-        settings = profile.pixels.model_dump(mode="json")
-        if self.rt.pixel_stage is None:
-            return (
-                ds,
-                frozenset(),
-                {
-                    "applied": False,
-                    "reason": "face pipeline not installed: headers only",
-                    "settings": settings,
-                },
-            )
+        skipped = self._pixels_skipped(profile)
+        if skipped is not None:
+            return ds, frozenset(), skipped
+        assert profile.pixels is not None and self.rt.pixel_stage is not None
         outcome = self.rt.pixel_stage(ds, profile.pixels, self.rt.key, self.rt.store)
-        report = {"applied": True, "settings": settings, **outcome.report}
+        report = {"applied": True, "settings": profile.pixels.model_dump(mode="json"), **outcome.report}
         return outcome.dataset, outcome.cleaned, report
+
+    def _pixels_skipped(self, profile: ProfileSettings) -> dict[str, Any] | None:
+        """Why the pixel stage does not run for ``profile`` (the audit's words), or None if it does."""
+        if profile.pixels is None:
+            return {"applied": False, "reason": "profile has no pixel settings"}
+        if self.rt.pixel_stage is None:
+            return {
+                "applied": False,
+                "reason": "face pipeline not installed: headers only",
+                "settings": profile.pixels.model_dump(mode="json"),
+            }
+        return None
 
     def _quarantine(
         self, job: Job, result: _Result, stage: str, code: str, reason: str, route: str | None

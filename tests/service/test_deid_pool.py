@@ -18,7 +18,7 @@ from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.gate import release
 from dicom_anon.headers.options import Option
 from dicom_anon.headers.pseudonyms import SiteKey
-from dicom_anon.service.deid_pool import DeidPool, released
+from dicom_anon.service.deid_pool import DeidPool, Unreadable, released
 
 OPTIONS = frozenset({Option.RETAIN_DEVICE_IDENTITY, Option.RETAIN_MODIFIED_DATES})
 
@@ -57,3 +57,12 @@ def test_a_child_that_dies_fails_that_attempt_and_the_next_gets_a_new_one(pool: 
     with pytest.raises(RuntimeError, match="process died"):
         pool.deidentify(photo(), OPTIONS)
     assert pool.deidentify(photo(), OPTIONS).sop_class == "1.2.840.10008.5.1.4.1.1.77.1.4"
+
+
+def test_bytes_that_do_not_read_strictly_are_refused_as_unreadable(pool: DeidPool) -> None:
+    """The worker routes on a lenient reading; the child's strict one decides the quarantine stage."""
+    ds = tiny_photo(0)
+    ds.StudyDescription = "Photo of\x01Jane"  # a control character no text may hold
+    with pytest.raises(Unreadable) as refused:
+        pool.deidentify(to_bytes(ds), OPTIONS)
+    assert refused.value.code == "bad-value"
