@@ -5,11 +5,11 @@ still be found from their front view. Not used by the service, which holds profi
     .venv/bin/python -m dicom_anon.lab.profile_band [-o out/profile_band.png]
 
 On the left and right profiles of openpeople's ten synthetic people (their character sheets, MIT):
-MTCNN's box and nose landmark place the band (from a little above the nose to below the chin, from
-behind the mouth corners to the photo's edge the face looks towards); the rest is blurred with a
-sigma of a tenth of the face box. Prints, per photo and in sum, SFace's similarity (same person
->= 0.363) and dlib's distance (same person < 0.6) of the profile to the person's front view, before
-and after; writes a contact sheet (front | profile | trial) to look at.
+MTCNN's box and landmarks place the band (from below the eyes to below the chin, from behind the
+mouth corners to the photo's edge the face looks towards); the rest is blurred with a sigma of a
+tenth of the face box, fading in from the band's edge. Prints, per photo and in sum, SFace's
+similarity (same person >= 0.363) and dlib's distance (same person < 0.6) of the profile to the
+person's front view, before and after; writes a contact sheet (front | profile | trial) to look at.
 """
 
 from __future__ import annotations
@@ -45,14 +45,15 @@ def profiles() -> list[tuple[str, np.ndarray, np.ndarray]]:
 
 
 def band_mask(shape: tuple[int, ...], face: Face) -> np.ndarray:
-    """True where the profile is kept: below the nose bridge, in front of the mouth corners."""
+    """True where the profile is kept: below the eyes (MTCNN's eye landmarks, plus a margin for the
+    lower lid), in front of the mouth corners, down to below the chin."""
     h, w = shape[:2]
     x0, y0, x1, y1 = face.box
     bw, bh = x1 - x0, y1 - y0
     nose = face.landmarks[2]
     mouth_x = face.landmarks[3:5, 0].mean()
     facing_right = nose[0] > (x0 + x1) / 2
-    top = int(max(0, nose[1] - 0.25 * bh))
+    top = int(max(0, face.landmarks[:2, 1].max() + 0.12 * bh))
     bottom = int(min(h, y1 + 0.2 * bh))
     if facing_right:
         left, right = int(max(0, mouth_x - 0.15 * bw)), w
@@ -64,10 +65,14 @@ def band_mask(shape: tuple[int, ...], face: Face) -> np.ndarray:
 
 
 def trial(profile: np.ndarray, face: Face) -> np.ndarray:
+    """The kept band exact; elsewhere a blur that fades in over a tenth of the face box, so the
+    band's edges are not hard seams."""
     keep = band_mask(profile.shape, face)
     sigma = max(4.0, 0.1 * face.width)
     blurred = cv2.GaussianBlur(profile, (0, 0), sigma)
-    out = blurred.copy()
+    fade = cv2.distanceTransform((~keep).astype(np.uint8), cv2.DIST_L2, 5)
+    alpha = np.clip(fade / max(2.0, 0.1 * face.width), 0, 1)[..., None]
+    out = (profile * (1 - alpha) + blurred * alpha + 0.5).astype(np.uint8)
     out[keep] = profile[keep]
     return out
 
