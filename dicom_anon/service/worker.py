@@ -309,7 +309,12 @@ class Worker(threading.Thread):
             return
         if decision.action == "quarantine":
             self._quarantine(
-                job, result, "route", "route-quarantine", f"route {route.name!r} says quarantine", route.name
+                job,
+                result,
+                "route",
+                route.reason or "route-quarantine",
+                f"route {route.name!r} says quarantine" + (f" ({route.reason})" if route.reason else ""),
+                route.name,
             )
             return
         profile = decision.profile
