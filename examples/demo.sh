@@ -10,7 +10,8 @@ PYTHON=${PYTHON:-python3}
 dcmtk() {  # dcmtk's tool: an activated venv puts pynetdicom's same-named script first on PATH
     local tool
     for tool in $(type -ap "$1"); do
-        if "$tool" --version 2>/dev/null | grep -q '^\$dcmtk:'; then echo "$tool"; return 0; fi
+        # grep reads to the end: with -q it may exit first, and pipefail then fails the pipe (SIGPIPE)
+        if "$tool" --version 2>/dev/null | grep '^\$dcmtk:' >/dev/null; then echo "$tool"; return 0; fi
     done
     echo "demo: dcmtk's $1 is not installed (apt-get install -y dcmtk)" >&2
     return 1
