@@ -145,10 +145,12 @@ def rules_test(
 ) -> None:
     """Show which route each file matches and what would happen to it. Nothing is sent or written.
 
-    De-identification is really run (in memory, with a throwaway key) so that a file the
-    profile would refuse shows up as 'quarantine' with the reason.
+    De-identification is really run as the service runs it (the face pipeline for a photo
+    profile, then the headers, in memory, with a throwaway key) so that a file the service would
+    hold shows up as 'quarantine' with the reason, and a replaced face with its QA figures.
     """
-    from ..trial import try_file
+    from ..review import qa_lines
+    from ..trial import try_file, verdict
     from ..views import recognise
 
     settings = _settings_or_exit(file)
@@ -166,15 +168,10 @@ def rules_test(
         if trial.unmatched is not None:
             out.print(f"  => {trial.unmatched} (no route matches)", highlight=False)
         for o in trial.outcomes:
-            if o.refused is not None:
-                out.print(
-                    f"  => route {o.route}: [red]quarantine[/], the profile refuses it "
-                    f"({o.refused.code}): {o.refused.reason}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-            else:
-                out.print(f"  => route {o.route}: {o.does}", highlight=False, soft_wrap=True)
+            style = "red" if o.refused is not None else None
+            out.print(f"  => {verdict(o)}", style=style, markup=False, highlight=False, soft_wrap=True)
+            for qa in qa_lines(o.qa) if o.qa else []:
+                out.print(f"     {qa}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --- quarantine -------------------------------------------------------------------------
