@@ -398,15 +398,18 @@ class Worker(threading.Thread):
         return outcome.dataset, outcome.cleaned, report
 
     def _pixels_skipped(self, profile: ProfileSettings) -> dict[str, Any] | None:
-        """Why the pixel stage does not run for ``profile`` (the audit's words), or None if it does."""
+        """Why the pixel stage does not run for ``profile`` (the audit's words), or None if it does;
+        ``Refused`` where it must run and cannot."""
         if profile.pixels is None:
             return {"applied": False, "reason": "profile has no pixel settings"}
         if self.rt.pixel_stage is None:
-            return {
-                "applied": False,
-                "reason": "face pipeline not installed: headers only",
-                "settings": profile.pixels.model_dump(mode="json"),
-            }
+            # Fail closed: a photo profile's faces (or an intraoral photo's check) cannot be done,
+            # so the photo is held rather than forwarded with its headers alone.
+            raise Refused(
+                "method-unavailable",
+                "this service runs without the face pipeline, so the route's photo profile cannot "
+                "treat the pixels; start it with `dicom-anon serve`, which installs the pipeline",
+            )
         return None
 
     def _quarantine(

@@ -25,12 +25,13 @@ ALLOW_CLINIC = [{"ae_title": "CLINIC", "addresses": ["127.0.0.1"]}]
 
 
 def settings_for(tmp_path: Path, port: int, **sections: Any) -> Settings:
-    """Settings like the example's: CLINIC may send, photos de-identified to 'teaching'."""
+    """Settings like the example's: CLINIC may send, photos de-identified to 'teaching' (by their headers:
+    this in-process service runs without the face pipeline, which holds photo profiles' photos)."""
     raw: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
         "ingress": {"listen": f"127.0.0.1:{port}", "allowed_callers": ALLOW_CLINIC},
         "destinations": {"teaching": {"folder": str(tmp_path / "archive")}},
-        "routes": [{"name": "photos", "profile": "orthodontic", "destinations": ["teaching"]}],
+        "routes": [{"name": "photos", "profile": "basic", "destinations": ["teaching"]}],
         "egress": {"retry": {"first_delay_s": 0.2, "max_delay_s": 1.0}, "idle_release_s": 0.5},
         "audit": {"fsync": False},
     }

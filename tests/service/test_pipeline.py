@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +83,24 @@ def test_photo_arrives_de_identified_and_the_spool_is_emptied(start_service):
     [deid] = events(data(service), "instance_deidentified")
     assert forwarded["patient"] == deid["patient"] == out.PatientID
     assert forwarded["new_sop_uid"] == out.SOPInstanceUID and forwarded["status"] == "0x0000"
-    assert deid["pixels"]["applied"] is False and "face pipeline" in deid["pixels"]["reason"]
-    assert deid["pixels"]["settings"]["preserve"] == ["mouth"] and deid["profile"] == "orthodontic"
+    assert deid["pixels"] == {"applied": False, "reason": "profile has no pixel settings"}
+    assert deid["profile"] == "basic"
     assert set(deid["versions"]) == {"dicom_anon", "pydicom", "pynetdicom"}
     wait_until(lambda: not list((data(service) / "spool").rglob("*.dcm")), 5, "the spool to empty")
     assert not list((data(service) / "outbox").iterdir())
+
+
+@pytest.mark.parametrize("profile", ["orthodontic", "intraoral"])
+def test_a_photo_profile_without_the_face_pipeline_is_held_not_sent_by_its_headers(start_service, profile):
+    """Fail closed: a service started without the pixel stage cannot replace a face or check an
+    intraoral photo for one, so the photo is held (it used to leave de-identified by its headers)."""
+    service = start_service(routes=[{"name": "photos", "profile": profile, "destinations": ["teaching"]}])
+    assert send(service.port, tiny_photo()) == [0]
+    wait_until(lambda: events(data(service), "instance_quarantined"), 10, "the quarantine event")
+    [held] = events(data(service), "instance_quarantined")
+    assert held["code"] == "method-unavailable" and "face pipeline" in held["reason"]
+    time.sleep(0.5)
+    assert archived(service) == [] and not events(data(service), "instance_forwarded")
 
 
 def test_keep_days_keeps_the_original(start_service):
@@ -141,7 +155,7 @@ def test_continue_sends_one_instance_through_two_routes(start_service, tmp_path)
             "second": {"folder": str(tmp_path / "b")},
         },
         routes=[
-            {"name": "first", "profile": "orthodontic", "destinations": ["teaching"], "continue": True},
+            {"name": "first", "profile": "basic", "destinations": ["teaching"], "continue": True},
             {"name": "again", "profile": "basic", "destinations": ["second"]},
         ],
     )
@@ -307,9 +321,7 @@ def test_leftover_half_written_files_are_swept_at_start(tmp_path):
 # --- photos held for review ------------------------------------------------------------
 
 
-HELD_ROUTE = [
-    {"name": "photos", "profile": "orthodontic", "destinations": ["teaching"], "hold_for_review": True}
-]
+HELD_ROUTE = [{"name": "photos", "profile": "basic", "destinations": ["teaching"], "hold_for_review": True}]
 
 
 def held_events(service, count: int) -> list[dict]:
