@@ -10,7 +10,7 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 import pytest
 import yaml
 from peers import Proc, dicom_anon, events, free_port, make_pki
