@@ -30,7 +30,7 @@ from .. import __version__
 from ..audit.trail import AuditTrail
 from ..config import PixelSettings, ProfileSettings
 from ..dicomio import read_instance
-from ..headers.engine import Profile, deidentify
+from ..headers.engine import Profile, deidentify, patient_pseudonym
 from ..headers.errors import Refused
 from ..headers.gate import GateFailed, release
 from ..headers.options import Option
@@ -64,6 +64,13 @@ class PixelOutcome:
 PixelStage = Callable[[Dataset, PixelSettings, SiteKey, StateStore], PixelOutcome]
 
 
+# One patient's photos pass the face stage one at a time: with several pipeline threads
+# (``workers``), two first photos of a new patient at once would each be given a new person, only
+# the first would be remembered, and the second would leave with a face no later photo shows.
+# Striped by pseudonym, so that different patients still run side by side.
+_PATIENT_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
 def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: StateStore) -> PixelOutcome:
     """The face pipeline as the service's pixel stage: the surrogate is keyed by the header
     pseudonym and remembered in the store, so every later photo of the patient shows the same
@@ -73,7 +80,8 @@ def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: 
     """
     from ..faces.pipeline import process_instance
 
-    result = process_instance(ds, settings, key, store)
+    with _PATIENT_LOCKS[hash(patient_pseudonym(ds, key)) % len(_PATIENT_LOCKS)]:
+        result = process_instance(ds, settings, key, store)
     return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
 
 

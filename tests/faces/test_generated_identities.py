@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,11 @@ from dicom_anon.faces.identities import (
     stream_seed,
 )
 from dicom_anon.faces.pipeline import process_photo
+from dicom_anon.headers.engine import patient_pseudonym
+from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 from dicom_anon.service.store import StateStore
+from dicom_anon.service.worker import face_pixel_stage
 
 # Where facekit and factories live, for the test's own processes.
 TESTS = (Path(__file__).parent, Path(__file__).parents[1])
@@ -220,3 +224,35 @@ def test_a_dark_skinned_patient_gets_a_new_person_of_their_skin_tone(source, sit
     # The steered person regenerates alike in another draw from what the store keeps.
     again = fresh(source).face(stream_seed(site_key, "ANONDARK"), face.index, face.steer)
     assert isinstance(again, GeneratedFace) and np.array_equal(again.image, face.image)
+
+
+def test_two_first_photos_of_a_patient_at_once_get_one_new_person(face_a, face_b, tmp_path, site_key) -> None:
+    """Pipeline threads (``workers`` > 1) may take two first photos of one new patient at once;
+    the second must not leave with a person of its own that no later photo shows."""
+    store = StateStore(tmp_path / "state.sqlite")
+    settings = PixelSettings(
+        preserve=["mouth"], device="cpu", max_candidates=3, identity="generated", same_new_face="require"
+    )
+    photos = {"a": photo_dataset(face_a[None]), "b": photo_dataset(face_b[None])}
+    people: dict[str, str] = {}
+
+    def run(name: str) -> None:
+        try:
+            outcome = face_pixel_stage(photos[name], settings, site_key, store)
+            people[name] = outcome.report["qa"]["faces"][0]["person"]
+        except Refused as exc:
+            people[name] = f"refused {exc.code}"
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in photos]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    pseudonym = patient_pseudonym(photos["a"], site_key)
+    remembered = store.generated_for(pseudonym)
+    store.close()
+    assert remembered is not None, people
+    person = person_id(stream_seed(site_key, pseudonym), *remembered)
+    # Each photo shows the remembered person, or is held (same_new_face: require); never another.
+    assert all(p == person or p.startswith("refused") for p in people.values()), (person, people)
+    assert person in people.values()
