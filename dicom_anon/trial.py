@@ -104,7 +104,7 @@ def try_file(settings: Settings, source: Path | bytes, calling_ae: str | None = 
 def _outcome(settings: Settings, d: Decision, ds: Dataset, key: SiteKey) -> Outcome:
     """One route's verdict, reached in the worker's order (``service/worker.py`` ``_apply``)."""
     if d.action != "forward" or d.profile is None:
-        return Outcome(d.route.name, d.action, d.action)
+        return Outcome(d.route.name, d.action, route_action(settings, d.route))
     qa = None
     cleaned: frozenset[Option] = frozenset()
     dataset = ds

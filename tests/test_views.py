@@ -115,6 +115,8 @@ def test_rules_test_prints_the_view_and_why(samples, dental, tmp_path):
     assert "view: profile-right (Series Description says 'profile' and 'right')" in out
     assert out.count("route profiles: matches") == 2
     assert "route intraoral: no: view profile-right is not one of ['intraoral']" in out
+    # The quarantine route's reason is what a records officer reads (it was a bare "quarantine").
+    assert out.count("=> route profiles: quarantine (profile-view)") == 2
 
 
 def test_example_config_routes_the_set(samples):
