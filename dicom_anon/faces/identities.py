@@ -450,7 +450,8 @@ class GeneratedIdentities:
         fits first, nearest the band's middle age and most frontal, drew faces SFace took for
         one another: the stream's own order is kept.)"""
         d = self.directions
-        s = d.scores(self.generator.truncate(raw, d.psi))
+        at = self.generator.truncate(raw, d.psi)
+        s = d.scores(at)
         why: Counter = Counter()
         keep = np.ones(len(raw), bool)
         # Steer the sex where the read-out says the other one or is unsure, and the skin where it
@@ -472,7 +473,7 @@ class GeneratedIdentities:
             skin_code[far] = steer_code(target_lab, None)
         codes = [a + b for a, b in zip(skin_code, sex_code, strict=True)]
         if change:
-            _, moved = d.steer(np.zeros_like(raw), change)
+            _, moved = d.steer(at, change)
             s = {k: v + change.get(k, 0.0) for k, v in s.items()}
             bad = moved > MAX_STEER
             why["steering too far"] += int(bad.sum())

@@ -562,5 +562,6 @@ def process_instance(
     ds: Dataset, settings: PixelSettings, key: SiteKey, memory: IdentityMemory | None = None
 ) -> PhotoResult:
     """``process_photo`` keyed by the same pseudonym the header engine will write for ``ds``
-    (the service's pixel stage calls this, with its state store as the memory)."""
+    (``rules test`` calls this; the service's pixel stage computes the pseudonym itself, to take
+    that patient's lock, and calls ``process_photo``)."""
     return process_photo(ds, settings, patient_pseudonym(ds, key), key, memory)

@@ -78,10 +78,11 @@ def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: 
 
     Imported on first use so that torch and the models load only when a photo route runs.
     """
-    from ..faces.pipeline import process_instance
+    from ..faces.pipeline import process_photo
 
-    with _PATIENT_LOCKS[hash(patient_pseudonym(ds, key)) % len(_PATIENT_LOCKS)]:
-        result = process_instance(ds, settings, key, store)
+    pseudonym = patient_pseudonym(ds, key)
+    with _PATIENT_LOCKS[hash(pseudonym) % len(_PATIENT_LOCKS)]:
+        result = process_photo(ds, settings, pseudonym, key, store)
     return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
 
 
