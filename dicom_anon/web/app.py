@@ -113,6 +113,12 @@ def _to_login(request: Request) -> Response:
     return response
 
 
+async def _refused(request: Request, console: Console, user: User | None, why: str) -> None:
+    """Audit a refused request (``console_refused``) off the event loop."""
+    where = {"path": request.url.path, "method": request.method}
+    await run_in_threadpool(console.record, "console_refused", request, user, **where, why=why)
+
+
 def guarded(permission: str) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
     """Wrap a page so that it runs only for a live session whose role has ``permission`` and, for a
     form sent to it, with that session's CSRF token; every refusal is audited."""
@@ -129,27 +135,11 @@ def guarded(permission: str) -> Callable[[Handler], Callable[[Request], Awaitabl
             if session is None:
                 # A first visit is no refusal; an ended session or a form sent without one is.
                 if token or request.method != "GET":
-                    await run_in_threadpool(
-                        console.record,
-                        "console_refused",
-                        request,
-                        None,
-                        path=request.url.path,
-                        method=request.method,
-                        why=f"session {why}",
-                    )
+                    await _refused(request, console, None, f"session {why}")
                 return _to_login(request)
             user = session.user
             if not user.may(permission):
-                await run_in_threadpool(
-                    console.record,
-                    "console_refused",
-                    request,
-                    user,
-                    path=request.url.path,
-                    method=request.method,
-                    why=f"the {user.role} role may not use {permission}",
-                )
+                await _refused(request, console, user, f"the {user.role} role may not use {permission}")
                 return render(
                     request, "refused.html", session, 403, why=f"The {user.role} role cannot do this."
                 )
@@ -157,15 +147,7 @@ def guarded(permission: str) -> Callable[[Handler], Callable[[Request], Awaitabl
                 form = await request.form(max_part_size=MAX_UPLOAD)
                 sent = str(form.get("csrf", ""))
                 if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-                    await run_in_threadpool(
-                        console.record,
-                        "console_refused",
-                        request,
-                        user,
-                        path=request.url.path,
-                        method=request.method,
-                        why="the form carried no valid CSRF token",
-                    )
+                    await _refused(request, console, user, "the form carried no valid CSRF token")
                     return render(
                         request, "refused.html", session, 403, why="The form was not sent from this console."
                     )
