@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,7 @@ from . import DEFAULT_CONFIG
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 
 DEFAULT_DATA_DIR = Path("/var/lib/dicom-anon")
+TRAIL_NAME = "audit.jsonl"  # a node's audit trail, in data_dir/audit or its folder under audit.shared_dir
 
 # An AE title is 1-16 characters of the default repertoire without backslash (PS3.5 6.2);
 # leading/trailing spaces are not significant, so they are stripped.
@@ -577,14 +579,45 @@ class AtnaSettings(_Strict):
 class AuditSettings(_Strict):
     """The hash-chained trail. fsync after each record unless a site accepts losing the last few.
     The service starts a new file when this one reaches ``rotate_mb`` or is ``rotate_hours`` old
-    (the chain goes on across files), and removes rotated files after ``keep_days`` (recorded)."""
+    (the chain goes on across files), and removes rotated files after ``keep_days`` (recorded).
+    Several nodes give one ``shared_dir``: each writes its own chain in ``<shared_dir>/<node id>/``,
+    and the reviewer's commands read every node's trail there together."""
 
     path: Path | None = None
+    shared_dir: Path | None = None
     fsync: bool = True
     rotate_mb: int | None = Field(None, ge=1)
     rotate_hours: float | None = Field(None, gt=0)
     keep_days: float | None = Field(None, gt=0)
     atna: AtnaSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> AuditSettings:
+        if self.path is not None and self.shared_dir is not None:
+            raise ValueError(
+                "give 'path:' (this node's trail file) or 'shared_dir:' (a folder with one trail per node), "
+                "not both"
+            )
+        return self
+
+
+def _host_name() -> str:
+    """The node id by default: the host name up to its first dot, when it is a usable name."""
+    host = socket.gethostname().split(".")[0]
+    return host if _NAME_RE.match(host) else "node"
+
+
+class NodeSettings(_Strict):
+    """This machine among several: its id names its audit trail (and is in each of its records)
+    and its metrics, so an operator sees which node did what."""
+
+    id: Name = Field(default_factory=_host_name)
+
+
+class MetricsSettings(_Strict):
+    """Prometheus metrics of this node, served as text on ``listen`` (off unless configured)."""
+
+    listen: Annotated[str, BeforeValidator(_listen)]
 
 
 class LoggingSettings(_Strict):
@@ -609,6 +642,8 @@ class Settings(_Strict):
     unmatched: Literal["quarantine", "drop"] = "quarantine"
     workers: int = Field(1, ge=1, le=32)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    metrics: MetricsSettings | None = None
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @property
@@ -618,7 +653,10 @@ class Settings(_Strict):
 
     @property
     def audit_path(self) -> Path:
-        return self.audit.path if self.audit.path is not None else self.data_dir / "audit" / "audit.jsonl"
+        """This node's own trail (the one it writes and the ATNA relay reads)."""
+        if self.audit.shared_dir is not None:
+            return self.audit.shared_dir / self.node.id / TRAIL_NAME
+        return self.audit.path if self.audit.path is not None else self.data_dir / "audit" / TRAIL_NAME
 
     @property
     def state_path(self) -> Path:

@@ -19,23 +19,43 @@ from ..config import Settings
 from ..console import ConfigOption, DataDirOption, err, fail, out, settings_or_exit
 from ..headers.errors import SiteKeyError
 from .chart import Bucket, draw, tally
-from .query import QUERY_COLUMNS, Filters, query_row, search, to_csv, to_json
-from .trail import AuditTrail, operator, read_records, verify
+from .nodes import combined, merged_records, node_trails, trails_in, verify_nodes
+from .query import Filters, query_columns, query_row, search, to_csv, to_json
+from .trail import AuditTrail, operator
 
 audit_app = typer.Typer(help="Verify, search and export the audit trail.", no_args_is_help=True)
 atna_app = typer.Typer(help="The copy of the trail sent to the hospital's audit repository (IHE ATNA).")
 audit_app.add_typer(atna_app, name="atna", no_args_is_help=True)
 
 TrailOption = Annotated[
-    Path | None, typer.Option("--trail", help="The audit file itself, e.g. a copy under review.")
+    Path | None,
+    typer.Option(
+        "--trail",
+        help="The audit file itself, e.g. a copy under review; or a folder of several nodes' trails "
+        "(one folder per node id, as audit.shared_dir keeps them).",
+    ),
 ]
 
 
-def _trail_path(settings: Settings, trail: Path | None) -> Path:
-    path = trail or settings.audit_path
-    if not path.is_file():
-        raise fail(f"no audit trail at {path}; give --data-dir, --config or --trail")
-    return path
+def _trails(settings: Settings, trail: Path | None) -> dict[str, Path]:
+    """node id -> trail to read: every node's under a shared folder (``--trail FOLDER`` or
+    audit.shared_dir), else the one file."""
+    if trail is not None and trail.is_dir():
+        found = trails_in(trail)
+    elif trail is not None:
+        found = {settings.node.id: trail}
+    else:
+        found = node_trails(settings)
+    where = trail or settings.audit.shared_dir or settings.audit_path
+    if not any(path.is_file() for path in found.values()):
+        raise fail(f"no audit trail at {where}; give --data-dir, --config or --trail")
+    return found
+
+
+def _where(trails: dict[str, Path]) -> str:
+    """The trails read, as a reviewer names them: the file, or the folder of several nodes' trails."""
+    paths = list(trails.values())
+    return str(paths[0]) if len(paths) == 1 else f"{len(paths)} nodes' trails in {paths[0].parent.parent}"
 
 
 def _record(settings: Settings, trail: Path | None, event: str, **fields: Any) -> None:
@@ -43,7 +63,7 @@ def _record(settings: Settings, trail: Path | None, event: str, **fields: Any) -
     if trail is not None and trail != settings.audit_path:
         return
     try:
-        audit = AuditTrail(settings.audit_path)
+        audit = AuditTrail(settings.audit_path, node=settings.node.id)
     except OSError as exc:
         raise fail(f"cannot write to the audit trail ({exc.strerror}); reading it must be recorded") from None
     audit.record(event, by=operator(), **fields)
@@ -56,19 +76,31 @@ def audit_verify(
 ) -> None:
     """Check the hash chain: report the first edited, deleted or reordered line (exit 1 if any)."""
     settings = settings_or_exit(config, data_dir)
-    path = _trail_path(settings, trail)
-    result = verify(path)
-    _record(settings, trail, "audit_verified", records=result.records, ok=result.ok)
-    if result.ok:
-        out.print(f"[green]{path}: {result.records} records, chain intact[/]", highlight=False)
-        return
-    first, *rest = result.problems
-    err.print(f"[bold red]{path}: chain broken at {first}[/]", highlight=False, soft_wrap=True)
-    for problem in rest[:20]:
-        err.print(f"  also {problem}", highlight=False, soft_wrap=True)
-    if len(rest) > 20:
-        err.print(f"  ... and {len(rest) - 20} more", highlight=False)
-    raise typer.Exit(1)
+    trails = _trails(settings, trail)
+    results = verify_nodes(trails)
+    several = len(trails) > 1
+    total = combined(results)
+    _record(
+        settings,
+        trail,
+        "audit_verified",
+        records=total.records,
+        ok=total.ok,
+        **({"nodes": {node: r.ok for node, r in results.items()}} if several else {}),
+    )
+    for node, result in results.items():
+        name = f"node {node}: {trails[node]}" if several else str(trails[node])
+        if result.ok:
+            out.print(f"[green]{name}: {result.records} records, chain intact[/]", highlight=False)
+            continue
+        first, *rest = result.problems
+        err.print(f"[bold red]{name}: chain broken at {first}[/]", highlight=False, soft_wrap=True)
+        for problem in rest[:20]:
+            err.print(f"  also {problem}", highlight=False, soft_wrap=True)
+        if len(rest) > 20:
+            err.print(f"  ... and {len(rest) - 20} more", highlight=False)
+    if not total.ok:
+        raise typer.Exit(1)
 
 
 class Format(StrEnum):
@@ -92,9 +124,9 @@ def _filters(
         raise fail(str(exc)) from None
 
 
-def _select(settings: Settings, path: Path, filters: Filters) -> list[dict[str, Any]]:
+def _select(settings: Settings, trails: dict[str, Path], filters: Filters) -> list[dict[str, Any]]:
     try:
-        return search(path, filters, settings.secret_path)
+        return search(trails, filters, settings.secret_path)
     except (ValueError, SiteKeyError) as exc:
         raise fail(str(exc)) from None
 
@@ -131,9 +163,9 @@ def audit_query(
 ) -> None:
     """Search the trail: what left, when, to whom, under which rule."""
     settings = settings_or_exit(config, data_dir)
-    path = _trail_path(settings, trail)
+    trails = _trails(settings, trail)
     filters = _filters(since, until, event, route, destination, status, patient, sop_uid)
-    found = _select(settings, path, filters)
+    found = _select(settings, trails, filters)
     _record(
         settings,
         trail,
@@ -147,11 +179,12 @@ def audit_query(
         title=f"{len(found)} records" + (f", newest {len(shown)} shown" if len(shown) < len(found) else ""),
         title_justify="left",
     )
-    for column in QUERY_COLUMNS:
+    several = len(trails) > 1
+    for column in query_columns(several):
         # The event name is what a reviewer scans for: never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=column == "event")
     for r in shown:
-        table.add_row(*query_row(r))
+        table.add_row(*query_row(r, several))
     out.print(table)
 
 
@@ -175,9 +208,9 @@ def audit_export(
 ) -> None:
     """Export matching records as CSV (one row per event, the rest as JSON in 'details') or JSON."""
     settings = settings_or_exit(config, data_dir)
-    path = _trail_path(settings, trail)
+    trails = _trails(settings, trail)
     filters = _filters(since, until, event, route, destination, status, patient, sop_uid)
-    found = _select(settings, path, filters)
+    found = _select(settings, trails, filters)
     text = to_csv(found) if fmt is Format.csv else to_json(found)
     _record(
         settings,
@@ -214,13 +247,13 @@ def audit_chart(
     associations rejected, per time bucket; the title says whether the hash chain verified, and a
     broken chain also exits 1 (after writing the chart, which says so)."""
     settings = settings_or_exit(config, data_dir)
-    path = _trail_path(settings, trail)
+    trails = _trails(settings, trail)
     filters = _filters(since, until, None, route, destination, None, None, None)
     if not out_path.parent.is_dir():
         raise fail(f"cannot write {out_path}: there is no folder {out_path.parent}")
-    result = verify(path)
+    result = combined(verify_nodes(trails))
     try:
-        counts = tally(read_records(path), filters, bucket)
+        counts = tally(merged_records(trails), filters, bucket)
     except ValueError as exc:
         raise fail(str(exc)) from None
     _record(
@@ -236,14 +269,19 @@ def audit_chart(
     )
     try:
         drawn = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
-        draw(counts, result, out_path, footnote=f"{path}, drawn {drawn} UTC by dicom-anon audit chart")
+        draw(
+            counts,
+            result,
+            out_path,
+            footnote=f"{_where(trails)}, drawn {drawn} UTC by dicom-anon audit chart",
+        )
     except OSError as exc:
         raise fail(f"cannot write {out_path}: {exc.strerror or exc}") from None
     if result.ok:
         out.print(f"{out_path}: {counts.events} events, chain intact", highlight=False, soft_wrap=True)
         return
     err.print(
-        f"[bold red]{path}: chain broken at {result.problems[0]}; the chart says so: {out_path}[/]",
+        f"[bold red]{_where(trails)}: chain broken at {result.problems[0]}; the chart says so: {out_path}[/]",
         highlight=False,
         soft_wrap=True,
     )

@@ -11,19 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..headers.pseudonyms import SiteKey
-from .trail import read_records
+from .nodes import merged_records
 
 # Columns of the CSV export, in the order a reviewer reads them; anything else goes to 'details'.
 CSV_COLUMNS = (
     "seq",
     "ts",
+    "node",
     "event",
     "job",
     "route",
@@ -147,15 +148,16 @@ def query(
     return [r for r in records if _matches(r, filters, sop_hash, jobs)]
 
 
-def search(trail: Path, filters: Filters, secret: Path) -> list[dict[str, Any]]:
-    """The trail's records matching ``filters``; the site secret at ``secret`` is read only for an
-    original SOP Instance UID, and ValueError says when it is missing."""
+def search(trails: Mapping[str, Path], filters: Filters, secret: Path) -> list[dict[str, Any]]:
+    """The records of every node's trail (node id -> path) matching ``filters``, in time order; the
+    site secret at ``secret`` is read only for an original SOP Instance UID, and ValueError says
+    when it is missing."""
     key = None
     if filters.sop_uid is not None:
         if not secret.is_file():
             raise ValueError(f"--sop-uid needs the site secret, which is not at {secret}")
         key = SiteKey.load_or_create(secret)
-    return query(read_records(trail), filters, key)
+    return query(merged_records(trails), filters, key)
 
 
 # The columns of ``audit query``'s table and the console's Audit page, in this order.
@@ -172,15 +174,21 @@ QUERY_COLUMNS = (
 )
 
 
-def query_row(r: dict[str, Any]) -> tuple[str, ...]:
-    """One record as a row under QUERY_COLUMNS: who did it (a quarantine decision, a reading of the
-    trail) and on which quarantine item, before what it was about."""
+def query_columns(several_nodes: bool) -> tuple[str, ...]:
+    """QUERY_COLUMNS, with the node after the time where the records come from several nodes."""
+    return (*QUERY_COLUMNS[:2], "node", *QUERY_COLUMNS[2:]) if several_nodes else QUERY_COLUMNS
+
+
+def query_row(r: dict[str, Any], several_nodes: bool = False) -> tuple[str, ...]:
+    """One record as a row under ``query_columns(several_nodes)``: who did it (a quarantine decision,
+    a reading of the trail) and on which quarantine item, before what it was about."""
     item = f"item {r['quarantine']} " if r.get("quarantine") is not None else ""
     who = f"{item}by {r['by']}" if r.get("by") else ""
     what = r.get("reason") or r.get("error") or r.get("new_sop_uid") or r.get("calling_ae") or ""
     return (
         str(r.get("seq", "")),
         short_time(r.get("ts")),
+        *((str(r.get("node", "")),) if several_nodes else ()),
         str(r.get("event", "")),
         str(r.get("job", "") or ""),
         str(r.get("route", "") or ""),

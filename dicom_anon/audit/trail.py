@@ -118,10 +118,13 @@ class AuditTrail:
         rotate_bytes: int = 0,
         rotate_s: float = 0.0,
         keep_s: float = 0.0,
+        node: str | None = None,
     ) -> None:
-        """``head_every_s``: how often the head file is rewritten (0: after every step). The service
-        writes it once a second: after a crash it may name a record a little before the trail's
-        end, which still verifies; only cutting off the last second of records goes unnoticed.
+        """``node``: the id of the machine writing, put in every record (several nodes' trails are
+        read together, and each record says where it was written). ``head_every_s``: how often the
+        head file is rewritten (0: after every step). The service writes it once a second: after a
+        crash it may name a record a little before the trail's end, which still verifies; only
+        cutting off the last second of records goes unnoticed.
         ``rotate_bytes``/``rotate_s``: start a new file once this one is that large or that old
         (0: never); ``keep_s``: remove rotated files whose last record is older (0: keep all)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -159,6 +162,8 @@ class AuditTrail:
                 structlog.processors.JSONRenderer(serializer=canonical),
             ],
         )
+        if node is not None:
+            self._logger = self._logger.bind(node=node)
 
     def close(self) -> None:
         """Name the last record in the head file, then close. Every record is already durable; a

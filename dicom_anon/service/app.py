@@ -42,7 +42,7 @@ from .worker import PixelStage, Runtime, Worker
 log = structlog.get_logger("dicom_anon.service")
 
 # Settings that only take effect when the service starts; a reload that changes them says so.
-_RESTART_ONLY = ("data_dir", "secret_file", "workers", "audit")
+_RESTART_ONLY = ("data_dir", "secret_file", "workers", "audit", "node", "metrics")
 _RESTART_ONLY_INGRESS = ("listen", "tls", "max_pdu_bytes", "timeouts")
 
 
@@ -144,6 +144,7 @@ class Service:
             rotate_bytes=(s.audit.rotate_mb or 0) * 2**20,
             rotate_s=(s.audit.rotate_hours or 0) * 3600,
             keep_s=(s.audit.keep_days or 0) * 86400,
+            node=s.node.id,
         )
         if s.audit.atna is not None:
             # Before service_started is written: a first start relays from that record on.

@@ -192,7 +192,9 @@ def _quarantine(config: Path | None, data_dir: Path | None) -> Quarantine:
         raise fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
     layout = Layout(settings.data_dir)
     try:
-        return Quarantine(StateStore(settings.state_path), layout, AuditTrail(settings.audit_path))
+        return Quarantine(
+            StateStore(settings.state_path), layout, AuditTrail(settings.audit_path, node=settings.node.id)
+        )
     except OSError as exc:
         raise fail(f"cannot open the service's data ({exc.strerror}: {exc.filename})") from None
 

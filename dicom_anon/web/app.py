@@ -60,7 +60,7 @@ class Console:
     @property
     def audit(self) -> AuditTrail:
         if self._audit is None:
-            self._audit = AuditTrail(self.settings.audit_path)
+            self._audit = AuditTrail(self.settings.audit_path, node=self.settings.node.id)
         return self._audit
 
     @property

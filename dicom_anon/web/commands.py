@@ -167,7 +167,7 @@ def users_disable(
 def _audit(settings: Settings, event: str, **fields: str) -> None:
     """An account change in the trail, as ``quarantine`` decisions are: who, on whom."""
     try:
-        trail = AuditTrail(settings.audit_path)
+        trail = AuditTrail(settings.audit_path, node=settings.node.id)
     except OSError as exc:
         raise fail(
             f"cannot write to the audit trail ({exc.strerror}); account changes must be recorded"

@@ -2,7 +2,7 @@
 and Rules (officers). Each calls the functions the command line calls, so the two cannot disagree:
 ``rules check|test`` (``rules.route_lines``, ``trial.try_file``), ``quarantine release|delete``
 (``Quarantine``), ``quarantine review`` (``review.read_tile``, ``qa_lines``) and ``audit
-query|export|chart|verify`` (``audit.query``, ``audit.chart``, ``audit.trail.verify``).
+query|export|chart|verify`` (``audit.query``, ``audit.chart``, ``audit.nodes``: every node's trail).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.chart import Bucket, draw, tally
-from ..audit.query import QUERY_COLUMNS, Filters, query_row, search, to_csv, to_json
+from ..audit.nodes import combined, merged_records, node_trails, verify_nodes
+from ..audit.query import Filters, query_columns, query_row, search, to_csv, to_json
 from ..audit.trail import Verification, read_records, verify
 from ..config import ConfigError, advice, load_settings
 from ..dicomio import read_instance
@@ -291,17 +292,19 @@ def _filters(request: Request) -> Filters:
 
 
 def _search(console: Console, filters: Filters) -> list[dict[str, Any]]:
-    return search(console.settings.audit_path, filters, console.settings.secret_path)
+    return search(node_trails(console.settings), filters, console.settings.secret_path)
 
 
 def _audit_page(console: Console, request: Request, session: Session) -> dict[str, Any]:
-    path = console.settings.audit_path
+    trails = node_trails(console.settings)
+    several = len(trails) > 1
     form = {n: request.query_params.get(n, "") for n in _FILTER_FIELDS}
-    page: dict[str, Any] = {"form": form, "columns": QUERY_COLUMNS, "rows": None, "error": ""}
-    if not path.is_file():
-        page["error"] = f"no audit trail at {path} yet"
+    page: dict[str, Any] = {"form": form, "columns": query_columns(several), "rows": None, "error": ""}
+    if not any(path.is_file() for path in trails.values()):
+        where = console.settings.audit.shared_dir or console.settings.audit_path
+        page["error"] = f"no audit trail at {where} yet"
         return page
-    result = verify(path)
+    result = combined(verify_nodes(trails))
     page["chain"] = result
     if "run" not in request.query_params:
         return page
@@ -320,7 +323,7 @@ def _audit_page(console: Console, request: Request, session: Session) -> dict[st
         records=len(found),
         chain_ok=result.ok,
     )
-    page["rows"] = [query_row(r) for r in found[-AUDIT_LIMIT:]]
+    page["rows"] = [query_row(r, several) for r in found[-AUDIT_LIMIT:]]
     page["found"] = len(found)
     page["query"] = request.url.query
     return page
@@ -363,11 +366,11 @@ async def audit_export(request: Request, console: Console, session: Session) -> 
 
 
 def _audit_chart(console: Console, request: Request, session: Session) -> bytes:
-    path = console.settings.audit_path
+    trails = node_trails(console.settings)
     full = _filters(request)
     filters = Filters(since=full.since, until=full.until, route=full.route, destination=full.destination)
-    result = verify(path)
-    counts = tally(read_records(path), filters)
+    result = combined(verify_nodes(trails))
+    counts = tally(merged_records(trails), filters)
     console.record(
         "audit_read",
         request,
@@ -380,7 +383,8 @@ def _audit_chart(console: Console, request: Request, session: Session) -> bytes:
     )
     buf = io.BytesIO()
     drawn = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
-    draw(counts, result, buf, footnote=f"{path}, drawn {drawn} UTC by {session.user.name} in the console")
+    where = console.settings.audit.shared_dir or console.settings.audit_path
+    draw(counts, result, buf, footnote=f"{where}, drawn {drawn} UTC by {session.user.name} in the console")
     return buf.getvalue()
 
 
