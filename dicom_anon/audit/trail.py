@@ -27,7 +27,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,12 +119,14 @@ class AuditTrail:
         rotate_s: float = 0.0,
         keep_s: float = 0.0,
         node: str | None = None,
+        on_record: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         """``node``: the id of the machine writing, put in every record (several nodes' trails are
-        read together, and each record says where it was written). ``head_every_s``: how often the
-        head file is rewritten (0: after every step). The service writes it once a second: after a
-        crash it may name a record a little before the trail's end, which still verifies; only
-        cutting off the last second of records goes unnoticed.
+        read together, and each record says where it was written). ``on_record``: called with each
+        event written through ``record`` and its fields (the service's metrics count them).
+        ``head_every_s``: how often the head file is rewritten (0: after every step). The service
+        writes it once a second: after a crash it may name a record a little before the trail's
+        end, which still verifies; only cutting off the last second of records goes unnoticed.
         ``rotate_bytes``/``rotate_s``: start a new file once this one is that large or that old
         (0: never); ``keep_s``: remove rotated files whose last record is older (0: keep all)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -148,6 +150,7 @@ class AuditTrail:
         # sizes above count from the first file on, so a new, shorter file never looks synced.
         self._base = 0
         self._head_at = float("-inf")
+        self._on_record = on_record
         _finish_rotation(path)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         self._file = os.fdopen(fd, "r+b", buffering=0)
@@ -316,6 +319,8 @@ class AuditTrail:
         """Append one event. Values must be JSON-friendly and free of PHI."""
         with self.batch():
             self._logger.info(event, **fields)
+            if self._on_record is not None:
+                self._on_record(event, fields)
 
     def _catch_up(self) -> None:
         """Continue the chain from the file's last record if another process appended since."""

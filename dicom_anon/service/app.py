@@ -36,7 +36,8 @@ from .egress import Sender
 from .failures import describe_environment, record_or_log
 from .files import FileSystemFlush, Layout
 from .ingress import Ingress
-from .store import StateStore
+from .metrics import Metrics
+from .store import StateStore, open_store
 from .worker import PixelStage, Runtime, Worker
 
 log = structlog.get_logger("dicom_anon.service")
@@ -120,6 +121,7 @@ class Service:
         self.store: StateStore | None = None
         self.flush: FileSystemFlush | None = None
         self.audit: AuditTrail | None = None
+        self.metrics: Metrics | None = None
         self.atna: Relay | None = None
         self.runtime: Runtime | None = None
         self.ingress: Ingress | None = None
@@ -137,6 +139,10 @@ class Service:
         key = SiteKey.load_or_create(s.secret_path)
         store, recovered = self._open_store()
         self.store = store
+        self.metrics = metrics = Metrics(s.node.id)
+        metrics.watch_queue(store)
+        if s.metrics is not None:
+            metrics.serve(s.metrics.listen)
         self.audit = audit = AuditTrail(
             s.audit_path,
             fsync=s.audit.fsync,
@@ -145,6 +151,7 @@ class Service:
             rotate_s=(s.audit.rotate_hours or 0) * 3600,
             keep_s=(s.audit.keep_days or 0) * 86400,
             node=s.node.id,
+            on_record=metrics.observe,
         )
         if s.audit.atna is not None:
             # Before service_started is written: a first start relays from that record on.
@@ -161,6 +168,7 @@ class Service:
             notify_destination=self._notify,
             flush=flush,
             on_job_done=self._job_done,
+            metrics=metrics,
             pixel_stage=self.pixel_stage,
             # One process per pipeline thread: a thread hands over one instance at a time.
             deid_pool=DeidPool(s.secret_path, s.workers),
@@ -218,7 +226,7 @@ class Service:
             return self._recovered_store()
 
     def _recovered_store(self) -> tuple[StateStore, int]:
-        store = StateStore(self.settings.state_path)
+        store = open_store(self.settings)
         try:
             return store, store.recover()
         except BaseException:
@@ -247,6 +255,8 @@ class Service:
             self.audit.close()
         if self.atna is not None:
             self.atna.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.store is not None:
             self.store.close()
         if self.flush is not None:

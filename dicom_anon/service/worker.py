@@ -39,7 +39,8 @@ from ..rules import Decision, Rules
 from .deid_pool import DeidPool, Unreadable, read_strictly, released
 from .failures import Backoff, describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable, write_durable, write_new
-from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
+from .metrics import Metrics
+from .store import AWAITING_REVIEW, Job, LeaseLost, NewOutput, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.worker")
 
@@ -64,13 +65,6 @@ class PixelOutcome:
 PixelStage = Callable[[Dataset, PixelSettings, SiteKey, StateStore], PixelOutcome]
 
 
-# One patient's photos pass the face stage one at a time: with several pipeline threads
-# (``workers``), two first photos of a new patient at once would each be given a new person, only
-# the first would be remembered, and the second would leave with a face no later photo shows.
-# Striped by pseudonym, so that different patients still run side by side.
-_PATIENT_LOCKS = tuple(threading.Lock() for _ in range(64))
-
-
 def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: StateStore) -> PixelOutcome:
     """The face pipeline as the service's pixel stage: the surrogate is keyed by the header
     pseudonym and remembered in the store, so every later photo of the patient shows the same
@@ -81,7 +75,8 @@ def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: 
     from ..faces.pipeline import process_photo
 
     pseudonym = patient_pseudonym(ds, key)
-    with _PATIENT_LOCKS[hash(pseudonym) % len(_PATIENT_LOCKS)]:
+    # One patient's photos one at a time, on every node (StateStore.patient_lock).
+    with store.patient_lock(pseudonym):
         result = process_photo(ds, settings, pseudonym, key, store)
     return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
 
@@ -98,6 +93,7 @@ class Runtime:
     notify_destination: Callable[[str], None]
     flush: Callable[[], None]  # files.FileSystemFlush: one disk flush for a step's writes
     on_job_done: Callable[[int, str], None]
+    metrics: Metrics
     pixel_stage: PixelStage | None = None
     deid_pool: DeidPool | None = None
 
@@ -150,6 +146,9 @@ class Worker(threading.Thread):
                 self._run_job(job)
                 in_hand = None
                 self._backoff.reset()
+            except LeaseLost as exc:  # another node took the job over and records it; this try is void
+                log.warning("job taken over by another node; this node's result dropped", error=str(exc))
+                in_hand = None
             except Exception as exc:  # the environment, or a fault in our own bookkeeping: wait, retry
                 delay = self._backoff.next_delay()
                 log.error(
@@ -163,8 +162,11 @@ class Worker(threading.Thread):
     def _run_job(self, job: Job) -> None:
         """Process one job; a failure of the instance's own is counted, then retried or quarantined."""
         try:
-            self.process(job)
+            with self.rt.metrics.stage("job"):
+                self.process(job)
             return
+        except LeaseLost:
+            raise
         except Exception as exc:
             if is_environment(exc):
                 raise
@@ -333,13 +335,15 @@ class Worker(threading.Thread):
             if skipped is not None and self.rt.deid_pool is not None:
                 # Headers only: strict reading, engine and gate in a child process, bytes in and out.
                 pixels = skipped
-                deid = self.rt.deid_pool.deidentify(original, profile.options)
+                with self.rt.metrics.stage("headers"):
+                    deid = self.rt.deid_pool.deidentify(original, profile.options)
             else:
                 dataset, cleaned, pixels = self._pixels(read_strictly(original), profile)
                 deid_profile = Profile(options=profile.options)
-                done = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
-                # The last gate: only bytes that re-read strictly and match the profile may leave.
-                deid = released(done, release(done, deid_profile))
+                with self.rt.metrics.stage("headers"):
+                    done = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)
+                    # The last gate: only bytes that re-read strictly and match the profile may leave.
+                    deid = released(done, release(done, deid_profile))
         except Refused as refused:
             stage = "gate" if isinstance(refused, GateFailed) else "deid"
             stage = "decode" if isinstance(refused, Unreadable) else stage
@@ -402,7 +406,8 @@ class Worker(threading.Thread):
         if skipped is not None:
             return ds, frozenset(), skipped
         assert profile.pixels is not None and self.rt.pixel_stage is not None
-        outcome = self.rt.pixel_stage(ds, profile.pixels, self.rt.key, self.rt.store)
+        with self.rt.metrics.stage("face"):
+            outcome = self.rt.pixel_stage(ds, profile.pixels, self.rt.key, self.rt.store)
         report = {"applied": True, "settings": profile.pixels.model_dump(mode="json"), **outcome.report}
         return outcome.dataset, outcome.cleaned, report
 
