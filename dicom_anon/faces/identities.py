@@ -56,7 +56,7 @@ from .detect import FaceDetector, get_detector
 from .embed import SFACE_SAME_PERSON, Recognizer, cosine, get_recognizer
 from .generator import STYLE_DIM, FaceGenerator, GeneratorUnavailable, get_generator
 from .pool import ADULT_AGE_YEARS, MAX_SKIN_GAIN, PhotoSkipped, Pool, Surrogate, crop_face, skin_gain
-from .prepare import pool_photo_problem
+from .prepare import surrogate_problem
 
 DIRECTIONS = Path(__file__).resolve().parents[2] / "models" / "generated" / "directions.json"
 # Truncation of the new people's faces. Over random pairs of generated faces SFace called 15.5%
@@ -407,11 +407,6 @@ class GeneratedIdentities:
             c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE)
         except PhotoSkipped as exc:
             return f"unusable: {exc}"
-        # Hair over the face (a fringe), checked at full size as the pool builder does: on a
-        # half-size copy (twice as fast) fringes and strands over the forehead got through.
-        problem = pool_photo_problem(c.image, c.face.landmarks, c.skin_lab, np.ones(c.image.shape[:2], bool))
-        if problem:
-            return f"fringe or hair over the face: {problem}"
         try:
             a = estimate(c.image, c.face)
         except (AttributesRefused, ModelsError) as exc:
@@ -578,6 +573,11 @@ class GeneratedIdentities:
                 made = self.face(seed, index, codes[j])
                 rendered += 1
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+                if problem is None and isinstance(made, GeneratedFace):
+                    # Hair over the face (a fringe) last: its GrabCut costs as much as the render
+                    # (0.5 s), and prepare() reuses it for the face that is taken.
+                    hair = surrogate_problem(made)
+                    problem = f"fringe or hair over the face: {hair}" if hair else None
                 if problem is None and isinstance(made, GeneratedFace):
                     sims = others @ made.embedding if len(others) else np.zeros(1)
                     near = cosine(ctx.embedding, made.embedding) if ctx.embedding is not None else 0.0

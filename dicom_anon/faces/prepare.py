@@ -107,13 +107,39 @@ def prepare(surrogate: Surrogate) -> Prepared:
     ``_PREPARED_MAX`` surrogates used (GrabCut and inpainting take about a second a photo)."""
     cached = _PREPARED.get(surrogate.sha256)
     if cached is None:
-        cached = _PREPARED[surrogate.sha256] = _prepare(
-            surrogate.image, surrogate.landmarks, surrogate.skin_lab
+        a = _surrogate_areas(surrogate)
+        shine_down = _take_down_shine(surrogate.image, surrogate.landmarks, a.valid, a.bare)
+        cached = _PREPARED[surrogate.sha256] = Prepared(
+            _paint_temples(shine_down, surrogate.landmarks, a.skin, a.always), a.valid
         )
         while len(_PREPARED) > _PREPARED_MAX:
             _PREPARED.popitem(last=False)
     else:
         _PREPARED.move_to_end(surrogate.sha256)
+    return cached
+
+
+def surrogate_problem(surrogate: Surrogate) -> str | None:
+    """``pool_photo_problem`` for a surrogate made on the fly (a generated face): its GrabCut
+    (half a second) is kept for ``prepare``, which needs the same areas if the face is taken."""
+    inside = np.ones(surrogate.image.shape[:2], bool)
+    return pool_photo_problem(
+        surrogate.image, surrogate.landmarks, surrogate.skin_lab, inside, _surrogate_areas(surrogate)
+    )
+
+
+# GrabCut's areas of the last surrogates checked or prepared, by their pixels' hash.
+_AREAS: OrderedDict[str, _Areas] = OrderedDict()
+
+
+def _surrogate_areas(surrogate: Surrogate) -> _Areas:
+    cached = _AREAS.get(surrogate.sha256)
+    if cached is None:
+        cached = _AREAS[surrogate.sha256] = _areas(surrogate.image, surrogate.landmarks, surrogate.skin_lab)
+        while len(_AREAS) > _PREPARED_MAX:
+            _AREAS.popitem(last=False)
+    else:
+        _AREAS.move_to_end(surrogate.sha256)
     return cached
 
 
@@ -136,12 +162,6 @@ def _areas(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> _Areas:
     return _Areas(skin, bare, always, _face_area(landmarks, bare, always))
 
 
-def _prepare(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> Prepared:
-    a = _areas(img, landmarks, tone)
-    shine_down = _take_down_shine(img, landmarks, a.valid, a.bare)
-    return Prepared(_paint_temples(shine_down, landmarks, a.skin, a.always), a.valid)
-
-
 # A pool photo whose pasted face area holds more than this share of pixels far from its cheek
 # tone (outside eyes, brows and lips) shows hair or something else over its face. Measured on
 # 96 SFHQ faces and the 20 openpeople crops: the openpeople crops reach 0.09 (a moustache);
@@ -154,7 +174,7 @@ MAX_MIRRORED_SHARE = 0.04
 
 
 def pool_photo_problem(
-    img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray, inside: np.ndarray
+    img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray, inside: np.ndarray, areas: _Areas | None = None
 ) -> str | None:
     """Why a candidate pool crop would paste badly, or None; ``pool.build`` skips it then.
     ``inside`` is True where the crop shows the source photo, False where it was mirrored
@@ -167,7 +187,7 @@ def pool_photo_problem(
     when the pool is built, so the hot path does not pay for it.
     """
     # Only the face area counts here: the shine and the temples' paint would be thrown away.
-    valid = _areas(img, landmarks, tone).valid > 0.5
+    valid = (areas or _areas(img, landmarks, tone)).valid > 0.5
     mirrored = float((valid & ~inside).sum()) / max(1, int(valid.sum()))
     if mirrored > MAX_MIRRORED_SHARE:
         return (
