@@ -104,7 +104,7 @@ SKIN_STEER_FROM = 6.0
 # The largest move, in units of the z-scored style, a latent may be steered: up to ~9 the faces
 # looked like people of another skin tone or sex; beyond, some looked lit grey rather than dark.
 MAX_STEER = 9.0
-_STEER = re.compile(r"^(?:L(-?\d+)a(-?\d+)b(-?\d+))?([MF])?$")
+_STEER = re.compile(r"^(?:d(\d+))?(?:L(-?\d+)a(-?\d+)b(-?\d+))?([MF])?$")
 
 
 class IdentityMemory(Protocol):
@@ -233,6 +233,9 @@ class Directions:
     # Logit above which a latent is passed over (glasses, headwear).
     reject_above: dict[str, float]
     source: dict = field(default_factory=dict)
+    # A steered person is the move these read-outs give, so relearnt read-outs get a new version
+    # and the old file stays (``directions-v<N>.json``): remembered people keep their faces.
+    version: int = 1
 
     def scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
         x = (styles - self.mean) / self.scale
@@ -253,7 +256,13 @@ class Directions:
         return styles + (dx * self.scale).astype(np.float32), np.linalg.norm(dx, axis=1)
 
 
-def load_directions(path: Path = DIRECTIONS) -> Directions:
+def load_directions(path: Path = DIRECTIONS, version: int | None = None) -> Directions:
+    """The read-outs in ``path``, or the older ``version`` kept beside it."""
+    if version is not None:
+        current = load_directions(path)
+        if current.version == version:
+            return current
+        path = path.with_name(f"{path.stem}-v{version}{path.suffix}")
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -266,6 +275,7 @@ def load_directions(path: Path = DIRECTIONS) -> Directions:
         bias={k: float(v) for k, v in d["bias"].items()},
         reject_above={k: float(v) for k, v in d["reject_above"].items()},
         source=d.get("source", {}),
+        version=int(d.get("version", 1)),
     )
 
 
@@ -306,12 +316,25 @@ def parse_person(person: str) -> tuple[int, str]:
     return int(index), steer[0] if steer else ""
 
 
-def steer_code(skin_lab: np.ndarray | None, sex: str | None) -> str:
+def steer_code(skin_lab: np.ndarray | None, sex: str | None, version: int = 1) -> str:
     """The steering a latent is given, as a short code that the store keeps: ``L36a15b18`` for
     a skin tone (CIELAB, whole units: the read-outs' errors are 2-4 units) and ``M``/``F`` for
-    a sex. Kept as a target, not a move, so the same code regenerates the same face."""
+    a sex, after ``d2`` when read-outs other than the first (version 1) steered it. Kept as a
+    target and the read-outs' version, not a move, so the same code regenerates the same face."""
     skin = "" if skin_lab is None else "L{}a{}b{}".format(*(round(float(v)) for v in skin_lab))
-    return skin + (sex or "")
+    return _versioned(skin + (sex or ""), version)
+
+
+def _versioned(code: str, version: int) -> str:
+    return f"d{version}{code}" if code and version != 1 else code
+
+
+def steer_version(code: str) -> int:
+    """The version of the read-outs that ``steer_code`` steered with."""
+    m = _STEER.match(code)
+    if m is None:
+        raise ValueError(f"not a steering code: {code!r}")
+    return int(m.group(1) or 1)
 
 
 def steer_targets(code: str) -> dict[str, float]:
@@ -320,10 +343,10 @@ def steer_targets(code: str) -> dict[str, float]:
     if m is None:
         raise ValueError(f"not a steering code: {code!r}")
     targets: dict[str, float] = {}
-    if m.group(1) is not None:
-        targets |= {"skin_l": float(m.group(1)), "skin_a": float(m.group(2)), "skin_b": float(m.group(3))}
-    if m.group(4):
-        targets["male"] = SEX_STEER_LOGIT if m.group(4) == "M" else -SEX_STEER_LOGIT
+    if m.group(2) is not None:
+        targets |= {"skin_l": float(m.group(2)), "skin_a": float(m.group(3)), "skin_b": float(m.group(4))}
+    if m.group(5):
+        targets["male"] = SEX_STEER_LOGIT if m.group(5) == "M" else -SEX_STEER_LOGIT
     return targets
 
 
@@ -358,9 +381,12 @@ class GeneratedIdentities:
         detector: FaceDetector,
         recognizer: Recognizer,
         cache: int = 32,
+        directions_path: Path = DIRECTIONS,
     ) -> None:
         self.generator = generator
         self.directions = directions
+        self.directions_path = directions_path
+        self._older: dict[int, Directions] = {}
         self.detector = detector
         self.recognizer = recognizer
         self._faces: OrderedDict[tuple[bytes, int, str], GeneratedFace | str] = OrderedDict()
@@ -383,7 +409,7 @@ class GeneratedIdentities:
         z = latents(seed, index // BLOCK)[index % BLOCK]
         raw = self.generator.raw_styles(z[None])
         if steer:
-            raw = self._steered(raw, steer_targets(steer))
+            raw = self._steered(raw, steer_targets(steer), self._read_outs(steer_version(steer)))
         made = self._render(seed, index, steer, self.generator.truncate(raw))
         with self._lock:
             self._faces[(seed, index, steer)] = made
@@ -391,10 +417,22 @@ class GeneratedIdentities:
                 self._faces.popitem(last=False)
         return made
 
-    def _steered(self, raw: np.ndarray, targets: dict[str, float]) -> np.ndarray:
-        """Untruncated styles moved so that the read-outs (at the read-outs' truncation) reach
+    def _read_outs(self, version: int) -> Directions:
+        """The read-outs of ``version``: the current ones, or older ones a remembered person
+        was steered with (a missing file makes the person unusable, never another face)."""
+        if version == self.directions.version:
+            return self.directions
+        with self._lock:
+            if version not in self._older:
+                try:
+                    self._older[version] = load_directions(self.directions_path, version)
+                except DirectionsError as exc:
+                    raise GeneratorUnavailable(f"a remembered person was steered with {exc}") from None
+            return self._older[version]
+
+    def _steered(self, raw: np.ndarray, targets: dict[str, float], d: Directions) -> np.ndarray:
+        """Untruncated styles moved so that the read-outs ``d`` (at their truncation) reach
         ``targets``; the others stay."""
-        d = self.directions
         at = self.generator.truncate(raw, d.psi)
         s = d.scores(at)
         moved, _ = d.steer(at, {k: v - s[k] for k, v in targets.items()})
@@ -466,7 +504,7 @@ class GeneratedIdentities:
             for i, name in enumerate(("skin_l", "skin_a", "skin_b")):
                 change[name] = np.where(far, target_lab[i] - s[name], 0.0)
             skin_code[far] = steer_code(target_lab, None)
-        codes = [a + b for a, b in zip(skin_code, sex_code, strict=True)]
+        codes = [_versioned(a + b, d.version) for a, b in zip(skin_code, sex_code, strict=True)]
         if change:
             _, moved = d.steer(at, change)
             s = {k: v + change.get(k, 0.0) for k, v in s.items()}

@@ -555,7 +555,10 @@ def process_photo(
             "method-unavailable",
             f"the QA gate's second recogniser cannot run: {exc} (or set second_recognizer: false)",
         ) from None
-    return pipeline.process_photo(ds, pseudonym, key, memory)
+    try:
+        return pipeline.process_photo(ds, pseudonym, key, memory)
+    except GeneratorUnavailable as exc:  # e.g. the read-outs a remembered person was steered with
+        raise Refused("method-unavailable", f"the face generator cannot run: {exc}") from None
 
 
 def process_instance(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from dicom_anon.config import PixelSettings
 from dicom_anon.faces import generator as G
 from dicom_anon.faces.choice import PatientContext
 from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
+from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
+    DIRECTIONS,
     GeneratedFace,
     GeneratedIdentities,
     get_generated,
@@ -27,6 +30,7 @@ from dicom_anon.faces.identities import (
     person_id,
     steer_code,
     steer_targets,
+    steer_version,
     stream_seed,
 )
 from dicom_anon.faces.pipeline import process_photo
@@ -256,3 +260,34 @@ def test_two_first_photos_of_a_patient_at_once_get_one_new_person(face_a, face_b
     # Each photo shows the remembered person, or is held (same_new_face: require); never another.
     assert all(p == person or p.startswith("refused") for p in people.values()), (person, people)
     assert person in people.values()
+
+
+def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site_key, tmp_path) -> None:
+    """A steered person is the move its read-outs give: after the read-outs are relearnt
+    (version 2), a person steered with version 1 must still get the same face, from the old
+    file kept beside the new one; with that file gone, a clear refusal, never another face."""
+    first = fresh(source).people(ctx(site_key, "ANONDARK", skin_lab=np.array([33.0, 14.0, 16.0])))[0]
+    assert steer_version(first.steer) == 1 and first.steer
+    current = json.loads(DIRECTIONS.read_text())
+    relearnt = dict(current, version=2, bias={k: v + 0.5 for k, v in current["bias"].items()})
+    (tmp_path / "directions.json").write_text(json.dumps(relearnt))
+    (tmp_path / "directions-v1.json").write_text(DIRECTIONS.read_text())
+    v2 = load_directions(tmp_path / "directions.json")
+    later = GeneratedIdentities(
+        source.generator, v2, source.detector, source.recognizer, directions_path=tmp_path / "directions.json"
+    )
+    seed = stream_seed(site_key, "ANONDARK")
+    again = later.face(seed, first.index, first.steer)
+    assert isinstance(again, GeneratedFace) and np.array_equal(again.image, first.image)
+    # New steering names version 2, and version 2's move is another face.
+    code = steer_code(np.array([33.0, 14.0, 16.0]), None, version=2)
+    assert code == "d2L33a14b16" and steer_version(code) == 2
+    assert steer_targets(code) == steer_targets("L33a14b16")
+    other = later.face(seed, first.index, code)
+    assert isinstance(other, GeneratedFace) and not np.array_equal(other.image, first.image)
+    (tmp_path / "directions-v1.json").unlink()
+    gone = GeneratedIdentities(
+        source.generator, v2, source.detector, source.recognizer, directions_path=tmp_path / "directions.json"
+    )
+    with pytest.raises(GeneratorUnavailable, match="steered with"):
+        gone.face(seed, first.index, first.steer)
