@@ -19,6 +19,8 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # The ATNA tests' audit repository: rsyslogd receiving syslog over TLS through its OpenSSL driver.
 command -v rsyslogd >/dev/null 2>&1 || need_apt+=(rsyslog)
 ls /usr/lib/*/rsyslog/lmnsd_ossl.so >/dev/null 2>&1 || need_apt+=(rsyslog-openssl)
+# The PostgreSQL state store's tests start a private server with Debian's initdb and pg_ctl.
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "dev.sh: installing Debian packages: ${need_apt[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo

@@ -39,7 +39,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicom_anon.service.store import StateStore
+from dicom_anon.service.store_sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
@@ -248,7 +248,7 @@ def run_service(work: Path, files: list[Path], config: Path) -> tuple[float, boo
     )
     try:
         wait_port(port, service)
-        store = StateStore(data / "state" / "state.sqlite")
+        store = SqliteStore(data / "state" / "state.sqlite")
         started = time.perf_counter()
         storescu(port, "DICOM_ANON", files)
         deadline = time.monotonic() + 900

@@ -49,6 +49,12 @@ def _quarantine(app: typer.Typer) -> None:
     app.add_typer(quarantine_app, name="quarantine")
 
 
+def _db(app: typer.Typer) -> None:
+    from .service.commands import db_app
+
+    app.add_typer(db_app, name="db")
+
+
 def _audit(app: typer.Typer) -> None:
     from .audit.commands import audit_app
 
@@ -92,6 +98,7 @@ _LAZY: dict[str, Callable[[typer.Typer], None]] = {
     "serve": _serve,
     "rules": _rules,
     "quarantine": _quarantine,
+    "db": _db,
     "audit": _audit,
     "models": _models,
     "eval": _eval,

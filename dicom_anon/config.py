@@ -620,6 +620,36 @@ class MetricsSettings(_Strict):
     listen: Annotated[str, BeforeValidator(_listen)]
 
 
+class StateSettings(_Strict):
+    """Where the queue and the service's state live. SQLite in the data dir serves one machine;
+    several machines share one PostgreSQL database. Its password stays out of this file in
+    ``dsn_file`` (a file only the service can read) or libpq's own ``PGPASSWORD``/``~/.pgpass``;
+    it is never logged. Work a node claimed is its own for ``lease_s``: a node that died holds it
+    only until then, so the lease must outlast the slowest photo and the slowest send."""
+
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    dsn: str | None = None
+    dsn_file: Path | None = None
+    lease_s: float = Field(300.0, ge=10)
+
+    @model_validator(mode="after")
+    def _dsn_needs_postgresql(self) -> StateSettings:
+        if self.dsn is not None and self.dsn_file is not None:
+            raise ValueError("give 'dsn:' or 'dsn_file:' (a file holding the connection string), not both")
+        if self.backend == "sqlite" and (self.dsn is not None or self.dsn_file is not None):
+            raise ValueError(
+                "a dsn is for a PostgreSQL store; add 'backend: postgresql' or remove the dsn "
+                "(SQLite keeps its file in data_dir/state)"
+            )
+        return self
+
+    def conninfo(self) -> str:
+        """The libpq connection string ('' leaves everything to libpq's PG* environment)."""
+        if self.dsn_file is not None:
+            return self.dsn_file.read_text().strip()
+        return self.dsn or ""
+
+
 class LoggingSettings(_Strict):
     """Operational logs on stderr (journald under systemd). They never carry PHI."""
 
@@ -641,6 +671,7 @@ class Settings(_Strict):
     routes: list[Route] = Field(default_factory=list)
     unmatched: Literal["quarantine", "drop"] = "quarantine"
     workers: int = Field(1, ge=1, le=32)
+    state: StateSettings = Field(default_factory=StateSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     node: NodeSettings = Field(default_factory=NodeSettings)
     metrics: MetricsSettings | None = None
@@ -660,6 +691,7 @@ class Settings(_Strict):
 
     @property
     def state_path(self) -> Path:
+        """The SQLite store's file (``state.backend: sqlite``)."""
         return self.data_dir / "state" / "state.sqlite"
 
     @property
@@ -829,6 +861,16 @@ def check_references(settings: Settings, raw: Any, path: Path) -> None:
                         f"unknown destination {dest!r}; name one under destinations: (known: {known})",
                     )
                 )
+    if settings.state.dsn_file is not None and not settings.state.dsn_file.is_file():
+        problems.append(
+            _problem(
+                raw,
+                path,
+                ("state", "dsn_file"),
+                f"file {settings.state.dsn_file} does not exist; give the path of a file holding the "
+                "connection string (postgresql://user:password@host/db)",
+            )
+        )
     for loc, file in files:
         if file is not None and not file.is_file():
             problems.append(

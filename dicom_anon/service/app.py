@@ -37,7 +37,7 @@ from .failures import describe_environment, record_or_log
 from .files import FileSystemFlush, Layout
 from .ingress import Ingress
 from .metrics import Metrics
-from .store import StateStore
+from .store import StateStore, open_store
 from .worker import PixelStage, Runtime, Worker
 
 log = structlog.get_logger("dicom_anon.service")
@@ -226,7 +226,7 @@ class Service:
             return self._recovered_store()
 
     def _recovered_store(self) -> tuple[StateStore, int]:
-        store = StateStore(self.settings.state_path)
+        store = open_store(self.settings)
         try:
             return store, store.recover()
         except BaseException:

@@ -36,6 +36,7 @@ from ..console import (
     settings_or_exit,
 )
 from ..headers.errors import SiteKeyError
+from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .quarantine import Quarantine
@@ -82,6 +83,8 @@ def serve(
     try:
         status = run(service)
     except (SiteKeyError, MetricsError) as exc:
+        raise fail(str(exc)) from None
+    except StoreUnavailable as exc:
         raise fail(str(exc)) from None
     except sqlite3.OperationalError as exc:
         raise fail(
@@ -186,16 +189,18 @@ def _quarantine(config: Path | None, data_dir: Path | None) -> Quarantine:
     from ..audit.trail import AuditTrail
     from .files import Layout
     from .quarantine import Quarantine
-    from .store import StateStore
+    from .store import open_store
 
     settings = settings_or_exit(config, data_dir)
-    if not settings.state_path.exists():
+    if settings.state.backend == "sqlite" and not settings.state_path.exists():
         raise fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
     layout = Layout(settings.data_dir)
     try:
         return Quarantine(
-            StateStore(settings.state_path), layout, AuditTrail(settings.audit_path, node=settings.node.id)
+            open_store(settings), layout, AuditTrail(settings.audit_path, node=settings.node.id)
         )
+    except StoreUnavailable as exc:
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"cannot open the service's data ({exc.strerror}: {exc.filename})") from None
 
@@ -381,3 +386,37 @@ def quarantine_review(
         err.print(f"[red]{tile.name}:[/] {tile.withheld}", highlight=False, soft_wrap=True)
     if withheld:
         raise typer.Exit(1)
+
+
+# --- db ---------------------------------------------------------------------------------
+
+db_app = typer.Typer(
+    help="The state store's schema (a PostgreSQL store shared by several nodes).", no_args_is_help=True
+)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """Create the state store's tables, or migrate them to this version; prints the version before and
+    after. A PostgreSQL store is migrated only by this command (the nodes refuse to start on an older
+    schema): run it once after installing a new version, before starting the nodes. SQLite migrates
+    itself at start; this works on it too."""
+    from .store import open_store
+
+    settings = settings_or_exit(config, data_dir)
+    try:
+        store = open_store(settings, check_schema=False)
+    except StoreUnavailable as exc:
+        raise fail(str(exc)) from None
+    except sqlite3.OperationalError as exc:
+        raise fail(f"cannot open the state store {settings.state_path} ({exc})") from None
+    try:
+        before = store.opened_version
+        _, after = store.upgrade()
+    except StoreUnavailable as exc:
+        raise fail(str(exc)) from None
+    finally:
+        store.close()
+    where = settings.state_path if settings.state.backend == "sqlite" else f"{settings.state.backend} store"
+    was = "no schema" if before is None else f"schema version {before}"
+    out.print(f"{where}: {was} -> schema version {after}", highlight=False)

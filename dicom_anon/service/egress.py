@@ -34,7 +34,7 @@ from ..audit.trail import AuditTrail
 from ..config import Destination, EgressSettings
 from .failures import describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable
-from .store import Delivery, NewQuarantine, StateStore
+from .store import Delivery, LeaseLost, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.egress")
 
@@ -304,7 +304,10 @@ class Sender(threading.Thread):
         for delivery in batch:
             if self._stop_event.is_set() or time.time() < self._backoff.until:
                 break
-            self._deliver(delivery)
+            try:
+                self._deliver(delivery)
+            except LeaseLost as exc:  # another node's sender closed it after this node's lease ran out
+                log.warning("delivery closed by another node", destination=self.dest_name, error=str(exc))
 
     def _hold_back(self, exc: Exception) -> None:
         retry = self.settings.retry

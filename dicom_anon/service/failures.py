@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from ..audit.trail import AuditTrail
+from .store import StoreUnavailable
 
 log = structlog.get_logger("dicom_anon.service")
 
@@ -33,8 +34,8 @@ _ENVIRONMENT_ERRNOS = frozenset(
 def is_environment(exc: BaseException) -> bool:
     """True for failures that are retried with backoff: disk full, I/O errors, the state store
     unwritable or busy (SQLite's disk full, disk I/O error, database is locked all arrive as
-    OperationalError)."""
-    if isinstance(exc, sqlite3.OperationalError):
+    OperationalError) or unreachable (a PostgreSQL server restarting, the network)."""
+    if isinstance(exc, (sqlite3.OperationalError, StoreUnavailable)):
         return True
     return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS
 

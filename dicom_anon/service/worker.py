@@ -40,7 +40,7 @@ from .deid_pool import DeidPool, Unreadable, read_strictly, released
 from .failures import Backoff, describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable, write_durable, write_new
 from .metrics import Metrics
-from .store import AWAITING_REVIEW, Job, NewOutput, NewQuarantine, StateStore
+from .store import AWAITING_REVIEW, Job, LeaseLost, NewOutput, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.worker")
 
@@ -65,13 +65,6 @@ class PixelOutcome:
 PixelStage = Callable[[Dataset, PixelSettings, SiteKey, StateStore], PixelOutcome]
 
 
-# One patient's photos pass the face stage one at a time: with several pipeline threads
-# (``workers``), two first photos of a new patient at once would each be given a new person, only
-# the first would be remembered, and the second would leave with a face no later photo shows.
-# Striped by pseudonym, so that different patients still run side by side.
-_PATIENT_LOCKS = tuple(threading.Lock() for _ in range(64))
-
-
 def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: StateStore) -> PixelOutcome:
     """The face pipeline as the service's pixel stage: the surrogate is keyed by the header
     pseudonym and remembered in the store, so every later photo of the patient shows the same
@@ -82,7 +75,8 @@ def face_pixel_stage(ds: Dataset, settings: PixelSettings, key: SiteKey, store: 
     from ..faces.pipeline import process_photo
 
     pseudonym = patient_pseudonym(ds, key)
-    with _PATIENT_LOCKS[hash(pseudonym) % len(_PATIENT_LOCKS)]:
+    # One patient's photos one at a time, on every node (StateStore.patient_lock).
+    with store.patient_lock(pseudonym):
         result = process_photo(ds, settings, pseudonym, key, store)
     return PixelOutcome(result.dataset, result.options_cleaned, {"qa": result.qa_figures})
 
@@ -152,6 +146,9 @@ class Worker(threading.Thread):
                 self._run_job(job)
                 in_hand = None
                 self._backoff.reset()
+            except LeaseLost as exc:  # another node took the job over and records it; this try is void
+                log.warning("job taken over by another node; this node's result dropped", error=str(exc))
+                in_hand = None
             except Exception as exc:  # the environment, or a fault in our own bookkeeping: wait, retry
                 delay = self._backoff.next_delay()
                 log.error(
@@ -168,6 +165,8 @@ class Worker(threading.Thread):
             with self.rt.metrics.stage("job"):
                 self.process(job)
             return
+        except LeaseLost:
+            raise
         except Exception as exc:
             if is_environment(exc):
                 raise

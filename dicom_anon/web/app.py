@@ -31,7 +31,7 @@ from ..audit.trail import AuditTrail
 from ..config import Settings
 from ..service.files import Layout
 from ..service.quarantine import Quarantine
-from ..service.store import StateStore
+from ..service.store import StateStore, open_store
 from .accounts import PERMISSIONS, Accounts, Session, User
 
 HERE = Path(__file__).parent
@@ -69,8 +69,9 @@ class Console:
 
     def store(self) -> StateStore | None:
         """The service's state store, once the service has created it (the console starts without)."""
-        if self._store is None and self.settings.state_path.exists():
-            self._store = StateStore(self.settings.state_path)
+        shared = self.settings.state.backend != "sqlite"
+        if self._store is None and (shared or self.settings.state_path.exists()):
+            self._store = open_store(self.settings)
         return self._store
 
     def quarantine(self) -> Quarantine | None:

@@ -37,7 +37,7 @@ from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.headers.engine import patient_pseudonym
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
-from dicom_anon.service.store import StateStore
+from dicom_anon.service.store_sqlite import SqliteStore
 from dicom_anon.service.worker import face_pixel_stage
 
 # Where facekit and factories live, for the test's own processes.
@@ -177,7 +177,7 @@ def test_the_style_read_outs_are_for_this_generator() -> None:
 
 
 def test_the_service_remembers_the_new_person_and_shows_it_again(face_a, tmp_path, site_key) -> None:
-    store = StateStore(tmp_path / "state.sqlite")
+    store = SqliteStore(tmp_path / "state.sqlite")
     settings = PixelSettings(preserve=["mouth"], device="cpu", max_candidates=3, identity="generated")
     first = process_photo(photo_dataset(face_a[None]), settings, "ANONMEM", site_key, store)
     face = first.qa_figures["faces"][0]
@@ -233,7 +233,7 @@ def test_a_dark_skinned_patient_gets_a_new_person_of_their_skin_tone(source, sit
 def test_two_first_photos_of_a_patient_at_once_get_one_new_person(face_a, face_b, tmp_path, site_key) -> None:
     """Pipeline threads (``workers`` > 1) may take two first photos of one new patient at once;
     the second must not leave with a person of its own that no later photo shows."""
-    store = StateStore(tmp_path / "state.sqlite")
+    store = SqliteStore(tmp_path / "state.sqlite")
     settings = PixelSettings(
         preserve=["mouth"], device="cpu", max_candidates=3, identity="generated", same_new_face="require"
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from peers import free_port, wait_until
+from pgserver import PostgresServer
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -110,3 +111,12 @@ def archive() -> Iterator[Callable[..., ScpArchive]]:
     yield make
     for a in made:
         a.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server for the session (skips where PostgreSQL or psycopg is absent)."""
+    pytest.importorskip("psycopg")
+    server = PostgresServer()
+    yield server
+    server.stop()

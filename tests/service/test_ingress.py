@@ -14,7 +14,7 @@ from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
 
 from dicom_anon.service.ingress import decodable_transfer_syntaxes
-from dicom_anon.service.store import StateStore
+from dicom_anon.service.store_sqlite import SqliteStore
 
 
 def associate(port: int, *, calling: str = "CLINIC", called: str = "DICOM_ANON", syntaxes=None):
@@ -54,7 +54,7 @@ def test_success_means_spooled_and_queued(start_service):
         w.join()
     ds = tiny_photo()
     assert store(service.port, ds).Status == 0x0000
-    check = StateStore(service.settings.state_path)
+    check = SqliteStore(service.settings.state_path)
     [path] = check.spool_paths()
     assert check.counts()["jobs.received"] == 1
     check.close()

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from dicom_anon.cli import app
 from dicom_anon.config import load_settings
 from dicom_anon.service.app import Service
-from dicom_anon.service.store import StateStore
+from dicom_anon.service.store_sqlite import SqliteStore
 
 runner = CliRunner()
 
@@ -252,7 +252,7 @@ def test_a_down_destination_does_not_block_another(start_service, archive, tmp_p
     )
     send(service.port, *[tiny_photo(i) for i in range(3)])
     scp.wait_for(3)
-    counts = StateStore(service.settings.state_path).counts()
+    counts = SqliteStore(service.settings.state_path).counts()
     assert counts["deliveries.pending"] == 3 and counts["deliveries.delivered"] == 3
 
 

@@ -26,7 +26,8 @@ from dicom_anon.rules import Decision, Rules
 from dicom_anon.service.app import Service
 from dicom_anon.service.failures import is_environment
 from dicom_anon.service.files import write_durable
-from dicom_anon.service.store import NewJob, NewOutput, StateStore
+from dicom_anon.service.store import NewJob, NewOutput
+from dicom_anon.service.store_sqlite import SqliteStore
 from dicom_anon.service.worker import JOB_TRIES, Worker
 
 
@@ -182,7 +183,7 @@ def test_an_association_that_cannot_be_checked_is_refused_not_accepted(start_ser
     (here the state store it reads the spool's size from is gone) let the caller in."""
     service = start_service()
     assert service.ingress is not None
-    gone = StateStore(tmp_path / "gone.sqlite")
+    gone = SqliteStore(tmp_path / "gone.sqlite")
     gone.close()
     service.ingress.store = gone
     assoc = AE(ae_title="CLINIC").associate(

@@ -1,9 +1,11 @@
-"""The state store's transactions: the queue's order, exactly-once bookkeeping, quarantine and release."""
+"""The state store's transactions: the queue's order, exactly-once bookkeeping, quarantine and release,
+on both backends (SQLite, and a real PostgreSQL server where one is installed)."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -16,13 +18,40 @@ from dicom_anon.service.store import (
     NewQuarantine,
     StateStore,
 )
+from dicom_anon.service.store_sql import SCHEMA_VERSION
+from dicom_anon.service.store_sqlite import SqliteStore
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def reopen(request, tmp_path) -> Callable[[], StateStore]:
+    """Opens a store on one database, again and again (as a restarted service does); closed after."""
+    opened: list[StateStore] = []
+    if request.param == "sqlite":
+        path = tmp_path / "state.sqlite"
+
+        def make() -> StateStore:
+            return SqliteStore(path)
+    else:
+        from dicom_anon.service.store_postgres import PostgresStore
+
+        conninfo = request.getfixturevalue("postgres").database()
+        PostgresStore(conninfo, node="test", lease_s=300, check_schema=False).upgrade()
+
+        def make() -> StateStore:
+            return PostgresStore(conninfo, node="test", lease_s=300)
+
+    def open_one() -> StateStore:
+        opened.append(make())
+        return opened[-1]
+
+    yield open_one
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture
-def store(tmp_path) -> StateStore:
-    s = StateStore(tmp_path / "state.sqlite")
-    yield s
-    s.close()
+def store(reopen) -> StateStore:
+    return reopen()
 
 
 def job(n: int, digest: str = "d") -> NewJob:
@@ -179,23 +208,21 @@ def test_expired_spool_lists_done_jobs_only(store):
     assert store.counts()["jobs.received"] == 1 and store.counts()["jobs." + DONE] == 1
 
 
-def test_identity_memory_keeps_the_first_surrogate_and_survives_a_restart(tmp_path):
-    path = tmp_path / "state.sqlite"
-    s = StateStore(path)
+def test_identity_memory_keeps_the_first_surrogate_and_survives_a_restart(reopen):
+    s = reopen()
     assert s.surrogate_for("ANONP1") is None
     s.remember_surrogate("ANONP1", "openpeople-P002")
     s.remember_surrogate("ANONP1", "openpeople-P007")  # a later photo had to use someone else
     s.remember_surrogate("ANONP2", "openpeople-P007")
     s.close()
-    again = StateStore(path)
+    again = reopen()
     assert again.surrogate_for("ANONP1") == "openpeople-P002"
     assert again.surrogate_for("ANONP2") == "openpeople-P007"
     again.close()
 
 
-def test_generated_identity_memory_keeps_index_and_embedding_across_a_restart(tmp_path):
-    path = tmp_path / "state.sqlite"
-    s = StateStore(path)
+def test_generated_identity_memory_keeps_index_and_embedding_across_a_restart(reopen):
+    s = reopen()
     assert s.generated_for("ANONP1") is None
     assert s.generated_embeddings(excluding="ANONP1").shape == (0, 128)
     first, later = np.linspace(-1, 1, 128, dtype=np.float32), np.ones(128, np.float32)
@@ -203,25 +230,26 @@ def test_generated_identity_memory_keeps_index_and_embedding_across_a_restart(tm
     s.remember_generated("ANONP1", 9, "", later)  # a later photo's draw does not move it
     s.remember_generated("ANONP2", 0, "", later)
     s.close()
-    again = StateStore(path)
+    again = reopen()
     assert again.generated_for("ANONP1") == (3, "L35a15b18F") and again.generated_for("ANONP2") == (0, "")
     assert np.array_equal(again.generated_embeddings(excluding="ANONP2"), first[None])
     assert again.generated_embeddings(excluding="nobody").shape == (2, 128)
-    again.close()
 
 
 def test_a_schema_2_store_gains_the_steering_column_and_keeps_its_people(tmp_path):
     path = tmp_path / "state.sqlite"
-    s = StateStore(path)
+    s = SqliteStore(path)
     s.remember_generated("ANONP1", 3, "", np.ones(128, np.float32))
     s.close()
     with sqlite3.connect(path) as db:  # as schema 2 left it
         db.execute("ALTER TABLE generated_identities DROP COLUMN steer")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    again = StateStore(path)
+    again = SqliteStore(path)
     assert again.generated_for("ANONP1") == (3, "")
     again.remember_generated("ANONP2", 5, "M", np.ones(128, np.float32))
     assert again.generated_for("ANONP2") == (5, "M")
     again.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
