@@ -1,0 +1,245 @@
+"""The PostgreSQL state store as several nodes use it, on a real server started for the session:
+claims never shared, leases that end, a node that lost its lease recording nothing, one patient at
+a time across nodes, the schema migrated by ``dicom-anon db upgrade`` and refused when older, and
+the service running on it. (test_store.py runs every transaction on both backends.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from peers import dicom_anon, free_port, tiny_photo, wait_until
+from test_pipeline import send
+from test_store import job, output
+from typer.testing import CliRunner
+
+from dicom_anon.cli import app
+from dicom_anon.config import load_settings
+from dicom_anon.service.store import LeaseLost, StoreUnavailable, open_store
+from dicom_anon.service.store_sql import SCHEMA_VERSION
+
+psycopg = pytest.importorskip("psycopg")
+from dicom_anon.service.store_postgres import PostgresStore  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def conninfo(postgres) -> str:
+    """A database of its own, with the current schema."""
+    dsn = postgres.database()
+    PostgresStore(dsn, node="setup", lease_s=300, check_schema=False).upgrade()
+    return dsn
+
+
+@pytest.fixture
+def node(conninfo):
+    """Opens the store as a node of the given id and lease; closed after."""
+    opened: list[PostgresStore] = []
+
+    def open_as(name: str, lease_s: float = 300) -> PostgresStore:
+        opened.append(PostgresStore(conninfo, node=name, lease_s=lease_s))
+        return opened[-1]
+
+    yield open_as
+    for s in opened:
+        s.close()
+
+
+_CLAIMER = textwrap.dedent(
+    """
+    import json, sys
+    from dicom_anon.service.store_postgres import PostgresStore
+    store = PostgresStore(sys.argv[1], node=sys.argv[2], lease_s=300)
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start claiming at once
+    claimed = []
+    while (j := store.claim_job()) is not None:
+        claimed.append(j.id)
+    print(json.dumps(claimed))
+    """
+)
+
+
+def test_two_processes_claiming_at_once_never_get_the_same_job(conninfo, node):
+    store = node("ingress")
+    ids = {store.add_job(job(n))[0] for n in range(400)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, conninfo, f"worker{i}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    claimed = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    first, second = (set(c) for c in claimed)
+    assert first and second  # both took part
+    assert len(claimed[0]) + len(claimed[1]) == len(ids)
+    assert not first & second and first | second == ids
+    assert store.counts() == {"jobs.processing": len(ids)}
+
+
+def test_a_dead_nodes_job_is_claimed_again_once_its_lease_ends(node):
+    dead, alive = node("dead", lease_s=0.5), node("alive")
+    job_id, _ = dead.add_job(job(1))
+    assert dead.claim_job().id == job_id
+    assert alive.claim_job() is None  # still leased
+    time.sleep(0.6)
+    again = alive.claim_job()
+    assert again is not None and again.id == job_id
+
+
+def test_a_node_that_lost_its_lease_records_nothing_so_the_job_is_forwarded_once(node):
+    slow, fast = node("slow", lease_s=0.5), node("fast")
+    job_id, _ = slow.add_job(job(1))
+    slow.claim_job()
+    time.sleep(0.6)
+    fast.claim_job()
+    (delivery,), _, _ = fast.finish_routing(job_id, [output()], [])
+    with pytest.raises(LeaseLost):
+        slow.finish_routing(job_id, [output()], [])  # the slow node's result, after all
+    slow.retry_job(job_id, time.time(), "late failure")  # nor does a late failure put it back
+    assert fast.counts() == {"jobs.routed": 1, "deliveries.pending": 1}
+    assert [d.id for d in fast.due_deliveries("teaching", time.time())] == [delivery]
+
+
+def test_a_delivery_is_sent_by_one_node_and_closed_once(node):
+    a, b = node("a", lease_s=0.5), node("b")
+    job_id, _ = a.add_job(job(1))
+    a.claim_job()
+    (delivery,), _, _ = a.finish_routing(job_id, [output()], [])
+    assert [d.id for d in a.due_deliveries("teaching", time.time())] == [delivery]
+    assert b.due_deliveries("teaching", time.time()) == []  # a's sender has it
+    time.sleep(0.6)
+    assert [d.id for d in b.due_deliveries("teaching", time.time())] == [delivery]  # a went quiet
+    assert b.mark_delivered(delivery, 0x0000).job_done
+    with pytest.raises(LeaseLost):
+        a.mark_delivered(delivery, 0x0000)
+    assert a.counts() == {"jobs.done": 1, "deliveries.delivered": 1}
+    assert len(a.latencies()) == 1
+
+
+def test_a_restarting_node_puts_back_only_its_own_claims(node):
+    a, b = node("a"), node("b")
+    first, _ = a.add_job(job(1))
+    second, _ = a.add_job(job(2))
+    assert a.claim_job().id == first and b.claim_job().id == second
+    assert node("a").recover() == 1  # node a started again
+    assert b.claim_job().id == first
+    b.finish_routing(second, [], [])  # b's own claim was left alone
+
+
+def test_one_patients_face_stage_runs_on_one_node_at_a_time(node):
+    a, b = node("a"), node("b")
+    order: list[str] = []
+
+    def second_node() -> None:
+        with b.patient_lock("ANONP1"):
+            order.append("b")
+
+    with a.patient_lock("ANONP1"):
+        thread = threading.Thread(target=second_node)
+        thread.start()
+        with b.patient_lock("ANONP2"):  # another patient goes ahead
+            order.append("other patient")
+        time.sleep(0.3)
+        order.append("a done")
+    thread.join(10)
+    assert order == ["other patient", "a done", "b"]
+
+
+# --- the schema and its command -------------------------------------------------------------
+
+
+def config_file(tmp_path: Path, **state) -> Path:
+    path = tmp_path / "dicom-anon.yaml"
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "state": state}))
+    return path
+
+
+def test_db_upgrade_creates_the_schema_then_has_nothing_to_do(postgres, tmp_path):
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(postgres.database() + "\n")
+    config = config_file(tmp_path, backend="postgresql", dsn_file=str(dsn_file))
+    first = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    assert f"no schema -> schema version {SCHEMA_VERSION}" in first.output
+    again = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert f"schema version {SCHEMA_VERSION} -> schema version {SCHEMA_VERSION}" in again.output
+    store = open_store(load_settings(config))
+    assert store.add_job(job(1))[1]
+    store.close()
+
+
+def test_db_upgrade_migrates_an_older_schema_and_keeps_its_rows(postgres, tmp_path):
+    dsn = postgres.database()
+    store = PostgresStore(dsn, node="a", lease_s=300, check_schema=False)
+    store.upgrade()
+    job_id, _ = store.add_job(job(1))
+    with psycopg.connect(dsn, autocommit=True) as db:  # as schema 3 left it
+        for table in ("jobs", "deliveries"):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN claimed_by, DROP COLUMN lease_until")
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store.close()
+    config = config_file(tmp_path, backend="postgresql", dsn=dsn)
+    settings = load_settings(config)
+    with pytest.raises(StoreUnavailable, match=r"schema version 3.*dicom-anon db upgrade"):
+        open_store(settings)
+    served = subprocess.run(
+        [dicom_anon(), "serve", "--config", str(config), "--listen", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 2 and "db upgrade" in served.stderr and "Traceback" not in served.stderr
+    result = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert f"schema version 3 -> schema version {SCHEMA_VERSION}" in result.output
+    store = open_store(settings)
+    assert store.claim_job().id == job_id
+    store.close()
+
+
+def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
+    config = config_file(
+        tmp_path, backend="postgresql", dsn=f"postgresql://dicom:s3cret@/state?host={tmp_path}&port=1"
+    )
+    result = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "cannot reach the PostgreSQL state store" in result.output and "user=dicom" in result.output
+    assert "s3cret" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_dsn_on_the_sqlite_backend_names_the_line_and_the_fix(tmp_path):
+    config = config_file(tmp_path, dsn="postgresql:///state")
+    result = runner.invoke(app, ["db", "upgrade", "--config", str(config)])
+    assert result.exit_code == 2
+    assert f"{config}:" in result.output and "backend: postgresql" in result.output
+
+
+# --- the service on it ----------------------------------------------------------------------
+
+
+def test_the_service_forwards_on_postgresql(start_service, conninfo, tmp_path):
+    service = start_service(state={"backend": "postgresql", "dsn": conninfo}, node={"id": "node-a"})
+    assert send(service.port, tiny_photo(0), tiny_photo(1)) == [0, 0]
+    folder = tmp_path / "archive"
+    wait_until(lambda: len(list(folder.glob("*.dcm"))) == 2, 20, "both photos in the archive")
+    check = PostgresStore(conninfo, node="check", lease_s=300)
+    wait_until(lambda: check.counts().get("jobs.done") == 2, 10, "both jobs done")
+    assert check.counts() == {"jobs.done": 2, "deliveries.delivered": 2}
+    check.close()
