@@ -258,3 +258,16 @@ def test_identity_source_defaults_to_pool_and_a_wrong_one_names_its_line(tmp_pat
     text = GOOD + "profiles:\n  mine:\n    pixels:\n      preserve: [mouth]\n      identity: generative\n"
     msg = problems(tmp_path, text)
     assert "settings.yaml:17:" in msg and "'generated' or 'pool'" in msg
+
+
+def test_the_state_store_is_sqlite_unless_a_postgresql_one_is_named(tmp_path):
+    assert load_settings(write(tmp_path, GOOD)).state.backend == "sqlite"
+    msg = problems(tmp_path, GOOD + "state:\n  dsn: postgresql://db/dicom_anon\n")
+    assert "settings.yaml:14: state:" in msg and "backend: postgresql" in msg
+    msg = problems(tmp_path, GOOD + f"state:\n  backend: postgresql\n  dsn_file: {tmp_path}/none.dsn\n")
+    assert "settings.yaml:16: state.dsn_file:" in msg and "none.dsn does not exist" in msg
+    (tmp_path / "state.dsn").write_text("postgresql://dicom_anon:secret@db/dicom_anon\n")
+    state = load_settings(
+        write(tmp_path, GOOD + f"state:\n  backend: postgresql\n  dsn_file: {tmp_path}/state.dsn\n")
+    )
+    assert state.state.conninfo() == "postgresql://dicom_anon:secret@db/dicom_anon"
