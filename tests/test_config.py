@@ -265,7 +265,7 @@ def test_the_state_store_is_sqlite_unless_a_postgresql_one_is_named(tmp_path):
     msg = problems(tmp_path, GOOD + "state:\n  dsn: postgresql://db/dicom_anon\n")
     assert "settings.yaml:14: state:" in msg and "backend: postgresql" in msg
     msg = problems(tmp_path, GOOD + f"state:\n  backend: postgresql\n  dsn_file: {tmp_path}/none.dsn\n")
-    assert "settings.yaml:16: state.dsn_file:" in msg and "none.dsn does not exist" in msg
+    assert "settings.yaml:15: state.dsn_file:" in msg and "none.dsn does not exist" in msg
     (tmp_path / "state.dsn").write_text("postgresql://dicom_anon:secret@db/dicom_anon\n")
     state = load_settings(
         write(tmp_path, GOOD + f"state:\n  backend: postgresql\n  dsn_file: {tmp_path}/state.dsn\n")
