@@ -46,7 +46,8 @@ from .store import (
     QuarantineRow,
 )
 
-# 4: jobs and deliveries carry a lease (claimed_by, lease_until), for nodes sharing one store.
+# 4: for nodes sharing one store, jobs name the node that received them (received_by), and jobs and
+# deliveries carry a lease (claimed_by, lease_until).
 SCHEMA_VERSION = 4
 
 # The current tables; ``{id}``, ``{real}``, ``{blob}`` and ``{int8}`` are the dialect's types.
@@ -70,6 +71,7 @@ _TABLES = (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at {real} NOT NULL DEFAULT 0,
     error TEXT,
+    received_by TEXT,
     claimed_by TEXT,
     lease_until {real}
 )""",
@@ -134,7 +136,8 @@ _ADDED = {
         "attempts": "INTEGER NOT NULL DEFAULT 0",
         "next_attempt_at": "{real} NOT NULL DEFAULT 0",
         "error": "TEXT",
-        # 4: leases
+        # 4: the node that received it, and leases
+        "received_by": "TEXT",
         "claimed_by": "TEXT",
         "lease_until": "{real}",
     },
@@ -267,7 +270,8 @@ class SqlStore(ABC):
         with self.transaction(durable=durable or self.shared) as db:
             row = db.execute(
                 "INSERT INTO jobs (received_at, calling_ae, peer, sop_class, sop_key, digest,"
-                " transfer_syntax, size, spool_path, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " transfer_syntax, size, spool_path, state, received_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (sop_key, digest) DO NOTHING RETURNING id",
                 (
                     time.time(),
@@ -280,6 +284,7 @@ class SqlStore(ABC):
                     job.size,
                     job.spool_path,
                     RECEIVED,
+                    self.node,
                 ),
             ).fetchone()
             if row is not None:
@@ -328,11 +333,14 @@ class SqlStore(ABC):
     def received_spools(self) -> list[tuple[int, str, int]]:
         """(job id, spool path, size) of every job received and not yet taken up (nothing refers to
         it, as to one released from quarantine): what start checks for a spool file a power cut did
-        not let reach the disk."""
+        not let reach the disk. On a shared store only the jobs this node received: another node may
+        be writing and acknowledging its own right now."""
+        mine = " AND received_by = ?" if self.shared else ""
         rows = self._read(
             "SELECT id, spool_path, size FROM jobs WHERE state = ? AND spool_path IS NOT NULL"
-            " AND id NOT IN (SELECT job_id FROM quarantine) AND id NOT IN (SELECT job_id FROM outputs)",
-            (RECEIVED,),
+            " AND id NOT IN (SELECT job_id FROM quarantine) AND id NOT IN (SELECT job_id FROM outputs)"
+            + mine,
+            (RECEIVED, *((self.node,) if self.shared else ())),
         )
         return [(r["id"], r["spool_path"], r["size"]) for r in rows]
 
@@ -540,6 +548,7 @@ class SqlStore(ABC):
         ``LeaseLost`` when another node closed it meanwhile (after this node's lease ran out)."""
         now = time.time()
         with self.transaction(durable=durable or self.shared) as db:
+            self._lock_job(db, delivery_id)
             changed = db.execute(
                 "UPDATE deliveries SET state = ?, status = ?, delivered_at = ?, attempts = attempts + 1,"
                 " error = NULL, claimed_by = NULL, lease_until = NULL WHERE id = ? AND state = ?",
@@ -554,6 +563,7 @@ class SqlStore(ABC):
         ``LeaseLost`` when another node closed it meanwhile."""
         now = time.time()
         with self.transaction() as db:
+            self._lock_job(db, delivery_id)
             changed = db.execute(
                 "UPDATE deliveries SET state = ?, error = ?, claimed_by = NULL, lease_until = NULL"
                 " WHERE id = ? AND state = ?",
@@ -567,6 +577,17 @@ class SqlStore(ABC):
             ).fetchone()["job_id"]
             qid = self._insert_quarantine(db, job_id, delivery_id, q, now)
             return qid, self._complete(db, delivery_id, now)
+
+    def _lock_job(self, db: Transaction, delivery_id: int) -> None:
+        """Lock the delivery's job before closing the delivery: two deliveries of one job closed at
+        once (on two nodes, to two destinations) would each still see the other pending, and the
+        job would never be done."""
+        db.execute(
+            "SELECT id FROM jobs WHERE id ="
+            " (SELECT o.job_id FROM deliveries d JOIN outputs o ON o.id = d.output_id WHERE d.id = ?)"
+            + self.row_lock,
+            (delivery_id,),
+        )
 
     def _complete(self, db: Transaction, delivery_id: int, now: float) -> Completion:
         row = db.execute(
@@ -590,9 +611,7 @@ class SqlStore(ABC):
             db.execute("UPDATE outputs SET path = NULL WHERE id = ?", (row["output_id"],))
         spool_path = None
         if not job_open:
-            job = db.execute(
-                "SELECT state, spool_path FROM jobs WHERE id = ?" + self.row_lock, (row["job_id"],)
-            ).fetchone()
+            job = db.execute("SELECT state, spool_path FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()
             if job["state"] == ROUTED:
                 db.execute("UPDATE jobs SET state = ?, done_at = ? WHERE id = ?", (DONE, now, row["job_id"]))
                 spool_path = job["spool_path"]

@@ -133,6 +133,39 @@ def test_a_delivery_is_sent_by_one_node_and_closed_once(node):
     assert len(a.latencies()) == 1
 
 
+def test_two_nodes_closing_one_jobs_deliveries_at_once_finish_the_job(node):
+    """Each sees the other's delivery pending unless the job is locked first: the job would stay
+    routed, its spool file kept for good."""
+    a, b = node("a"), node("b")
+    jobs = []
+    for n in range(40):
+        job_id, _ = a.add_job(job(n))
+        a.claim_job()
+        jobs.append(a.finish_routing(job_id, [output(destinations=("x", "y"))], [])[0])
+    done: list[bool] = []
+    together = threading.Barrier(2)
+
+    def close(store: PostgresStore, which: int) -> None:
+        for deliveries in jobs:
+            together.wait(10)  # both nodes close this job's deliveries at the same moment
+            done.append(store.mark_delivered(deliveries[which], 0x0000).job_done)
+
+    threads = [threading.Thread(target=close, args=(s, i)) for i, s in enumerate((a, b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert a.counts() == {"jobs.done": 40, "deliveries.delivered": 80}
+    assert done.count(True) == 40
+
+
+def test_start_checks_only_the_spool_files_of_jobs_this_node_received(node):
+    a, b = node("a"), node("b")
+    mine, _ = a.add_job(job(1))
+    b.add_job(job(2))  # b may be acknowledging it right now
+    assert [j for j, _, _ in a.received_spools()] == [mine]
+
+
 def test_a_restarting_node_puts_back_only_its_own_claims(node):
     a, b = node("a"), node("b")
     first, _ = a.add_job(job(1))
@@ -193,6 +226,7 @@ def test_db_upgrade_migrates_an_older_schema_and_keeps_its_rows(postgres, tmp_pa
     with psycopg.connect(dsn, autocommit=True) as db:  # as schema 3 left it
         for table in ("jobs", "deliveries"):
             db.execute(f"ALTER TABLE {table} DROP COLUMN claimed_by, DROP COLUMN lease_until")
+        db.execute("ALTER TABLE jobs DROP COLUMN received_by")
         db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     store.close()
     config = config_file(tmp_path, backend="postgresql", dsn=dsn)
