@@ -59,6 +59,9 @@ class PatientContext:
     # The pool person this patient was given before (the service remembers it per pseudonym).
     remembered: str | None = None
     age_tolerance: float = AGE_TOLERANCE_YEARS
+    # The age is the estimator's reading of the photo, not the header's: a candidate read by the
+    # same estimator shares its bias, so a generated person can be held to a narrower band.
+    age_estimated: bool = False
     # Mouth width over eye distance: about 0.85 for a closed mouth, 1.0-1.2 for a smile.
     smile: float | None = None
     # pool.beard_cover of the patient's face.

@@ -88,7 +88,10 @@ SEX_CONFIDENCE = 0.95
 ADULT_FACE_YEARS = 20.0
 # With the patient's age unknown, an adult of these years is drawn.
 UNKNOWN_AGE_YEARS = (22.0, 60.0)
-AGE_TOLERANCE_YEARS = 12.0
+# With the patient's age read from the photo, a new person's reading (same estimator, same bias)
+# is held this close to it: the pool's 15 years gave young women faces of forty (3 of 16 outputs
+# looked at), and the generator has people of every adult age to draw from.
+ESTIMATED_AGE_TOLERANCE_YEARS = 7.0
 MAX_YAW = 15.0
 MAX_YAW_DIFFERENCE = 20.0
 # Mouth width over eye distance, candidate against patient (choice.smile): a broad smile's cheeks
@@ -359,11 +362,16 @@ class Want:
     child: bool
 
 
-def _want(ctx: PatientContext, age_tolerance: float) -> Want:
+def _want(ctx: PatientContext) -> Want:
     if ctx.age_years is None:
         return Want(ctx.sex, UNKNOWN_AGE_YEARS, False)
     child = ctx.age_years < ADULT_AGE_YEARS
-    tol = CHILD_AGE_TOLERANCE_YEARS if child else age_tolerance
+    if child:
+        tol = CHILD_AGE_TOLERANCE_YEARS
+    else:
+        tol = ctx.age_tolerance
+        if ctx.age_estimated:
+            tol = min(tol, ESTIMATED_AGE_TOLERANCE_YEARS)
     lo = ctx.age_years - tol if child else max(ADULT_FACE_YEARS, ctx.age_years - tol)
     return Want(ctx.sex, (lo, ctx.age_years + tol), child)
 
@@ -594,7 +602,7 @@ class GeneratedIdentities:
             # A remembered person always rendered before; "unusable" would mean another generator.
             return [made] if isinstance(made, GeneratedFace) else []
         started = time.perf_counter()
-        want = _want(ctx, ctx.age_tolerance)
+        want = _want(ctx)
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
         screened, rendered, patience = 0, 0, 0
         rejected: Counter = Counter()

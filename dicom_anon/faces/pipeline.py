@@ -195,6 +195,7 @@ class FacePipeline:
             age_tolerance=(
                 ESTIMATED_AGE_TOLERANCE_YEARS if hints["age_from"] == "photo" else AGE_TOLERANCE_YEARS
             ),
+            age_estimated=hints["age_from"] == "photo",
         )
         options = self.backend.candidates(ctx)
         strict = remembered is not None and self.settings.same_new_face == "require"

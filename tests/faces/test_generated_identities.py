@@ -23,6 +23,7 @@ from dicom_anon.faces.identities import (
     DIRECTIONS,
     GeneratedFace,
     GeneratedIdentities,
+    _want,
     get_generated,
     latents,
     load_directions,
@@ -291,3 +292,17 @@ def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site
     )
     with pytest.raises(GeneratorUnavailable, match="steered with"):
         gone.face(seed, first.index, first.steer)
+
+
+def test_a_patient_whose_age_the_photo_gave_gets_a_new_person_of_about_that_age(source, site_key) -> None:
+    """The pool's band for an age read from the photo is 15 years either side; young women
+    were given faces of forty. The generated person is read by the same estimator, so it is
+    held within 7 years of the patient's reading (a header's age keeps the wider band)."""
+    read = PatientContext(
+        pseudonym="ANONAGE", key=site_key, sex="F", age_years=25.0, age_tolerance=15.0, age_estimated=True
+    )
+    made = fresh(source).people(read)
+    assert len(made) == 1, source.last_draw
+    assert 20 <= made[0].age_band[0] <= 32
+    stated = PatientContext(pseudonym="ANONAGE", key=site_key, sex="F", age_years=25.0, age_tolerance=15.0)
+    assert _want(stated).age == (20.0, 40.0) and _want(read).age == (20.0, 32.0)
