@@ -517,10 +517,13 @@ class SqlStore(ABC):
         return [Delivery(**dict(r)) for r in rows]
 
     def next_due(self, destination: str) -> float | None:
-        """When the next pending delivery to ``destination`` may be tried (None: nothing pending)."""
+        """When this node may next try a pending delivery to ``destination`` (None: nothing pending):
+        one another node's sender holds is due for this one when that lease ends, not before, or
+        the senders waiting for it would ask again and again meanwhile."""
         rows = self._read(
-            "SELECT MIN(next_attempt_at) AS t FROM deliveries WHERE destination = ? AND state = ?",
-            (destination, PENDING),
+            "SELECT MIN(CASE WHEN claimed_by != ? AND lease_until > next_attempt_at THEN lease_until"
+            " ELSE next_attempt_at END) AS t FROM deliveries WHERE destination = ? AND state = ?",
+            (self.node, destination, PENDING),
         )
         return rows[0]["t"]
 

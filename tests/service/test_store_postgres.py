@@ -124,6 +124,7 @@ def test_a_delivery_is_sent_by_one_node_and_closed_once(node):
     (delivery,), _, _ = a.finish_routing(job_id, [output()], [])
     assert [d.id for d in a.due_deliveries("teaching", time.time())] == [delivery]
     assert b.due_deliveries("teaching", time.time()) == []  # a's sender has it
+    assert b.next_due("teaching") > time.time() + 0.3 > a.next_due("teaching")  # b waits for the lease
     time.sleep(0.6)
     assert [d.id for d in b.due_deliveries("teaching", time.time())] == [delivery]  # a went quiet
     assert b.mark_delivered(delivery, 0x0000).job_done
