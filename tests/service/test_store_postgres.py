@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import settings_for
 from peers import dicom_anon, free_port, tiny_photo, wait_until
 from test_pipeline import send
 from test_store import job, output
@@ -22,8 +23,10 @@ from typer.testing import CliRunner
 
 from dicom_anon.cli import app
 from dicom_anon.config import load_settings
+from dicom_anon.service.app import Service
 from dicom_anon.service.store import LeaseLost, StoreUnavailable, open_store
 from dicom_anon.service.store_sql import SCHEMA_VERSION
+from dicom_anon.service.worker import PixelOutcome
 
 psycopg = pytest.importorskip("psycopg")
 from dicom_anon.service.store_postgres import PostgresStore  # noqa: E402
@@ -278,3 +281,43 @@ def test_the_service_forwards_on_postgresql(start_service, conninfo, tmp_path):
     wait_until(lambda: check.counts().get("jobs.done") == 2, 10, "both jobs done")
     assert check.counts() == {"jobs.done": 2, "deliveries.delivered": 2}
     check.close()
+
+
+def test_a_worker_that_lost_its_job_to_another_node_drops_its_result_and_goes_on(conninfo, tmp_path):
+    """The worker's side of a lost lease: its result is not recorded (nothing forwarded or held
+    for a job another node routed), and it is not retried either: the next job goes through."""
+    entered, go_on = threading.Event(), threading.Event()
+
+    def slow_stage(ds, settings, key, store) -> PixelOutcome:
+        if not go_on.is_set():
+            entered.set()
+            go_on.wait(20)
+        return PixelOutcome(ds, frozenset())
+
+    routes = [{"name": "photos", "profile": "orthodontic", "destinations": ["teaching"]}]
+    state = {"backend": "postgresql", "dsn": conninfo}
+    service = Service(
+        settings_for(tmp_path, free_port(), state=state, node={"id": "slow"}, routes=routes),
+        pixel_stage=slow_stage,
+    )
+    service.start()
+    try:
+        service.store.lease_s = 0.5  # as if the face stage outlasted a lease
+        assert send(service.settings.ingress.port, tiny_photo(0)) == [0]
+        assert entered.wait(20)
+        time.sleep(0.6)
+        other = PostgresStore(conninfo, node="other", lease_s=300)
+        taken = other.claim_job()
+        other.finish_routing(taken.id, [], [])  # the other node routed it (to nothing, here)
+        go_on.set()
+        assert send(service.settings.ingress.port, tiny_photo(1)) == [0]
+        wait_until(lambda: other.counts().get("jobs.done") == 2, 20, "the next job done too")
+        with psycopg.connect(conninfo) as db:
+            outcomes = db.execute(
+                "SELECT job_id FROM outputs UNION ALL SELECT job_id FROM quarantine"
+            ).fetchall()
+        assert outcomes == [(taken.id + 1,)]  # only the second job's; nothing of the first
+        other.close()
+    finally:
+        go_on.set()
+        service.stop()
