@@ -272,8 +272,9 @@ def test_a_dsn_on_the_sqlite_backend_names_the_line_and_the_fix(tmp_path):
 # --- the service on it ----------------------------------------------------------------------
 
 
-def test_the_service_forwards_on_postgresql(start_service, conninfo, tmp_path):
-    service = start_service(state={"backend": "postgresql", "dsn": conninfo}, node={"id": "node-a"})
+def test_the_service_forwards_on_postgresql(start_service, conninfo, tmp_path, capsys):
+    dsn = f"{conninfo} password=s3cret"  # the test server trusts local connections; any password will do
+    service = start_service(state={"backend": "postgresql", "dsn": dsn}, node={"id": "node-a"})
     assert send(service.port, tiny_photo(0), tiny_photo(1)) == [0, 0]
     folder = tmp_path / "archive"
     wait_until(lambda: len(list(folder.glob("*.dcm"))) == 2, 20, "both photos in the archive")
@@ -281,6 +282,9 @@ def test_the_service_forwards_on_postgresql(start_service, conninfo, tmp_path):
     wait_until(lambda: check.counts().get("jobs.done") == 2, 10, "both jobs done")
     assert check.counts() == {"jobs.done": 2, "deliveries.delivered": 2}
     check.close()
+    trail = "".join(p.read_text() for p in (tmp_path / "data" / "audit").rglob("*.jsonl"))
+    assert "instance_forwarded" in trail and "s3cret" not in trail
+    assert "s3cret" not in "".join(capsys.readouterr())  # nor in the log
 
 
 def test_a_worker_that_lost_its_job_to_another_node_drops_its_result_and_goes_on(conninfo, tmp_path):
