@@ -119,7 +119,7 @@ class PostgresStore(SqlStore):
             raise StoreUnavailable(f"the PostgreSQL state store ({self.where}): {_first_line(exc)}") from exc
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self.transaction(durable=False) as db:
+        with self.transaction() as db:  # commits nothing, so waits for no flush
             return db.execute(sql, params).fetchall()
 
     def _columns(self, db: Transaction, table: str) -> set[str]:
