@@ -3,7 +3,8 @@ listening only on a unix socket in that directory, stopped and removed after.
 
 PostgreSQL refuses to run as root, and CI runs as root: there the cluster belongs to ``nobody``
 (``runuser``), in a directory under /tmp that ``nobody`` owns (pytest's own tmp folders are
-private to root). ``fsync=off``: these tests check transactions and locks, not power cuts.
+private to root). ``fsync=off`` unless asked: the tests check transactions and locks, not power
+cuts (a benchmark asks for it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def tool(name: str) -> str | None:
 class PostgresServer:
     """One cluster; ``database()`` gives each test a database of its own on it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
         initdb, pg_ctl = tool("initdb"), tool("pg_ctl")
         if initdb is None or pg_ctl is None:
             pytest.skip("PostgreSQL is not installed (./dev.sh installs Debian's postgresql)")
@@ -46,7 +47,9 @@ class PostgresServer:
             self.as_user = ["runuser", "-u", "nobody", "--"]
         self.data = self.dir / "data"
         self._run(initdb, "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        options = f"-k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        options = (
+            f"-k {self.dir} -c listen_addresses='' -c fsync={'on' if fsync else 'off'} -c max_connections=200"
+        )
         self._run(pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
         self._databases = 0
 
