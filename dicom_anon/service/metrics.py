@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from threading import Thread
-from typing import Any, Protocol
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import structlog
@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..config import parse_host_port
+from .store import StateStore
 
 log = structlog.get_logger("dicom_anon.service.metrics")
 
@@ -31,14 +32,6 @@ STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 
 class MetricsError(Exception):
     """The metrics endpoint cannot be served (its address is in use, or not this machine's)."""
-
-
-class QueueSource(Protocol):
-    """What the queue gauges read from the state store at each scrape."""
-
-    def counts(self) -> dict[str, int]: ...
-
-    def backlog(self) -> dict[str, dict[str, float]]: ...
 
 
 class Metrics:
@@ -113,7 +106,7 @@ class Metrics:
         """Time a pipeline stage (``with metrics.stage("face"): ...``)."""
         return self.seconds.labels(stage=name).time()
 
-    def watch_queue(self, store: QueueSource) -> None:
+    def watch_queue(self, store: StateStore) -> None:
         """Report the store's queue at every scrape."""
         self.registry.register(_QueueCollector(store))
 
@@ -136,7 +129,7 @@ class Metrics:
 
 
 class _QueueCollector(Collector):
-    def __init__(self, store: QueueSource) -> None:
+    def __init__(self, store: StateStore) -> None:
         self._store = store
 
     def collect(self) -> Iterator[Metric]:

@@ -1,5 +1,6 @@
-"""The node's Prometheus metrics, scraped over HTTP from a running service and read with
-prometheus_client's own parser: the counts match what was sent and what the trail says."""
+"""The node's Prometheus metrics, scraped over HTTP from a running service (on SQLite and on
+PostgreSQL) and read with prometheus_client's own parser: the counts match what was sent and what
+the trail says."""
 
 from __future__ import annotations
 
@@ -38,6 +39,20 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state(request) -> dict:
+    """The state store's settings: SQLite, or a database of its own on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return {}
+    dsn = request.getfixturevalue("postgres").database()
+    from dicom_anon.service.store_postgres import PostgresStore
+
+    store = PostgresStore(dsn, node="setup", lease_s=300, check_schema=False)
+    store.upgrade()
+    store.close()
+    return {"state": {"backend": "postgresql", "dsn": dsn}}
+
+
 def start_with_metrics(start_service, **sections):
     port = free_port()
     service = start_service(metrics={"listen": f"127.0.0.1:{port}"}, node={"id": "node-1"}, **sections)
@@ -45,8 +60,8 @@ def start_with_metrics(start_service, **sections):
     return service
 
 
-def test_counts_match_what_was_sent_forwarded_and_held(start_service):
-    service = start_with_metrics(start_service)
+def test_counts_match_what_was_sent_forwarded_and_held(start_service, state):
+    service = start_with_metrics(start_service, **state)
     data = service.settings.data_dir
     photos = [tiny_photo(i) for i in range(5)]
     burned_in = [tiny_photo(10 + i, burned_in="YES") for i in range(2)]
@@ -73,11 +88,10 @@ def test_counts_match_what_was_sent_forwarded_and_held(start_service):
     assert m[("dicom_anon_queue_jobs", (("state", "waiting"),))] == 0
 
 
-def test_retries_and_pending_deliveries_of_a_destination_that_is_down(start_service):
+def test_retries_and_pending_deliveries_of_a_destination_that_is_down(start_service, state):
     down = free_port()
-    service = start_with_metrics(
-        start_service, destinations={"teaching": {"ae_title": "TEACHING", "host": "127.0.0.1", "port": down}}
-    )
+    teaching = {"ae_title": "TEACHING", "host": "127.0.0.1", "port": down}
+    service = start_with_metrics(start_service, destinations={"teaching": teaching}, **state)
     data = service.settings.data_dir
     send(service.port, *[tiny_photo(i) for i in range(3)])
     wait_until(lambda: len(events(data, "delivery_retry")) >= 2, 15, "two retries")
