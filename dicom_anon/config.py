@@ -12,7 +12,7 @@ import ipaddress
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -379,6 +379,11 @@ class SpoolSettings(_Strict):
     # even open its state store on a full disk, so without it the service could not start until
     # someone made room. Taken back once twice as much is free again.
     reserve_mb: int = Field(16, ge=0)
+    # Several nodes on one PostgreSQL store: the folder (on storage every node mounts) that holds
+    # the spool, outbox and quarantine folders, so a worker reads what an ingress node received and
+    # any node's sender sends what any worker wrote. Each node writes in its own subfolders
+    # (spool/<node id>/...), so a node that starts clears only what it left itself. None: in data_dir.
+    shared_dir: Path | None = None
 
 
 # --- egress -------------------------------------------------------------------------------
@@ -607,11 +612,17 @@ def _host_name() -> str:
     return host if _NAME_RE.match(host) else "node"
 
 
+Role = Literal["all", "ingress", "worker"]
+
+
 class NodeSettings(_Strict):
     """This machine among several: its id names its audit trail (and is in each of its records)
-    and its metrics, so an operator sees which node did what."""
+    and its metrics, so an operator sees which node did what. Its role says what it runs: ``ingress``
+    only takes associations (SCP, spool, job rows), ``worker`` only claims jobs (pipeline, senders,
+    quarantine), ``all`` both, as one machine does."""
 
     id: Name = Field(default_factory=_host_name)
+    role: Role = "all"
 
 
 class MetricsSettings(_Strict):
@@ -704,6 +715,26 @@ class Settings(_Strict):
         if name in self.profiles:
             return self.profiles[name]
         return PRESETS[name]
+
+
+def role_problem(settings: Settings) -> tuple[tuple[str, str], str] | None:
+    """Where and why the node's role cannot work with these settings, or None. An ingress node and
+    a worker meet only through a store and a spool both reach: on SQLite, or with a spool of its
+    own, one's jobs would never reach the other (and a worker starting would clear an ingress
+    node's files). Refused rather than warned about: such a node would acknowledge instances that
+    nothing ever forwards."""
+    shared = settings.spool.shared_dir is not None
+    postgresql = settings.state.backend == "postgresql"
+    if settings.node.role != "all" and not (postgresql and shared):
+        return ("node", "role"), (
+            f"role {settings.node.role!r} needs a store and a spool that every node reaches: set "
+            "'state: {backend: postgresql, ...}' and 'spool: {shared_dir: ...}', or use role 'all'"
+        )
+    if shared and not postgresql:
+        return ("spool", "shared_dir"), (
+            "a shared spool is for nodes that share a PostgreSQL store; add 'state: {backend: postgresql}'"
+        )
+    return None
 
 
 # --- YAML with line numbers ---------------------------------------------------------------
@@ -889,6 +920,9 @@ def check_references(settings: Settings, raw: Any, path: Path) -> None:
                     f"dicom-anon models build-surrogates --from DIR --licence TEXT -o {pool}",
                 )
             )
+    role = role_problem(settings)
+    if role is not None:
+        problems.append(_problem(raw, path, *role))
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -955,6 +989,7 @@ def apply_overrides(
     listen: str | None = None,
     data_dir: Path | None = None,
     destinations: list[str] | None = None,
+    role: str | None = None,
 ) -> Settings:
     """The settings with command-line overrides applied, so a second instance needs no edited file.
 
@@ -978,4 +1013,12 @@ def apply_overrides(
                 dest = dest.model_copy(update={"calling_ae_title": merged[name].calling_ae_title})
             merged[name] = dest
         update["destinations"] = merged
-    return settings.model_copy(update=update)
+    if role is not None:
+        if role not in get_args(Role):
+            raise ConfigError(f"--role {role}: one of {', '.join(get_args(Role))}")
+        update["node"] = settings.node.model_copy(update={"role": role})
+    changed = settings.model_copy(update=update)
+    problem = role_problem(changed) if role is not None else None
+    if problem is not None:
+        raise ConfigError(f"--role {role}: {problem[1]}")
+    return changed

@@ -271,3 +271,22 @@ def test_the_state_store_is_sqlite_unless_a_postgresql_one_is_named(tmp_path):
         write(tmp_path, GOOD + f"state:\n  backend: postgresql\n  dsn_file: {tmp_path}/state.dsn\n")
     )
     assert state.state.conninfo() == "postgresql://dicom_anon:secret@db/dicom_anon"
+
+
+def test_a_node_role_needs_a_shared_store_and_spool_and_names_its_line(tmp_path):
+    assert load_settings(write(tmp_path, GOOD)).node.role == "all"
+    msg = problems(tmp_path, GOOD + "node:\n  id: worker-1\n  role: worker\n")
+    assert "settings.yaml:15: node.role: role 'worker' needs a store and a spool" in msg
+    msg = problems(tmp_path, GOOD + f"spool:\n  shared_dir: {tmp_path}/shared\n")
+    assert "settings.yaml:14: spool.shared_dir:" in msg and "backend: postgresql" in msg
+    shared = f"state:\n  backend: postgresql\n  dsn: host=db\nspool:\n  shared_dir: {tmp_path}/shared\n"
+    settings = load_settings(write(tmp_path, GOOD + shared + "node:\n  role: ingress\n"))
+    assert settings.node.role == "ingress" and settings.spool.shared_dir == tmp_path / "shared"
+    assert apply_overrides(settings, role="worker").node.role == "worker"
+
+
+@pytest.mark.parametrize("role", ["ingress", "worker", "scp"])
+def test_a_role_override_the_settings_cannot_run_is_one_clear_line(tmp_path, role):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(load_settings(write(tmp_path, GOOD)), role=role)
+    assert str(info.value).startswith(f"--role {role}") and "\n" not in str(info.value)

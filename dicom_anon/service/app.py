@@ -5,6 +5,10 @@ the queue, half-written files are swept), then starts the senders, the workers a
 last, the SCP, so nothing is accepted before it can be processed. SIGHUP reloads the
 settings file: routes, profiles, destinations, allow-lists and limits change at once;
 a file with errors leaves everything as it was and says why (log and audit).
+
+A node's role (``node.role``) says which of these it runs: ``ingress`` only the SCP (received
+instances wait in the shared spool and store for a worker), ``worker`` only the workers and
+senders, ``all`` everything, as one machine does.
 """
 
 from __future__ import annotations
@@ -29,18 +33,22 @@ from .. import __version__
 from ..audit.atna_relay import Relay
 from ..audit.trail import AuditTrail
 from ..config import ConfigError, LoggingSettings, Settings, apply_overrides, load_settings
+from ..headers.errors import SiteKeyError
 from ..headers.pseudonyms import SiteKey
 from ..rules import Rules
 from .deid_pool import DeidPool
 from .egress import Sender
 from .failures import describe_environment, record_or_log
-from .files import FileSystemFlush, Layout
+from .files import FileSystemFlush, Layout, write_durable
 from .ingress import Ingress
 from .metrics import Metrics
 from .store import StateStore, open_store
 from .worker import PixelStage, Runtime, Worker
 
 log = structlog.get_logger("dicom_anon.service")
+
+# Beside a shared spool: the fingerprint of the site key every node sharing it must use.
+KEY_MARKER = "site-key.fingerprint"
 
 # Settings that only take effect when the service starts; a reload that changes them says so.
 _RESTART_ONLY = ("data_dir", "secret_file", "workers", "audit", "node", "metrics")
@@ -117,7 +125,7 @@ class Service:
         self.config_path = config_path
         self.overrides = overrides or {}
         self.pixel_stage = pixel_stage
-        self.layout = Layout(settings.data_dir)
+        self.layout = Layout.for_settings(settings)
         self.store: StateStore | None = None
         self.flush: FileSystemFlush | None = None
         self.audit: AuditTrail | None = None
@@ -134,9 +142,11 @@ class Service:
 
     def start(self) -> None:
         s = self.settings
+        role = s.node.role
         self.layout.create()
-        self.flush = flush = FileSystemFlush(s.data_dir)
         key = SiteKey.load_or_create(s.secret_path)
+        if self.layout.shared:
+            same_key_as_other_nodes(self.layout.root, key)
         store, recovered = self._open_store()
         self.store = store
         self.metrics = metrics = Metrics(s.node.id)
@@ -153,13 +163,15 @@ class Service:
             node=s.node.id,
             on_record=metrics.observe,
         )
+        # Every file system the service writes on: the data dir, a shared spool, a shared audit folder.
+        self.flush = flush = FileSystemFlush(s.data_dir, self.layout.root, s.audit_path.parent)
         if s.audit.atna is not None:
             # Before service_started is written: a first start relays from that record on.
             self.atna = Relay(s)
             self.atna.start()
         swept = self._sweep()
         self.keep_reserve()
-        self.runtime = Runtime(
+        self.runtime = runtime = Runtime(
             rules=Rules(s),
             store=store,
             layout=self.layout,
@@ -171,7 +183,7 @@ class Service:
             metrics=metrics,
             pixel_stage=self.pixel_stage,
             # One process per pipeline thread: a thread hands over one instance at a time.
-            deid_pool=DeidPool(s.secret_path, s.workers),
+            deid_pool=DeidPool(s.secret_path, s.workers) if role != "ingress" else None,
         )
         record_or_log(
             audit,
@@ -181,7 +193,8 @@ class Service:
             config=str(self.config_path),
             config_sha256=file_sha256(self.config_path),
             key=key.fingerprint(),
-            listen=s.ingress.listen,
+            role=role,
+            listen=s.ingress.listen if role != "worker" else None,
             ae_title=s.ingress.ae_title,
             recovered_jobs=recovered,
             swept_files=swept,
@@ -195,20 +208,32 @@ class Service:
             destinations={name: d.describe() for name, d in s.destinations.items()},
             overrides={k: v for k, v in self.overrides.items() if v},
         )
-        for name in s.destinations:
+        if role != "ingress":
+            self._start_processing(runtime)
+        if role != "worker":
+            self.ingress = Ingress(s, store, self.layout, audit, key, self._work.set, flush)
+            self.ingress.start()
+        sd_notify("READY=1")
+        log.info(
+            "service started",
+            version=__version__,
+            role=role,
+            listen=s.ingress.listen if self.ingress is not None else None,
+            recovered_jobs=recovered,
+        )
+
+    def _start_processing(self, runtime: Runtime) -> None:
+        """The senders, then the pipeline threads (a worker's or an all-in-one node's part)."""
+        assert self.store is not None and runtime.deid_pool is not None
+        for name in self.settings.destinations:
             self._start_sender(name)
-        for name in sorted(store.pending_destinations() - set(s.destinations)):
+        for name in sorted(self.store.pending_destinations() - set(self.settings.destinations)):
             log.warning("deliveries wait for a destination that is not configured", destination=name)
-        assert self.runtime.deid_pool is not None
-        self.runtime.deid_pool.start()
-        for i in range(s.workers):
-            worker = Worker(i, self.runtime, self._work)
+        runtime.deid_pool.start()
+        for i in range(self.settings.workers):
+            worker = Worker(i, runtime, self._work)
             worker.start()
             self.workers.append(worker)
-        self.ingress = Ingress(s, store, self.layout, audit, key, self._work.set, flush)
-        self.ingress.start()
-        sd_notify("READY=1")
-        log.info("service started", version=__version__, listen=s.ingress.listen, recovered_jobs=recovered)
 
     def _open_store(self) -> tuple[StateStore, int]:
         """The state store with the jobs a crash left mid-processing put back in line (their
@@ -350,7 +375,7 @@ class Service:
 
     def reload(self) -> bool:
         """Re-read the settings file (with the same command-line overrides). False: kept the old."""
-        assert self.audit is not None and self.runtime is not None and self.ingress is not None
+        assert self.audit is not None and self.runtime is not None
         with self._lock:
             try:
                 if self.config_path is None:
@@ -371,7 +396,8 @@ class Service:
                 log.warning("these settings change only at restart", settings=needs_restart)
             self.settings = new
             self.runtime.rules = Rules(new)
-            self.ingress.settings = new
+            if self.ingress is not None:
+                self.ingress.settings = new
             for name, sender in list(self.senders.items()):
                 if (
                     name not in new.destinations
@@ -382,7 +408,7 @@ class Service:
                     sender.join(timeout=30)
                     del self.senders[name]
             for name in new.destinations:
-                if name not in self.senders:
+                if name not in self.senders and self.workers:  # an ingress node sends nothing
                     self._start_sender(name)
             self.audit.record(
                 "config_reloaded",
@@ -394,6 +420,24 @@ class Service:
             )
             log.info("settings reloaded", routes=len(new.routes), destinations=len(new.destinations))
             return True
+
+
+def same_key_as_other_nodes(shared_dir: Path, key: SiteKey) -> None:
+    """Refuse to start with a site key other than the one the nodes sharing this spool use: its
+    pseudonyms and UIDs would differ from theirs, and the same instance received by two nodes
+    would not be recognised as one. The first node to start writes the key's fingerprint (which
+    does not reveal it) beside the spool; the others compare."""
+    marker = shared_dir / KEY_MARKER
+    try:
+        write_durable(marker, key.fingerprint().encode())
+    except FileExistsError:
+        theirs = marker.read_text().strip()
+        if theirs != key.fingerprint():
+            raise SiteKeyError(
+                f"this node's site key (fingerprint {key.fingerprint()}) is not the one the other nodes use"
+                f" ({theirs}, in {marker}): give every node a copy of the same secret_file"
+                " (after rotating the key on every node, remove that file)"
+            ) from None
 
 
 def run(service: Service) -> int:

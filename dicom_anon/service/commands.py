@@ -62,18 +62,25 @@ def serve(
         list[str] | None,
         typer.Option(help="NAME=AET@HOST:PORT, repeatable: replaces or adds a destination."),
     ] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="ingress (receive only), worker (de-identify and forward only) or all; instead of node.role."
+        ),
+    ] = None,
 ) -> None:
     """Run the service: receive (C-STORE), de-identify per the routes, forward, audit.
 
     Stops cleanly on SIGTERM or Ctrl-C; SIGHUP re-reads the settings file (a file with
     errors keeps the rules in force). Overrides let a second instance run without an
-    edited file.
+    edited file. Several machines sharing a PostgreSQL store and a spool may split the
+    work: ingress nodes receive, workers de-identify and forward (--role).
     """
     from .app import Service, configure_logging, run
     from .metrics import MetricsError
     from .worker import face_pixel_stage
 
-    overrides = {"listen": listen, "data_dir": data_dir, "destinations": destination or []}
+    overrides = {"listen": listen, "data_dir": data_dir, "destinations": destination or [], "role": role}
     try:
         settings = apply_overrides(load_settings(config), **overrides)
     except ConfigError as exc:
@@ -194,7 +201,7 @@ def _quarantine(config: Path | None, data_dir: Path | None) -> Quarantine:
     settings = settings_or_exit(config, data_dir)
     if settings.state.backend == "sqlite" and not settings.state_path.exists():
         raise fail(f"no state store at {settings.state_path}; give --data-dir or --config of the service")
-    layout = Layout(settings.data_dir)
+    layout = Layout.for_settings(settings)
     try:
         return Quarantine(
             open_store(settings), layout, AuditTrail(settings.audit_path, node=settings.node.id)

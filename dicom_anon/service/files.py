@@ -1,11 +1,14 @@
-"""Durable files: the spool, the outbox and the quarantine folders under the data dir.
+"""Durable files: the spool, the outbox and the quarantine folders, under the data dir or, for
+nodes sharing a PostgreSQL store, under ``spool.shared_dir``.
 
 An instance is only acknowledged once its bytes and its directory entry are on disk. Ingress
 writes the spool file, the job row and the receipt's audit record without syncing each, then
 makes all of them durable with one flush of the file system (``FileSystemFlush``): one disk
 write per acknowledgement instead of four fsyncs, shared by the associations that wait at the
 same time. After a power cut before that flush the instance was not acknowledged; a job whose
-spool file did not survive is recognised at start (``StateStore.drop_unsynced_jobs``).
+spool file did not survive is recognised at start (``Service._drop_unacknowledged``). A shared
+store commits the job row by itself, visible to every worker at once, so there ingress fsyncs
+the spool file and its folder before the row.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
 def fsync_dir(path: Path) -> None:
@@ -52,7 +59,7 @@ def write_new(path: Path, data: bytes, *, fsync: bool = False) -> None:
 
 
 class FileSystemFlush:
-    """Group commit for the data dir's file system: ``__call__`` returns once every write that
+    """Group commit for the service's file systems: ``__call__`` returns once every write that
     finished before it is on disk (file contents, directory entries, SQLite's write-ahead log,
     the audit trail).
 
@@ -60,12 +67,22 @@ class FileSystemFlush:
     as one, so an acknowledgement waits for one disk flush instead of four. A flush that began
     after a caller's writes covers that caller too: concurrent associations share it. Python has
     no ``os.syncfs``; it is called from the C library (Linux). Where there is none, ``os.sync``.
-    The data dir should have a file system of its own, or the flush also writes out what other
-    programs left dirty there.
+    Each folder given whose file system differs from the others' (a shared spool, a shared audit
+    folder) is flushed too, one ``syncfs`` per file system. The data dir should have a file system
+    of its own, or the flush also writes out what other programs left dirty there.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    def __init__(self, *folders: Path) -> None:
+        self._fds: list[int] = []
+        devices: set[int] = set()
+        for folder in folders:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            device = os.fstat(fd).st_dev
+            if device in devices:
+                os.close(fd)
+                continue
+            devices.add(device)
+            self._fds.append(fd)
         self._cond = threading.Condition()
         self._requested = 0
         self._done = 0
@@ -92,14 +109,17 @@ class FileSystemFlush:
                 self._done = max(self._done, target)
 
     def close(self) -> None:
-        os.close(self._fd)
+        for fd in self._fds:
+            os.close(fd)
 
     def _flush(self) -> None:
         if self._syncfs is None:
             os.sync()
-        elif self._syncfs(self._fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            return
+        for fd in self._fds:
+            if self._syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
 
 
 def replace_durable(path: Path, data: bytes) -> None:
@@ -125,19 +145,39 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 class Layout:
-    """Where things live under the data dir. Rows in the state store hold paths relative to it."""
+    """Where things live: the spool, outbox and quarantine folders under the data dir, or under
+    ``spool.shared_dir`` where several nodes share them. Rows in the state store hold paths relative
+    to that root, so any node finds any file, and a restored backup works at a new place.
 
-    def __init__(self, data_dir: Path) -> None:
-        self.root = data_dir
-        self.spool = data_dir / "spool"
-        self.outbox = data_dir / "outbox"
-        self.quarantine = data_dir / "quarantine"
-        self.reserve = data_dir / "reserve"
+    On a shared root this node writes only in its own subfolders (``spool/<node id>/...``): the
+    folders below are this node's, which is all that start-up may clear (another node may be
+    writing a file whose row is not committed yet).
+    """
+
+    def __init__(self, root: Path, *, node: str | None = None, reserve: Path | None = None) -> None:
+        self.root = root
+        self.shared = node is not None
+        self.spool = root / "spool"
+        self.outbox = root / "outbox"
+        self.quarantine = root / "quarantine"
+        if node is not None:
+            self.spool, self.outbox, self.quarantine = (
+                f / node for f in (self.spool, self.outbox, self.quarantine)
+            )
+        self.reserve = reserve if reserve is not None else root / "reserve"
         self._made: set[Path] = set()
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Layout:
+        """The layout the settings describe; the disk reserve stays in the node's own data dir."""
+        shared = settings.spool.shared_dir
+        if shared is None:
+            return cls(settings.data_dir)
+        return cls(shared, node=settings.node.id, reserve=settings.data_dir / "reserve")
+
     def create(self) -> None:
-        for folder in (self.root, self.spool, self.outbox, self.quarantine):
+        for folder in (self.root, self.spool, self.outbox, self.quarantine, self.reserve.parent):
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def rel(self, path: Path) -> str:
@@ -179,7 +219,7 @@ class Layout:
             return True
         if self.reserve.exists() and self.reserve.stat().st_size == size:
             return True
-        if shutil.disk_usage(self.root).free < 2 * size:
+        if shutil.disk_usage(self.reserve.parent).free < 2 * size:
             return False
         tmp = self.reserve.with_name(".reserve.tmp")
         try:

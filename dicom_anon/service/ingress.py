@@ -48,7 +48,7 @@ from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
 from .connections import ConnectionGuard, printable
 from .failures import record_or_log
-from .files import Layout, write_new
+from .files import Layout, write_durable, write_new
 from .store import NewJob, StateStore
 
 log = structlog.get_logger("dicom_anon.ingress")
@@ -350,7 +350,12 @@ class Ingress:
             )
         try:
             path = self.layout.new_spool_path()
-            write_new(path, data)  # durable with the job and the receipt, by self.flush below
+            if self.store.shared:
+                # The job row is durable (and other nodes' workers see it) as soon as it commits,
+                # before self.flush below: the file it names must be on disk first.
+                write_durable(path, data)
+            else:
+                write_new(path, data)  # durable with the job and the receipt, by self.flush below
         except OSError as exc:
             return self._refuse(
                 event, STATUS_OUT_OF_RESOURCES, "spool-write-failed", exc.strerror or str(exc)

@@ -151,6 +151,8 @@ class StateStore(Protocol):
 
     # The schema version found when the store was opened (None: none yet), before SQLite's own upgrade.
     opened_version: int | None
+    # Several nodes use it (PostgreSQL): its commits are durable at once, before the caller's flush.
+    shared: bool
 
     def close(self) -> None: ...
     def upgrade(self) -> tuple[int | None, int]: ...

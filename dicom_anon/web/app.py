@@ -65,7 +65,7 @@ class Console:
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.settings.data_dir)
+        return Layout.for_settings(self.settings)
 
     def store(self) -> StateStore | None:
         """The service's state store, once the service has created it (the console starts without)."""
