@@ -218,6 +218,19 @@ def storescu(
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, env=dcmtk_env())
 
 
+def acknowledged(storescu_log: str) -> set[str]:
+    """Files ``storescu -v`` saw answered with Success."""
+    acked: set[str] = set()
+    current = None
+    for line in storescu_log.splitlines():
+        if line.startswith("I: Sending file: "):
+            current = line.removeprefix("I: Sending file: ").strip()
+        elif line.startswith("I: Received Store Response (Success)") and current:
+            acked.add(current)
+            current = None
+    return acked
+
+
 def audit_records(data_dir: Path) -> list[dict]:
     path = data_dir / "audit" / "audit.jsonl"
     if not path.exists():

@@ -24,6 +24,7 @@ from peers import (
     EXAMPLE_CONFIG,
     TINY_PHI,
     Proc,
+    acknowledged,
     dcmtk,
     dcmtk_env,
     dicom_anon,
@@ -348,7 +349,7 @@ def test_kill_9_mid_send_then_restart_forwards_each_acknowledged_instance_once(t
     wait_until(lambda: len(events(data_dir, "instance_received")) >= 60, 60, "60 instances in")
     first.kill9()
     log, _ = pacs.communicate(timeout=60)
-    acked = _acknowledged(log)
+    acked = acknowledged(log)
     assert 50 <= len(acked) < 200  # killed in the middle, as intended
 
     second = start_service(tmp_path, port, dest, name="second").wait_ready()
@@ -380,19 +381,6 @@ def test_kill_9_mid_send_then_restart_forwards_each_acknowledged_instance_once(t
     for path in archive.glob("*.dcm"):
         assert_no_phi(path.read_bytes(), list(TINY_PHI), path.name)
     assert run_cli("audit", "verify", "--data-dir", str(data_dir)).returncode == 0
-
-
-def _acknowledged(storescu_log: str) -> set[str]:
-    """Files storescu -v saw answered with Success."""
-    acked: set[str] = set()
-    current = None
-    for line in storescu_log.splitlines():
-        if line.startswith("I: Sending file: "):
-            current = line.removeprefix("I: Sending file: ").strip()
-        elif line.startswith("I: Received Store Response (Success)") and current:
-            acked.add(current)
-            current = None
-    return acked
 
 
 def test_bad_input_gets_an_error_status_and_the_service_goes_on(tmp_path, procs):
