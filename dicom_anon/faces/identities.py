@@ -236,6 +236,11 @@ class Directions:
     # Logit above which a latent is passed over (glasses, headwear).
     reject_above: dict[str, float]
     source: dict = field(default_factory=dict)
+    # Read-outs of a rendered face's SFace embedding (unit length), and the logit above which
+    # the face is turned down (glasses the style screen let through).
+    face_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    face_bias: dict[str, float] = field(default_factory=dict)
+    face_reject_above: dict[str, float] = field(default_factory=dict)
     # A steered person is the move these read-outs give, so relearnt read-outs get a new version
     # and the old file stays (``directions-v<N>.json``): remembered people keep their faces.
     version: int = 1
@@ -243,6 +248,14 @@ class Directions:
     def scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
         x = (styles - self.mean) / self.scale
         return {k: x @ w + self.bias[k] for k, w in self.weights.items()}
+
+    def seen_on(self, embedding: np.ndarray) -> str | None:
+        """What the rendered face's embedding says it shows that a new person must not (glasses)."""
+        x = embedding / max(float(np.linalg.norm(embedding)), 1e-9)
+        for name, limit in self.face_reject_above.items():
+            if float(x @ self.face_weights[name]) + self.face_bias[name] > limit:
+                return name
+        return None
 
     def steer(self, styles: np.ndarray, change: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Move (n, 512) styles (truncated at ``psi``) so that each read-out named in ``change``
@@ -278,6 +291,9 @@ def load_directions(path: Path = DIRECTIONS, version: int | None = None) -> Dire
         bias={k: float(v) for k, v in d["bias"].items()},
         reject_above={k: float(v) for k, v in d["reject_above"].items()},
         source=d.get("source", {}),
+        face_weights={k: np.asarray(v, np.float64) for k, v in d.get("face", {}).get("weights", {}).items()},
+        face_bias={k: float(v) for k, v in d.get("face", {}).get("bias", {}).items()},
+        face_reject_above={k: float(v) for k, v in d.get("face", {}).get("reject_above", {}).items()},
         version=int(d.get("version", 1)),
     )
 
@@ -574,6 +590,9 @@ class GeneratedIdentities:
             return "skin"
         if (ctx.beard is None or ctx.beard < PATIENT_BEARDED) and f.beard >= BEARDED:
             return "beard"
+        seen = self.directions.seen_on(f.embedding)
+        if seen is not None:
+            return f"{seen} on the rendered face"
         if ctx.embedding is not None and cosine(ctx.embedding, f.embedding) >= EXCLUDE_SIMILARITY:
             return "resembles the patient"
         return None

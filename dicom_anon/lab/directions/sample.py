@@ -27,6 +27,7 @@ from ...faces.pool import PhotoSkipped, crop_face
 from ...faces.prepare import pool_photo_problem
 
 THUMB = 128
+SAVE_EVERY = 100
 
 
 def main() -> None:
@@ -77,15 +78,18 @@ def main() -> None:
         embeddings.append(recognizer.embed(c.image, c.face))
         if i % 50 == 49:
             print(f"{i + 1} faces, {(time.perf_counter() - started) / (i + 1):.2f} s each", flush=True)
-    np.savez_compressed(
-        args.o / "samples.npz",
-        psi=args.psi,
-        z=z,
-        styles=styles,
-        embeddings=np.stack(embeddings),
-        thumbs=np.stack(thumbs),
-        **{k: np.array(v) for k, v in rows.items()},
-    )
+        if i % SAVE_EVERY == SAVE_EVERY - 1 or i == args.n - 1:
+            # Written as it goes: a long run on a shared machine can be used before it ends.
+            k = i + 1
+            np.savez_compressed(
+                args.o / "samples.npz",
+                psi=args.psi,
+                z=z[:k],
+                styles=styles[:k],
+                embeddings=np.stack(embeddings),
+                thumbs=np.stack(thumbs),
+                **{name: np.array(v) for name, v in rows.items()},
+            )
     for s in range(0, args.n, 100):
         sheet = Image.new("RGB", (10 * THUMB, 10 * THUMB), "white")
         draw = ImageDraw.Draw(sheet)
