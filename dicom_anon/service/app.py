@@ -392,6 +392,8 @@ class Service:
                 for f in _RESTART_ONLY_INGRESS
                 if getattr(old.ingress, f) != getattr(new.ingress, f)
             ]
+            if old.spool.shared_dir != new.spool.shared_dir:
+                needs_restart.append("spool.shared_dir")
             if needs_restart:
                 log.warning("these settings change only at restart", settings=needs_restart)
             self.settings = new
