@@ -252,11 +252,12 @@ class SqlStore(ABC):
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.format(**self.types)}")
             for sql in _INDEXES:
                 db.execute(sql)
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(SCHEMA_VERSION),),
-            )
+            if before != SCHEMA_VERSION:  # a store already current is not written to (a full disk opens it)
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
         return before, SCHEMA_VERSION
 
     # --- ingress -------------------------------------------------------------------------
@@ -495,7 +496,16 @@ class SqlStore(ABC):
     def due_deliveries(self, destination: str, now: float, limit: int = 32) -> list[Delivery]:
         """Pending deliveries to one destination whose retry time has come, oldest first, now claimed
         by this node until ``lease_s`` from now: another node's sender to the same destination
-        takes others (or these, once the lease ran out)."""
+        takes others (or these, once the lease ran out). On a store of one node its one sender per
+        destination has nothing to claim them from, and reads them only: it must go on sending on a
+        full disk, where no write succeeds (it records the deliveries once there is room)."""
+        if not self.shared:
+            rows = self._read(
+                f"{_DELIVERY} WHERE d.destination = ? AND d.state = ? AND d.next_attempt_at <= ?"
+                " ORDER BY d.id LIMIT ?",
+                (destination, PENDING, now, limit),
+            )
+            return [Delivery(**dict(r)) for r in rows]
         with self.transaction(durable=False) as db:
             ids = [
                 r["id"]
