@@ -11,7 +11,8 @@ placeholders; the PostgreSQL backend hands them to psycopg as ``%s``.
 Leases: a claimed job or delivery carries ``claimed_by`` (the node id) and ``lease_until``. A
 node that died holds its work only until then; a node finishing work another node took over
 after its lease ran out finds the row no longer its own (``LeaseLost``) and records nothing,
-so every job is routed once and every delivery closed once.
+so every job is routed once and every delivery closed once. (Deliveries are claimed only on a
+store several nodes share: one node has one sender per destination.)
 """
 
 from __future__ import annotations
