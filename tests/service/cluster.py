@@ -9,7 +9,6 @@ killed with SIGKILL and started again under the same name and port.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,7 @@ class Cluster:
         config = self.config(name, role, workers)
         self._starts[name] = self._starts.get(name, 0) + 1
         log = self.tmp / f"{name}-{self._starts[name]}.log"
-        args = [dicom_anon(), "serve", "--config", str(config)]
-        port = self.ports[name] if role != "worker" else None
-        self.procs[name] = Proc(name, args, log, port)
+        self.procs[name] = Proc(name, [dicom_anon(), "serve", "--config", str(config)], log)
         return self.procs[name]
 
     def wait_started(self, *names: str, timeout: float = 60) -> None:
@@ -113,10 +110,3 @@ class Cluster:
     def stop(self) -> None:
         for proc in reversed(list(self.procs.values())):
             proc.stop()
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> float:
-    """``wait_until`` that returns how long it waited (for the benchmark's figures)."""
-    start = time.monotonic()
-    wait_until(condition, timeout, what, step=0.1)
-    return time.monotonic() - start

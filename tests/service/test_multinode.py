@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from cluster import Cluster, wait_for
+from cluster import Cluster
 from peers import (
     TINY_PHI,
     acknowledged,
@@ -23,6 +23,7 @@ from peers import (
     free_port,
     start_storescp,
     storescu,
+    wait_until,
     write_photos,
 )
 from test_integration import archive_uids, assert_no_phi, run_cli
@@ -80,9 +81,9 @@ def test_two_ingress_two_workers_killed_mid_stream_forward_each_acknowledged_ins
         name: send(cluster.ports[name], files, tmp_path / f"pacs-{name}.log")
         for name, files in halves.items()
     }
-    wait_for(lambda: cluster.count("ingress-a", "instance_received") >= 60, 60, "60 instances at ingress-a")
+    wait_until(lambda: cluster.count("ingress-a", "instance_received") >= 60, 60, "60 instances at ingress-a")
     cluster.kill9("ingress-a")
-    wait_for(lambda: cluster.count("worker-1", "instance_deidentified") >= 40, 60, "40 done by worker-1")
+    wait_until(lambda: cluster.count("worker-1", "instance_deidentified") >= 40, 60, "40 done by worker-1")
     cluster.kill9("worker-1")
     cluster.start("worker-1", "worker")
     cluster.start("ingress-a", "ingress")
@@ -101,7 +102,7 @@ def test_two_ingress_two_workers_killed_mid_stream_forward_each_acknowledged_ins
     assert resent.returncode == 0, resent.stderr
 
     dsn = cluster.conninfo
-    wait_for(
+    wait_until(
         lambda: rows(dsn, "SELECT state, COUNT(*) FROM jobs GROUP BY state") == [("done", 500)],
         120,
         "all 500 jobs done",
