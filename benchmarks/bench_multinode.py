@@ -116,6 +116,10 @@ def main() -> None:
     args = parser.parse_args()
     if tool("initdb") is None or tool("pg_ctl") is None:
         sys.exit("bench_multinode: PostgreSQL's server is not installed (apt-get install postgresql)")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        sys.exit("bench_multinode: psycopg is not installed (pip install 'dicom-anon[postgresql]')")
     if dcmtk("storescu") is None:
         sys.exit("bench_multinode: dcmtk is not installed (apt-get install dcmtk)")
     work = Path(tempfile.mkdtemp(prefix="bench-multinode-"))
