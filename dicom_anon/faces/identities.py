@@ -89,9 +89,11 @@ ADULT_FACE_YEARS = 20.0
 # With the patient's age unknown, an adult of these years is drawn.
 UNKNOWN_AGE_YEARS = (22.0, 60.0)
 # With the patient's age read from the photo, a new person's reading (same estimator, same bias)
-# is held this close to it: the pool's 15 years gave young women faces of forty (3 of 16 outputs
-# looked at), and the generator has people of every adult age to draw from.
-ESTIMATED_AGE_TOLERANCE_YEARS = 7.0
+# is held to this share of it, at least the minimum: the pool's 15 years gave young women faces
+# of forty (3 of 16 outputs looked at). The estimator's error grows with age and the generator
+# holds few old faces: at 7 years for everyone, every patient over 55 of 24 was held.
+ESTIMATED_AGE_TOLERANCE_SHARE = 0.2
+ESTIMATED_AGE_TOLERANCE_MIN_YEARS = 7.0
 MAX_YAW = 15.0
 MAX_YAW_DIFFERENCE = 20.0
 # Mouth width over eye distance, candidate against patient (choice.smile): a broad smile's cheeks
@@ -387,7 +389,8 @@ def _want(ctx: PatientContext) -> Want:
     else:
         tol = ctx.age_tolerance
         if ctx.age_estimated:
-            tol = min(tol, ESTIMATED_AGE_TOLERANCE_YEARS)
+            share = ESTIMATED_AGE_TOLERANCE_SHARE * ctx.age_years
+            tol = min(tol, max(ESTIMATED_AGE_TOLERANCE_MIN_YEARS, share))
     lo = ctx.age_years - tol if child else max(ADULT_FACE_YEARS, ctx.age_years - tol)
     return Want(ctx.sex, (lo, ctx.age_years + tol), child)
 

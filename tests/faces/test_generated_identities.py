@@ -299,7 +299,8 @@ def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site
 def test_a_patient_whose_age_the_photo_gave_gets_a_new_person_of_about_that_age(source, site_key) -> None:
     """The pool's band for an age read from the photo is 15 years either side; young women
     were given faces of forty. The generated person is read by the same estimator, so it is
-    held within 7 years of the patient's reading (a header's age keeps the wider band)."""
+    held within 7 years of a young patient's reading, a fifth of an older one's (a header's age
+    keeps the wider band)."""
     read = PatientContext(
         pseudonym="ANONAGE", key=site_key, sex="F", age_years=25.0, age_tolerance=15.0, age_estimated=True
     )
@@ -308,6 +309,10 @@ def test_a_patient_whose_age_the_photo_gave_gets_a_new_person_of_about_that_age(
     assert 20 <= made[0].age_band[0] <= 32
     stated = PatientContext(pseudonym="ANONAGE", key=site_key, sex="F", age_years=25.0, age_tolerance=15.0)
     assert _want(stated).age == (20.0, 40.0) and _want(read).age == (20.0, 32.0)
+    older = PatientContext(
+        pseudonym="ANONOLD", key=site_key, age_years=60.0, age_tolerance=15.0, age_estimated=True
+    )
+    assert _want(older).age == (48.0, 72.0)
 
 
 def test_glasses_the_style_screen_lets_through_are_seen_on_the_rendered_face(source) -> None:
