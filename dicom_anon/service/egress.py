@@ -301,8 +301,11 @@ class Sender(threading.Thread):
             due = self.store.next_due(self.dest_name)
             self._sleep(1.0 if due is None else min(1.0, max(0.01, due - now)))
             return
+        # The batch was claimed for lease_s: past half of it (a slow archive), the rest is claimed
+        # again rather than sent late, when another node may already have taken it and sent it too.
+        claim_ends = now + self.store.lease_s / 2
         for delivery in batch:
-            if self._stop_event.is_set() or time.time() < self._backoff.until:
+            if self._stop_event.is_set() or time.time() < self._backoff.until or time.time() > claim_ends:
                 break
             try:
                 self._deliver(delivery)

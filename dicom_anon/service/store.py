@@ -153,6 +153,8 @@ class StateStore(Protocol):
     opened_version: int | None
     # Several nodes use it (PostgreSQL): its commits are durable at once, before the caller's flush.
     shared: bool
+    # How long a claim on a job or delivery lasts before another node may take it.
+    lease_s: float
 
     def close(self) -> None: ...
     def upgrade(self) -> tuple[int | None, int]: ...

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import settings_for
+from conftest import ScpArchive, settings_for
 from peers import dicom_anon, free_port, tiny_photo, wait_until
 from test_pipeline import send
 from test_store import job, output
@@ -325,3 +325,39 @@ def test_a_worker_that_lost_its_job_to_another_node_drops_its_result_and_goes_on
     finally:
         go_on.set()
         service.stop()
+
+
+class _SlowArchive(ScpArchive):
+    """An archive that takes its time over each instance, as a busy one does."""
+
+    def _store(self, event):
+        time.sleep(0.3)
+        return super()._store(event)
+
+
+def test_a_sender_sends_no_copy_after_its_claim_could_have_ended(conninfo, tmp_path):
+    """Two nodes send to one slow archive. A sender claims a batch of deliveries for lease_s; sent
+    one by one past the end of that lease, the rest of the batch was claimed and sent by the other
+    node too (a helper saw one copy sent three times). It stops at half the lease and claims again."""
+    slow = _SlowArchive()
+    try:
+        state = {"backend": "postgresql", "dsn": conninfo}
+        teaching = {"teaching": {"host": "127.0.0.1", "port": slow.port, "ae_title": "TEACHING"}}
+        nodes = {"state": state, "destinations": teaching}
+        services = [
+            Service(settings_for(tmp_path / n, free_port(), node={"id": n}, **nodes)) for n in ("a", "b")
+        ]
+        for service in services:
+            service.start()
+            service.store.lease_s = 2.0  # 12 sends of 0.3 s outlast it
+        try:
+            assert send(services[0].settings.ingress.port, *(tiny_photo(i) for i in range(12))) == [0] * 12
+            slow.wait_for(12, timeout=60)
+            time.sleep(3.0)  # time for a late copy to arrive
+        finally:
+            for service in services:
+                service.stop()
+        uids = [str(ds.SOPInstanceUID) for ds in slow.received]
+        assert len(uids) == 12 and len(set(uids)) == 12, f"{len(uids) - len(set(uids))} copies sent twice"
+    finally:
+        slow.stop()
