@@ -343,7 +343,12 @@ def test_a_sender_sends_no_copy_after_its_claim_could_have_ended(conninfo, tmp_p
     try:
         state = {"backend": "postgresql", "dsn": conninfo}
         teaching = {"teaching": {"host": "127.0.0.1", "port": slow.port, "ae_title": "TEACHING"}}
-        nodes = {"state": state, "destinations": teaching}
+        nodes = {
+            "state": state,
+            "destinations": teaching,
+            "spool": {"shared_dir": str(tmp_path / "shared")},
+            "secret_file": str(tmp_path / "site.key"),  # one site key for both nodes
+        }
         services = [
             Service(settings_for(tmp_path / n, free_port(), node={"id": n}, **nodes)) for n in ("a", "b")
         ]
