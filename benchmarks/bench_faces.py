@@ -260,6 +260,7 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
                 if case.endswith("restart"):
                     source._faces.clear()
                     prepare._PREPARED.clear()
+                    prepare._AREAS.clear()
                 before = dict(STAGES)
                 secs, outcome = run(ds, settings, pseudonym, memory)
                 cases[case].append(secs)
