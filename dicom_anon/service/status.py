@@ -65,9 +65,10 @@ def service_state(records: Sequence[dict[str, Any]]) -> ServiceState:
     return ServiceState(running, pid, last.get("ts"), last.get("config"), last.get("listen"))
 
 
-def request_reload(trail: Path, config: Path, wait_s: float = 5.0) -> str:
+def request_reload(trail: Path, config: Path, wait_s: float = 15.0) -> str:
     """SIGHUP the running service if it runs with ``config``, and wait for its answer in the trail;
-    the answer (or why no reload was asked for) in one line."""
+    the answer (or why no reload was asked for) in one line. The service reloads between two
+    turns of its main loop; busy with photos on a loaded machine it once took more than 5 s."""
     records = read_records(trail)
     state = service_state(records)
     if not state.running or state.pid is None:
