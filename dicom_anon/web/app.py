@@ -21,7 +21,7 @@ from urllib.parse import quote
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -31,7 +31,7 @@ from ..audit.trail import AuditTrail
 from ..config import Settings
 from ..service.files import Layout
 from ..service.quarantine import Quarantine
-from ..service.store import StateStore, open_store
+from ..service.store import StateStore, StoreUnavailable, open_store
 from .accounts import PERMISSIONS, Accounts, Session, User
 
 HERE = Path(__file__).parent
@@ -283,6 +283,16 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+async def store_unavailable(_request: Request, exc: Exception) -> Response:
+    """A page that needs the state store while it cannot be reached (a shared PostgreSQL that is
+    down): one line that says so, not Starlette's bare "Internal Server Error"."""
+    return PlainTextResponse(
+        f"The service's state store cannot be used now: {exc}\n"
+        "The other pages still work; try again once it is back (docs/operations.md, Many machines).\n",
+        status_code=503,
+    )
+
+
 def create_app(console: Console) -> ASGIApp:
     """The console's ASGI application for ``console``."""
     from . import pages
@@ -295,6 +305,7 @@ def create_app(console: Console) -> ASGIApp:
     app = Starlette(
         max_body_size=MAX_UPLOAD,
         lifespan=lifespan,
+        exception_handlers={StoreUnavailable: store_unavailable},
         routes=[
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),

@@ -7,9 +7,11 @@ import csv
 import io
 from pathlib import Path
 
-from webkit import SETTINGS, make_console, signed_in
+from starlette.testclient import TestClient
+from webkit import SETTINGS, make_console, sign_in, signed_in
 
 from dicom_anon.audit.trail import AuditTrail
+from dicom_anon.web.app import create_app
 
 
 def two_nodes(tmp_path: Path):
@@ -48,3 +50,16 @@ def test_audit_page_names_the_broken_node(tmp_path):
     client, _ = signed_in(console, "rita")
     page = client.get("/audit")
     assert "HASH CHAIN BROKEN at node b line 2" in page.text
+
+
+def test_a_page_that_needs_an_unreachable_state_store_says_so_in_one_line(tmp_path):
+    """A shared PostgreSQL store that is down: the Status page answers 503 with one line that
+    names the store and keeps the password out, not a bare "Internal Server Error"."""
+    dsn = "host=127.0.0.1 port=1 dbname=anon user=anon password=s3cret connect_timeout=2"
+    console = make_console(tmp_path, {**SETTINGS, "state": {"backend": "postgresql", "dsn": dsn}})
+    client = TestClient(create_app(console))
+    assert sign_in(client, "oscar").status_code == 303
+    page = client.get("/")
+    assert page.status_code == 503
+    assert "state store cannot be used now" in page.text and "PostgreSQL" in page.text
+    assert "s3cret" not in page.text
