@@ -384,6 +384,18 @@ class SqlStore(ABC):
                 row["attempts"],
             )
 
+    def renew_job(self, job_id: int) -> bool:
+        """Extend this node's claim on a job it is still working on by ``lease_s`` from now; False
+        when the claim is no longer its own (another node took the job over)."""
+        with self.transaction(durable=False) as db:
+            return (
+                db.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ? AND claimed_by = ?",
+                    (time.time() + self.lease_s, job_id, PROCESSING, self.node),
+                ).rowcount
+                > 0
+            )
+
     def retry_job(self, job_id: int, when: float, error: str) -> None:
         """Processing failed for the instance's own reasons: count the try, and put the job back
         in line from ``when`` on, so that the jobs behind it are not held up meanwhile."""

@@ -15,7 +15,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -162,7 +163,7 @@ class Worker(threading.Thread):
     def _run_job(self, job: Job) -> None:
         """Process one job; a failure of the instance's own is counted, then retried or quarantined."""
         try:
-            with self.rt.metrics.stage("job"):
+            with self.rt.metrics.stage("job"), self._holding(job):
                 self.process(job)
             return
         except LeaseLost:
@@ -182,6 +183,34 @@ class Worker(threading.Thread):
         reason = f"processing failed {tries} times ({error})"
         self._quarantine(job, result, "worker", "processing-failed", reason, job.route_only)
         self._commit(job, result)
+
+    @contextmanager
+    def _holding(self, job: Job) -> Iterator[None]:
+        """Keep this node's claim on ``job`` while it is processed: on a shared store, renewed every
+        third of the lease, so a photo slower than the lease is not taken over by another node
+        (which would de-identify it again). A node that cannot renew (stalled, cut off) still
+        loses the job when the lease ends, and its result is dropped (``LeaseLost``)."""
+        store = self.rt.store
+        if not store.shared:
+            yield
+            return
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(store.lease_s / 3):
+                try:
+                    if not store.renew_job(job.id):
+                        return
+                except Exception as exc:  # the store is unreachable: the lease may run out
+                    log.warning("cannot renew a job's claim", job=job.id, error=describe_environment(exc))
+
+        keeper = threading.Thread(target=renew, name=f"{self.name}-lease", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            done.set()
+            keeper.join()
 
     # --- one job -------------------------------------------------------------------------
 

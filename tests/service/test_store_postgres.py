@@ -307,6 +307,7 @@ def test_a_worker_that_lost_its_job_to_another_node_drops_its_result_and_goes_on
     service.start()
     try:
         service.store.lease_s = 0.5  # as if the face stage outlasted a lease
+        service.store.renew_job = lambda job_id: True  # a node cut off: its renewals do not arrive
         assert send(service.settings.ingress.port, tiny_photo(0)) == [0]
         assert entered.wait(20)
         time.sleep(0.6)
@@ -366,3 +367,36 @@ def test_a_sender_sends_no_copy_after_its_claim_could_have_ended(conninfo, tmp_p
         assert len(uids) == 12 and len(set(uids)) == 12, f"{len(uids) - len(set(uids))} copies sent twice"
     finally:
         slow.stop()
+
+
+def test_a_worker_keeps_its_claim_while_a_photo_takes_longer_than_the_lease(conninfo, tmp_path):
+    """A face stage slower than the lease: the worker renews its claim as it goes, so no other
+    node takes the job over (and de-identifies it a second time); the result is recorded."""
+    entered, go_on = threading.Event(), threading.Event()
+
+    def slow_stage(ds, settings, key, store) -> PixelOutcome:
+        entered.set()
+        go_on.wait(20)
+        return PixelOutcome(ds, frozenset())
+
+    routes = [{"name": "photos", "profile": "orthodontic", "destinations": ["teaching"]}]
+    state = {"backend": "postgresql", "dsn": conninfo}
+    service = Service(
+        settings_for(tmp_path, free_port(), state=state, node={"id": "slow"}, routes=routes),
+        pixel_stage=slow_stage,
+    )
+    service.start()
+    other = PostgresStore(conninfo, node="other", lease_s=300)
+    try:
+        service.store.lease_s = 0.6
+        assert send(service.settings.ingress.port, tiny_photo(0)) == [0]
+        assert entered.wait(20)
+        for _ in range(6):  # three leases' time, looking for a claim to take over
+            time.sleep(0.3)
+            assert other.claim_job() is None
+        go_on.set()
+        wait_until(lambda: other.counts().get("jobs.done") == 1, 20, "the job done by its first node")
+    finally:
+        go_on.set()
+        other.close()
+        service.stop()
