@@ -204,7 +204,8 @@ def test_officer_reviews_and_releases_reviewer_queries_and_exports(tmp_path: Pat
     changed = "# Held for review until the records office approves (docs/console.md).\n" + original
     browser.execute_script("arguments[0].value = arguments[1]", browser.find_element(By.ID, "text"), changed)
     browser.find_element(By.ID, "apply").click()
-    wait_until(lambda: "applied:" in browser.page_source, 20, "the editor's answer")
+    # Not "applied:" in the page: the page before it says "not applied:" (CI caught the race).
+    wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, ".note.ok"), 30, "the editor's answer")
     assert "the service reloaded the settings" in browser.find_element(By.CSS_SELECTOR, ".note.ok").text
     assert config.read_text() == changed
     [change] = events(data, "config_changed")
