@@ -12,20 +12,10 @@ import pytest
 from conftest import settings_for
 from peers import events, free_port, tiny_photo, wait_until
 from prometheus_client.parser import text_string_to_metric_families
-from pynetdicom import AE, build_context
+from test_pipeline import send
 
 from dicom_anon.service.app import Service
 from dicom_anon.service.metrics import MetricsError
-
-
-def send(port: int, *datasets) -> list[int]:
-    ae = AE(ae_title="CLINIC")
-    contexts = [build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]) for ds in datasets]
-    assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOM_ANON")
-    assert assoc.is_established
-    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    assoc.release()
-    return statuses
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

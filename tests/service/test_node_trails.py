@@ -6,20 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from peers import tiny_photo, wait_until
-from pynetdicom import AE, build_context
+from test_pipeline import send
 
 from dicom_anon.audit.nodes import merged_records, node_trails, verify_nodes
 from dicom_anon.audit.trail import read_records
-
-
-def send(port: int, *datasets) -> list[int]:
-    ae = AE(ae_title="CLINIC")
-    contexts = [build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID]) for ds in datasets]
-    assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOM_ANON")
-    assert assoc.is_established
-    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
-    assoc.release()
-    return statuses
 
 
 def forwarded(trail: Path) -> int:

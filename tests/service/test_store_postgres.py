@@ -287,6 +287,18 @@ def test_the_service_forwards_on_postgresql(start_service, conninfo, tmp_path, c
     assert "s3cret" not in "".join(capsys.readouterr())  # nor in the log
 
 
+def slow_node(conninfo: str, tmp_path: Path, slow_stage) -> Service:
+    """A started service on the PostgreSQL store whose face stage is ``slow_stage``."""
+    routes = [{"name": "photos", "profile": "orthodontic", "destinations": ["teaching"]}]
+    state = {"backend": "postgresql", "dsn": conninfo}
+    service = Service(
+        settings_for(tmp_path, free_port(), state=state, node={"id": "slow"}, routes=routes),
+        pixel_stage=slow_stage,
+    )
+    service.start()
+    return service
+
+
 def test_a_worker_that_lost_its_job_to_another_node_drops_its_result_and_goes_on(conninfo, tmp_path):
     """The worker's side of a lost lease: its result is not recorded (nothing forwarded or held
     for a job another node routed), and it is not retried either: the next job goes through."""
@@ -298,13 +310,7 @@ def test_a_worker_that_lost_its_job_to_another_node_drops_its_result_and_goes_on
             go_on.wait(20)
         return PixelOutcome(ds, frozenset())
 
-    routes = [{"name": "photos", "profile": "orthodontic", "destinations": ["teaching"]}]
-    state = {"backend": "postgresql", "dsn": conninfo}
-    service = Service(
-        settings_for(tmp_path, free_port(), state=state, node={"id": "slow"}, routes=routes),
-        pixel_stage=slow_stage,
-    )
-    service.start()
+    service = slow_node(conninfo, tmp_path, slow_stage)
     try:
         service.store.lease_s = 0.5  # as if the face stage outlasted a lease
         service.store.renew_job = lambda job_id: True  # a node cut off: its renewals do not arrive
@@ -379,13 +385,7 @@ def test_a_worker_keeps_its_claim_while_a_photo_takes_longer_than_the_lease(conn
         go_on.wait(20)
         return PixelOutcome(ds, frozenset())
 
-    routes = [{"name": "photos", "profile": "orthodontic", "destinations": ["teaching"]}]
-    state = {"backend": "postgresql", "dsn": conninfo}
-    service = Service(
-        settings_for(tmp_path, free_port(), state=state, node={"id": "slow"}, routes=routes),
-        pixel_stage=slow_stage,
-    )
-    service.start()
+    service = slow_node(conninfo, tmp_path, slow_stage)
     other = PostgresStore(conninfo, node="other", lease_s=300)
     try:
         service.store.lease_s = 0.6
