@@ -311,11 +311,13 @@ class Service:
             sender.wake.set()
 
     def _job_done(self, job_id: int, spool_path: str) -> None:
-        """Spool retention: with keep_days 0 the original goes as soon as nothing needs it."""
+        """Spool retention: with keep_days 0 the original goes as soon as nothing needs it. The file
+        goes before the row forgets it, so a kill in between leaves a row that ``purge_spool``
+        finishes, never a file that no row names (on a shared spool no node would sweep it)."""
         assert self.store is not None
         if self.settings.spool.keep_days == 0:
-            self.store.forget_spool(job_id)
             self.layout.remove(spool_path)
+            self.store.forget_spool(job_id)
 
     def _sweep(self) -> int:
         """Files a crash left behind: received but never recorded (not acknowledged either),
@@ -357,15 +359,13 @@ class Service:
             log.warning("jobs lost with their spool files before acknowledgement dropped", jobs=lost)
 
     def purge_spool(self) -> int:
-        """Originals kept under spool.keep_days whose time is up."""
+        """Originals kept under spool.keep_days whose time is up; with keep_days 0, those of done
+        jobs whose removal a kill cut short (the job was finished, the file not yet gone)."""
         assert self.store is not None
-        days = self.settings.spool.keep_days
-        if days == 0:
-            return 0
-        expired = self.store.expired_spool(time.time() - days * 86400)
+        expired = self.store.expired_spool(time.time() - self.settings.spool.keep_days * 86400)
         for job_id, path in expired:
-            self.store.forget_spool(job_id)
             self.layout.remove(path)
+            self.store.forget_spool(job_id)
         return len(expired)
 
     def dead_threads(self) -> list[str]:

@@ -110,6 +110,23 @@ def test_keep_days_keeps_the_original(start_service):
     assert len(list((data(service) / "spool").rglob("*.dcm"))) == 1
 
 
+def test_an_original_whose_removal_a_kill_cut_short_is_removed_by_housekeeping(start_service):
+    """A node killed after a job was finished but before its original was removed leaves the row
+    naming the file; on a shared spool no node's start-up sweep would take it (the multi-node CI
+    failure), so housekeeping does."""
+    service = start_service()
+    send(service.port, tiny_photo())
+    wait_until(lambda: archived(service), 10, "the archived file")
+    wait_until(lambda: not list((data(service) / "spool").rglob("*.dcm")), 5, "the spool to empty")
+    left = service.layout.new_spool_path()
+    left.write_bytes(b"the original")
+    with service.store.transaction(durable=False) as db:
+        db.execute("UPDATE jobs SET spool_path = ?", (service.layout.rel(left),))
+    assert service.purge_spool() == 1
+    assert not left.exists() and service.store.spool_paths() == set()
+    assert service.purge_spool() == 0
+
+
 def test_burned_in_photo_is_quarantined_released_and_deleted(start_service):
     service = start_service()
     send(service.port, tiny_photo(burned_in="YES"))
