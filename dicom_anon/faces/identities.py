@@ -109,11 +109,11 @@ SKIN_STEER_FROM = 6.0
 # The largest move, in units of the z-scored style, a latent may be steered: up to ~9 the faces
 # looked like people of another skin tone or sex; beyond, some looked lit grey rather than dark.
 MAX_STEER = 9.0
-# An older patient's person is steered older (the age read-out, ``A<read-out>`` in the code) when
-# the latent reads younger than the band: FFHQ at psi 0.85 holds few faces the estimator puts
-# over 60, and of 4,096 latents a patient of 75 or 80 found none. A move of 16 read-out units
-# aged four faces by 14-20 years (the estimator's reading). Younger patients find enough faces
-# as drawn.
+# An older patient's or a child's person is steered into the age band (the age read-out,
+# ``A<read-out>`` in the code) when the latent reads outside it: FFHQ at psi 0.85 holds few faces
+# the estimator puts over 60 or under 10, and of 4,096 latents a patient of 75 or 80 found none.
+# A move of 16 read-out units aged four faces by 14-20 years (the estimator's reading). Adults
+# under AGE_STEER_FROM find enough faces as drawn.
 AGE_STEER_FROM = 50.0
 _STEER = re.compile(r"^(?:d(\d+))?(?:L(-?\d+)a(-?\d+)b(-?\d+))?(?:A(-?\d+))?([MF])?$")
 
@@ -581,14 +581,16 @@ class GeneratedIdentities:
         # the estimator would read it (the read-out alone passed over nearly every old face).
         margin = min(3.0, (hi - lo) / 4)
         age_code = np.full(len(raw), "", object)
-        if not want.child and ctx.age_years is not None and lo >= AGE_STEER_FROM:
-            # Aimed between the band's floor and the patient's age: the estimator's readings of
-            # steered faces scatter by ~7 years, and aimed at 80 nine of ten came out too old.
-            aim = max((lo + ctx.age_years) / 2, lo + margin)
-            target = round(d.read_out_for("age", aim))
-            young = d.expected("age", s["age"]) < lo + margin
-            change["age"] = np.where(young, target - s["age"], 0.0)
-            age_code[young] = f"A{target}"
+        if ctx.age_years is not None and (want.child or lo >= AGE_STEER_FROM):
+            # An older patient's aim lies between the band's floor and their age: the
+            # estimator's readings of steered faces scatter by ~7 years, and aimed at 80 nine of
+            # ten came out too old. A child's is their age.
+            aim = ctx.age_years if want.child else (lo + ctx.age_years) / 2
+            target = round(d.read_out_for("age", min(max(aim, lo + margin), hi - margin)))
+            expected = d.expected("age", s["age"])
+            off = (expected < lo + margin) | (expected > hi - margin)
+            change["age"] = np.where(off, target - s["age"], 0.0)
+            age_code[off] = f"A{target}"
         codes = [
             _versioned(a + b + c, d.version) for a, b, c in zip(skin_code, age_code, sex_code, strict=True)
         ]
@@ -635,7 +637,8 @@ class GeneratedIdentities:
         """Why this rendered person does not suit the patient, or None."""
         if want.sex is not None and f.sex != want.sex:
             return "sex"
-        if f.sex is None:
+        if f.sex is None and not want.child:
+            # The estimator is seldom sure of a small child's sex; an adult's must be known.
             return "sex"
         age = f.age_band[0] if f.age_band else None
         if age is None or not want.age[0] <= age <= want.age[1]:

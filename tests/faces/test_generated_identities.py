@@ -340,6 +340,26 @@ def test_an_old_patient_gets_an_old_new_person(source, site_key, sex, age) -> No
     assert np.array_equal(again.image, made[0].image)
 
 
+@pytest.mark.parametrize("age", [3.0, 72.0])
+def test_a_child_or_an_old_patient_has_latents_outside_the_band_steered_into_it(
+    source, site_key, age
+) -> None:
+    """The screen alone (no render): latents that read outside a child's or an older patient's
+    band carry an age target in their steering code, and the target reads inside the band."""
+    ctx = PatientContext(
+        pseudonym="ANONBAND", key=site_key, age_years=age, age_tolerance=15.0, age_estimated=True
+    )
+    want, d = _want(ctx), source.directions
+    raw = source.generator.raw_styles(latents(stream_seed(site_key, "ANONBAND"), 0))
+    _, codes, _ = source._screen(raw, want, ctx)
+    steered = [steer_targets(c)["age"] for c in codes if "age" in steer_targets(c)]
+    assert len(steered) > len(codes) / 2
+    lo, hi = want.age
+    assert all(lo <= d.expected("age", np.array([t]))[0] <= hi for t in steered)
+    adult = PatientContext(pseudonym="ANONBAND", key=site_key, age_years=35.0, age_tolerance=15.0)
+    assert not any("age" in steer_targets(c) for c in source._screen(raw, _want(adult), adult)[1])
+
+
 def test_the_age_calibration_undoes_the_read_outs_shrinkage() -> None:
     d = load_directions()
     assert d.expected("age", np.array([30.0]))[0] == pytest.approx(30.0, abs=3.0)
