@@ -36,6 +36,7 @@ from dicom_anon.faces.identities import (
 )
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.faces.pool import crop_face
+from dicom_anon.faces.prepare import pool_photo_problem
 from dicom_anon.headers.engine import patient_pseudonym
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
@@ -371,6 +372,19 @@ def test_the_age_calibration_undoes_the_read_outs_shrinkage() -> None:
         assert d.expected("age", np.array([d.read_out_for("age", years)]))[0] == pytest.approx(
             years, abs=0.01
         )
+
+
+def test_a_fringe_or_a_hat_over_the_forehead_turns_a_generated_face_down(source) -> None:
+    """Latents of the labelled stream (seed 1) rendered as the service renders them: bangs (3),
+    a fringe (17) and a hat (84) darken the forehead above the brows and are turned down, where
+    the pasted-area check let them through; two bare foreheads (0, 1) are not."""
+    z = np.random.default_rng(1).standard_normal((90, G.STYLE_DIM)).astype(np.float32)
+    picked = {3: "forehead", 17: "forehead", 84: "forehead", 0: None, 1: None}
+    rendered = source.generator.faces(source.generator.styles(z[list(picked)]))
+    for (index, expected), rgb in zip(picked.items(), rendered, strict=True):
+        c = crop_face(rgb, source.detector, detect_side=384)
+        problem = pool_photo_problem(c.image, c.face.landmarks, c.skin_lab, np.ones(c.image.shape[:2], bool))
+        assert (problem is None) if expected is None else (expected in (problem or "")), (index, problem)
 
 
 def test_glasses_the_style_screen_lets_through_are_seen_on_the_rendered_face(source) -> None:
