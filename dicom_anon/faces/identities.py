@@ -590,7 +590,7 @@ class GeneratedIdentities:
             expected = d.expected("age", s["age"])
             off = (expected < lo + margin) | (expected > hi - margin)
             change["age"] = np.where(off, target - s["age"], 0.0)
-            age_code[off] = f"A{target}"
+            age_code[off] = steer_code(None, None, age_read_out=target)
         codes = [
             _versioned(a + b + c, d.version) for a, b, c in zip(skin_code, age_code, sex_code, strict=True)
         ]
