@@ -261,29 +261,20 @@ class Directions:
         return {k: x @ w + self.bias[k] for k, w in self.weights.items()}
 
     def expected(self, name: str, read_out: np.ndarray) -> np.ndarray:
-        """What the estimator would read, on average, on faces with this read-out; linear
-        beyond the end knots (an old face reads past the last one). Uncalibrated: the read-out."""
+        """What the estimator would read, on average, on faces with this read-out (linear beyond
+        the end knots: an old face reads past the last one). Uncalibrated: the read-out."""
         if name not in self.calibration:
             return read_out
-        x, y = self.calibration[name]
-        out = np.interp(read_out, x, y)
-        lo, hi = read_out < x[0], read_out > x[-1]
-        out[lo] = y[0] + (read_out[lo] - x[0]) * (y[1] - y[0]) / (x[1] - x[0])
-        out[hi] = y[-1] + (read_out[hi] - x[-1]) * (y[-1] - y[-2]) / (x[-1] - x[-2])
-        return out
+        return np.interp(read_out, *self.calibration[name])
 
     def read_out_for(self, name: str, value: float) -> float:
         """The read-out at which ``expected`` gives ``value`` (the calibration inverted)."""
         if name not in self.calibration:
             return value
         x, y = self.calibration[name]
-        if value > y[-1]:
-            return float(x[-1] + (value - y[-1]) * (x[-1] - x[-2]) / (y[-1] - y[-2]))
-        if value <= y[0]:
-            return float(x[0] + (value - y[0]) * (x[1] - x[0]) / (y[1] - y[0]))
         # The knots' expectations may repeat (made non-decreasing): the rising segment that
         # reaches ``value`` first.
-        k = int(np.searchsorted(y, value))
+        k = int(np.clip(np.searchsorted(y, value), 1, len(y) - 1))
         return float(x[k - 1] + (value - y[k - 1]) * (x[k] - x[k - 1]) / (y[k] - y[k - 1]))
 
     def seen_on(self, embedding: np.ndarray) -> str | None:
@@ -332,11 +323,18 @@ def load_directions(path: Path = DIRECTIONS, version: int | None = None) -> Dire
         face_bias={k: float(v) for k, v in d.get("face", {}).get("bias", {}).items()},
         face_reject_above={k: float(v) for k, v in d.get("face", {}).get("reject_above", {}).items()},
         version=int(d.get("version", 1)),
-        calibration={
-            k: (np.asarray(v["read_out"], np.float64), np.asarray(v["expected"], np.float64))
-            for k, v in d.get("calibration", {}).items()
-        },
+        calibration={k: _extended(v["read_out"], v["expected"]) for k, v in d.get("calibration", {}).items()},
     )
+
+
+def _extended(read_out: list[float], expected: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration knots with one more far out at each end, on the end segments' lines, so that
+    interpolation between knots also extends the calibration linearly past them."""
+    x, y = np.asarray(read_out, np.float64), np.asarray(expected, np.float64)
+    far = 1e3
+    low = y[0] - far * (y[1] - y[0]) / (x[1] - x[0])
+    high = y[-1] + far * (y[-1] - y[-2]) / (x[-1] - x[-2])
+    return np.r_[x[0] - far, x, x[-1] + far], np.r_[low, y, high]
 
 
 class GeneratedFace(Surrogate):

@@ -8,6 +8,7 @@ once more when a pool is built, to turn away crops that would paste hair or a mi
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import cv2
@@ -122,13 +123,9 @@ def prepare(surrogate: Surrogate) -> Prepared:
 def surrogate_problem(surrogate: Surrogate) -> str | None:
     """``pool_photo_problem`` for a surrogate made on the fly (a generated face): its GrabCut
     (half a second) is kept for ``prepare``, which needs the same areas if the face is taken."""
-    # The forehead first: it needs no GrabCut, and turns down a tenth of the faces drawn.
-    hair = forehead_problem(surrogate.image, surrogate.landmarks, surrogate.skin_lab)
-    if hair is not None:
-        return hair
     inside = np.ones(surrogate.image.shape[:2], bool)
     return pool_photo_problem(
-        surrogate.image, surrogate.landmarks, surrogate.skin_lab, inside, _surrogate_areas(surrogate)
+        surrogate.image, surrogate.landmarks, surrogate.skin_lab, inside, lambda: _surrogate_areas(surrogate)
     )
 
 
@@ -207,7 +204,11 @@ def forehead_problem(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -
 
 
 def pool_photo_problem(
-    img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray, inside: np.ndarray, areas: _Areas | None = None
+    img: np.ndarray,
+    landmarks: np.ndarray,
+    tone: np.ndarray,
+    inside: np.ndarray,
+    areas: Callable[[], _Areas] | None = None,
 ) -> str | None:
     """Why a candidate pool crop would paste badly, or None; ``pool.build`` skips it then.
     ``inside`` is True where the crop shows the source photo, False where it was mirrored
@@ -217,13 +218,14 @@ def pool_photo_problem(
     is found by colour and shape: a light or dyed fringe, or hair across a cheek, is taken
     into it (on a site pool of SFHQ faces a green fringe was pasted onto an old woman's
     forehead), and so is the mirror image of a chin cut by the photo's edge. Checked once,
-    when the pool is built, so the hot path does not pay for it.
+    when the pool is built, so the hot path does not pay for it. ``areas`` gives the GrabCut
+    areas when the caller keeps them; asked for only past the forehead check, which needs none.
     """
     hair = forehead_problem(img, landmarks, tone)
     if hair is not None:
         return hair
     # Only the face area counts here: the shine and the temples' paint would be thrown away.
-    valid = (areas or _areas(img, landmarks, tone)).valid > 0.5
+    valid = (areas() if areas is not None else _areas(img, landmarks, tone)).valid > 0.5
     mirrored = float((valid & ~inside).sum()) / max(1, int(valid.sum()))
     if mirrored > MAX_MIRRORED_SHARE:
         return (
