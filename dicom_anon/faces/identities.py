@@ -308,9 +308,13 @@ def load_directions(path: Path = DIRECTIONS, version: int | None = None) -> Dire
             return current
         path = path.with_name(f"{path.stem}-v{version}{path.suffix}")
     try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DirectionsError(f"{path}: cannot read the generator's style read-outs ({exc})") from None
+        return _directions(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        # A damaged file is the generator's files missing: a clear refusal, never a traceback.
+        raise DirectionsError(f"{path}: cannot read the generator's style read-outs ({exc!r})") from None
+
+
+def _directions(d: dict) -> Directions:
     return Directions(
         psi=float(d["psi"]),
         mean=np.asarray(d["mean"], np.float32),

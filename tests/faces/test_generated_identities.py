@@ -21,6 +21,7 @@ from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
 from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
     DIRECTIONS,
+    DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
     _want,
@@ -359,6 +360,21 @@ def test_a_child_or_an_old_patient_has_latents_outside_the_band_steered_into_it(
     assert all(lo <= d.expected("age", np.array([t]))[0] <= hi for t in steered)
     adult = PatientContext(pseudonym="ANONBAND", key=site_key, age_years=35.0, age_tolerance=15.0)
     assert not any("age" in steer_targets(c) for c in source._screen(raw, _want(adult), adult)[1])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: {**d, "calibration": {"age": {"read_out": [1.0], "expected": [2.0]}}},
+        lambda d: {k: v for k, v in d.items() if k != "psi"},
+        lambda d: [],
+    ],
+    ids=["one-knot", "no-psi", "not-an-object"],
+)
+def test_a_damaged_read_out_file_is_a_clear_refusal(tmp_path, damage) -> None:
+    (tmp_path / "directions.json").write_text(json.dumps(damage(json.loads(DIRECTIONS.read_text()))))
+    with pytest.raises(DirectionsError, match="cannot read the generator's style read-outs"):
+        load_directions(tmp_path / "directions.json")
 
 
 def test_the_age_calibration_undoes_the_read_outs_shrinkage() -> None:
