@@ -25,10 +25,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydicom.datadict import keyword_dict, tag_for_keyword
-from pydicom.uid import UID
 
 from . import DEFAULT_CONFIG
+from .dicom_names import keyword_tags, sop_class_uid
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 
 DEFAULT_DATA_DIR = Path("/var/lib/dicom-anon")
@@ -90,13 +89,21 @@ def _listify(value: Any) -> Any:
 
 def _sop_class(value: Any) -> str:
     """A SOP class by keyword (VLPhotographicImageStorage) or UID; stored as the UID."""
-    from pynetdicom import sop_class  # only settings that name a SOP class need pynetdicom's list
-
     text = str(value).strip()
     if re.fullmatch(r"[0-9.]+", text):
+        from pydicom.uid import UID  # only a UID written out needs pydicom's check
+
         if not UID(text).is_valid:
             raise ValueError(f"{text!r} is not a valid UID; check for a typing error or use the keyword")
         return text
+    # pydicom's dictionary, read without importing pydicom or pynetdicom (a third of a second of
+    # ``rules check``). pynetdicom's list, as before, for any other name: classes newer than the
+    # dictionary, its own spellings of a few, the retired ones its storage SCP still takes.
+    if (uid := sop_class_uid(text)) is not None:
+        return uid
+    from pydicom.uid import UID
+    from pynetdicom import sop_class
+
     found = getattr(sop_class, text, None)
     if isinstance(found, UID):
         return str(found)
@@ -110,8 +117,8 @@ def _sop_class(value: Any) -> str:
 
 def _keyword(value: Any) -> str:
     text = str(value)
-    if tag_for_keyword(text) is None:
-        close = difflib.get_close_matches(text, list(keyword_dict), n=1)
+    if text not in keyword_tags():  # pydicom's tag_for_keyword, without importing pydicom
+        close = difflib.get_close_matches(text, list(keyword_tags()), n=1)
         hint = f"did you mean {close[0]}?" if close else "use a keyword from DICOM PS3.6, e.g. Manufacturer"
         raise ValueError(f"unknown attribute keyword {text!r}; {hint}")
     return text

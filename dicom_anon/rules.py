@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.uid import UID
+from typing import TYPE_CHECKING
 
 from .config import Match, ProfileSettings, Route, Settings
+from .dicom_names import uid_keyword
 from .views import covers, recognise
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom itself is imported only where an instance is matched: ``rules check`` (the route table)
+# needs none of it, and importing it was most of that command's start-up.
 
 
 def attribute_text(ds: Dataset, keyword: str) -> str:
     """An attribute as text for matching: multiple values joined by a backslash, absent = ''."""
+    from pydicom.multival import MultiValue
+
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -150,7 +156,7 @@ def match_summary(route: Route) -> str:
 
 
 def _sop_name(uid: str) -> str:
-    return UID(uid).keyword or uid
+    return uid_keyword(uid) or uid
 
 
 def route_action(settings: Settings, route: Route) -> str:

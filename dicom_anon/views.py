@@ -27,8 +27,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom is imported by the functions that read an instance: the settings check a route's view
+# names (VIEW_NAMES) here, and ``rules check`` would otherwise pay for all of pydicom at start-up.
 
 # Every name a route may give, each with the recognised views it covers. A recognised view is one
 # of the specific names, or a general one ("intraoral", "profile") when the photo says no more.
@@ -103,6 +108,8 @@ def covers(route_views: list[str], view: str | None) -> bool:
 
 def _codes(items: object) -> list[tuple[str, str, str]]:
     """(value, scheme, meaning) of a code sequence's items; a malformed one yields nothing."""
+    from pydicom.dataset import Dataset
+
     out = []
     for item in items or []:
         if isinstance(item, Dataset):
@@ -131,6 +138,8 @@ def _side(text: str) -> str | None:
 
 def _from_codes(ds: Dataset) -> tuple[str | None, list[str]]:
     """The view the codes give (None when they give none), with the codes that gave it."""
+    from pydicom.dataset import Dataset
+
     region = side = jaw = view = None
     used: list[str] = []
     for item in ds.get("AnatomicRegionSequence", None) or []:

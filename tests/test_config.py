@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom.datadict import keyword_dict
+from pydicom.uid import UID, UID_dictionary
+from pynetdicom import sop_class
 
 from dicom_anon.config import (
     PRESETS,
     ConfigError,
+    Match,
     PixelSettings,
     Settings,
     advice,
@@ -16,6 +20,7 @@ from dicom_anon.config import (
     load_settings,
     parse_host_port,
 )
+from dicom_anon.dicom_names import keyword_tags, sop_class_uid, uid_keyword
 from dicom_anon.headers.options import Option
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +84,23 @@ def test_unknown_profile_lists_the_choices(tmp_path):
     msg = problems(tmp_path, GOOD.replace("profile: orthodontic", "profile: orthodontal"))
     assert "settings.yaml:11:" in msg
     assert "unknown profile 'orthodontal'" in msg and "basic, intraoral, orthodontic" in msg
+
+
+def test_every_sop_class_keyword_pynetdicom_knows_is_the_uid_it_names():
+    """SOP class keywords are looked up in pydicom's dictionary first (no pydicom or pynetdicom
+    import for ``rules check``), then in pynetdicom's list: every name the settings took when only
+    pynetdicom's list was read is still taken, as the same UID."""
+    known = {n: str(u) for n in dir(sop_class) if isinstance(u := getattr(sop_class, n), UID)}
+    match = Match(sop_class=list(known))
+    assert match.sop_class == list(known.values())
+
+
+def test_dicom_names_are_pydicoms():
+    assert keyword_tags() == keyword_dict
+    assert all(uid_keyword(uid) == UID(uid).keyword for uid in UID_dictionary)
+    assert uid_keyword("1.2.3.4") == UID("1.2.3.4").keyword == ""
+    assert sop_class_uid("VLPhotographicImageStorage") == "1.2.840.10008.5.1.4.1.1.77.1.4"
+    assert sop_class_uid("ExplicitVRLittleEndian") is None  # a transfer syntax, not a SOP class
 
 
 def test_misspelt_sop_class_suggests_the_keyword(tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +153,35 @@ def test_rules_check_says_which_routes_hold_for_review(tmp_path):
     assert "teaching, held for review" in result.output
     plain = runner.invoke(app, ["rules", "check", str(write_settings(tmp_path, GOOD))], terminal_width=200)
     assert "held for review" not in plain.output
+
+
+def test_rules_check_does_not_import_pydicom(tmp_path):
+    """``rules check`` reads SOP class and attribute names from pydicom's tables without importing
+    pydicom (numpy, the pixel handlers) or pynetdicom, which was most of the command's start-up."""
+    text = GOOD.replace(
+        "match: {sop_class: VLPhotographicImageStorage}",
+        "match:\n      sop_class: [VLPhotographicImageStorage, SecondaryCaptureImageStorage]\n"
+        "      attributes: {Manufacturer: Canon}\n      view: [intraoral]",
+    )
+    settings = write_settings(tmp_path, text)
+    script = (
+        "import sys\n"
+        f"sys.argv = ['dicom-anon', 'rules', 'check', {str(settings)!r}]\n"
+        "from dicom_anon.cli import run\n"
+        "try:\n    run()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'numpy') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "VLPhotographicImageStorage" in result.stdout and "SecondaryCaptureImageStorage" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"
 
 
 def test_rules_check_fails_with_line_and_fix(tmp_path):

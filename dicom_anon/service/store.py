@@ -16,9 +16,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
-
 if TYPE_CHECKING:
+    import numpy as np  # annotations only: ``rules check`` imports this module for StoreUnavailable
+
     from ..config import Settings
 
 # Job states. A job is 'done' when none of its deliveries is pending; quarantined parts hold
