@@ -51,6 +51,8 @@ class PatientContext:
     pseudonym: str
     key: SiteKey
     sex: str | None = None
+    # The estimator's likelier sex where it is unsure and the header is silent (``sex`` is None).
+    likely_sex: str | None = None
     age_years: float | None = None
     skin_lab: np.ndarray | None = None
     yaw: float = 0.0

@@ -180,6 +180,7 @@ class FacePipeline:
             pseudonym=patient.pseudonym,
             key=patient.key,
             sex=hints["sex"],
+            likely_sex=hints.get("likely_sex"),
             age_years=hints["age_years"],
             skin_lab=tone,
             yaw=face.yaw,
@@ -464,6 +465,10 @@ def _hints(original: np.ndarray, face: Face, patient: Patient) -> dict:
         return {**hints, "estimate": "models-unavailable"}
     if not patient.sex and estimated.trusted_sex():
         hints.update(sex=estimated.trusted_sex(), sex_from="photo")
+    elif not patient.sex:
+        # Unsure, but an adult's new person still needs a sex: a generated identity takes the
+        # likelier one (a blonde woman's face on a man the estimator was unsure of looked absurd).
+        hints["likely_sex"] = estimated.sex
     if patient.age_years is None:
         hints.update(age_years=estimated.age_years, age_from="photo")
     return hints
