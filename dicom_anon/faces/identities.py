@@ -458,11 +458,10 @@ def _want(ctx: PatientContext) -> Want:
     return Want(ctx.sex if child else adult_sex, (lo, ctx.age_years + tol), child)
 
 
-def _age_aim(want: Want, ctx: PatientContext) -> float:
-    """The age a new person is steered towards: a child's own; an older patient's between the
-    band's floor and their age (the estimator's readings of steered faces scatter by ~7 years,
-    and aimed at 80 nine of ten came out too old); anyone else's, their age."""
-    age = UNKNOWN_AGE_YEARS[0] if ctx.age_years is None else ctx.age_years
+def _age_aim(want: Want, age: float) -> float:
+    """The age a new person of a patient of ``age`` is steered towards: a child's own; an older
+    patient's between the band's floor and their age (the estimator's readings of steered faces
+    scatter by ~7 years, and aimed at 80 nine of ten came out too old); anyone else's, their age."""
     lo = want.age[0]
     return age if want.child or lo < AGE_STEER_FROM else (lo + age) / 2
 
@@ -609,7 +608,8 @@ class GeneratedIdentities:
         margin = min(3.0, (hi - lo) / 4)
         age_code = np.full(len(raw), "", object)
         if ctx.age_years is not None and (want.child or lo >= AGE_STEER_FROM):
-            target = round(d.read_out_for("age", min(max(_age_aim(want, ctx), lo + margin), hi - margin)))
+            aim = min(max(_age_aim(want, ctx.age_years), lo + margin), hi - margin)
+            target = round(d.read_out_for("age", aim))
             expected = d.expected("age", s["age"])
             off = (expected < lo + margin) | (expected > hi - margin)
             change["age"] = np.where(off, target - s["age"], 0.0)
@@ -712,7 +712,8 @@ class GeneratedIdentities:
         else:
             if ctx.age_years is None or not f.age_band:
                 return None
-            move = d.read_out_for("age", _age_aim(want, ctx)) - d.read_out_for("age", float(f.age_band[0]))
+            aim = _age_aim(want, ctx.age_years)
+            move = d.read_out_for("age", aim) - d.read_out_for("age", float(f.age_band[0]))
             if abs(move) > AGE_CORRECTION_MAX:
                 return None
             age_target = (own["age"][0] if age_target is None else age_target) + move

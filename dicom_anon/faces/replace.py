@@ -33,6 +33,9 @@ LIGHT_SIGMA = 1.0
 # Skin texture (pores, fine lines) is detail finer than this (in eye distances); the surrogate's is
 # softened to the patient's strength.
 DETAIL_SIGMA = 0.03
+# The membrane is pinned only where both faces show skin this far (in eye distances) from
+# anything else.
+PIN_EROSION = 0.08
 # Features (brows, eyes, make-up, sockets) are log-luma detail finer than this (in eye distances);
 # the surrogate's are softened to the patient's strength.
 CONTRAST_SIGMA = 0.25
@@ -172,7 +175,12 @@ class SurrogateBackend(ReplacementBackend):
         # The membrane is pinned only where both photos show skin: pinned where the surrogate
         # shows beard or hair next to the patient's skin, it lifted the whole new face by that
         # difference (+35 L* on a dark-skinned man given a bearded surrogate).
-        trusted = (skin > 0.5) & (surrogate_skin > 0.5)
+        # Only solid skin pins it: skin seen between strands of the patient's hair, or at the edge
+        # of a lock over the cheek, took the strands' difference and spread it as a bright blob or
+        # streak across the new cheek (the relit face itself had none).
+        both = ((skin > 0.5) & (surrogate_skin > 0.5)).astype(np.uint8)
+        r = max(1, round(PIN_EROSION * eye_distance))
+        trusted = cv2.erode(both, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
         with torch.inference_mode():
             new = blend.new_face(
                 blend.to_tensor(patient_w, self.device),
