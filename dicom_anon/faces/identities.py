@@ -694,10 +694,16 @@ class GeneratedIdentities:
         patient's by, or None where the miss is too large to correct."""
         d = self.directions  # a new person's code is always of the current read-outs
         targets = steer_targets(f.steer) if f.steer else {}
-        # What the read-outs said of the face as rendered: its code's targets, else (unsteered)
-        # the latent's own read-outs, which the other read-outs' steering held.
-        z = latents(seed, f.index // BLOCK)[f.index % BLOCK]
-        own = d.scores(self.generator.truncate(self.generator.raw_styles(z[None]), d.psi))
+
+        def aimed(names: tuple[str, ...]) -> np.ndarray:
+            """What the read-outs aimed at for the face as rendered: its code's targets, else
+            (unsteered) the latent's own read-outs, which the other read-outs' steering held."""
+            if names[0] in targets:
+                return np.array([targets[k] for k in names])
+            z = latents(seed, f.index // BLOCK)[f.index % BLOCK]
+            own = d.scores(self.generator.truncate(self.generator.raw_styles(z[None]), d.psi))
+            return np.array([own[k][0] for k in names])
+
         skin_target = np.array([targets[k] for k in _SKIN]) if _SKIN[0] in targets else None
         age_target = targets.get("age")
         if problem == "skin":
@@ -706,9 +712,7 @@ class GeneratedIdentities:
             miss = np.asarray(ctx.skin_lab, np.float64) - f.skin_lab
             if float(np.linalg.norm(miss)) > SKIN_CORRECTION_MAX:
                 return None
-            skin_target = (
-                skin_target if skin_target is not None else np.array([own[k][0] for k in _SKIN])
-            ) + miss
+            skin_target = aimed(_SKIN) + miss
         else:
             if ctx.age_years is None or not f.age_band:
                 return None
@@ -716,7 +720,7 @@ class GeneratedIdentities:
             move = d.read_out_for("age", aim) - d.read_out_for("age", float(f.age_band[0]))
             if abs(move) > AGE_CORRECTION_MAX:
                 return None
-            age_target = (own["age"][0] if age_target is None else age_target) + move
+            age_target = float(aimed(("age",))[0]) + move
         sex = None if "male" not in targets else ("M" if targets["male"] > 0 else "F")
         return steer_code(skin_target, sex, d.version, age_target)
 

@@ -206,18 +206,23 @@ def forehead_problem(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -
     band and the blend still carry it into the output. Dark hair shows as darkness; blonde or
     white hair, which colour cannot tell from lit skin, as strands."""
     to_img = similarity(TEMPLATE, landmarks)
-    strip = np.zeros(img.shape[:2], np.uint8)
+    strip, cheeks = np.zeros(img.shape[:2], np.uint8), np.zeros(img.shape[:2], np.uint8)
     paint(strip, to_img, [FOREHEAD])
+    paint(cheeks, to_img, _CHEEK_PATCHES)
     if not strip.any():
         return None
-    pixels = img[strip > 0][None].astype(np.float32) / 255.0
-    dark = float((cv2.cvtColor(pixels, cv2.COLOR_RGB2LAB)[0, :, 0] < tone[0] - FOREHEAD_DARKER).mean())
+    # Lightness worked out once, in the box round the strip and the cheeks only.
+    x, y, w, h = cv2.boundingRect((strip | cheeks).astype(np.uint8))
+    box = np.s_[y : y + h, x : x + w]
+    strip, cheeks = strip[box] > 0, cheeks[box] > 0
+    light = cv2.cvtColor(img[box].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[..., 0]
+    dark = float((light[strip] < tone[0] - FOREHEAD_DARKER).mean())
     if dark > MAX_FOREHEAD_DARK:
         return (
             f"{dark:.0%} of the forehead above the brows is far darker than the skin (a fringe, "
             f"a hat or hair across it; limit {MAX_FOREHEAD_DARK:.0%})"
         )
-    strands = _forehead_strands(img, landmarks, to_img, strip)
+    strands = _strands(light, strip, cheeks, landmark_eye_distance(landmarks))
     if strands <= MAX_FOREHEAD_STRANDS:
         return None
     return (
@@ -226,23 +231,14 @@ def forehead_problem(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -
     )
 
 
-def _forehead_strands(img: np.ndarray, landmarks: np.ndarray, to_img: np.ndarray, strip: np.ndarray) -> float:
-    """Mean horizontal lightness gradient in ``strip`` over the cheeks' (at least _MIN_CHEEK_EDGES),
-    both at a scale of a hundredth of the eye distance, worked out in the box round them only."""
-    cheeks = np.zeros_like(strip)
-    paint(cheeks, to_img, _CHEEK_PATCHES)
-    x, y, w, h = cv2.boundingRect(((strip > 0) | (cheeks > 0)).astype(np.uint8))
-    if w == 0 or h == 0 or not cheeks.any():
+def _strands(light: np.ndarray, strip: np.ndarray, cheeks: np.ndarray, eye_distance: float) -> float:
+    """Mean horizontal gradient of ``light`` in ``strip`` over that in ``cheeks`` (at least
+    _MIN_CHEEK_EDGES), at a scale of a hundredth of the eye distance."""
+    if not cheeks.any():
         return 0.0
-    box = np.s_[y : y + h, x : x + w]
-    sigma = max(0.8, 0.01 * landmark_eye_distance(landmarks))
-    light = cv2.cvtColor(img[box].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[..., 0]
-    light = cv2.GaussianBlur(light, (0, 0), sigma)
-    across = np.abs(cv2.Sobel(light, cv2.CV_32F, 1, 0, ksize=3)) / sigma
-    forehead, cheek = across[strip[box] > 0], across[cheeks[box] > 0]
-    if not forehead.size or not cheek.size:
-        return 0.0
-    return float(forehead.mean()) / max(float(cheek.mean()), _MIN_CHEEK_EDGES)
+    sigma = max(0.8, 0.01 * eye_distance)
+    across = np.abs(cv2.Sobel(cv2.GaussianBlur(light, (0, 0), sigma), cv2.CV_32F, 1, 0, ksize=3)) / sigma
+    return float(across[strip].mean()) / max(float(across[cheeks].mean()), _MIN_CHEEK_EDGES)
 
 
 def pool_photo_problem(
