@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator
+from functools import lru_cache
 
 import numpy as np
 from pydicom import config
@@ -119,69 +120,100 @@ def _refuse(code: str, where: str, what: str) -> Refused:
     return NotStrict(code, f"{where}: {what}")
 
 
+def _where(prefix: str, tag: int) -> str:
+    """Where an element is, as a refusal names it; built only for a refusal (most elements pass)."""
+    return f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
 def _check_dataset(
     ds: Dataset, prefix: str, depth: int, *, explicit: bool = True, meta: bool = False
 ) -> None:
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element; raw first
         raw = ds.get_item(tag)
-        where = f"{prefix}({tag.group:04X},{tag.element:04X})"
-        if (tag.group == 0x0002) != meta or tag.group == 0x0000:
+        group = tag >> 16
+        if (group == 0x0002) != meta or group == 0x0000:
             # Command elements (and file meta elements) have no place in a dataset: pydicom cannot
             # even write them back, so they would stall the queue as an unwritable output.
-            raise _refuse("bad-structure", where, "a command or file meta element inside the dataset")
+            raise _refuse(
+                "bad-structure", _where(prefix, tag), "a command or file meta element inside the dataset"
+            )
         if isinstance(raw, RawDataElement):
-            _check_raw(raw, where)
+            _check_raw(raw, prefix)
         elem = ds[tag]
         if elem.VR == "SQ":
             if depth + 1 > MAX_DEPTH:
-                raise _refuse("too-deep", where, f"sequences nested more than {MAX_DEPTH} deep")
+                raise _refuse("too-deep", _where(prefix, tag), f"sequences nested more than {MAX_DEPTH} deep")
             for index, item in enumerate(elem.value):
-                _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit)
+                _check_dataset(item, f"{_where(prefix, tag)}[{index}] > ", depth + 1, explicit=explicit)
             continue
-        if not tag.is_private:
+        if not group & 1:
             # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
             undecoded = raw.value if isinstance(raw, RawDataElement) else None
-            _check_public(elem, undecoded, where, explicit)
+            _check_public(elem, undecoded, prefix, explicit)
 
 
-def _check_raw(raw: RawDataElement, where: str) -> None:
+def _check_raw(raw: RawDataElement, prefix: str) -> None:
     """What only the undecoded element shows: its declared length against the bytes it got."""
     if raw.length != UNDEFINED_LENGTH and raw.value is not None and len(raw.value) != raw.length:
-        raise _refuse("corrupt-dicom", where, f"value truncated ({len(raw.value)} of {raw.length} bytes)")
+        raise _refuse(
+            "corrupt-dicom",
+            _where(prefix, raw.tag),
+            f"value truncated ({len(raw.value)} of {raw.length} bytes)",
+        )
     if int(raw.tag) in _ITEM_DELIMITERS:
-        raise _refuse("bad-structure", where, "an item or delimiter tag where an element belongs")
+        raise _refuse(
+            "bad-structure", _where(prefix, raw.tag), "an item or delimiter tag where an element belongs"
+        )
 
 
-def _check_public(elem: DataElement, undecoded: bytes | None, where: str, explicit: bool) -> None:
-    tag = elem.tag
+@lru_cache(maxsize=4096)
+def _dictionary(tag: int) -> tuple[str, tuple[str, ...], str] | None:
+    """The dictionary's VR (as written, and split) and VM for ``tag``, or None for a tag it does
+    not know. Cached: a photo holds ~160 elements of a few dozen tags, and the lookup (with its
+    repeater masks) was a tenth of the check."""
     try:
         allowed_vrs = dictionary_VR(tag)
         vm = dictionary_VM(tag)
     except KeyError:
+        return None
+    return allowed_vrs, tuple(allowed_vrs.split(" or ")), vm
+
+
+def _check_public(elem: DataElement, undecoded: bytes | None, prefix: str, explicit: bool) -> None:
+    tag = int(elem.tag)
+    known = _dictionary(tag)
+    if known is None:
         return  # not in the dictionary: the profile removes it
+    allowed_vrs, allowed, vm = known
     vr = elem.VR
-    if vr != "UN" and vr not in allowed_vrs.split(" or "):
-        raise _refuse("wrong-vr", where, f"VR {vr}, the dictionary says {allowed_vrs}")
-    if elem.is_undefined_length and int(tag) != PIXEL_DATA:
-        raise _refuse("bad-length", where, f"undefined length on a {vr} element")
-    if elem.VM and not _vm_allows(vm, elem.VM):
-        raise _refuse("bad-multiplicity", where, f"{elem.VM} values, the dictionary allows {vm}")
+    if vr != "UN" and vr not in allowed:
+        raise _refuse("wrong-vr", _where(prefix, tag), f"VR {vr}, the dictionary says {allowed_vrs}")
+    if elem.is_undefined_length and tag != PIXEL_DATA:
+        raise _refuse("bad-length", _where(prefix, tag), f"undefined length on a {vr} element")
+    count = elem.VM
+    if count and not _vm_allows(vm, count):
+        raise _refuse("bad-multiplicity", _where(prefix, tag), f"{count} values, the dictionary allows {vm}")
     value = elem.value
     binary = undecoded if undecoded is not None else value
     if vr in _BINARY_VRS and isinstance(binary, bytes | bytearray):
         size = _VALUE_SIZE.get(vr, 1)
         if len(binary) % size:
-            raise _refuse("bad-length", where, f"{len(binary)} bytes is not a whole number of {vr} values")
-        if int(tag) != PIXEL_DATA and _holds_elements(bytes(binary), explicit):
-            raise _refuse("bad-length", where, "its value holds what look like the elements after it")
+            raise _refuse(
+                "bad-length", _where(prefix, tag), f"{len(binary)} bytes is not a whole number of {vr} values"
+            )
+        if tag != PIXEL_DATA and _holds_elements(bytes(binary), explicit):
+            raise _refuse(
+                "bad-length", _where(prefix, tag), "its value holds what look like the elements after it"
+            )
     if vr in _TEXT_VRS:
         for text in _texts(value):
-            _check_text(vr, text, where)
-    if int(tag) == SPECIFIC_CHARACTER_SET and any(t not in python_encoding for t in _texts(value)):
+            _check_text(vr, text, prefix, tag)
+    if tag == SPECIFIC_CHARACTER_SET and any(t not in python_encoding for t in _texts(value)):
         # pydicom would fall back to its default and decode the text as something it is not.
-        raise _refuse("bad-value", where, "a character set DICOM does not define")
+        raise _refuse("bad-value", _where(prefix, tag), "a character set DICOM does not define")
 
 
+@lru_cache(maxsize=1024)
 def _vm_allows(vm: str, count: int) -> bool:
     """Whether the dictionary's VM ("1", "1-3", "1-n", "2-2n") allows ``count`` values."""
     match = _VM.match(vm)
@@ -204,17 +236,19 @@ def _texts(value: object) -> Iterator[str]:
             yield str(v)
 
 
-def _check_text(vr: str, text: str, where: str) -> None:
+def _check_text(vr: str, text: str, prefix: str, tag: int) -> None:
     if _CONTROL.search(text):
-        raise _refuse("bad-value", where, f"{vr} value holds control characters or undecodable bytes")
+        raise _refuse(
+            "bad-value", _where(prefix, tag), f"{vr} value holds control characters or undecodable bytes"
+        )
     try:
         validate_value(vr, text, config.RAISE)
     except ValueError as exc:
         raise _refuse(
-            "bad-value", where, str(exc).replace(text, "…") if len(text) > 3 else str(exc)
+            "bad-value", _where(prefix, tag), str(exc).replace(text, "…") if len(text) > 3 else str(exc)
         ) from None
     if vr == "UI" and not UID(text).is_valid:
-        raise _refuse("bad-uid", where, "not a valid UID")
+        raise _refuse("bad-uid", _where(prefix, tag), "not a valid UID")
 
 
 def _check_pixel_data(ds: Dataset, *, encapsulated: bool) -> None:
