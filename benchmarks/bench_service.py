@@ -1,6 +1,7 @@
 """End-to-end throughput of the service beside the receivers a hospital already runs.
 
     .venv/bin/python benchmarks/bench_service.py [--rounds 8] [--count 1000] [--photos 100] [--keep DIR]
+        [--peers wire pynetdicom orthanc]
 
 Each round, dcmtk's storescu (TCP_NODELAY=1, one association, as a clinic PACS sends) sends the
 same files to each receiver in turn, the order rotating from round to round:
@@ -268,15 +269,17 @@ def run_service(work: Path, files: list[Path], config: Path) -> tuple[float, boo
 PEERS = ("wire", "pynetdicom", "orthanc")
 
 
-def bench(name: str, files: list[Path], rounds: int, config: Path, work: Path) -> None:
+def bench(
+    name: str, files: list[Path], rounds: int, config: Path, work: Path, peers: tuple[str, ...] = PEERS
+) -> None:
     size = sum(p.stat().st_size for p in files) / len(files)
     print(f"\n{name}: {len(files)} instances of {size / 1000:.1f} kB, {rounds} rounds (instances/s)")
-    print(f"  {'round':>5} {'dicom-anon':>10} " + " ".join(f"{p:>10}" for p in PEERS) + "   ratios to each")
-    rates: dict[str, list[float]] = {k: [] for k in ("dicom-anon", *PEERS)}
-    ratios: dict[str, list[float]] = {p: [] for p in PEERS}
+    print(f"  {'round':>5} {'dicom-anon':>10} " + " ".join(f"{p:>10}" for p in peers) + "   ratios to each")
+    rates: dict[str, list[float]] = {k: [] for k in ("dicom-anon", *peers)}
+    ratios: dict[str, list[float]] = {p: [] for p in peers}
     stalls = 0
     for r in range(rounds):
-        who = ["dicom-anon", *PEERS]
+        who = ["dicom-anon", *peers]
         who = who[r % len(who) :] + who[: r % len(who)]
         seconds: dict[str, float] = {}
         for receiver in who:
@@ -292,20 +295,20 @@ def bench(name: str, files: list[Path], rounds: int, config: Path, work: Path) -
             shutil.rmtree(run_dir, ignore_errors=True)
         for k, v in seconds.items():
             rates[k].append(len(files) / v)
-        for p in PEERS:
+        for p in peers:
             ratios[p].append(seconds[p] / seconds["dicom-anon"])
         print(
             f"  {r + 1:>5} {rates['dicom-anon'][-1]:>10.1f} "
-            + " ".join(f"{rates[p][-1]:>10.1f}" for p in PEERS)
+            + " ".join(f"{rates[p][-1]:>10.1f}" for p in peers)
             + "   "
-            + "  ".join(f"{ratios[p][-1]:.2f}x" for p in PEERS)
+            + "  ".join(f"{ratios[p][-1]:.2f}x" for p in peers)
         )
     med = statistics.median
     print(
         f"  {'med':>5} {med(rates['dicom-anon']):>10.1f} "
-        + " ".join(f"{med(rates[p]):>10.1f}" for p in PEERS)
+        + " ".join(f"{med(rates[p]):>10.1f}" for p in peers)
         + "   "
-        + "  ".join(f"{med(ratios[p]):.2f}x" for p in PEERS)
+        + "  ".join(f"{med(ratios[p]):.2f}x" for p in peers)
     )
     print(f"  dicom-anon rounds with a lost C-STORE response (stall): {stalls} of {rounds}")
 
@@ -317,7 +320,15 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=100, help="photos (0: skip)")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temp dir)")
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "dicom-anon.yaml")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=PEERS,
+        default=list(PEERS),
+        help="peers to run beside dicom-anon (none: dicom-anon alone, e.g. to count stalls over many rounds)",
+    )
     args = parser.parse_args()
+    peers = tuple(args.peers)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-service-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -325,9 +336,9 @@ def main() -> None:
         config.write_text(args.config.read_text().replace("profile: orthodontic", "profile: basic"))
         print(f"settings: {args.config}, photo routes on the headers-only basic profile")
         if args.count:
-            bench("small", make_instances(work / "small", args.count), args.rounds, config, work)
+            bench("small", make_instances(work / "small", args.count), args.rounds, config, work, peers)
         if args.photos:
-            bench("photos", photo_instances(work / "photos", args.photos), args.rounds, config, work)
+            bench("photos", photo_instances(work / "photos", args.photos), args.rounds, config, work, peers)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
