@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from . import DEFAULT_CONFIG
-from .dicom_names import keyword_tags, sop_class_uid
+from .dicom_names import keyword_tags, sop_class_uid, storage_sop_classes
 from .headers.options import PIXEL_OPTIONS, Option, parse_options
 
 DEFAULT_DATA_DIR = Path("/var/lib/dicom-anon")
@@ -88,8 +88,18 @@ def _listify(value: Any) -> Any:
 
 
 def _sop_class(value: Any) -> str:
-    """A SOP class by keyword (VLPhotographicImageStorage) or UID; stored as the UID."""
-    text = str(value).strip()
+    """A SOP class by keyword (VLPhotographicImageStorage) or UID; stored as the UID. Only storage
+    classes the receiver accepts: a route naming any other could never match."""
+    uid = _sop_class_uid(str(value).strip())
+    if uid not in storage_sop_classes():
+        raise ValueError(
+            f"{value!s} is not a storage SOP class the receiver accepts, so a route naming it could "
+            "never match; name the class of the instances the route is for, e.g. VLPhotographicImageStorage"
+        )
+    return uid
+
+
+def _sop_class_uid(text: str) -> str:
     if re.fullmatch(r"[0-9.]+", text):
         from pydicom.uid import UID  # only a UID written out needs pydicom's check
 

@@ -10,6 +10,7 @@ the one source of the names; once something has imported pydicom, its loaded tab
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from functools import cache
@@ -18,15 +19,20 @@ from types import ModuleType
 from typing import Any
 
 
+def _package_file(package: str, name: str) -> Path:
+    """``name`` in the installed ``package``'s folder, found without importing the package."""
+    spec = importlib.util.find_spec(package)  # finds the package's folder; imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed", name=package)
+    return Path(next(iter(spec.submodule_search_locations))) / name
+
+
 def _pydicom_table(name: str) -> ModuleType:
     """pydicom's generated module ``pydicom.<name>``, without running pydicom's ``__init__``."""
     loaded = sys.modules.get(f"pydicom.{name}")
     if loaded is not None:
         return loaded
-    package = importlib.util.find_spec("pydicom")  # finds the package's folder; imports nothing
-    if package is None or not package.submodule_search_locations:
-        raise ModuleNotFoundError("pydicom is not installed", name="pydicom")
-    path = Path(next(iter(package.submodule_search_locations))) / f"{name}.py"
+    path = _package_file("pydicom", f"{name}.py")
     # A private module name, left out of sys.modules: ``import pydicom`` later loads its own copy
     # as usual. The loader still uses pydicom's compiled copy in its __pycache__.
     spec = importlib.util.spec_from_file_location(f"_dicom_anon_pydicom{name}", path)
@@ -72,3 +78,24 @@ def keyword_tags() -> dict[str, int]:
     ``keyword_dict`` (``tag_for_keyword`` is a lookup in it)."""
     table: dict[int, tuple[Any, ...]] = _pydicom_table("_dicom_dict").DicomDictionary
     return {entry[4]: tag for tag, entry in table.items()}
+
+
+@cache
+def storage_sop_classes() -> frozenset[str]:
+    """The UIDs of the storage SOP classes the receiver accepts: pynetdicom's ``_STORAGE_CLASSES``,
+    the list its ``AllStoragePresentationContexts`` (ingress's contexts) are built from.
+
+    Read as the one dict literal it is from pynetdicom's ``sop_class.py`` (``ast``, about 10 ms),
+    because importing pynetdicom imports pydicom and would cost ``rules check`` a third of a second.
+    Once pynetdicom is imported, its loaded list is used.
+    """
+    loaded = sys.modules.get("pynetdicom.sop_class")
+    if loaded is not None:
+        return frozenset(loaded._STORAGE_CLASSES.values())
+    tree = ast.parse(_package_file("pynetdicom", "sop_class.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "_STORAGE_CLASSES" for t in node.targets
+        ):
+            return frozenset(ast.literal_eval(node.value).values())
+    raise ModuleNotFoundError("pynetdicom's sop_class.py has no _STORAGE_CLASSES", name="pynetdicom")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydicom.datadict import keyword_dict
 from pydicom.uid import UID, UID_dictionary
-from pynetdicom import sop_class
+from pynetdicom import AllStoragePresentationContexts, sop_class
 
 from dicom_anon.config import (
     PRESETS,
@@ -20,7 +20,7 @@ from dicom_anon.config import (
     load_settings,
     parse_host_port,
 )
-from dicom_anon.dicom_names import keyword_tags, sop_class_uid, uid_keyword
+from dicom_anon.dicom_names import keyword_tags, sop_class_uid, storage_sop_classes, uid_keyword
 from dicom_anon.headers.options import Option
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +86,31 @@ def test_unknown_profile_lists_the_choices(tmp_path):
     assert "unknown profile 'orthodontal'" in msg and "basic, intraoral, orthodontic" in msg
 
 
-def test_every_sop_class_keyword_pynetdicom_knows_is_the_uid_it_names():
+def test_every_storage_class_the_receiver_accepts_is_taken_as_the_uid_it_names():
     """SOP class keywords are looked up in pydicom's dictionary first (no pydicom or pynetdicom
-    import for ``rules check``), then in pynetdicom's list: every name the settings took when only
-    pynetdicom's list was read is still taken, as the same UID."""
+    import for ``rules check``), then in pynetdicom's list: every storage class the receiver
+    accepts (pynetdicom's storage SCP list, ingress's contexts) is taken, as the same UID."""
+    accepted = {cx.abstract_syntax for cx in AllStoragePresentationContexts}
+    assert storage_sop_classes() == accepted
     known = {n: str(u) for n in dir(sop_class) if isinstance(u := getattr(sop_class, n), UID)}
-    match = Match(sop_class=list(known))
-    assert match.sop_class == list(known.values())
+    storage = {n: u for n, u in known.items() if u in accepted}
+    assert len(set(storage.values())) == len(accepted)
+    match = Match(sop_class=list(storage))
+    assert match.sop_class == list(storage.values())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Verification",  # a service, not instances
+        "DICOSCTImageStorage",  # a storage class pydicom knows that the receiver never accepts
+        "1.2.840.10008.5.1.4.1.1.501.1",  # the same, by UID
+    ],
+)
+def test_a_class_the_receiver_never_accepts_is_a_config_error(tmp_path, name):
+    msg = problems(tmp_path, GOOD.replace("VLPhotographicImageStorage", name))
+    assert "settings.yaml:10:" in msg
+    assert "not a storage SOP class the receiver accepts" in msg and "never match" in msg
 
 
 def test_dicom_names_are_pydicoms():
