@@ -68,6 +68,8 @@ class PatientContext:
     smile: float | None = None
     # pool.beard_cover of the patient's face.
     beard: float | None = None
+    # How far the patient's lips part (``mouth``); None where the identity source does not look.
+    mouth_open: float | None = None
     # SFace embeddings of the new people other patients of the site were given (generated
     # identities are kept apart from them).
     taken: np.ndarray | None = None

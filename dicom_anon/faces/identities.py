@@ -51,9 +51,11 @@ from .choice import (
     candidates,
     smile,
 )
-from .detect import FaceDetector, get_detector
+from .detect import Face, FaceDetector, get_detector
 from .embed import SFACE_SAME_PERSON, Recognizer, cosine, get_recognizer
 from .generator import STYLE_DIM, FaceGenerator, GeneratorUnavailable, get_generator
+from .judge import JudgeUnavailable
+from .mouth import MOUTH_CLOSED, MOUTH_OPEN, MouthReader, get_mouth_reader
 from .pool import ADULT_AGE_YEARS, MAX_SKIN_GAIN, PhotoSkipped, Pool, Surrogate, crop_face, skin_gain
 from .prepare import surrogate_problem
 
@@ -195,6 +197,11 @@ class IdentitySource(Protocol):
         """Why ``people`` offered nobody, for the records officer (``hints``: where sex and age came from)."""
         ...
 
+    def mouth_opening(self, rgb: np.ndarray, face: Face) -> float | None:
+        """The patient's lips' opening (``mouth``), where this source matches new people's
+        mouths to it; None where it does not."""
+        ...
+
 
 class PoolIdentities:
     """The people of a built pool, in the patient's keyed order (``choice.candidates``)."""
@@ -213,6 +220,9 @@ class PoolIdentities:
 
     def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
         memory.remember_surrogate(pseudonym, surrogate.person)
+
+    def mouth_opening(self, rgb: np.ndarray, face: Face) -> float | None:
+        return None
 
     def why_none(self, ctx: PatientContext, hints: dict) -> str:
         if hints["age_years"] is not None and hints["age_years"] < ADULT_AGE_YEARS:
@@ -268,10 +278,20 @@ class Directions:
     # Read-out -> what the estimator reads on such faces on average (knots, non-decreasing): the
     # ridge read-outs shrink towards the middle; the screen reads the age through this.
     calibration: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # Screen-only read-outs (an open mouth): neither steered nor held while steering, so adding
+    # one leaves every steered person as they were and needs no new version.
+    screen_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    screen_bias: dict[str, float] = field(default_factory=dict)
+    screen_reject_above: dict[str, float] = field(default_factory=dict)
 
     def scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
         x = (styles - self.mean) / self.scale
         return {k: x @ w + self.bias[k] for k, w in self.weights.items()}
+
+    def screen_scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
+        """The screen-only read-outs (logits) of (n, 512) styles truncated at ``psi``."""
+        x = (styles - self.mean) / self.scale
+        return {k: x @ w + self.screen_bias[k] for k, w in self.screen_weights.items()}
 
     def expected(self, name: str, read_out: np.ndarray) -> np.ndarray:
         """What the estimator would read, on average, on faces with this read-out (linear beyond
@@ -328,6 +348,7 @@ def load_directions(path: Path = DIRECTIONS, version: int | None = None) -> Dire
 
 
 def _directions(d: dict) -> Directions:
+    screen = d.get("screen", {})
     return Directions(
         psi=float(d["psi"]),
         mean=np.asarray(d["mean"], np.float32),
@@ -341,6 +362,9 @@ def _directions(d: dict) -> Directions:
         face_reject_above={k: float(v) for k, v in d.get("face", {}).get("reject_above", {}).items()},
         version=int(d.get("version", 1)),
         calibration={k: _extended(v["read_out"], v["expected"]) for k, v in d.get("calibration", {}).items()},
+        screen_weights={k: np.asarray(v, np.float32) for k, v in screen.get("weights", {}).items()},
+        screen_bias={k: float(v) for k, v in screen.get("bias", {}).items()},
+        screen_reject_above={k: float(v) for k, v in screen.get("reject_above", {}).items()},
     )
 
 
@@ -357,11 +381,12 @@ def _extended(read_out: list[float], expected: list[float]) -> tuple[np.ndarray,
 class GeneratedFace(Surrogate):
     """A generated person as a surrogate: the aligned crop held in memory, not in a file."""
 
-    def __init__(self, pixels: np.ndarray, index: int, steer: str, **fields) -> None:
+    def __init__(self, pixels: np.ndarray, index: int, steer: str, mouth_open: float = 0.0, **fields) -> None:
         super().__init__(path=None, **fields)
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "steer", steer)
+        object.__setattr__(self, "mouth_open", mouth_open)
 
     @property
     def image(self) -> np.ndarray:  # type: ignore[override]
@@ -458,6 +483,11 @@ def _want(ctx: PatientContext) -> Want:
     return Want(ctx.sex if child else adult_sex, (lo, ctx.age_years + tol), child)
 
 
+def _closed(ctx: PatientContext) -> bool:
+    """Whether the patient's mouth is closed: a new person's must then be closed too."""
+    return ctx.mouth_open is not None and ctx.mouth_open < MOUTH_CLOSED
+
+
 def _age_aim(want: Want, age: float) -> float:
     """The age a new person of a patient of ``age`` is steered towards: a child's own; an older
     patient's between the band's floor and their age (the estimator's readings of steered faces
@@ -478,10 +508,12 @@ class GeneratedIdentities:
         directions: Directions,
         detector: FaceDetector,
         recognizer: Recognizer,
+        mouth: MouthReader,
         cache: int = 32,
         directions_path: Path = DIRECTIONS,
     ) -> None:
         self.generator = generator
+        self.mouth = mouth
         self.directions = directions
         self.directions_path = directions_path
         self._older: dict[int, Directions] = {}
@@ -556,6 +588,7 @@ class GeneratedIdentities:
             c.image,
             index,
             steer,
+            mouth_open=self.mouth.opening(c.image, c.face),
             id=pid,
             person=pid,
             sha256=digest,
@@ -617,8 +650,9 @@ class GeneratedIdentities:
         codes = [
             _versioned(a + b + c, d.version) for a, b, c in zip(skin_code, age_code, sex_code, strict=True)
         ]
+        steered = at
         if change:
-            _, moved = d.steer(at, change)
+            steered, moved = d.steer(at, change)
             s = {k: v + change.get(k, 0.0) for k, v in s.items()}
             bad = keep & (moved > MAX_STEER)
             why["steering too far"] += int(bad.sum())
@@ -650,6 +684,12 @@ class GeneratedIdentities:
             bad = keep & (np.abs(s["smile"] - ctx.smile) > MAX_SMILE_DIFFERENCE - 0.04)
             why["expression"] += int(bad.sum())
             keep &= ~bad
+        if _closed(ctx):
+            # Read on the styles as steered: the screen read-out is neither steered nor held.
+            for name, score in d.screen_scores(steered).items():
+                bad = keep & (score > d.screen_reject_above[name])
+                why["open mouth"] += int(bad.sum())
+                keep &= ~bad
         return keep, codes, why
 
     def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:
@@ -669,6 +709,9 @@ class GeneratedIdentities:
             return "pose"
         if ctx.smile is not None and abs(smile(f.landmarks) - ctx.smile) > MAX_SMILE_DIFFERENCE:
             return "expression"
+        if _closed(ctx) and f.mouth_open >= MOUTH_OPEN:
+            # Teeth round the patient's kept closed mouth show as white patches at the lips.
+            return "open mouth"
         if ctx.skin_lab is not None and (
             float(np.linalg.norm(f.skin_lab - ctx.skin_lab)) > GENERATED_MAX_SKIN_DELTA_E
             or skin_gain(ctx.skin_lab, f.skin_lab) > MAX_SKIN_GAIN
@@ -823,6 +866,9 @@ class GeneratedIdentities:
         if isinstance(surrogate, GeneratedFace):
             memory.remember_generated(pseudonym, surrogate.index, surrogate.steer, surrogate.embedding)
 
+    def mouth_opening(self, rgb: np.ndarray, face: Face) -> float | None:
+        return self.mouth.opening(rgb, face)
+
     def why_none(self, ctx: PatientContext, hints: dict) -> str:
         d = self.last_draw
         top = ", ".join(f"{k} {v}" for k, v in Counter(d.get("rejected", {})).most_common(4))
@@ -840,4 +886,8 @@ def get_generated(device: str = "cpu") -> GeneratedIdentities:
         directions = load_directions()
     except DirectionsError as exc:
         raise GeneratorUnavailable(str(exc)) from None
-    return GeneratedIdentities(get_generator(PSI), directions, get_detector(device), get_recognizer())
+    try:
+        mouth = get_mouth_reader()
+    except JudgeUnavailable as exc:
+        raise GeneratorUnavailable(f"the lips cannot be measured: {exc}") from None
+    return GeneratedIdentities(get_generator(PSI), directions, get_detector(device), get_recognizer(), mouth)

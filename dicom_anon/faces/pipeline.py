@@ -186,6 +186,7 @@ class FacePipeline:
             yaw=face.yaw,
             smile=smile(face.landmarks),
             beard=beard_cover(original, face.landmarks, tone),
+            mouth_open=self.identities.mouth_opening(original, face) if self.identities else None,
             embedding=embedding,
             exclude_people=frozenset(used),
             remembered=remembered,

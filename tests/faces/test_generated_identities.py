@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from facekit import photo_dataset
+from PIL import Image
 
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import generator as G
 from dicom_anon.faces.choice import PatientContext
+from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
 from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
@@ -36,6 +39,7 @@ from dicom_anon.faces.identities import (
     steer_version,
     stream_seed,
 )
+from dicom_anon.faces.mouth import MOUTH_CLOSED, MOUTH_OPEN, get_mouth_reader
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.faces.pool import crop_face
 from dicom_anon.faces.prepare import forehead_problem, pool_photo_problem
@@ -56,7 +60,9 @@ def source() -> GeneratedIdentities:
 
 def fresh(source: GeneratedIdentities) -> GeneratedIdentities:
     """The same generator and models, nothing cached: a draw as another process would make it."""
-    return GeneratedIdentities(source.generator, source.directions, source.detector, source.recognizer)
+    return GeneratedIdentities(
+        source.generator, source.directions, source.detector, source.recognizer, source.mouth
+    )
 
 
 def ctx(key: SiteKey, pseudonym: str, **kw) -> PatientContext:
@@ -282,7 +288,12 @@ def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site
     (tmp_path / f"directions-v{v}.json").write_text(DIRECTIONS.read_text())
     v2 = load_directions(tmp_path / "directions.json")
     later = GeneratedIdentities(
-        source.generator, v2, source.detector, source.recognizer, directions_path=tmp_path / "directions.json"
+        source.generator,
+        v2,
+        source.detector,
+        source.recognizer,
+        source.mouth,
+        directions_path=tmp_path / "directions.json",
     )
     seed = stream_seed(site_key, "ANONDARK")
     again = later.face(seed, first.index, first.steer)
@@ -295,7 +306,12 @@ def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site
     assert isinstance(other, GeneratedFace) and not np.array_equal(other.image, first.image)
     (tmp_path / f"directions-v{v}.json").unlink()
     gone = GeneratedIdentities(
-        source.generator, v2, source.detector, source.recognizer, directions_path=tmp_path / "directions.json"
+        source.generator,
+        v2,
+        source.detector,
+        source.recognizer,
+        source.mouth,
+        directions_path=tmp_path / "directions.json",
     )
     with pytest.raises(GeneratorUnavailable, match="steered with"):
         gone.face(seed, first.index, first.steer)
@@ -478,3 +494,45 @@ def test_glasses_the_style_screen_lets_through_are_seen_on_the_rendered_face(sou
     for (index, expected), rgb in zip(picked.items(), rendered, strict=True):
         c = crop_face(rgb, source.detector, detect_side=384)
         assert source.directions.seen_on(source.recognizer.embed(c.image, c.face)) == expected, index
+
+
+def test_the_lips_read_closed_and_open_on_real_faces(testdata) -> None:
+    reader, detector = get_mouth_reader(), get_detector("cpu")
+
+    def lips(name: str) -> float:
+        rgb = np.asarray(Image.open(testdata / "faces" / "sfhq" / f"{name}.jpg").convert("RGB"))
+        return reader.opening(rgb, detector.detect([rgb])[0][0])
+
+    assert lips("SFHQ_variability_age_069") < MOUTH_CLOSED  # lips together
+    assert lips("SFHQ_sample_2x4_009") >= MOUTH_OPEN  # a smile showing teeth
+
+
+def test_a_closed_mouthed_child_is_not_given_a_new_person_smiling_open_mouthed(source, site_key) -> None:
+    """The judged run's children got new people smiling with their teeth, which showed as white
+    patches round their kept closed mouths. This child's stream first fits such a person; with the
+    child's lips read closed, the style screen passes over open mouths and the render is closed."""
+    child = PatientContext(
+        pseudonym="ANONLIPS0", key=site_key, age_years=9.0, skin_lab=np.array([76.0, 11.0, 14.0])
+    )
+    unknown = fresh(source).people(child)
+    assert unknown and unknown[0].mouth_open >= MOUTH_OPEN
+    draw = fresh(source)
+    closed = draw.people(dataclasses.replace(child, mouth_open=0.01))
+    assert closed and closed[0].mouth_open < MOUTH_OPEN
+    assert draw.last_draw["rejected"]["screen: open mouth"] > 0
+    # A patient whose own mouth is open may be given either.
+    assert fresh(source)._fits(unknown[0], dataclasses.replace(child, mouth_open=0.15), _want(child)) is None
+    assert fresh(source)._fits(unknown[0], dataclasses.replace(child, mouth_open=0.01), _want(child)) == (
+        "open mouth"
+    )
+
+
+def test_the_open_mouth_screen_leaves_every_steered_person_as_they_were(source) -> None:
+    """The screen read-out is neither steered nor held while steering: adding it left the file's
+    version, so a remembered person's steering code must still give the same style."""
+    d = source.directions
+    assert "mouth_open" in d.screen_weights and "mouth_open" not in d.weights
+    without = dataclasses.replace(d, screen_weights={}, screen_bias={}, screen_reject_above={})
+    styles = source.generator.truncate(source.generator.raw_styles(latents(b"lips" * 8, 0)[:4]), d.psi)
+    change = {"age": np.full(4, 3.0), "skin_l": np.full(4, -10.0)}
+    assert np.array_equal(d.steer(styles, change)[0], without.steer(styles, change)[0])

@@ -1,0 +1,95 @@
+"""Learn the style screen for open mouths (``screen`` in models/generated/directions.json).
+
+    .venv/bin/python -m dicom_anon.lab.directions.mouth [-n 900] [--seed 7] [--keep DIR]
+
+Renders ``n`` latents of one seed at the service's truncation, a third of them steered into
+children's ages (whose new people most often smile with their teeth), measures each face's
+lips (``faces.mouth``, as the identity source does on a render) and fits an L2-regularised
+logistic read-out of "open" (opening >= ``MOUTH_OPEN``) on the style, z-scored as the file's
+other read-outs. The threshold catches ``RECALL`` of the open mouths in five-fold
+cross-validation. It is a screen only: steering neither moves nor holds it, so the file's
+version (which names how people are steered) stays, and every remembered person keeps their face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.progress import track
+
+from ...faces.generator import GeneratorUnavailable
+from ...faces.identities import DIRECTIONS, get_generated
+from ...faces.mouth import MOUTH_OPEN, get_mouth_reader
+from ...faces.pool import PhotoSkipped, crop_face
+from .learn import auc, folds, logistic
+
+RECALL = 0.9
+CHILD_AGES = (4.0, 16.0)
+
+
+def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Truncated-at-the-read-outs styles and lip openings of the faces that gave a crop."""
+    source = get_generated("cpu")
+    g, d = source.generator, source.directions
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((n, 512)).astype(np.float32)
+    ages = rng.uniform(*CHILD_AGES, n)
+    reader = get_mouth_reader()
+    styles, openings = [], []
+    for i in track(range(n), description="rendering and measuring"):
+        raw = g.raw_styles(z[i : i + 1])
+        if i % 3 == 2:
+            raw = source._steered(raw, {"age": d.read_out_for("age", float(ages[i]))}, d)
+        try:
+            c = crop_face(g.faces(g.truncate(raw))[0], source.detector, detect_side=384)
+        except (PhotoSkipped, GeneratorUnavailable):
+            continue
+        styles.append(g.truncate(raw, d.psi)[0])
+        openings.append(reader.opening(c.image, c.face))
+    return np.asarray(styles, np.float64), np.asarray(openings)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=900)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--keep", type=Path, help="save the measured samples here (samples-mouth.npz)")
+    ap.add_argument("-o", type=Path, default=DIRECTIONS)
+    args = ap.parse_args()
+    styles, openings = sample(args.n, args.seed)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.keep / "samples-mouth.npz", styles=styles, openings=openings)
+    out = json.loads(args.o.read_text())
+    x = (styles - np.asarray(out["mean"])) / np.asarray(out["scale"])
+    y = (openings >= MOUTH_OPEN).astype(float)
+    cv = np.zeros(len(y))
+    for test in folds(len(y)):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        w, b = logistic(x[train], y[train])
+        cv[test] = x[test] @ w + b
+    limit = float(np.quantile(cv[y == 1], 1 - RECALL))
+    w, b = logistic(x, y)
+    report = {
+        "n": len(y),
+        "open": int(y.sum()),
+        "cv_auc": round(auc(cv, y), 3),
+        "threshold": round(limit, 3),
+        "caught": round(float((cv[y == 1] > limit).mean()), 3),
+        "closed_passed_over": round(float((cv[y == 0] > limit).mean()), 3),
+    }
+    out["screen"] = {
+        "weights": {"mouth_open": w.round(6).tolist()},
+        "bias": {"mouth_open": round(b, 6)},
+        "reject_above": {"mouth_open": round(limit, 4)},
+        "source": {"samples": len(y), "seed": args.seed, "open_from": MOUTH_OPEN, "cross_validation": report},
+    }
+    args.o.write_text(json.dumps(out) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
