@@ -684,12 +684,11 @@ class GeneratedIdentities:
             bad = keep & (np.abs(s["smile"] - ctx.smile) > MAX_SMILE_DIFFERENCE - 0.04)
             why["expression"] += int(bad.sum())
             keep &= ~bad
-        if _closed(ctx):
+        if _closed(ctx) and "mouth_open" in d.screen_weights:
             # Read on the styles as steered: the screen read-out is neither steered nor held.
-            for name, score in d.screen_scores(steered).items():
-                bad = keep & (score > d.screen_reject_above[name])
-                why["open mouth"] += int(bad.sum())
-                keep &= ~bad
+            bad = keep & (d.screen_scores(steered)["mouth_open"] > d.screen_reject_above["mouth_open"])
+            why["open mouth"] += int(bad.sum())
+            keep &= ~bad
         return keep, codes, why
 
     def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:
