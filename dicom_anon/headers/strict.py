@@ -125,6 +125,10 @@ def _where(prefix: str, tag: int) -> str:
     return f"{prefix}({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+def _refuse_at(code: str, prefix: str, tag: int, what: str) -> Refused:
+    return _refuse(code, _where(prefix, tag), what)
+
+
 def _check_dataset(
     ds: Dataset, prefix: str, depth: int, *, explicit: bool = True, meta: bool = False
 ) -> None:
@@ -134,17 +138,18 @@ def _check_dataset(
         if (group == 0x0002) != meta or group == 0x0000:
             # Command elements (and file meta elements) have no place in a dataset: pydicom cannot
             # even write them back, so they would stall the queue as an unwritable output.
-            raise _refuse(
-                "bad-structure", _where(prefix, tag), "a command or file meta element inside the dataset"
+            raise _refuse_at(
+                "bad-structure", prefix, tag, "a command or file meta element inside the dataset"
             )
         if isinstance(raw, RawDataElement):
             _check_raw(raw, prefix)
         elem = ds[tag]
         if elem.VR == "SQ":
             if depth + 1 > MAX_DEPTH:
-                raise _refuse("too-deep", _where(prefix, tag), f"sequences nested more than {MAX_DEPTH} deep")
+                raise _refuse_at("too-deep", prefix, tag, f"sequences nested more than {MAX_DEPTH} deep")
+            where = _where(prefix, tag)
             for index, item in enumerate(elem.value):
-                _check_dataset(item, f"{_where(prefix, tag)}[{index}] > ", depth + 1, explicit=explicit)
+                _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit)
             continue
         if not group & 1:
             # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
@@ -155,14 +160,15 @@ def _check_dataset(
 def _check_raw(raw: RawDataElement, prefix: str) -> None:
     """What only the undecoded element shows: its declared length against the bytes it got."""
     if raw.length != UNDEFINED_LENGTH and raw.value is not None and len(raw.value) != raw.length:
-        raise _refuse(
+        raise _refuse_at(
             "corrupt-dicom",
-            _where(prefix, raw.tag),
+            prefix,
+            raw.tag,
             f"value truncated ({len(raw.value)} of {raw.length} bytes)",
         )
     if int(raw.tag) in _ITEM_DELIMITERS:
-        raise _refuse(
-            "bad-structure", _where(prefix, raw.tag), "an item or delimiter tag where an element belongs"
+        raise _refuse_at(
+            "bad-structure", prefix, raw.tag, "an item or delimiter tag where an element belongs"
         )
 
 
@@ -187,30 +193,30 @@ def _check_public(elem: DataElement, undecoded: bytes | None, prefix: str, expli
     allowed_vrs, allowed, vm = known
     vr = elem.VR
     if vr != "UN" and vr not in allowed:
-        raise _refuse("wrong-vr", _where(prefix, tag), f"VR {vr}, the dictionary says {allowed_vrs}")
+        raise _refuse_at("wrong-vr", prefix, tag, f"VR {vr}, the dictionary says {allowed_vrs}")
     if elem.is_undefined_length and tag != PIXEL_DATA:
-        raise _refuse("bad-length", _where(prefix, tag), f"undefined length on a {vr} element")
+        raise _refuse_at("bad-length", prefix, tag, f"undefined length on a {vr} element")
     count = elem.VM
     if count and not _vm_allows(vm, count):
-        raise _refuse("bad-multiplicity", _where(prefix, tag), f"{count} values, the dictionary allows {vm}")
+        raise _refuse_at("bad-multiplicity", prefix, tag, f"{count} values, the dictionary allows {vm}")
     value = elem.value
     binary = undecoded if undecoded is not None else value
     if vr in _BINARY_VRS and isinstance(binary, bytes | bytearray):
         size = _VALUE_SIZE.get(vr, 1)
         if len(binary) % size:
-            raise _refuse(
-                "bad-length", _where(prefix, tag), f"{len(binary)} bytes is not a whole number of {vr} values"
+            raise _refuse_at(
+                "bad-length", prefix, tag, f"{len(binary)} bytes is not a whole number of {vr} values"
             )
         if tag != PIXEL_DATA and _holds_elements(bytes(binary), explicit):
-            raise _refuse(
-                "bad-length", _where(prefix, tag), "its value holds what look like the elements after it"
+            raise _refuse_at(
+                "bad-length", prefix, tag, "its value holds what look like the elements after it"
             )
     if vr in _TEXT_VRS:
         for text in _texts(value):
             _check_text(vr, text, prefix, tag)
     if tag == SPECIFIC_CHARACTER_SET and any(t not in python_encoding for t in _texts(value)):
         # pydicom would fall back to its default and decode the text as something it is not.
-        raise _refuse("bad-value", _where(prefix, tag), "a character set DICOM does not define")
+        raise _refuse_at("bad-value", prefix, tag, "a character set DICOM does not define")
 
 
 @lru_cache(maxsize=1024)
@@ -238,17 +244,17 @@ def _texts(value: object) -> Iterator[str]:
 
 def _check_text(vr: str, text: str, prefix: str, tag: int) -> None:
     if _CONTROL.search(text):
-        raise _refuse(
-            "bad-value", _where(prefix, tag), f"{vr} value holds control characters or undecodable bytes"
+        raise _refuse_at(
+            "bad-value", prefix, tag, f"{vr} value holds control characters or undecodable bytes"
         )
     try:
         validate_value(vr, text, config.RAISE)
     except ValueError as exc:
-        raise _refuse(
-            "bad-value", _where(prefix, tag), str(exc).replace(text, "…") if len(text) > 3 else str(exc)
+        raise _refuse_at(
+            "bad-value", prefix, tag, str(exc).replace(text, "…") if len(text) > 3 else str(exc)
         ) from None
     if vr == "UI" and not UID(text).is_valid:
-        raise _refuse("bad-uid", _where(prefix, tag), "not a valid UID")
+        raise _refuse_at("bad-uid", prefix, tag, "not a valid UID")
 
 
 def _check_pixel_data(ds: Dataset, *, encapsulated: bool) -> None:
