@@ -381,7 +381,7 @@ def _extended(read_out: list[float], expected: list[float]) -> tuple[np.ndarray,
 class GeneratedFace(Surrogate):
     """A generated person as a surrogate: the aligned crop held in memory, not in a file."""
 
-    def __init__(self, pixels: np.ndarray, index: int, steer: str, mouth_open: float = 0.0, **fields) -> None:
+    def __init__(self, pixels: np.ndarray, index: int, steer: str, *, mouth_open: float, **fields) -> None:
         super().__init__(path=None, **fields)
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "index", index)

@@ -25,6 +25,7 @@ from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
     DIRECTIONS,
     GENERATED_MAX_SKIN_DELTA_E,
+    Directions,
     DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
@@ -58,10 +59,18 @@ def source() -> GeneratedIdentities:
     return get_generated("cpu")
 
 
-def fresh(source: GeneratedIdentities) -> GeneratedIdentities:
-    """The same generator and models, nothing cached: a draw as another process would make it."""
+def fresh(
+    source: GeneratedIdentities, directions: Directions | None = None, path: Path = DIRECTIONS
+) -> GeneratedIdentities:
+    """The same generator and models, nothing cached: a draw as another process would make it
+    (with other read-outs, kept in ``path``, where given)."""
     return GeneratedIdentities(
-        source.generator, source.directions, source.detector, source.recognizer, source.mouth
+        source.generator,
+        directions or source.directions,
+        source.detector,
+        source.recognizer,
+        source.mouth,
+        directions_path=path,
     )
 
 
@@ -287,14 +296,7 @@ def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site
     (tmp_path / "directions.json").write_text(json.dumps(relearnt))
     (tmp_path / f"directions-v{v}.json").write_text(DIRECTIONS.read_text())
     v2 = load_directions(tmp_path / "directions.json")
-    later = GeneratedIdentities(
-        source.generator,
-        v2,
-        source.detector,
-        source.recognizer,
-        source.mouth,
-        directions_path=tmp_path / "directions.json",
-    )
+    later = fresh(source, v2, tmp_path / "directions.json")
     seed = stream_seed(site_key, "ANONDARK")
     again = later.face(seed, first.index, first.steer)
     assert isinstance(again, GeneratedFace) and np.array_equal(again.image, first.image)
@@ -305,14 +307,7 @@ def test_relearnt_read_outs_keep_the_faces_of_people_steered_before(source, site
     other = later.face(seed, first.index, code)
     assert isinstance(other, GeneratedFace) and not np.array_equal(other.image, first.image)
     (tmp_path / f"directions-v{v}.json").unlink()
-    gone = GeneratedIdentities(
-        source.generator,
-        v2,
-        source.detector,
-        source.recognizer,
-        source.mouth,
-        directions_path=tmp_path / "directions.json",
-    )
+    gone = fresh(source, v2, tmp_path / "directions.json")
     with pytest.raises(GeneratorUnavailable, match="steered with"):
         gone.face(seed, first.index, first.steer)
 

@@ -21,7 +21,7 @@ import numpy as np
 from rich.progress import track
 
 from ...faces.generator import GeneratorUnavailable
-from ...faces.identities import DIRECTIONS, get_generated
+from ...faces.identities import DETECT_SIDE, DIRECTIONS, get_generated
 from ...faces.mouth import MOUTH_OPEN, get_mouth_reader
 from ...faces.pool import PhotoSkipped, crop_face
 from .learn import auc, folds, logistic
@@ -47,7 +47,7 @@ def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         if i % 3 == 2:
             raw = source._steered(raw, {"age": d.read_out_for("age", float(ages[i]))}, d)
         try:
-            c = crop_face(g.faces(g.truncate(raw))[0], source.detector, detect_side=384)
+            c = crop_face(g.faces(g.truncate(raw))[0], source.detector, detect_side=DETECT_SIDE)
         except (PhotoSkipped, GeneratorUnavailable):
             continue
         styles.append(g.truncate(raw, d.psi)[0])
