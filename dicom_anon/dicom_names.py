@@ -82,20 +82,21 @@ def keyword_tags() -> dict[str, int]:
 
 @cache
 def storage_sop_classes() -> frozenset[str]:
-    """The UIDs of the storage SOP classes the receiver accepts: pynetdicom's ``_STORAGE_CLASSES``,
-    the list its ``AllStoragePresentationContexts`` (ingress's contexts) are built from.
+    """The UIDs of the storage SOP classes the receiver accepts: pynetdicom's
+    ``AllStoragePresentationContexts`` (ingress's contexts), built from its ``_STORAGE_CLASSES``.
 
-    Read as the one dict literal it is from pynetdicom's ``sop_class.py`` (``ast``, about 10 ms),
-    because importing pynetdicom imports pydicom and would cost ``rules check`` a third of a second.
-    Once pynetdicom is imported, its loaded list is used.
+    Read as the one dict literal that list is in pynetdicom's ``sop_class.py`` (``ast``, about
+    10 ms), because importing pynetdicom imports pydicom and would cost ``rules check`` a third of
+    a second. Once pynetdicom is imported, or in a release that keeps the list elsewhere, the
+    contexts themselves are read.
     """
-    loaded = sys.modules.get("pynetdicom.sop_class")
-    if loaded is not None:
-        return frozenset(loaded._STORAGE_CLASSES.values())
-    tree = ast.parse(_package_file("pynetdicom", "sop_class.py").read_text(encoding="utf-8"))
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "_STORAGE_CLASSES" for t in node.targets
-        ):
-            return frozenset(ast.literal_eval(node.value).values())
-    raise ModuleNotFoundError("pynetdicom's sop_class.py has no _STORAGE_CLASSES", name="pynetdicom")
+    if "pynetdicom" not in sys.modules:
+        tree = ast.parse(_package_file("pynetdicom", "sop_class.py").read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "_STORAGE_CLASSES" for t in node.targets
+            ):
+                return frozenset(ast.literal_eval(node.value).values())
+    from pynetdicom import AllStoragePresentationContexts
+
+    return frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,20 @@ def test_every_storage_class_the_receiver_accepts_is_taken_as_the_uid_it_names()
     assert len(set(storage.values())) == len(accepted)
     match = Match(sop_class=list(storage))
     assert match.sop_class == list(storage.values())
+
+
+def test_the_receivers_classes_read_without_pynetdicom_are_its_contexts():
+    """In a process that has not imported pynetdicom (``rules check``), the list is read from
+    pynetdicom's source; it must be the contexts ingress offers, and pynetdicom stays unimported."""
+    code = (
+        "import sys\n"
+        "from dicom_anon.dicom_names import storage_sop_classes\n"
+        "uids = storage_sop_classes()\n"
+        "assert 'pynetdicom' not in sys.modules\n"
+        "print('\\n'.join(sorted(uids)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert set(run.stdout.split()) == {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
 
 
 @pytest.mark.parametrize(
