@@ -528,6 +528,14 @@ class GeneratedIdentities:
 
     # --- one latent ---------------------------------------------------------------------
 
+    def is_cached(self, seed: bytes, index: int, steer: str = "") -> bool:
+        """Whether ``face`` would answer from this process's cache: a draw's render budget counts
+        only faces rendered afresh, so that the pipeline's next draw for the same photo (after
+        QA turned a person down) passes over the faces the last one turned down and reaches new
+        ones, instead of spending its budget on the same faces again."""
+        with self._lock:
+            return (seed, index, steer) in self._faces
+
     def face(self, seed: bytes, index: int, steer: str = "") -> GeneratedFace | str:
         """The stream's ``index``-th person, steered (``steer_code``), rendered and measured
         (cached), or why it is unusable."""
@@ -782,7 +790,8 @@ class GeneratedIdentities:
         to none of them is taken at once. A site's people cannot all stay apart for long (two
         random generated faces are one person to SFace 3.7% of the time, so a new face is apart
         from all of 200 others in 0.05% of draws): after ``OTHERS_PATIENCE`` fitting faces that
-        are not, the one that SFace takes for the fewest others is taken.
+        are not, the one that SFace takes for the fewest others is taken. The fringe check
+        (GrabCut, as long as a render) looks only at a face about to be taken.
         """
         seed = stream_seed(ctx.key, ctx.pseudonym)
         if ctx.remembered is not None and ctx.remembered not in ctx.exclude_people:
@@ -792,10 +801,10 @@ class GeneratedIdentities:
         started = time.perf_counter()
         want = _want(ctx)
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
-        screened, rendered, patience = 0, 0, 0
+        screened, rendered = 0, 0
         rejected: Counter = Counter()
         found: GeneratedFace | None = None
-        best: tuple[tuple[int, float], GeneratedFace] | None = None
+        waiting: list[tuple[tuple, GeneratedFace]] = []
         for block in range(MAX_SCREENED // BLOCK):
             keep, codes, why = self._screen(self.generator.raw_styles(latents(seed, block)), want, ctx)
             rejected.update({f"screen: {k}": v for k, v in why.items() if v})
@@ -804,53 +813,52 @@ class GeneratedIdentities:
                 index = block * BLOCK + int(j)
                 if person_id(seed, index, codes[j]) in ctx.exclude_people:
                     continue
+                rendered += not self.is_cached(seed, index, codes[j])
                 made = self.face(seed, index, codes[j])
-                rendered += 1
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
                 if problem in ("skin", "age") and isinstance(made, GeneratedFace):
                     code = self._corrected(made, seed, ctx, want, problem)
                     if code is not None and person_id(seed, index, code) not in ctx.exclude_people:
                         rejected[f"{problem}, steered again"] += 1
+                        rendered += not self.is_cached(seed, index, code)
                         made = self.face(seed, index, code)
-                        rendered += 1
                         problem = made if isinstance(made, str) else self._fits(made, ctx, want)
-                if problem is None and isinstance(made, GeneratedFace):
-                    # Hair over the face (a fringe) last: its GrabCut costs as much as the render
-                    # (0.5 s), and prepare() reuses it for the face that is taken.
-                    hair = surrogate_problem(made)
-                    problem = f"fringe or hair over the face: {hair}" if hair else None
                 if problem is None and isinstance(made, GeneratedFace):
                     sims = others @ made.embedding if len(others) else np.zeros(1)
                     near = cosine(ctx.embedding, made.embedding) if ctx.embedding is not None else 0.0
                     if near < PATIENT_SIMILARITY and float(sims.max()) < OTHERS_SIMILARITY:
-                        found = made
-                        break
-                    # Fits, but near the patient or another patient's person: the least near
-                    # of the first OTHERS_PATIENCE such faces is taken.
-                    rank = (
-                        near >= PATIENT_SIMILARITY,
-                        int((sims >= SFACE_SAME_PERSON).sum()),
-                        float(sims.max()) >= OTHERS_SIMILARITY,
-                        near,
-                    )
-                    if best is None or rank < best[0]:
-                        best = (rank, made)
-                    patience += 1
-                    problem = (
-                        "near the patient"
-                        if near >= PATIENT_SIMILARITY
-                        else "resembles another patient's new person"
-                    )
-                    if patience >= OTHERS_PATIENCE:
-                        found = best[1]
-                        break
+                        # Hair over the face (a fringe) last: its GrabCut costs as much as the
+                        # render (0.5 s), and prepare() reuses it for the face that is taken.
+                        hair = surrogate_problem(made)
+                        if not hair:
+                            found = made
+                            break
+                        problem = f"fringe or hair over the face: {hair}"
+                    else:
+                        # Fits, but near the patient or another patient's person: once
+                        # OTHERS_PATIENCE such faces wait, the least near without a fringe is
+                        # taken (their fringes looked at only then, least near first).
+                        rank = (
+                            near >= PATIENT_SIMILARITY,
+                            int((sims >= SFACE_SAME_PERSON).sum()),
+                            float(sims.max()) >= OTHERS_SIMILARITY,
+                            near,
+                        )
+                        waiting.append((rank, made))
+                        problem = (
+                            "near the patient"
+                            if near >= PATIENT_SIMILARITY
+                            else "resembles another patient's new person"
+                        )
+                        if len(waiting) >= OTHERS_PATIENCE and (found := _least_near(waiting)) is not None:
+                            break
                 rejected[problem.split(":")[0]] += 1
                 if rendered >= MAX_RENDERS:
                     break
             if found is not None or rendered >= MAX_RENDERS:
                 break
-        if found is None and best is not None:
-            found = best[1]
+        if found is None:
+            found = _least_near(waiting)
         self.last_draw = {
             "screened": screened,
             "rendered": rendered,
@@ -870,11 +878,35 @@ class GeneratedIdentities:
 
     def why_none(self, ctx: PatientContext, hints: dict) -> str:
         d = self.last_draw
-        top = ", ".join(f"{k} {v}" for k, v in Counter(d.get("rejected", {})).most_common(4))
-        return (
-            f"none of the {d.get('rendered', 0)} generated faces rendered (of {d.get('screened', 0)} "
-            f"latents screened) suits the patient ({top})"
+        rejected = Counter(d.get("rejected", {}))
+        # The rendered faces' reasons first: the screen passes over far more latents, and its
+        # counts alone hid why the faces that were rendered did not do.
+        renders = Counter({k: v for k, v in rejected.items() if not k.startswith("screen: ")})
+        screen = Counter(
+            {k.removeprefix("screen: "): v for k, v in rejected.items() if k.startswith("screen: ")}
         )
+
+        def top(c: Counter) -> str:
+            return ", ".join(f"{k} {v}" for k, v in c.most_common(4)) or "none"
+
+        return (
+            f"none of the {d.get('rendered', 0)} generated faces rendered suits the patient "
+            f"(turned down: {top(renders)}); the style screen passed over {top(screen)} "
+            f"of {d.get('screened', 0)} latents"
+        )
+
+
+def _least_near(waiting: list[tuple[tuple, GeneratedFace]]) -> GeneratedFace | None:
+    """The least near of the faces that fit but wait (near the patient or another patient's
+    person) without hair over the face; those with it leave ``waiting`` (one GrabCut each, so
+    only as many as it takes are looked at)."""
+    waiting.sort(key=lambda w: w[0])
+    while waiting:
+        face = waiting[0][1]
+        if not surrogate_problem(face):
+            return face
+        waiting.pop(0)
+    return None
 
 
 @lru_cache(maxsize=2)

@@ -189,6 +189,25 @@ def test_two_patients_are_never_given_one_person(source, site_key) -> None:
     assert source.draws[-1]["found"]
 
 
+def test_the_next_draw_for_a_photo_spends_its_budget_on_faces_not_rendered_yet(
+    source, site_key, monkeypatch
+) -> None:
+    """When QA turns the drawn person down, the pipeline draws again with that person left out:
+    the faces the first draw turned down come from the cache and do not count against the render
+    budget (they used to, and a patient whose first person failed QA was held after one person)."""
+    draw = fresh(source)
+    first = draw.people(ctx(site_key, "ANONQ5"))[0]
+    before = draw.last_draw["rendered"]
+    assert before >= 2, "this patient's first person should not be the stream's first face"
+    monkeypatch.setattr("dicom_anon.faces.identities.MAX_RENDERS", before)
+    renders = []
+    real = draw._render
+    monkeypatch.setattr(draw, "_render", lambda *a: renders.append(a[:3]) or real(*a))
+    second = draw.people(ctx(site_key, "ANONQ5", exclude_people=frozenset({first.person})))
+    assert draw.last_draw["rendered"] == len(renders) > 0
+    assert second and second[0].person != first.person, draw.last_draw
+
+
 def test_the_style_read_outs_are_for_this_generator() -> None:
     d = load_directions()
     assert {"male", "age", "yaw", "glasses", "headwear"} <= set(d.weights)
