@@ -29,6 +29,7 @@ from dicom_anon.faces.identities import (
     DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
+    _least_near,
     _want,
     get_generated,
     latents,
@@ -206,6 +207,25 @@ def test_the_next_draw_for_a_photo_spends_its_budget_on_faces_not_rendered_yet(
     second = draw.people(ctx(site_key, "ANONQ5", exclude_people=frozenset({first.person})))
     assert draw.last_draw["rendered"] == len(renders) > 0
     assert second and second[0].person != first.person, draw.last_draw
+
+
+def test_of_the_faces_that_wait_the_least_near_without_a_fringe_is_taken_looking_at_no_more(
+    monkeypatch,
+) -> None:
+    """Faces that fit but are near the patient wait; their fringes (a GrabCut each, as long as a
+    render) are looked at least near first, and only until one passes."""
+    looked: list[str] = []
+    fringe = {"nearest-but-one": "a fringe"}
+    monkeypatch.setattr(
+        "dicom_anon.faces.identities.surrogate_problem", lambda f: looked.append(f) or fringe.get(f)
+    )
+    waiting = [((True, 0, False, 0.2), "far-but-near"), ((True, 0, False, 0.12), "nearest-but-one")]
+    waiting += [((True, 0, False, 0.15), "next"), ((True, 1, False, 0.11), "like another patient's")]
+    assert _least_near(waiting) == "next"
+    assert looked == ["nearest-but-one", "next"]
+    assert [f for _, f in waiting] == ["next", "far-but-near", "like another patient's"]
+    fringe.update({f: "a fringe" for _, f in waiting})
+    assert _least_near(waiting) is None and waiting == []
 
 
 def test_the_style_read_outs_are_for_this_generator() -> None:
