@@ -228,6 +228,22 @@ def test_of_the_faces_that_wait_the_least_near_without_a_fringe_is_taken_looking
     assert _least_near(waiting) is None and waiting == []
 
 
+def test_a_held_photo_says_why_the_rendered_faces_did_not_do_before_what_the_screen_passed_over(
+    source,
+) -> None:
+    """The screen's counts (hundreds of latents) had crowded out the renders' reasons."""
+    draw = fresh(source)
+    draw.last_draw = {
+        "screened": 128,
+        "rendered": 12,
+        "rejected": {"screen: glasses": 40, "age, steered again": 6, "screen: pose": 10, "age": 4},
+    }
+    assert draw.why_none(ctx(SiteKey(b"k" * 32), "ANONW"), {}) == (
+        "none of the 12 generated faces rendered suits the patient (turned down: age, steered again 6, "
+        "age 4); the style screen passed over glasses 40, pose 10 of 128 latents"
+    )
+
+
 def test_the_style_read_outs_are_for_this_generator() -> None:
     d = load_directions()
     assert {"male", "age", "yaw", "glasses", "headwear"} <= set(d.weights)
