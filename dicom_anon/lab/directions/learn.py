@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -76,8 +78,20 @@ def auc(score: np.ndarray, y: np.ndarray) -> float:
     return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
-def folds(n: int, k: int = 5) -> list[np.ndarray]:
-    return np.array_split(np.random.default_rng(0).permutation(n), k)
+def cross_validated(
+    fit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+    x: np.ndarray,
+    y: np.ndarray,
+    k: int = 5,
+) -> np.ndarray:
+    """Each sample's read-out from ``fit`` on the other ``k`` - 1 folds (the same folds for every
+    read-out, seed 0): what thresholds and calibrations are chosen on."""
+    cv = np.zeros(len(y))
+    for test in np.array_split(np.random.default_rng(0).permutation(len(y)), k):
+        train = np.setdiff1d(np.arange(len(y)), test)
+        w, b = fit(x[train], y[train])
+        cv[test] = x[test] @ w + b
+    return cv
 
 
 def calibration(read_out: np.ndarray, target: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
@@ -103,11 +117,7 @@ def face_screens(d: np.lib.npyio.NpzFile, labels: dict, labelled: np.ndarray) ->
     report = {}
     for name, recall in FACE_SCREENS.items():
         y = np.isin(np.flatnonzero(usable), labels[name]).astype(float)
-        cv = np.zeros(len(y))
-        for test in folds(len(y)):
-            train = np.setdiff1d(np.arange(len(y)), test)
-            w, b = logistic(x[train], y[train], l2=FACE_L2)
-            cv[test] = x[test] @ w + b
+        cv = cross_validated(partial(logistic, l2=FACE_L2), x, y)
         limit = float(np.quantile(cv[y == 1], 1 - recall)) - 1e-3
         w, b = logistic(x, y, l2=FACE_L2)
         out["weights"][name], out["bias"][name] = w.round(6).tolist(), round(b, 6)
@@ -173,16 +183,13 @@ def main() -> None:
     for name, (y, ok) in targets.items():
         xs, ys = x[ok], y[ok]
         best = None
+        method = ridge if name in REGRESSIONS else logistic
         for l2 in REGRESSION_L2 if name in REGRESSIONS else (L2,):
-            cv = np.zeros(len(ys))
-            for test in folds(len(ys)):
-                train = np.setdiff1d(np.arange(len(ys)), test)
-                w, b = (ridge if name in REGRESSIONS else logistic)(xs[train], ys[train], l2)
-                cv[test] = xs[test] @ w + b
+            cv = cross_validated(partial(method, l2=l2), xs, ys)
             if best is None or np.abs(cv - ys).mean() < np.abs(best[1] - ys).mean():
                 best = (l2, cv)
         l2, cv = best
-        w, b = (ridge if name in REGRESSIONS else logistic)(xs, ys, l2)
+        w, b = method(xs, ys, l2)
         out["weights"][name] = w.round(6).tolist()
         out["bias"][name] = round(b, 6)
         if name in CALIBRATED:

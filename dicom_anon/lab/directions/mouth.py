@@ -24,7 +24,7 @@ from ...faces.generator import GeneratorUnavailable
 from ...faces.identities import DETECT_SIDE, DIRECTIONS, get_generated
 from ...faces.mouth import MOUTH_OPEN, get_mouth_reader
 from ...faces.pool import PhotoSkipped, crop_face
-from .learn import auc, folds, logistic
+from .learn import auc, cross_validated, logistic
 
 # Renders are what a draw runs out of (12 a draw), latents are not (the screen reads thousands a
 # second): at 0.9, 15% of the latents it kept were open and their renders wasted (127 of 1,742 in
@@ -74,11 +74,7 @@ def main() -> None:
     out = json.loads(args.o.read_text())
     x = (styles - np.asarray(out["mean"])) / np.asarray(out["scale"])
     y = (openings >= MOUTH_OPEN).astype(float)
-    cv = np.zeros(len(y))
-    for test in folds(len(y)):
-        train = np.setdiff1d(np.arange(len(y)), test)
-        w, b = logistic(x[train], y[train])
-        cv[test] = x[test] @ w + b
+    cv = cross_validated(logistic, x, y)
     limit = float(np.quantile(cv[y == 1], 1 - RECALL))
     w, b = logistic(x, y)
     report = {
