@@ -878,13 +878,9 @@ class GeneratedIdentities:
 
     def why_none(self, ctx: PatientContext, hints: dict) -> str:
         d = self.last_draw
-        rejected = Counter(d.get("rejected", {}))
         # The rendered faces' reasons first: the screen passes over far more latents, and its
         # counts alone hid why the faces that were rendered did not do.
-        renders = Counter({k: v for k, v in rejected.items() if not k.startswith("screen: ")})
-        screen = Counter(
-            {k.removeprefix("screen: "): v for k, v in rejected.items() if k.startswith("screen: ")}
-        )
+        screen, renders = split_reasons(d.get("rejected", {}))
 
         def top(c: Counter) -> str:
             return ", ".join(f"{k} {v}" for k, v in c.most_common(4)) or "none"
@@ -894,6 +890,19 @@ class GeneratedIdentities:
             f"(turned down: {top(renders)}); the style screen passed over {top(screen)} "
             f"of {d.get('screened', 0)} latents"
         )
+
+
+def split_reasons(rejected: dict[str, int]) -> tuple[Counter, Counter]:
+    """A draw's ``rejected`` counts as (what the style screen passed over, why rendered faces were
+    turned down): the screen's keys carry the ``screen: `` prefix, which is left off here."""
+    screen: Counter = Counter()
+    renders: Counter = Counter()
+    for k, v in rejected.items():
+        if k.startswith("screen: "):
+            screen[k.removeprefix("screen: ")] += v
+        else:
+            renders[k] += v
+    return screen, renders
 
 
 def _least_near(waiting: list[tuple[tuple, GeneratedFace]]) -> GeneratedFace | None:

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from ..config import PixelSettings
 from ..faces.detect import Face, FaceDetector
 from ..faces.embed import SFACE_SAME_PERSON, cosine
-from ..faces.identities import InMemoryIdentities
+from ..faces.identities import InMemoryIdentities, split_reasons
 from ..faces.judge import DLIB_SAME_PERSON, distance, get_judge
 from ..faces.pipeline import FacePipeline, Patient
 from ..faces.pool import skin_lab
@@ -445,10 +445,9 @@ def draw_line(draws: list[dict]) -> str:
     rendered = sum(d["rendered"] for d in draws)
     screened = sum(d["screened"] for d in draws)
     seconds = [d["seconds"] for d in draws]
-    screens = ", ".join(
-        f"{k[8:]} {100 * v / screened:.1f}%" for k, v in rejected.most_common() if k[:8] == "screen: "
-    )
-    renders = ", ".join(f"{k} {v}" for k, v in rejected.most_common() if k[:8] != "screen: ")
+    passed_over, turned_down = split_reasons(rejected)
+    screens = ", ".join(f"{k} {100 * v / screened:.1f}%" for k, v in passed_over.most_common())
+    renders = ", ".join(f"{k} {v}" for k, v in turned_down.most_common())
     empty = sum(not d["found"] for d in draws)
     return (
         f"Generated identities: {len(draws)} draws for new patients ({empty} found nobody); the style "
