@@ -64,27 +64,6 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
     return (t[0].permute(1, 2, 0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
-def harmonise(lab_s: torch.Tensor, lab_d: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``lab_s`` (luma/chroma channels) with its mean and standard deviation moved to ``lab_d``'s,
-    both measured under ``weight``.
-
-    The spread ratio is clamped: a flat-lit studio face next to a harshly lit patient would
-    otherwise get its contrast blown up into noise.
-    """
-    w = weight[None, None] if weight.ndim == 2 else weight
-    total = w.sum().clamp_min(1.0)
-
-    def stats(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = (lab * w).sum(dim=(2, 3), keepdim=True) / total
-        var = (((lab - mean) ** 2) * w).sum(dim=(2, 3), keepdim=True) / total
-        return mean, var.sqrt().clamp_min(1e-3)
-
-    ms, ss = stats(lab_s)
-    md, sd = stats(lab_d)
-    ratio = (sd / ss).clamp(0.7, 1.4)
-    return (lab_s - ms) * ratio + md
-
-
 def masked_blur(x: torch.Tensor, weight: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of ``x`` using only pixels where ``weight`` > 0 (normalised convolution),
     on a grid coarse enough that the cost does not depend on the photo's size."""
@@ -157,8 +136,8 @@ def match_contrast(
     only ever softened, at most to ``floor``.
 
     The pool's portraits have dark, sharp brows, eye make-up and studio shading; a fair or young
-    patient's features are fainter. Moving the mean and spread of the colour channels (as
-    ``harmonise`` does) lifted dark pixels by an offset and greyed them: sockets and brows
+    patient's features are fainter. Moving the mean and spread of the colour channels (a plain
+    colour transfer) lifted dark pixels by an offset and greyed them: sockets and brows
     came out grey-green on pale patients. Scaling log-luma detail multiplies each pixel's RGB
     by one factor, so hues stay and dark stays darker than skin, just less so. The broader
     band (the surrogate's deep sockets and studio modelling, up to the light's scale) is
@@ -398,22 +377,12 @@ def membrane(diff: torch.Tensor, omega: torch.Tensor, decay: float | None = None
     return F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def composite(
-    patient: torch.Tensor, surrogate: torch.Tensor, alpha: torch.Tensor, preserved: torch.Tensor
-) -> torch.Tensor:
-    """Harmonise, membrane-correct and alpha-blend ``surrogate`` into ``patient`` (1x3xHxW each),
-    all at one resolution (the GAN backend's renderings; the surrogate backend calls ``new_face``
-    with its light and texture options and blends at full resolution itself)."""
-    a = alpha[None, None]
-    return patient * (1 - a) + new_face(patient, surrogate, alpha, preserved) * a
-
-
 def new_face(
     patient: torch.Tensor,
     surrogate: torch.Tensor,
     alpha: torch.Tensor,
     preserved: torch.Tensor,
-    light_sigma: float | None = None,
+    light_sigma: float,
     patient_skin: torch.Tensor | None = None,
     trusted: torch.Tensor | None = None,
     detail_sigma: float | None = None,
@@ -423,8 +392,9 @@ def new_face(
     own_hue: torch.Tensor | None = None,
     cheeks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """What ``composite`` blends in where ``alpha`` > 0: the harmonised, membrane-corrected
-    surrogate (the patient itself when the region is too small to measure).
+    """What the caller blends in where ``alpha`` > 0: the surrogate relit to the patient's light
+    (shading broader than ``light_sigma`` px), its features and texture softened to the patient's,
+    membrane-corrected (the patient itself when the region is too small to measure).
 
     Apart from the final blend because the new face can be worked out at a lower resolution
     than the photo (its detail is the surrogate's, its corrections are smooth) while the
@@ -443,19 +413,16 @@ def new_face(
     src_weight = weight if surrogate_skin is None else weight * surrogate_skin
     if float(src_weight.sum()) < 16:
         src_weight = weight
-    if light_sigma:
-        rgb = surrogate
-        if contrast_sigma:
-            rgb = match_contrast(rgb, patient, weight, (contrast_sigma, light_sigma))
-            if surrogate_skin is not None and patient_skin is not None:
-                if fade is not None:
-                    rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
-                if cheeks is not None:
-                    both_skin = weight * surrogate_skin * patient_skin
-                    rgb = soften_zone(rgb, patient, both_skin, cheeks, (contrast_sigma, light_sigma))
-        ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin, own_hue))
-    else:
-        ycc = harmonise(kornia.color.rgb_to_ycbcr(surrogate), ycc_p, weight)
+    rgb = surrogate
+    if contrast_sigma:
+        rgb = match_contrast(rgb, patient, weight, (contrast_sigma, light_sigma))
+        if surrogate_skin is not None and patient_skin is not None:
+            if fade is not None:
+                rgb = fade_zones(rgb, patient, surrogate_skin, patient_skin, fade, contrast_sigma)
+            if cheeks is not None:
+                both_skin = weight * surrogate_skin * patient_skin
+                rgb = soften_zone(rgb, patient, both_skin, cheeks, (contrast_sigma, light_sigma))
+    ycc = kornia.color.rgb_to_ycbcr(relight(rgb, patient, src_weight, light_sigma, patient_skin, own_hue))
     if detail_sigma and patient_skin is not None:
         ycc = match_detail(ycc, ycc_p, src_weight, patient_skin, detail_sigma)
     harmonised = kornia.color.ycbcr_to_rgb(ycc).clamp(0, 1)

@@ -379,14 +379,25 @@ def _extended(read_out: list[float], expected: list[float]) -> tuple[np.ndarray,
 
 
 class GeneratedFace(Surrogate):
-    """A generated person as a surrogate: the aligned crop held in memory, not in a file."""
+    """A generated person as a surrogate: the aligned crop held in memory, not in a file, and the
+    generator's style that drew it (the GAN backend starts its inversion from it)."""
 
-    def __init__(self, pixels: np.ndarray, index: int, steer: str, *, mouth_open: float, **fields) -> None:
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        index: int,
+        steer: str,
+        *,
+        mouth_open: float,
+        style: np.ndarray | None = None,
+        **fields,
+    ) -> None:
         super().__init__(path=None, **fields)
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "steer", steer)
         object.__setattr__(self, "mouth_open", mouth_open)
+        object.__setattr__(self, "style", style)
 
     @property
     def image(self) -> np.ndarray:  # type: ignore[override]
@@ -597,6 +608,7 @@ class GeneratedIdentities:
             index,
             steer,
             mouth_open=self.mouth.opening(c.image, c.face),
+            style=style[0].astype(np.float32),
             id=pid,
             person=pid,
             sha256=digest,

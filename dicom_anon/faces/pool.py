@@ -29,7 +29,7 @@ FORMAT = 1
 
 # Surrogate crops are stored with this eye distance (px) at most: enough detail for a face
 # ~3x larger in a 12 MP photo after upscaling, small enough to keep the pool a few MB.
-_EYE_DISTANCE = 180.0
+EYE_DISTANCE = 180.0
 _CROP_EYE_DISTANCES = 4.6
 _MAX_POOL_YAW = 20.0
 
@@ -190,7 +190,7 @@ class Cropped:
 def crop_face(
     rgb: np.ndarray, detector: FaceDetector, check: PhotoCheck | None = None, detect_side: int | None = None
 ) -> Cropped:
-    """The photo's one frontal face as a surrogate crop (eyes at most ``_EYE_DISTANCE`` apart);
+    """The photo's one frontal face as a surrogate crop (eyes at most ``EYE_DISTANCE`` apart);
     ``PhotoSkipped`` says why not. Pool photos and generated faces both go through it.
 
     ``detect_side``: find the face on a copy this many pixels on its longer side, for photos
@@ -208,7 +208,7 @@ def crop_face(
     face = faces[0]
     if abs(face.yaw) > _MAX_POOL_YAW:
         raise PhotoSkipped(f"turned {face.yaw:.0f} degrees, pool faces must be frontal")
-    scale = min(1.0, _EYE_DISTANCE / face.eye_distance)
+    scale = min(1.0, EYE_DISTANCE / face.eye_distance)
     side = round(_CROP_EYE_DISTANCES * face.eye_distance * scale)
     centre = face.landmarks.mean(axis=0)
     # Crop and scale in one affine warp; outside the photo is reflected, never black.

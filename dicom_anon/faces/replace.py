@@ -111,6 +111,95 @@ class ReplacementBackend:
         raise NotImplementedError
 
 
+def transplant(
+    frame: np.ndarray,
+    face: Face,
+    masks: FaceMasks,
+    surrogate: Surrogate,
+    device: torch.device,
+    detail: float = 1.0,
+) -> np.ndarray:
+    """New pixels for ``masks.roi``: the surrogate's face warped onto the patient's, given the
+    patient's light, skin and contrast, and blended in. The GAN backend pastes its generated face
+    through here too: a generated face carries its own light and hair just as a pool photo does.
+
+    The face is worked out at a resolution that keeps all of its detail (``detail`` times its own
+    eye distance), then blended in at full resolution.
+
+    Working at the photo's resolution would only interpolate the surrogate further while
+    the colour, light and membrane work grew with the square of the face's size (a face
+    with 700 px between the eyes costs ~15x what one at 180 px does).
+    """
+    x0, y0, x1, y1 = masks.roi
+    patient = frame[y0:y1, x0:x1]
+    h, w = patient.shape[:2]
+    src_eyes = landmark_eye_distance(surrogate.landmarks)
+    work = min(1.0, detail * src_eyes / max(face.eye_distance, 1e-6))
+    size = (max(8, round(w * work)), max(8, round(h * work))) if work < 1.0 else (w, h)
+    full = size == (w, h)
+    sx, sy = size[0] / w, size[1] / h
+    # Pixel centres of the working grid, as cv2.resize places them.
+    landmarks = (feature_landmarks(surrogate.landmarks, face, masks) - [x0, y0] + 0.5) * [sx, sy] - 0.5
+    eye_distance = face.eye_distance * (sx + sy) / 2
+    mx, my = warp_maps(surrogate.landmarks, landmarks, (0, 0, *size), eye_distance)
+    patient_w = patient if full else cv2.resize(patient, size, interpolation=cv2.INTER_AREA)
+    alpha_w = masks.alpha if full else cv2.resize(masks.alpha, size, interpolation=cv2.INTER_AREA)
+    preserved_w = (
+        masks.preserved
+        if full
+        else cv2.resize(masks.preserved.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+    )
+    ready = prepare(surrogate)
+    valid = cv2.remap(ready.valid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    # Where the surrogate shows hair or background, the patient's own pixels stay.
+    keep_surrogate = np.ones_like(valid) if masks.head else np.clip((valid - 0.5) * 2.0, 0.0, 1.0)
+    scale = eye_distance / max(1e-6, src_eyes)
+    # Cubic, not linear, near 1:1 too: linear interpolation at sub-pixel shifts averages
+    # neighbours and visibly softened lashes and pores.
+    interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
+    warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
+    skin = skin_mask(patient_w, skin_lab(frame, face))
+    surrogate_skin = skin_mask(warped, surrogate.skin_lab)
+    zones = _zones(size, landmarks, eye_distance, (*_FADED, _CHEEKS, (EYES, ())))
+    fade, cheeks, eyes = zones[: len(_FADED)], zones[len(_FADED)], zones[len(_FADED) + 1]
+    # The eyes keep their own hue under the patient's light: with the skin's colour gain a
+    # fair patient's new face got blue-grey irises from the pool's brown ones. The lids,
+    # being skin, take the skin's colour.
+    own_hue = eyes * (1.0 - surrogate_skin)
+    # The membrane is pinned only where both photos show skin: pinned where the surrogate
+    # shows beard or hair next to the patient's skin, it lifted the whole new face by that
+    # difference (+35 L* on a dark-skinned man given a bearded surrogate).
+    # Only solid skin pins it: skin seen between strands of the patient's hair, or at the edge
+    # of a lock over the cheek, took the strands' difference and spread it as a bright blob or
+    # streak across the new cheek (the relit face itself had none).
+    both = ((skin > 0.5) & (surrogate_skin > 0.5)).astype(np.uint8)
+    r = max(1, round(PIN_EROSION * eye_distance))
+    trusted = cv2.erode(both, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
+    with torch.inference_mode():
+        new = blend.new_face(
+            blend.to_tensor(patient_w, device),
+            blend.to_tensor(warped, device),
+            torch.from_numpy(alpha_w * keep_surrogate).to(device),
+            torch.from_numpy(preserved_w).to(device),
+            light_sigma=LIGHT_SIGMA * eye_distance,
+            patient_skin=torch.from_numpy(skin).to(device),
+            trusted=torch.from_numpy(trusted).to(device),
+            detail_sigma=max(1.0, DETAIL_SIGMA * eye_distance),
+            surrogate_skin=torch.from_numpy(surrogate_skin).to(device),
+            contrast_sigma=CONTRAST_SIGMA * eye_distance,
+            fade=torch.from_numpy(fade).to(device),
+            own_hue=torch.from_numpy(own_hue).to(device),
+            cheeks=torch.from_numpy(cheeks).to(device),
+        )
+        new = blend.to_uint8(new)
+    if not full:
+        new = cv2.resize(new, (w, h), interpolation=cv2.INTER_CUBIC)
+        keep_surrogate = cv2.resize(keep_surrogate, (w, h), interpolation=cv2.INTER_LINEAR)
+    alpha = np.ascontiguousarray(masks.alpha * keep_surrogate, dtype=np.float32)
+    # (new * alpha + patient * (1 - alpha)) rounded, in one OpenCV pass over the region.
+    return cv2.blendLinear(new, np.ascontiguousarray(patient), alpha, 1.0 - alpha)
+
+
 class SurrogateBackend(ReplacementBackend):
     """Features of a synthetic person (generated, or from the pool), aligned, harmonised and
     blended in torch."""
@@ -129,81 +218,8 @@ class SurrogateBackend(ReplacementBackend):
         self.max_candidates = max_candidates
 
     def render(self, frame: np.ndarray, face: Face, masks: FaceMasks, surrogate: Surrogate) -> np.ndarray:
-        """New pixels for ``masks.roi``: the surrogate's face worked out at a resolution that keeps all
-        of its detail (``detail`` times its own eye distance), then blended in at full resolution.
-
-        Working at the photo's resolution would only interpolate the surrogate further while
-        the colour, light and membrane work grew with the square of the face's size (a face
-        with 700 px between the eyes costs ~15x what one at 180 px does).
-        """
-        x0, y0, x1, y1 = masks.roi
-        patient = frame[y0:y1, x0:x1]
-        h, w = patient.shape[:2]
-        src_eyes = landmark_eye_distance(surrogate.landmarks)
-        work = min(1.0, self.detail * src_eyes / max(face.eye_distance, 1e-6))
-        size = (max(8, round(w * work)), max(8, round(h * work))) if work < 1.0 else (w, h)
-        full = size == (w, h)
-        sx, sy = size[0] / w, size[1] / h
-        # Pixel centres of the working grid, as cv2.resize places them.
-        landmarks = (feature_landmarks(surrogate.landmarks, face, masks) - [x0, y0] + 0.5) * [sx, sy] - 0.5
-        eye_distance = face.eye_distance * (sx + sy) / 2
-        mx, my = warp_maps(surrogate.landmarks, landmarks, (0, 0, *size), eye_distance)
-        patient_w = patient if full else cv2.resize(patient, size, interpolation=cv2.INTER_AREA)
-        alpha_w = masks.alpha if full else cv2.resize(masks.alpha, size, interpolation=cv2.INTER_AREA)
-        preserved_w = (
-            masks.preserved
-            if full
-            else cv2.resize(masks.preserved.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        )
-        ready = prepare(surrogate)
-        valid = cv2.remap(ready.valid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        # Where the surrogate shows hair or background, the patient's own pixels stay.
-        keep_surrogate = np.ones_like(valid) if masks.head else np.clip((valid - 0.5) * 2.0, 0.0, 1.0)
-        scale = eye_distance / max(1e-6, src_eyes)
-        # Cubic, not linear, near 1:1 too: linear interpolation at sub-pixel shifts averages
-        # neighbours and visibly softened lashes and pores.
-        interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
-        warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
-        skin = skin_mask(patient_w, skin_lab(frame, face))
-        surrogate_skin = skin_mask(warped, surrogate.skin_lab)
-        zones = _zones(size, landmarks, eye_distance, (*_FADED, _CHEEKS, (EYES, ())))
-        fade, cheeks, eyes = zones[: len(_FADED)], zones[len(_FADED)], zones[len(_FADED) + 1]
-        # The eyes keep their own hue under the patient's light: with the skin's colour gain a
-        # fair patient's new face got blue-grey irises from the pool's brown ones. The lids,
-        # being skin, take the skin's colour.
-        own_hue = eyes * (1.0 - surrogate_skin)
-        # The membrane is pinned only where both photos show skin: pinned where the surrogate
-        # shows beard or hair next to the patient's skin, it lifted the whole new face by that
-        # difference (+35 L* on a dark-skinned man given a bearded surrogate).
-        # Only solid skin pins it: skin seen between strands of the patient's hair, or at the edge
-        # of a lock over the cheek, took the strands' difference and spread it as a bright blob or
-        # streak across the new cheek (the relit face itself had none).
-        both = ((skin > 0.5) & (surrogate_skin > 0.5)).astype(np.uint8)
-        r = max(1, round(PIN_EROSION * eye_distance))
-        trusted = cv2.erode(both, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
-        with torch.inference_mode():
-            new = blend.new_face(
-                blend.to_tensor(patient_w, self.device),
-                blend.to_tensor(warped, self.device),
-                torch.from_numpy(alpha_w * keep_surrogate).to(self.device),
-                torch.from_numpy(preserved_w).to(self.device),
-                light_sigma=LIGHT_SIGMA * eye_distance,
-                patient_skin=torch.from_numpy(skin).to(self.device),
-                trusted=torch.from_numpy(trusted).to(self.device),
-                detail_sigma=max(1.0, DETAIL_SIGMA * eye_distance),
-                surrogate_skin=torch.from_numpy(surrogate_skin).to(self.device),
-                contrast_sigma=CONTRAST_SIGMA * eye_distance,
-                fade=torch.from_numpy(fade).to(self.device),
-                own_hue=torch.from_numpy(own_hue).to(self.device),
-                cheeks=torch.from_numpy(cheeks).to(self.device),
-            )
-            new = blend.to_uint8(new)
-        if not full:
-            new = cv2.resize(new, (w, h), interpolation=cv2.INTER_CUBIC)
-            keep_surrogate = cv2.resize(keep_surrogate, (w, h), interpolation=cv2.INTER_LINEAR)
-        alpha = np.ascontiguousarray(masks.alpha * keep_surrogate, dtype=np.float32)
-        # (new * alpha + patient * (1 - alpha)) rounded, in one OpenCV pass over the region.
-        return cv2.blendLinear(new, np.ascontiguousarray(patient), alpha, 1.0 - alpha)
+        """New pixels for ``masks.roi``: ``surrogate``'s face transplanted (``transplant``)."""
+        return transplant(frame, face, masks, surrogate, self.device, self.detail)
 
     def candidates(self, ctx: PatientContext) -> list[Candidate]:
         def make(s: Surrogate) -> Candidate:

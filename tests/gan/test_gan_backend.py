@@ -100,7 +100,7 @@ def test_pool_contexts_are_different_people(tiny_generator: FaceGenerator, site_
 
     torch.manual_seed(0)
     pool_backend = GanBackend(tiny_generator, Encoder(64, 4, width=8), pool=get_pool(), max_candidates=3)
-    infos = [info for _, info, _ in pool_backend.contexts(_ctx(site_key))]
+    infos = [info for _, info, _, _ in pool_backend.contexts(_ctx(site_key))]
     people = [info["person"] for info in infos]
     assert len(infos) == 3 and len(set(people)) == 3 and all(i["context"] == "pool" for i in infos)
 

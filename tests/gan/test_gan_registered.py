@@ -19,3 +19,35 @@ def test_gan_backend_loads_the_shipped_encoder_for_the_1024px_generator():
     assert backend.info["generator"] == "mobilestylegan-1024" and backend.encoder.resolution == 256
     # On the CPU the 1024 px face is drawn by the identities' OpenVINO engine, not torch.
     assert backend.generator.engine is not None
+
+
+def test_a_generated_context_keeps_more_of_its_person_through_the_inversion():
+    """With the context's own code the output is drawn nearer that person than E alone draws it
+    (the shipped encoder pulls every face towards one average face)."""
+    from dicom_anon.faces.gan.frame import to_rgb8
+    from dicom_anon.lab.training.samples import generator_mouth_masks
+
+    backend = make_backend("gan", None, torch.device("cpu"))
+    g = backend.generator
+    rng = torch.Generator().manual_seed(3)
+    codes = g.sample_latent(2, rng)
+    with torch.no_grad():
+        faces = g(codes)
+    mask = generator_mouth_masks(g, 1, rng)[0]
+    person = to_rgb8(g.full(codes[1:])[0]).astype(float)
+    plain = backend.invert(faces[0], mask, faces[1]).astype(float)
+    kept = backend.invert(faces[0], mask, faces[1], codes[1:]).astype(float)
+    assert ((kept - person) ** 2).mean() < 0.7 * ((plain - person) ** 2).mean()
+
+
+def test_a_generated_persons_code_is_the_style_that_drew_them():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    backend = make_backend("gan", None, torch.device("cpu"))
+    style = backend.generator.style(backend.generator.sample_latent(1, torch.Generator().manual_seed(1)))
+    surrogate = SimpleNamespace(style=style[0].numpy().astype(np.float32))
+    code = backend.code_of(surrogate)
+    assert code is not None and torch.allclose(backend.generator.style(code), style, atol=1e-4)
+    assert backend.code_of(SimpleNamespace()) is None  # a pool photo: no code

@@ -5,10 +5,11 @@ from the route's identity source - the same person the transplant would give - w
 passes one; else a pool surrogate that suits the patient when a pool is given; else a face drawn
 from G with a code keyed by the patient's pseudonym); paste the patient's preserved area onto the
 context; encode the merged image with the area-preserving encoder E and generate G(E(merged)) at
-G's full resolution (1024 px for the MobileStyleGAN; the encoder works at 256); warp the result back
-onto the photo at the face's size; harmonise its colour, blend it in with the pipeline's
-gradient-domain compositor; and copy the preserved pixels back bit for bit, so exactness never
-depends on how well E inverted the area.
+G's full resolution (1024 px for the MobileStyleGAN; the encoder works at 256), starting from the
+context's own code where it is known; paste the generated face as the transplant pastes a pool face
+(``replace.transplant``: warped by the landmarks, relit to the patient's light, blended where both
+show skin, the patient's own hair and background kept); and copy the preserved pixels back bit for
+bit, so exactness never depends on how well E inverted the area.
 
 The new face is drawn once per candidate, on its first rendering; later renderings (the full photo
 after the screening copy, larger ovals) put the same face in place, so a candidate shows the same
@@ -21,6 +22,7 @@ It implements the face pipeline's ``ReplacementBackend`` interface
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +31,14 @@ import cv2
 import numpy as np
 import torch
 
-from .. import blend
 from ..choice import PatientContext, candidates
-from ..detect import Face
+from ..detect import Face, landmark_eye_distance
 from ..generator import GeneratorUnavailable, get_generator
-from ..identities import PSI, IdentitySource
-from ..masks import FaceMasks
-from ..pool import Pool, Surrogate
-from ..replace import Candidate, ReplacementBackend
+from ..identities import PSI, GeneratedFace, IdentitySource
+from ..masks import FaceMasks, apply
+from ..pool import EYE_DISTANCE as POOL_EYE_DISTANCE
+from ..pool import Pool, Surrogate, skin_lab
+from ..replace import Candidate, ReplacementBackend, transplant
 from .encoder import Encoder, load_encoder
 from .frame import IDENTITY_FRAME, Frame, to_aligned, to_rgb8, to_tensor, warp_into_frame
 from .generators import FaceGenerator, open_generator, sha256_file
@@ -50,6 +52,15 @@ DEFAULT_ENCODERS = (
     ENCODERS / "dcgan-digiface-64" / "encoder.pt",
 )
 MAX_CONTEXTS = 4
+# How much of the encoder's error on the context face is taken back: the code is E(merged) +
+# CONTEXT_CORRECTION * (c - E(context)) where the context's own code c is known (a generated
+# person). The shipped encoder (two minutes of training) pulls every face towards one average
+# young face: uncorrected, different patients came out apart in 28% of pairs (16 SFHQ photos,
+# originals 100%) and the output was its context person at SFace 0.44. Fully corrected (1.0) the
+# output is the context at 0.87 but the patient's mouth barely shapes it (mouth error 34 levels
+# against 29); half way: 0.70 and 31 (docs/gan.md). A better-trained encoder makes the
+# correction small by itself.
+CONTEXT_CORRECTION = 0.5
 
 
 def roi_to_aligned(
@@ -70,6 +81,35 @@ def warp_back(image: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.nda
         image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
         m = m @ np.diag([1 / shrink, 1 / shrink, 1.0])
     return cv2.warpAffine(image, m, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+
+
+def generated_surrogate(image: np.ndarray, face: Face, frame: Frame) -> Surrogate:
+    """The generated face (RGB, in the generator's aligned frame) as a surrogate photo for
+    ``replace.transplant``: its landmarks are the patient's carried into that frame (the encoder
+    drew the face where the merged input had it), its skin tone measured on its cheeks. Shrunk
+    to the pool's eye distance at most, so its GrabCut costs what a pool face's does."""
+    m = to_aligned(face, image.shape[0], frame)
+    landmarks = apply(m, face.landmarks)
+    scale = min(1.0, POOL_EYE_DISTANCE / landmark_eye_distance(landmarks))
+    if scale < 1.0:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        landmarks = landmarks * scale
+    moved = Face(box=np.zeros(4), landmarks=landmarks, score=1.0)
+    digest = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
+    return GeneratedFace(
+        np.ascontiguousarray(image),
+        -1,
+        "",
+        mouth_open=0.0,
+        id=f"gan-{digest[:12]}",
+        person=f"gan-{digest[:12]}",
+        sha256=digest,
+        landmarks=landmarks,
+        yaw=0.0,
+        skin_lab=skin_lab(image, moved),
+        embedding=np.zeros(0, np.float32),
+        source="G(E(merged))",
+    )
 
 
 def context_seed(ctx: PatientContext, index: int) -> int:
@@ -112,9 +152,10 @@ class GanBackend(ReplacementBackend):
 
     def contexts(
         self, ctx: PatientContext
-    ) -> Iterator[tuple[torch.Tensor, dict[str, Any], Surrogate | None]]:
+    ) -> Iterator[tuple[torch.Tensor, dict[str, Any], Surrogate | None, torch.Tensor | None]]:
         """Context faces in the aligned frame, ``(3, R, R)`` in [-1, 1], best first, with what the
-        candidate says about them and the person to remember once one passes QA."""
+        candidate says about them, the person to remember once one passes QA, and the context's
+        own code ``(1, latent_dim)`` where it is known (a generated person; a pool photo has none)."""
         r = self.generator.resolution
         if self.identities is not None or self.pool is not None:
             if self.identities is not None:
@@ -131,23 +172,42 @@ class GanBackend(ReplacementBackend):
                 m = to_aligned(fake, r, self.generator.frame)
                 aligned = warp_into_frame(surrogate.image, m, r)
                 info = {"context": source, "surrogate": surrogate.id, "person": surrogate.person}
-                yield to_tensor(aligned), info, surrogate
+                yield to_tensor(aligned), info, surrogate, self.code_of(surrogate)
             return
         for index in range(self.max_candidates):
             rng = torch.Generator().manual_seed(context_seed(ctx, index))
             with torch.no_grad():
-                face = self.generator(self.generator.sample_latent(1, rng))[0].cpu()
-            yield face, {"context": "generator", "index": index}, None
+                code = self.generator.sample_latent(1, rng)
+                face = self.generator(code)[0].cpu()
+            yield face, {"context": "generator", "index": index}, None, code
+
+    def code_of(self, surrogate: Surrogate) -> torch.Tensor | None:
+        """The generated person's code in this generator's latent space, when the person came from
+        the same generator (its style); ``None`` for a pool photo."""
+        style = getattr(surrogate, "style", None)
+        if style is None or not isinstance(self.generator, MobileGenerator):
+            return None
+        return self.generator.code(torch.from_numpy(style)[None].to(self.device))
 
     # --- one rendering ----------------------------------------------------------------
 
     @torch.no_grad()
-    def invert(self, patient: torch.Tensor, mask: torch.Tensor, context: torch.Tensor) -> np.ndarray:
+    def invert(
+        self,
+        patient: torch.Tensor,
+        mask: torch.Tensor,
+        context: torch.Tensor,
+        code: torch.Tensor | None = None,
+    ) -> np.ndarray:
         """G(E(merged)) at G's full resolution (RGB uint8) for one aligned patient crop, its
-        preserved mask and a context face."""
+        preserved mask and a context face; with the context's own ``code``, the encoder's error on
+        the context is partly taken back (``CONTEXT_CORRECTION``)."""
         merged = mask * patient + (1 - mask) * context
-        code = self.encoder(merged[None].to(self.device))
-        return to_rgb8(self.generator.full(code)[0])
+        both = self.encoder(torch.stack([merged, context]).to(self.device))
+        out = both[:1]
+        if code is not None:
+            out = out + CONTEXT_CORRECTION * (code.to(self.device) - both[1:])
+        return to_rgb8(self.generator.full(out)[0])
 
     def render(
         self,
@@ -155,7 +215,8 @@ class GanBackend(ReplacementBackend):
         face: Face,
         masks: FaceMasks,
         context: torch.Tensor,
-        drawn: dict[str, np.ndarray],
+        code: torch.Tensor | None,
+        drawn: dict[str, Any],
     ) -> np.ndarray:
         """New pixels (uint8) for ``masks.roi`` of ``frame``; ``drawn`` keeps the candidate's face."""
         x0, y0, x1, y1 = masks.roi
@@ -166,19 +227,13 @@ class GanBackend(ReplacementBackend):
             patient = to_tensor(warp_into_frame(patient_roi, m, r))
             coverage = warp_into_frame(masks.preserved.astype(np.float32), m, r, border=cv2.BORDER_CONSTANT)
             mask = torch.from_numpy((coverage > 0.5).astype(np.float32))[None]
-            drawn["face"] = self.invert(patient, mask, context)
-        generated = drawn["face"]
-        # Put back: the full-resolution face warped onto the photo at the face's real size.
-        m_full = roi_to_aligned(face, masks.roi, generated.shape[0], self.generator.frame)
-        back = warp_back(generated, cv2.invertAffineTransform(m_full), (x1 - x0, y1 - y0))
-        with torch.inference_mode():
-            result = blend.composite(
-                blend.to_tensor(patient_roi, self.device),
-                blend.to_tensor(back, self.device),
-                torch.from_numpy(masks.alpha).to(self.device),
-                torch.from_numpy(masks.preserved).to(self.device),
-            )
-            out = blend.to_uint8(result)
+            generated = self.invert(patient, mask, context, code)
+            drawn["face"] = generated_surrogate(generated, face, self.generator.frame)
+        # Pasted as the transplant pastes a pool face: warped by the landmarks, given the patient's
+        # light and skin, pinned where both show skin, and where the generated face shows hair or
+        # background the patient's own pixels stay (unless the route replaces the surroundings).
+        # The colour transfer alone left white blotches on foreheads and halos at the cheeks.
+        out = transplant(frame, face, masks, drawn["face"], self.device)
         # Exact by construction, not by the encoder: the preserved pixels are the photo's own.
         out[masks.preserved] = patient_roi[masks.preserved]
         return out
@@ -187,11 +242,16 @@ class GanBackend(ReplacementBackend):
         """One candidate per context face, best first; each shows the same face every time it is
         rendered (the pipeline renders a screening copy first, then the full photo)."""
 
-        def make(context: torch.Tensor, info: dict[str, Any], surrogate: Surrogate | None) -> Candidate:
-            drawn: dict[str, np.ndarray] = {}
+        def make(
+            context: torch.Tensor,
+            info: dict[str, Any],
+            surrogate: Surrogate | None,
+            code: torch.Tensor | None,
+        ) -> Candidate:
+            drawn: dict[str, Any] = {}
             return Candidate(
                 {**self.info, **info},
-                lambda frame, face, masks: self.render(frame, face, masks, context, drawn),
+                lambda frame, face, masks: self.render(frame, face, masks, context, code, drawn),
                 surrogate=surrogate,
             )
 
