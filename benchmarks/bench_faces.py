@@ -17,8 +17,11 @@ candidates, preparing the chosen one), the same patient's next photo in the same
 person remembered, its face and preparation cached), and that photo after a restart (the
 person regenerated from its remembered index and prepared again).
 
+With ``--method gan`` the new face is the GAN backend's (docs/gan.md): the same person drawn,
+then inverted around the kept area and drawn again at 1024 px.
+
     .venv/bin/python benchmarks/bench_faces.py [--runs 3] [--faces 5] [--in-flight 2] [--device auto]
-        [--identity generated|pool]
+        [--identity generated|pool] [--method surrogate|gan]
 """
 
 from __future__ import annotations
@@ -146,7 +149,10 @@ def main() -> None:
         help="gate on SFace alone (the route setting second_recognizer: false)",
     )
     ap.add_argument("--identity", default="pool", choices=["generated", "pool"])
+    ap.add_argument("--method", default="surrogate", choices=["surrogate", "gan"])
     args = ap.parse_args()
+    if args.method == "gan" and args.identity != "generated":
+        ap.error("--method gan is timed with --identity generated (its context is the generated person)")
 
     settings = PixelSettings(
         preserve=["mouth"],
@@ -155,6 +161,7 @@ def main() -> None:
         max_identity_similarity=args.max_similarity,
         second_recognizer=not args.no_second_recognizer,
         identity=args.identity,
+        method=args.method,
     )
     if args.identity == "generated":
         generated(settings, args)
@@ -243,6 +250,13 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
         (embed.Recognizer, "embed", "SFace embed"),
         (qa, "check", "full-resolution QA (re-detect, embed)"),
     ]
+    if args.method == "gan":
+        from dicom_anon.faces.gan.backend import GanBackend
+
+        stages[-3:-2] = [
+            (GanBackend, "render", "render (screening + full)"),
+            (GanBackend, "invert", "  of which encode and draw at 1024 px (once per candidate)"),
+        ]
     for owner, name, label in stages:
         timed(owner, name, label)
     pipeline.decode, pipeline.encode, pipeline.check = codec.decode, codec.encode, qa.check
