@@ -210,6 +210,7 @@ def eval_command(
     from ..faces.judge import JudgeUnavailable
     from ..faces.pipeline import get_pipeline
     from ..faces.pool import PoolError
+    from ..faces.replace import BASELINES
     from ..faces.replace import methods as known_methods
     from . import evaluate as ev
 
@@ -259,15 +260,19 @@ def eval_command(
     if draws:
         out.print(draws, highlight=False)
         md += "\n\n" + draws
-    if consistency_pairs and "surrogate" in method:
-        pipeline = get_pipeline(settings, "surrogate")
+    # Each method that gives people (not the baselines) is asked the same: one patient, one new person.
+    giving_people = [m for m in method if m not in BASELINES] if consistency_pairs else []
+    for name in giving_people:
+        pipeline = get_pipeline(settings, name)
         photos = list(ev.openpeople_images(ev.CONSISTENCY_ASSETS, pipeline.detector))
-        with out.status("consistency") as status:
-            c = ev.consistency(pipeline, photos, lambda s: status.update(f"consistency: {s}"), memory)
+        with out.status(f"consistency ({name})") as status:
+            c = ev.consistency(
+                pipeline, photos, lambda s, n=name: status.update(f"consistency ({n}): {s}"), memory
+            )
         how = "with" if memory else "without"
         line = (
-            f"Consistency on openpeople ({', '.join(ev.CONSISTENCY_ASSETS)}), {how} the identity memory: "
-            f"{c.line()}."
+            f"Consistency of {name} on openpeople ({', '.join(ev.CONSISTENCY_ASSETS)}), {how} the identity "
+            f"memory: {c.line()}."
         )
         out.print(line, highlight=False)
         md += "\n\n" + line
