@@ -304,8 +304,16 @@ def test_advice_points_out_likely_mistakes(tmp_path):
 def test_gan_inversion_is_the_gan_method():
     from dicom_anon.config import PixelSettings
 
-    assert PixelSettings(method="gan-inversion").method == "gan"
+    assert PixelSettings(method="gan-inversion", identity="generated").method == "gan"
     assert PixelSettings(method="surrogate").method == "surrogate"
+
+
+def test_the_gan_method_without_generated_people_names_its_line(tmp_path):
+    text = GOOD + "profiles:\n  mine:\n    pixels:\n      preserve: [mouth]\n      method: gan\n"
+    msg = problems(tmp_path, text)
+    assert "settings.yaml:" in msg and "method gan needs identity: generated" in msg
+    fixed = text + "      identity: generated\n"
+    assert load_settings(write(tmp_path, fixed)).profiles["mine"].pixels.method == "gan"
 
 
 def test_identity_source_defaults_to_pool_and_a_wrong_one_names_its_line(tmp_path):

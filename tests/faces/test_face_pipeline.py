@@ -189,7 +189,8 @@ def test_missing_pool_and_unknown_method_are_refused(face_a, tmp_path, site_key,
         process_photo(ds, PixelSettings(device="cpu", identity="pool", pool=tmp_path), PSEUDONYM, site_key)
     assert exc.value.code == "surrogate-pool-unavailable"
     with pytest.raises(Refused) as exc:
-        process_photo(ds, PixelSettings(device="cpu", method="gan"), PSEUDONYM, site_key)
+        gan = PixelSettings(device="cpu", method="gan", identity="generated")
+        process_photo(ds, gan, PSEUDONYM, site_key)
     assert exc.value.code == "method-unavailable"
 
 
