@@ -236,6 +236,14 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
     print(f"device {pipe.device}, generated identities (psi {source.generator.psi}), QA gate", end=" ")
     print("SFace + dlib" if settings.second_recognizer else "SFace only")
     run(photos[0][1], settings, "ANON-warm-up", identities.InMemoryIdentities())  # model load
+    render = [(replace.SurrogateBackend, "render", "render (screening + full)")]
+    if args.method == "gan":
+        from dicom_anon.faces.gan.backend import GanBackend
+
+        render = [
+            (GanBackend, "render", "render (screening + full)"),
+            (GanBackend, "invert", "  of which encode and draw at 1024 px (once per candidate)"),
+        ]
     stages = [
         (codec, "decode", "decode (incl. read-back)"),
         (codec, "encode", "encode"),
@@ -246,17 +254,10 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
         (prepare, "_areas", "  of which GrabCut areas (once per face: fringe check, preparing)"),
         (prepare, "_take_down_shine", "prepare the new person's face: shine (once per person)"),
         (prepare, "_paint_temples", "prepare the new person's face: temples (once per person)"),
-        (replace.SurrogateBackend, "render", "render (screening + full)"),
+        *render,
         (embed.Recognizer, "embed", "SFace embed"),
         (qa, "check", "full-resolution QA (re-detect, embed)"),
     ]
-    if args.method == "gan":
-        from dicom_anon.faces.gan.backend import GanBackend
-
-        stages[-3:-2] = [
-            (GanBackend, "render", "render (screening + full)"),
-            (GanBackend, "invert", "  of which encode and draw at 1024 px (once per candidate)"),
-        ]
     for owner, name, label in stages:
         timed(owner, name, label)
     pipeline.decode, pipeline.encode, pipeline.check = codec.decode, codec.encode, qa.check
