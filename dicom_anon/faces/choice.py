@@ -60,6 +60,9 @@ class PatientContext:
     exclude_people: frozenset[str] = frozenset()
     # The pool person this patient was given before (the service remembers it per pseudonym).
     remembered: str | None = None
+    # The remembered person, when QA turned it down on this photo: a generated identity source
+    # offers variants of it before anyone new.
+    passed_over: str | None = None
     age_tolerance: float = AGE_TOLERANCE_YEARS
     # The age is the estimator's reading of the photo, not the header's: a candidate read by the
     # same estimator shares its bias, so a generated person can be held to a narrower band.

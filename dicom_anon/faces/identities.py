@@ -129,8 +129,22 @@ AGE_CORRECTION_MAX = 24.0
 # A move of 16 read-out units aged four faces by 14-20 years (the estimator's reading). Adults
 # under AGE_STEER_FROM find enough faces as drawn.
 AGE_STEER_FROM = 50.0
+# A remembered person that QA turns down on a later photo of the patient (its render there still
+# too like the patient: SFace 0.30-0.35 on 13 of 60 openpeople photos) is offered again as up to
+# VARIANTS variants before anyone new: the same latent moved JITTER (z-scored style units) in a
+# keyed random direction that leaves every read-out (sex, age, skin, glasses, pose...) where it
+# was. Given someone new instead, only 41-47% of a patient's photo pairs showed one new person to
+# SFace, against 100% where the person was kept. Of those 13 photos, variants passed on 3 at a
+# JITTER of 4, 6 at 7 and 4 at 10 (more variants read as another age or sex), their outputs at
+# SFace 0.74-0.87 to the patient's first output (0.363 is one person).
+VARIANTS = 3
+JITTER = 7.0
+# A variant the age estimator reads further than this from the remembered person is not offered.
+VARIANT_AGE_YEARS = 5
+# Keeps the variants' random directions apart from the latent stream's blocks (``latents``).
+_JITTER_STREAM = 0x4A495454
 _SKIN = ("skin_l", "skin_a", "skin_b")
-_STEER = re.compile(r"^(?:d(\d+))?(?:L(-?\d+)a(-?\d+)b(-?\d+))?(?:A(-?\d+))?([MF])?$")
+_STEER = re.compile(r"^(?:d(\d+))?(?:L(-?\d+)a(-?\d+)b(-?\d+))?(?:A(-?\d+))?([MF])?(?:J(\d+))?$")
 
 
 class IdentityMemory(Protocol):
@@ -428,16 +442,22 @@ def parse_person(person: str) -> tuple[int, str]:
 
 
 def steer_code(
-    skin_lab: np.ndarray | None, sex: str | None, version: int = 1, age_read_out: float | None = None
+    skin_lab: np.ndarray | None,
+    sex: str | None,
+    version: int = 1,
+    age_read_out: float | None = None,
+    variant: int = 0,
 ) -> str:
     """The steering a latent is given, as a short code that the store keeps: ``L36a15b18`` for
     a skin tone (CIELAB, whole units: the read-outs' errors are 2-4 units), ``A58`` for the age
-    read-out (whole units) and ``M``/``F`` for a sex, after ``d2`` when read-outs other than the
-    first (version 1) steered it. Kept as a target and the read-outs' version, not a move, so
-    the same code regenerates the same face."""
+    read-out (whole units), ``M``/``F`` for a sex and ``J2`` for a remembered person's second
+    variant (``VARIANTS``), after ``d2`` when read-outs other than the first (version 1) steered
+    it. Kept as a target and the read-outs' version, not a move, so the same code regenerates
+    the same face."""
     skin = "" if skin_lab is None else "L{}a{}b{}".format(*(round(float(v)) for v in skin_lab))
     age = "" if age_read_out is None else f"A{round(age_read_out)}"
-    return _versioned(skin + age + (sex or ""), version)
+    jitter = f"J{variant}" if variant else ""
+    return _versioned(skin + age + (sex or "") + jitter, version)
 
 
 def _versioned(code: str, version: int) -> str:
@@ -465,6 +485,38 @@ def steer_targets(code: str) -> dict[str, float]:
     if m.group(6):
         targets["male"] = SEX_STEER_LOGIT if m.group(6) == "M" else -SEX_STEER_LOGIT
     return targets
+
+
+def steer_variant(code: str) -> int:
+    """Which variant of a remembered person ``steer_code`` names (0: the person itself)."""
+    m = _STEER.match(code)
+    if m is None:
+        raise ValueError(f"not a steering code: {code!r}")
+    return int(m.group(7) or 0)
+
+
+def variant_of(person: str, variant: int, version: int) -> str:
+    """The name of ``person``'s ``variant``-th variant: its steering kept, under the read-outs'
+    ``version`` when it had none."""
+    prefix, steer = _split_person(person)
+    code = steer + f"J{variant}" if steer else steer_code(None, None, version, variant=variant)
+    return f"{prefix}-{code}"
+
+
+def base_person(person: str) -> str:
+    """The person a variant (``variant_of``) was made from; any other name unchanged."""
+    if not person.startswith(f"{PERSON_PREFIX}-"):
+        return person
+    prefix, steer = _split_person(person)
+    return f"{prefix}-{steer}" if steer else prefix
+
+
+def _split_person(person: str) -> tuple[str, str]:
+    """(``generated-<stream>-<index>``, the steering code without its variant)."""
+    parts = person.split("-", 3)
+    steer = re.sub(r"J\d+$", "", parts[3]) if len(parts) > 3 else ""
+    # A variant of an unsteered person carries its read-outs' version alone (``d2J1``).
+    return "-".join(parts[:3]), "" if re.fullmatch(r"d\d+", steer) else steer
 
 
 @dataclass(frozen=True)
@@ -558,7 +610,10 @@ class GeneratedIdentities:
         z = latents(seed, index // BLOCK)[index % BLOCK]
         raw = self.generator.raw_styles(z[None])
         if steer:
-            raw = self._steered(raw, steer_targets(steer), self._read_outs(steer_version(steer)))
+            d = self._read_outs(steer_version(steer))
+            raw = self._steered(raw, steer_targets(steer), d)
+            if variant := steer_variant(steer):
+                raw = self._jittered(raw, seed, index, variant, d)
         made = self._render(seed, index, steer, self.generator.truncate(raw))
         with self._lock:
             self._faces[(seed, index, steer)] = made
@@ -587,6 +642,18 @@ class GeneratedIdentities:
         moved, _ = d.steer(at, {k: v - s[k] for k, v in targets.items()})
         # Back from the read-outs' truncation to the untruncated style the render truncates.
         return raw + (moved - at) / d.psi
+
+    def _jittered(self, raw: np.ndarray, seed: bytes, index: int, variant: int, d: Directions) -> np.ndarray:
+        """Untruncated styles moved ``JITTER`` (z-scored) in the keyed direction of ``variant``,
+        with every read-out's component taken out, so that sex, age, skin, glasses and pose stay
+        as they were while the face changes a little."""
+        seq = np.random.SeedSequence(int.from_bytes(seed, "big"), spawn_key=(_JITTER_STREAM, index, variant))
+        r = np.random.default_rng(seq).standard_normal(raw.shape[-1])
+        u = np.stack(list(d.weights.values()))
+        r -= u.T @ np.linalg.solve(u @ u.T, u @ r)
+        move = JITTER * r / max(float(np.linalg.norm(r)), 1e-9)
+        # Made at the read-outs' truncation, like a steering move; back to the untruncated style.
+        return raw + (move * d.scale / d.psi).astype(np.float32)
 
     def _render(self, seed: bytes, index: int, steer: str, style: np.ndarray) -> GeneratedFace | str:
         rgb = self.generator.faces(style)[0]
@@ -812,6 +879,8 @@ class GeneratedIdentities:
             return [made] if isinstance(made, GeneratedFace) else []
         started = time.perf_counter()
         want = _want(ctx)
+        if ctx.passed_over is not None and (variant := self._variant(seed, ctx)) is not None:
+            return [variant]
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
         screened, rendered = 0, 0
         rejected: Counter = Counter()
@@ -880,6 +949,34 @@ class GeneratedIdentities:
         }
         self.draws.append(self.last_draw)
         return [found] if found is not None else []
+
+    def _variant(self, seed: bytes, ctx: PatientContext) -> GeneratedFace | None:
+        """The first variant (``VARIANTS``) of ``ctx.passed_over`` not tried yet that is still
+        that person to the read-outs and the estimator (sex, age within VARIANT_AGE_YEARS, no
+        glasses) and does not resemble the patient; None when none is left.
+
+        Measured against the remembered person rather than this photo's own estimates: the
+        person was chosen on the patient's first photo and is shown on every later one."""
+        kept = self.face(seed, *parse_person(ctx.passed_over))
+        if not isinstance(kept, GeneratedFace):
+            return None
+        child = kept.age_band[0] < ADULT_AGE_YEARS
+        for k in range(1, VARIANTS + 1):
+            name = variant_of(ctx.passed_over, k, self.directions.version)
+            if name in ctx.exclude_people:
+                continue
+            made = self.face(seed, *parse_person(name))
+            if not isinstance(made, GeneratedFace):
+                continue
+            if (
+                made.sex != kept.sex
+                or abs(made.age_band[0] - kept.age_band[0]) > VARIANT_AGE_YEARS
+                or (not child and self.directions.seen_on(made.embedding) is not None)
+                or (ctx.embedding is not None and cosine(ctx.embedding, made.embedding) >= EXCLUDE_SIMILARITY)
+            ):
+                continue
+            return made
+        return None
 
     def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
         if isinstance(surrogate, GeneratedFace):

@@ -38,7 +38,7 @@ from .choice import (
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
 from .generator import GeneratorUnavailable
-from .identities import IdentityMemory, IdentitySource, PoolIdentities, get_generated
+from .identities import IdentityMemory, IdentitySource, PoolIdentities, base_person, get_generated
 from .intraoral import check_no_face
 from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
@@ -229,13 +229,19 @@ class FacePipeline:
             rest = [c for c in options if c not in lead]
             yield from [(c, o) for c in lead for o in ladder] + [(c, o) for o in ladder for c in rest]
             # A source that offers one person at a time (generated) is asked for the next, with
-            # everyone tried left out, until max_candidates people have been tried.
+            # everyone tried left out, until max_candidates people have been tried (a remembered
+            # person's variants count as that person: ``passed_over``).
             tried = {c.info.get("person") for c in options}
             while not strict and self.identities and self.identities.one_at_a_time:
-                if len(tried) >= self.settings.max_candidates:
+                if len({base_person(p) for p in tried if p is not None}) >= self.settings.max_candidates:
                     return
                 more = self.backend.candidates(
-                    dataclasses.replace(ctx, remembered=None, exclude_people=ctx.exclude_people | tried)
+                    dataclasses.replace(
+                        ctx,
+                        remembered=None,
+                        passed_over=remembered,
+                        exclude_people=ctx.exclude_people | tried,
+                    )
                 )
                 if not more:
                     return

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 from ..config import PixelSettings
 from ..faces.detect import Face, FaceDetector
 from ..faces.embed import SFACE_SAME_PERSON, cosine
-from ..faces.identities import InMemoryIdentities, split_reasons
+from ..faces.identities import InMemoryIdentities, base_person, split_reasons
 from ..faces.judge import DLIB_SAME_PERSON, distance, get_judge
 from ..faces.pipeline import FacePipeline, Patient
 from ..faces.pool import skin_lab
@@ -413,7 +413,7 @@ def consistency(
         for b, b_orig, b_out, b_pool in done[i + 1 :]:
             figures = (
                 cosine(a_out, b_out) >= SFACE_SAME_PERSON,
-                a_pool is not None and a_pool == b_pool,
+                a_pool is not None and b_pool is not None and base_person(a_pool) == base_person(b_pool),
                 cosine(a_orig, b_orig) >= SFACE_SAME_PERSON,
             )
             (same if a.person == b.person else diff).append(figures)

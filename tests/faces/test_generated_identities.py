@@ -25,12 +25,16 @@ from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
     DIRECTIONS,
     GENERATED_MAX_SKIN_DELTA_E,
+    JITTER,
+    VARIANT_AGE_YEARS,
+    VARIANTS,
     Directions,
     DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
     _least_near,
     _want,
+    base_person,
     get_generated,
     latents,
     load_directions,
@@ -38,8 +42,10 @@ from dicom_anon.faces.identities import (
     person_id,
     steer_code,
     steer_targets,
+    steer_variant,
     steer_version,
     stream_seed,
+    variant_of,
 )
 from dicom_anon.faces.mouth import MOUTH_CLOSED, MOUTH_OPEN, get_mouth_reader
 from dicom_anon.faces.pipeline import process_photo
@@ -277,6 +283,16 @@ def test_steering_codes_name_the_targets_and_the_person() -> None:
     seed = b"s" * 32
     assert parse_person(person_id(seed, 17, code)) == (17, code)
     assert parse_person(person_id(seed, 17)) == (17, "")
+    # A remembered person's variants: the steering kept, the variant's number after it.
+    person = person_id(seed, 17, older)
+    second = variant_of(person, 2, version=2)
+    assert parse_person(second) == (17, "d2A58FJ2") and steer_variant("d2A58FJ2") == 2
+    assert steer_targets("d2A58FJ2") == steer_targets(older) and steer_variant(older) == 0
+    assert base_person(second) == person and base_person(person) == person
+    # An unsteered person's variant names the read-outs that made it; its base is the bare person.
+    bare = person_id(seed, 17)
+    assert variant_of(bare, 1, version=2).endswith("-17-d2J1") and base_person(variant_of(bare, 1, 2)) == bare
+    assert base_person("P003") == "P003"
 
 
 def test_steering_moves_the_named_read_outs_and_holds_the_others(source) -> None:
@@ -290,6 +306,53 @@ def test_steering_moves_the_named_read_outs_and_holds_the_others(source) -> None
         want = before[name] + change.get(name, 0.0)
         assert np.allclose(after[name], want, atol=1e-2), name
     assert (how_far > 0).all()
+
+
+def test_a_variant_moves_the_face_and_holds_every_read_out(source) -> None:
+    """A remembered person's variant is the same latent moved JITTER (z-scored) in a direction
+    with no component along any read-out: sex, age, skin, glasses and pose read as before."""
+    d, seed = source.directions, b"v" * 32
+    raw = source.generator.raw_styles(latents(seed, 0)[:1])
+    moved = source._jittered(raw, seed, 5, 1, d)
+    before, after = (
+        d.scores(source.generator.truncate(raw, d.psi)),
+        d.scores(source.generator.truncate(moved, d.psi)),
+    )
+    for name in before:
+        assert np.allclose(after[name], before[name], atol=1e-3), name
+    step = (source.generator.truncate(moved, d.psi) - source.generator.truncate(raw, d.psi)) / d.scale
+    assert np.linalg.norm(step) == pytest.approx(JITTER, rel=1e-3)
+    # Keyed by the variant's number: another variant moves elsewhere, the same one the same way.
+    assert not np.allclose(source._jittered(raw, seed, 5, 2, d), moved)
+    assert np.array_equal(source._jittered(raw, seed, 5, 1, d), moved)
+
+
+def test_a_remembered_person_turned_down_comes_back_as_a_variant_before_anyone_new(source, site_key) -> None:
+    """When QA turns the patient's remembered person down on a later photo, the pipeline asks
+    again with the person ``passed_over``: its variants come first, each still that person to
+    SFace and of its sex and age, and only when all have been tried is someone new drawn."""
+    patient = ctx(site_key, "ANONVAR")
+    kept = source.people(patient)[0]
+    tried = {kept.person}
+    offered = []
+    for _ in range(VARIANTS):
+        more = source.people(
+            dataclasses.replace(patient, passed_over=kept.person, exclude_people=frozenset(tried))
+        )
+        if not more or base_person(more[0].person) != kept.person:
+            break
+        variant = more[0]
+        offered.append(variant)
+        tried.add(variant.person)
+        assert variant.index == kept.index and variant.person != kept.person
+        assert variant.sex == kept.sex and abs(variant.age_band[0] - kept.age_band[0]) <= VARIANT_AGE_YEARS
+        assert SFACE_SAME_PERSON <= cosine(variant.embedding, kept.embedding) < 0.98
+    assert offered, "no variant of the remembered person was offered"
+    if len(offered) == VARIANTS:
+        more = source.people(
+            dataclasses.replace(patient, passed_over=kept.person, exclude_people=frozenset(tried))
+        )
+        assert not more or more[0].index != kept.index
 
 
 def test_a_dark_skinned_patient_gets_a_new_person_of_their_skin_tone(source, site_key) -> None:
@@ -586,3 +649,27 @@ def test_the_open_mouth_screen_leaves_every_steered_person_as_they_were(source) 
     styles = source.generator.truncate(source.generator.raw_styles(latents(b"lips" * 8, 0)[:4]), d.psi)
     change = {"age": np.full(4, 3.0), "skin_l": np.full(4, -10.0)}
     assert np.array_equal(d.steer(styles, change)[0], without.steer(styles, change)[0])
+
+
+def test_a_later_photo_that_turns_the_persons_render_down_gets_a_variant_of_them() -> None:
+    """openpeople's P002 under the evaluation's key: the person drawn on the studio portrait is
+    turned down on the character sheet (SFace 0.31 against 0.30), where another person, or
+    none, used to follow; now a variant of the same person is forwarded, and the store keeps
+    remembering the person itself."""
+    from dicom_anon.faces.identities import InMemoryIdentities
+    from dicom_anon.faces.pipeline import FacePipeline, Patient
+    from dicom_anon.lab import evaluate as ev
+
+    pipeline = FacePipeline(PixelSettings(preserve=["mouth"], device="cpu", identity="generated"))
+    photos = {
+        i.stem: i.rgb
+        for i in ev.openpeople_images(("studio_portrait", "character_sheet"), pipeline.detector)
+        if i.person == "P002"
+    }
+    memory = InMemoryIdentities()
+    patient = Patient("eval-P002", ev.EVAL_KEY, memory=memory)
+    first = pipeline.process_frames(photos["P002_studio_portrait"][None], patient).faces[0]["person"]
+    later = pipeline.process_frames(photos["P002_character_sheet"][None], patient).faces[0]
+    assert later["person"] != first and base_person(later["person"]) == first
+    assert steer_variant(parse_person(later["person"])[1]) >= 1
+    assert person_id(stream_seed(ev.EVAL_KEY, "eval-P002"), *memory.generated_for("eval-P002")) == first
