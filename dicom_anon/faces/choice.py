@@ -61,8 +61,10 @@ class PatientContext:
     # The pool person this patient was given before (the service remembers it per pseudonym).
     remembered: str | None = None
     # The remembered person, when QA turned it down on this photo: a generated identity source
-    # offers variants of it before anyone new.
+    # offers variants of it before anyone new, and nobody new with ``variants_only``
+    # (``same_new_face: require``).
     passed_over: str | None = None
+    variants_only: bool = False
     age_tolerance: float = AGE_TOLERANCE_YEARS
     # The age is the estimator's reading of the photo, not the header's: a candidate read by the
     # same estimator shares its bias, so a generated person can be held to a narrower band.

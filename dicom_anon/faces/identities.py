@@ -879,8 +879,10 @@ class GeneratedIdentities:
             return [made] if isinstance(made, GeneratedFace) else []
         started = time.perf_counter()
         want = _want(ctx)
-        if ctx.passed_over is not None and (variant := self._variant(seed, ctx)) is not None:
-            return [variant]
+        if ctx.passed_over is not None:
+            variant = self._variant(seed, ctx)
+            if variant is not None or ctx.variants_only:
+                return [] if variant is None else [variant]
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
         screened, rendered = 0, 0
         rejected: Counter = Counter()

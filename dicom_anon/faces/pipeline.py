@@ -230,9 +230,10 @@ class FacePipeline:
             yield from [(c, o) for c in lead for o in ladder] + [(c, o) for o in ladder for c in rest]
             # A source that offers one person at a time (generated) is asked for the next, with
             # everyone tried left out, until max_candidates people have been tried (a remembered
-            # person's variants count as that person: ``passed_over``).
+            # person's variants count as that person: ``passed_over``). A route that gives each
+            # patient one new person (``strict``) is offered that person's variants only.
             tried = {c.info.get("person") for c in options}
-            while not strict and self.identities and self.identities.one_at_a_time:
+            while self.identities and self.identities.one_at_a_time:
                 if len({base_person(p) for p in tried if p is not None}) >= self.settings.max_candidates:
                     return
                 more = self.backend.candidates(
@@ -240,6 +241,7 @@ class FacePipeline:
                         ctx,
                         remembered=None,
                         passed_over=remembered,
+                        variants_only=strict,
                         exclude_people=ctx.exclude_people | tried,
                     )
                 )
@@ -335,7 +337,9 @@ class FacePipeline:
         if apart:
             detail += f"; largest dlib distance {max(apart):.2f} (needs {DLIB_SAME_PERSON})"
         if strict:
-            detail += f"; only the patient's new face ({remembered}) was tried (same_new_face: require)"
+            variants = sum(a.get("person") != remembered for a in attempts if a.get("oval") == ladder[0])
+            also = f" and {variants} variant{'s' * (variants != 1)} of it were" if variants else " was"
+            detail += f"; only the patient's new face ({remembered}){also} tried (same_new_face: require)"
         raise FaceRefused(
             code,
             f"{where}: no candidate passed QA after {len(attempts)} tries ({', '.join(sorted(set(codes)))})"
