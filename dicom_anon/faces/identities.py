@@ -346,6 +346,12 @@ class Directions:
         dx = d @ np.linalg.solve(u @ u.T, u)
         return styles + (dx * self.scale).astype(np.float32), np.linalg.norm(dx, axis=1)
 
+    def unseen(self, move: np.ndarray) -> np.ndarray:
+        """``move`` (z-scored) less its part that any read-out sees: the complement of ``steer``,
+        a change of face that leaves sex, age, skin, glasses and pose as they read."""
+        u = np.stack(list(self.weights.values()))
+        return move - u.T @ np.linalg.solve(u @ u.T, u @ move)
+
 
 def load_directions(path: Path = DIRECTIONS, version: int | None = None) -> Directions:
     """The read-outs in ``path``, or the older ``version`` kept beside it."""
@@ -442,22 +448,16 @@ def parse_person(person: str) -> tuple[int, str]:
 
 
 def steer_code(
-    skin_lab: np.ndarray | None,
-    sex: str | None,
-    version: int = 1,
-    age_read_out: float | None = None,
-    variant: int = 0,
+    skin_lab: np.ndarray | None, sex: str | None, version: int = 1, age_read_out: float | None = None
 ) -> str:
     """The steering a latent is given, as a short code that the store keeps: ``L36a15b18`` for
     a skin tone (CIELAB, whole units: the read-outs' errors are 2-4 units), ``A58`` for the age
-    read-out (whole units), ``M``/``F`` for a sex and ``J2`` for a remembered person's second
-    variant (``VARIANTS``), after ``d2`` when read-outs other than the first (version 1) steered
-    it. Kept as a target and the read-outs' version, not a move, so the same code regenerates
-    the same face."""
+    read-out (whole units) and ``M``/``F`` for a sex, after ``d2`` when read-outs other than the
+    first (version 1) steered it. Kept as a target and the read-outs' version, not a move, so
+    the same code regenerates the same face."""
     skin = "" if skin_lab is None else "L{}a{}b{}".format(*(round(float(v)) for v in skin_lab))
     age = "" if age_read_out is None else f"A{round(age_read_out)}"
-    jitter = f"J{variant}" if variant else ""
-    return _versioned(skin + age + (sex or "") + jitter, version)
+    return _versioned(skin + age + (sex or ""), version)
 
 
 def _versioned(code: str, version: int) -> str:
@@ -496,11 +496,10 @@ def steer_variant(code: str) -> int:
 
 
 def variant_of(person: str, variant: int, version: int) -> str:
-    """The name of ``person``'s ``variant``-th variant: its steering kept, under the read-outs'
-    ``version`` when it had none."""
+    """The name of ``person``'s ``variant``-th variant (``VARIANTS``): its steering code with
+    ``J<variant>`` after it, under the read-outs' ``version`` when it had none (``d2J1``)."""
     prefix, steer = _split_person(person)
-    code = steer + f"J{variant}" if steer else steer_code(None, None, version, variant=variant)
-    return f"{prefix}-{code}"
+    return f"{prefix}-{steer + f'J{variant}' if steer else _versioned(f'J{variant}', version)}"
 
 
 def base_person(person: str) -> str:
@@ -648,9 +647,7 @@ class GeneratedIdentities:
         with every read-out's component taken out, so that sex, age, skin, glasses and pose stay
         as they were while the face changes a little."""
         seq = np.random.SeedSequence(int.from_bytes(seed, "big"), spawn_key=(_JITTER_STREAM, index, variant))
-        r = np.random.default_rng(seq).standard_normal(raw.shape[-1])
-        u = np.stack(list(d.weights.values()))
-        r -= u.T @ np.linalg.solve(u @ u.T, u @ r)
+        r = d.unseen(np.random.default_rng(seq).standard_normal(raw.shape[-1]))
         move = JITTER * r / max(float(np.linalg.norm(r)), 1e-9)
         # Made at the read-outs' truncation, like a steering move; back to the untruncated style.
         return raw + (move * d.scale / d.psi).astype(np.float32)
@@ -877,12 +874,12 @@ class GeneratedIdentities:
             made = self.face(seed, *parse_person(ctx.remembered))
             # A remembered person always rendered before; "unusable" would mean another generator.
             return [made] if isinstance(made, GeneratedFace) else []
-        started = time.perf_counter()
-        want = _want(ctx)
         if ctx.passed_over is not None:
             variant = self._variant(seed, ctx)
             if variant is not None or ctx.variants_only:
                 return [] if variant is None else [variant]
+        started = time.perf_counter()
+        want = _want(ctx)
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
         screened, rendered = 0, 0
         rejected: Counter = Counter()
