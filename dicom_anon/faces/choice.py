@@ -65,6 +65,9 @@ class PatientContext:
     # (``same_new_face: require``).
     passed_over: str | None = None
     variants_only: bool = False
+    # The variant of the remembered person that passed on an earlier photo (0: none), offered
+    # first.
+    preferred_variant: int = 0
     age_tolerance: float = AGE_TOLERANCE_YEARS
     # The age is the estimator's reading of the photo, not the header's: a candidate read by the
     # same estimator shares its bias, so a generated person can be held to a narrower band.

@@ -190,6 +190,9 @@ class FacePipeline:
             embedding=embedding,
             exclude_people=frozenset(used),
             remembered=remembered,
+            preferred_variant=patient.memory.variant_for(patient.pseudonym)
+            if patient.memory and remembered is not None
+            else 0,
             # Only a new person is kept apart from the others; a remembered one is not chosen again.
             taken=patient.memory.generated_embeddings(patient.pseudonym)
             if patient.memory and remembered is None and self.identities and self.identities.one_at_a_time

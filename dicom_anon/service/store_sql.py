@@ -49,7 +49,8 @@ from .store import (
 
 # 4: for nodes sharing one store, jobs name the node that received them (received_by), and jobs and
 # deliveries carry a lease (claimed_by, lease_until).
-SCHEMA_VERSION = 4
+# 5: a generated person remembers which of its variants last passed QA (variant).
+SCHEMA_VERSION = 5
 
 # The current tables; ``{id}``, ``{real}``, ``{blob}`` and ``{int8}`` are the dialect's types.
 _TABLES = (
@@ -125,7 +126,8 @@ _TABLES = (
     latent_index INTEGER NOT NULL,
     steer TEXT NOT NULL DEFAULT '',
     embedding {blob} NOT NULL,
-    chosen_at {real} NOT NULL
+    chosen_at {real} NOT NULL,
+    variant INTEGER NOT NULL DEFAULT 0
 )""",
 )
 
@@ -143,7 +145,8 @@ _ADDED = {
         "lease_until": "{real}",
     },
     # 3: a generated person is its latent index and its steering code.
-    "generated_identities": {"steer": "TEXT NOT NULL DEFAULT ''"},
+    # 5: the variant of the person that last passed QA.
+    "generated_identities": {"steer": "TEXT NOT NULL DEFAULT ''", "variant": "INTEGER NOT NULL DEFAULT 0"},
     "deliveries": {"claimed_by": "TEXT", "lease_until": "{real}"},
 }
 
@@ -745,6 +748,22 @@ class SqlStore(ABC):
                 " (patient_pseudonym, latent_index, steer, embedding, chosen_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (patient_pseudonym) DO NOTHING",
                 (pseudonym, int(index), steer, np.asarray(embedding, "<f4").tobytes(), time.time()),
+            )
+
+    def variant_for(self, pseudonym: str) -> int:
+        """The variant of the patient's generated person that last passed QA (0: none yet)."""
+        rows = self._read(
+            "SELECT variant FROM generated_identities WHERE patient_pseudonym = ?", (pseudonym,)
+        )
+        return int(rows[0]["variant"]) if rows else 0
+
+    def remember_variant(self, pseudonym: str, variant: int) -> None:
+        """Offer this variant first on the patient's next photo that turns the person down. Not
+        durable on its own: losing it costs a later photo a few tries, never another face."""
+        with self.transaction(durable=False) as db:
+            db.execute(
+                "UPDATE generated_identities SET variant = ? WHERE patient_pseudonym = ?",
+                (int(variant), pseudonym),
             )
 
     def generated_embeddings(self, excluding: str) -> np.ndarray:

@@ -47,6 +47,7 @@ from dicom_anon.faces.identities import (
     stream_seed,
     variant_of,
 )
+from dicom_anon.faces.masks import OVAL_LADDER
 from dicom_anon.faces.mouth import MOUTH_CLOSED, MOUTH_OPEN, get_mouth_reader
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.faces.pool import crop_face
@@ -353,6 +354,29 @@ def test_a_remembered_person_turned_down_comes_back_as_a_variant_before_anyone_n
             dataclasses.replace(patient, passed_over=kept.person, exclude_people=frozenset(tried))
         )
         assert not more or more[0].index != kept.index
+
+
+def test_the_variant_that_passed_before_is_offered_first(source, site_key) -> None:
+    """A patient's later photos tend to fail and pass alike: the variant the store remembers as
+    having passed comes before the first one, and after it the others in their order."""
+    patient = ctx(site_key, "ANONVAR")
+    kept = source.people(patient)[0]
+    walked = []
+    for _ in range(2):
+        more = source.people(
+            dataclasses.replace(
+                patient, passed_over=kept.person, exclude_people=frozenset({kept.person, *walked})
+            )
+        )
+        assert more and base_person(more[0].person) == kept.person
+        walked.append(more[0].person)
+    second = steer_variant(parse_person(walked[1])[1])
+    preferred = dataclasses.replace(
+        patient, passed_over=kept.person, exclude_people=frozenset({kept.person}), preferred_variant=second
+    )
+    assert source.people(preferred)[0].person == walked[1]
+    after = dataclasses.replace(preferred, exclude_people=frozenset({kept.person, walked[1]}))
+    assert source.people(after)[0].person == walked[0]
 
 
 def test_a_dark_skinned_patient_gets_a_new_person_of_their_skin_tone(source, site_key) -> None:
@@ -675,5 +699,16 @@ def test_a_later_photo_that_turns_the_persons_render_down_gets_a_variant_of_them
     first = pipeline.process_frames(photos["P002_studio_portrait"][None], patient).faces[0]["person"]
     later = pipeline.process_frames(photos["P002_character_sheet"][None], patient).faces[0]
     assert later["person"] != first and base_person(later["person"]) == first
-    assert steer_variant(parse_person(later["person"])[1]) >= 1
+    variant = steer_variant(parse_person(later["person"])[1])
+    assert variant >= 1
     assert person_id(stream_seed(ev.EVAL_KEY, "eval-P002"), *memory.generated_for("eval-P002")) == first
+    # The variant that passed is remembered and offered first on the next photo that turns the
+    # person down (here the same photo again): no variant before it is tried again.
+    assert memory.variant_for("eval-P002") == variant
+    again = pipeline.process_frames(photos["P002_character_sheet"][None], patient).faces[0]
+    assert again["person"] == later["person"]
+    # At most the person and the remembered variant, each at every oval size.
+    assert again["attempts"] <= 2 * len(OVAL_LADDER) < later["attempts"], (
+        again["attempts"],
+        later["attempts"],
+    )
