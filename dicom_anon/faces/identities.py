@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -67,16 +67,20 @@ PSI = 0.85
 # Latents drawn per block of the keyed stream (one mapping-network call).
 BLOCK = 64
 # At most this many latents are screened in style space, and this many faces rendered, for one
-# new patient before the photo is held (no-surrogate).
+# new patient before the photo is held (no-surrogate); room for OTHERS_PATIENCE faces that wait
+# among those turned down.
 MAX_SCREENED = 4096
-MAX_RENDERS = 12
+MAX_RENDERS = 20
 # The generated 1024 px face is found on a copy this size (the face fills ~40% of it).
 DETECT_SIDE = 384
 # A new person this close (SFace cosine) to another patient's is passed over while patience
 # lasts: below SFace's 0.363 "same person", with the margin the choice keeps from the patient
-# (choice.EXCLUDE_SIMILARITY). After OTHERS_PATIENCE such faces the least alike is taken.
+# (choice.EXCLUDE_SIMILARITY). After OTHERS_PATIENCE such faces the least alike is taken. Most
+# draws end there, on the least near of the faces near the patient; with 4, openpeople's
+# different people came out as different new people in 67% of pairs (SFace on the originals:
+# 79%), with 8 in 83%, at 6.2 s a draw instead of 2.8 (docs/research/generated-identities.md).
 OTHERS_SIMILARITY = 0.30
-OTHERS_PATIENCE = 4
+OTHERS_PATIENCE = 8
 # A generated face at least this close (SFace cosine) to the patient is taken only when patience
 # runs out (never at the pool's EXCLUDE_SIMILARITY, 0.30, or more): the output keeps the
 # patient's mouth, face shape and light, so it lands closer to the patient than the new face
@@ -895,6 +899,12 @@ class GeneratedIdentities:
             variant = self._variant(seed, ctx)
             if variant is not None or ctx.variants_only:
                 return [] if variant is None else [variant]
+            # Someone new for a patient who has a person: where this photo leaves the sex unsure,
+            # the person's (read on the first photo) rather than this photo's guess; a man read
+            # as a woman at 0.88 on one photo was given a woman there.
+            kept = self.face(seed, *parse_person(ctx.passed_over))
+            if ctx.sex is None and isinstance(kept, GeneratedFace) and kept.sex:
+                ctx = replace(ctx, likely_sex=kept.sex)
         started = time.perf_counter()
         want = _want(ctx)
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
