@@ -67,20 +67,20 @@ PSI = 0.85
 # Latents drawn per block of the keyed stream (one mapping-network call).
 BLOCK = 64
 # At most this many latents are screened in style space, and this many faces rendered, for one
-# new patient before the photo is held (no-surrogate); room for OTHERS_PATIENCE faces that wait
-# among those turned down.
+# new patient before the photo is held (no-surrogate).
 MAX_SCREENED = 4096
-MAX_RENDERS = 20
+MAX_RENDERS = 12
 # The generated 1024 px face is found on a copy this size (the face fills ~40% of it).
 DETECT_SIDE = 384
 # A new person this close (SFace cosine) to another patient's is passed over while patience
 # lasts: below SFace's 0.363 "same person", with the margin the choice keeps from the patient
 # (choice.EXCLUDE_SIMILARITY). After OTHERS_PATIENCE such faces the least alike is taken. Most
-# draws end there, on the least near of the faces near the patient; with 4, openpeople's
-# different people came out as different new people in 67% of pairs (SFace on the originals:
-# 79%), with 8 in 83%, at 6.2 s a draw instead of 2.8 (docs/research/generated-identities.md).
+# draws end there, on the least near of the faces near the patient. 8 (with MAX_RENDERS 20) kept
+# openpeople's different people apart in 83% of pairs instead of 67% (SFace on the originals:
+# 79%), but on the judged set dlib re-identified 6.5% of outputs instead of 1.1%: not kept
+# (docs/research/generated-identities.md).
 OTHERS_SIMILARITY = 0.30
-OTHERS_PATIENCE = 8
+OTHERS_PATIENCE = 4
 # A generated face at least this close (SFace cosine) to the patient is taken only when patience
 # runs out (never at the pool's EXCLUDE_SIMILARITY, 0.30, or more): the output keeps the
 # patient's mouth, face shape and light, so it lands closer to the patient than the new face
