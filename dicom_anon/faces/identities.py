@@ -485,19 +485,21 @@ def _versioned(code: str, version: int) -> str:
     return f"d{version}{code}" if code and version != 1 else code
 
 
-def steer_version(code: str) -> int:
-    """The version of the read-outs that ``steer_code`` steered with."""
+def _steer_match(code: str) -> re.Match[str]:
     m = _STEER.match(code)
     if m is None:
         raise ValueError(f"not a steering code: {code!r}")
-    return int(m.group(1) or 1)
+    return m
+
+
+def steer_version(code: str) -> int:
+    """The version of the read-outs that ``steer_code`` steered with."""
+    return int(_steer_match(code).group(1) or 1)
 
 
 def steer_targets(code: str) -> dict[str, float]:
     """The read-out values ``steer_code`` names."""
-    m = _STEER.match(code)
-    if m is None:
-        raise ValueError(f"not a steering code: {code!r}")
+    m = _steer_match(code)
     targets: dict[str, float] = {}
     if m.group(2) is not None:
         targets |= {"skin_l": float(m.group(2)), "skin_a": float(m.group(3)), "skin_b": float(m.group(4))}
@@ -510,10 +512,7 @@ def steer_targets(code: str) -> dict[str, float]:
 
 def steer_variant(code: str) -> int:
     """Which variant of a remembered person ``steer_code`` names (0: the person itself)."""
-    m = _STEER.match(code)
-    if m is None:
-        raise ValueError(f"not a steering code: {code!r}")
-    return int(m.group(7) or 0)
+    return int(_steer_match(code).group(7) or 0)
 
 
 def variant_of(person: str, variant: int, version: int) -> str:
@@ -896,13 +895,13 @@ class GeneratedIdentities:
             # A remembered person always rendered before; "unusable" would mean another generator.
             return [made] if isinstance(made, GeneratedFace) else []
         if ctx.passed_over is not None:
-            variant = self._variant(seed, ctx)
+            kept = self.face(seed, *parse_person(ctx.passed_over))
+            variant = self._variant(seed, ctx, kept) if isinstance(kept, GeneratedFace) else None
             if variant is not None or ctx.variants_only:
                 return [] if variant is None else [variant]
             # Someone new for a patient who has a person: where this photo leaves the sex unsure,
             # the person's (read on the first photo) rather than this photo's guess; a man read
             # as a woman at 0.88 on one photo was given a woman there.
-            kept = self.face(seed, *parse_person(ctx.passed_over))
             if ctx.sex is None and isinstance(kept, GeneratedFace) and kept.sex:
                 ctx = replace(ctx, likely_sex=kept.sex)
         started = time.perf_counter()
@@ -976,16 +975,13 @@ class GeneratedIdentities:
         self.draws.append(self.last_draw)
         return [found] if found is not None else []
 
-    def _variant(self, seed: bytes, ctx: PatientContext) -> GeneratedFace | None:
-        """The first variant (``VARIANTS``) of ``ctx.passed_over`` not tried yet that is still
-        that person to the read-outs and the estimator (sex, age within VARIANT_AGE_YEARS, no
+    def _variant(self, seed: bytes, ctx: PatientContext, kept: GeneratedFace) -> GeneratedFace | None:
+        """The first variant (``VARIANTS``) of ``kept`` (``ctx.passed_over``) not tried yet that is
+        still that person to the read-outs and the estimator (sex, age within VARIANT_AGE_YEARS, no
         glasses) and does not resemble the patient; None when none is left.
 
         Measured against the remembered person rather than this photo's own estimates: the
         person was chosen on the patient's first photo and is shown on every later one."""
-        kept = self.face(seed, *parse_person(ctx.passed_over))
-        if not isinstance(kept, GeneratedFace):
-            return None
         child = kept.age_band[0] < ADULT_AGE_YEARS
         # The variant that passed on an earlier photo first: photos of one patient tend to fail
         # and pass alike (one openpeople patient's three photos all passed with the 14th).

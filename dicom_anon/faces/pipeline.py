@@ -190,9 +190,6 @@ class FacePipeline:
             embedding=embedding,
             exclude_people=frozenset(used),
             remembered=remembered,
-            preferred_variant=patient.memory.variant_for(patient.pseudonym)
-            if patient.memory and remembered is not None
-            else 0,
             # Only a new person is kept apart from the others; a remembered one is not chosen again.
             taken=patient.memory.generated_embeddings(patient.pseudonym)
             if patient.memory and remembered is None and self.identities and self.identities.one_at_a_time
@@ -236,6 +233,9 @@ class FacePipeline:
             # person's variants count as that person: ``passed_over``). A route that gives each
             # patient one new person (``strict``) is offered that person's variants only.
             tried = {c.info.get("person") for c in options}
+            # Read only here, once the remembered person was turned down (a generator resumes
+            # past the lead only then): most later photos never need it.
+            preferred = patient.memory.variant_for(patient.pseudonym) if patient.memory and remembered else 0
             while self.identities and self.identities.one_at_a_time:
                 if len({base_person(p) for p in tried if p is not None}) >= self.settings.max_candidates:
                     return
@@ -245,6 +245,7 @@ class FacePipeline:
                         remembered=None,
                         passed_over=remembered,
                         variants_only=strict,
+                        preferred_variant=preferred,
                         exclude_people=ctx.exclude_people | tried,
                     )
                 )
