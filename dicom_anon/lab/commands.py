@@ -149,6 +149,14 @@ def eval_command(
     sheet: Annotated[Path, typer.Option(help="Contact sheet PNG.")] = Path("eval-contact-sheet.png"),
     sheet_rows: Annotated[int, typer.Option(help="Rows on the contact sheet.")] = 12,
     report: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    per_photo: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write one CSV row per photo and method: refused or not, the new person, and "
+            "each recogniser's verdict on the output against its own original (which photos a "
+            "figure counts)."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many images per folder.")] = None,
     consistency_pairs: Annotated[
         bool,
@@ -284,3 +292,5 @@ def eval_command(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(md + "\n")
         out.print(f"table: {report}", highlight=False)
+    if per_photo is not None:
+        out.print(f"per photo: {ev.write_per_photo(reports, per_photo)}", highlight=False)

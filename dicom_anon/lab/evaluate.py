@@ -16,6 +16,7 @@ face YuNet finds in the output, or on the original landmarks when it finds none.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import statistics
 import time
@@ -528,6 +529,35 @@ def contact_sheet(
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
+    return path
+
+
+PER_PHOTO_COLUMNS = (
+    "method", "photo", "person", "refused", "new_person", "attempts", "seconds",
+    "sface_to_original", "sface_rank1", "dlib_to_original", "dlib_rank1", "skin_delta_e",
+)  # fmt: skip
+
+
+def write_per_photo(reports: dict[str, MethodReport], path: Path) -> Path:
+    """One CSV row per photo and method (``PER_PHOTO_COLUMNS``): the table's figures are shares of
+    these rows, so a change in a figure can be traced to the photos that moved it."""
+
+    def num(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}"
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PER_PHOTO_COLUMNS)
+        for method, report in reports.items():
+            for o in report.outcomes:
+                done = o.output is not None and o.similarity is not None
+                writer.writerow([
+                    method, o.stem, o.person, o.refused or "", o.surrogate or "", o.attempts,
+                    f"{o.seconds:.2f}", num(o.similarity), int(o.rank1) if done else "",
+                    num(o.judge_distance), int(o.judge_rank1) if o.judge_distance is not None else "",
+                    num(o.delta_e),
+                ])  # fmt: skip
     return path
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -75,7 +77,7 @@ def test_judge_chance_is_the_share_of_originals_it_confuses() -> None:
     assert gallery.judge_chance() == pytest.approx(1 / 3)
 
 
-def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits) -> None:
+def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits, tmp_path) -> None:
     images = [portraits["P003_studio_portrait"], portraits["P005_studio_portrait"]]
     evaluator = ev.Evaluator(PixelSettings(preserve=["mouth"], device="cpu"), ["eyebar"])
     reports, _ = evaluator.run(images)
@@ -86,6 +88,15 @@ def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits) -> None:
         o.judge_distance is not None and o.judge_distance < DLIB_SAME_PERSON
         for o in reports["eyebar"].outcomes
     )
+    # The per-photo file names the photos behind those figures.
+    with ev.write_per_photo(reports, tmp_path / "photos.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["method"], r["photo"], r["refused"]) for r in rows] == [
+        ("eyebar", "P003_studio_portrait", ""),
+        ("eyebar", "P005_studio_portrait", ""),
+    ]
+    assert all(float(r["dlib_to_original"]) < DLIB_SAME_PERSON and r["dlib_rank1"] == "1" for r in rows)
+    assert all(float(r["sface_to_original"]) > 0 for r in rows)
 
 
 def test_eval_marks_dlib_gated_when_the_route_gates_on_it() -> None:
