@@ -365,10 +365,6 @@ def _skin_hull(bare: np.ndarray) -> np.ndarray:
     return hull
 
 
-# The face area's edge is this soft (eye distances).
-FACE_AREA_SOFTNESS = 0.06
-
-
 def _face_area(landmarks: np.ndarray, bare: np.ndarray, always: np.ndarray) -> np.ndarray:
     """Where the surrogate photo shows its face, not hair, beard, a hand or background.
 
@@ -386,19 +382,8 @@ def _face_area(landmarks: np.ndarray, bare: np.ndarray, always: np.ndarray) -> n
     # Fill holes: flood the background from the border; whatever it cannot reach is inside.
     outside = np.pad(1 - face, 1, constant_values=1)
     cv2.floodFill(outside, None, (0, 0), 2)
-    face = (outside[1:-1, 1:-1] != 2).astype(np.uint8)
-    # The soft edge lies inside the face: blurred across its border, the hair beside it (a lock
-    # down a temple, a side parting) was blended in at half strength as strands across the new
-    # forehead and brow. Taken in by two of its widths, hair there counts for at most 2%. Beside
-    # the brows' outer ends the face keeps its full extent: its hair there is painted over with
-    # skin (``_paint_temples``), and the patient's own temples let through looked like the patient.
-    soft = FACE_AREA_SOFTNESS * landmark_eye_distance(landmarks)
-    inset = max(1, round(2 * soft))
-    temples = np.zeros_like(always)
-    paint(temples, similarity(TEMPLATE, landmarks), _TEMPLES)
-    face = cv2.erode(face, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * inset + 1,) * 2))
-    face |= always & temples
-    return cv2.GaussianBlur(face.astype(np.float32), (0, 0), soft)
+    face = (outside[1:-1, 1:-1] != 2).astype(np.float32)
+    return cv2.GaussianBlur(face, (0, 0), 0.06 * landmark_eye_distance(landmarks))
 
 
 def _paint_temples(
