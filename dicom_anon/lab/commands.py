@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import track
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
 from rich.table import Table
 
 from ..console import err, fail, out
@@ -19,6 +19,21 @@ if TYPE_CHECKING:
     import torch
 
 models_app = typer.Typer(help="Build and inspect the models the face pipeline uses.", no_args_is_help=True)
+
+
+def _bar() -> Progress:
+    """A progress bar on stderr for the long lab runs: done of total, the photo at hand, time left.
+    Piped or logged (no terminal), it stays silent rather than leave a line per refresh."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[photo]}"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
 
 
 def device_or_exit(name: str) -> torch.device:
@@ -253,8 +268,13 @@ def eval_command(
         raise fail(str(exc)) from None
     except JudgeUnavailable as exc:
         raise fail(f"the second recogniser (dlib) cannot run: {exc}; install the 'faces' extra") from None
-    with out.status("evaluating") as status:
-        reports, originals = evaluator.run(images, lambda m, s: status.update(f"{m}: {s}"))
+    # A judged run takes half an hour on two cores: a bar with what is done and what is left.
+    with _bar() as bar:
+        task = bar.add_task("evaluating", total=len(images) * len(method), photo="")
+        started = iter(range(len(images) * len(method)))
+        reports, originals = evaluator.run(
+            images, lambda m, s: bar.update(task, completed=next(started), photo=f"{m}: {s}")
+        )
     rows = [r.row() for r in reports.values()]
     table = Table(title=f"{len(images)} images, preserve {'+'.join(preserve)}")
     for col in rows[0]:
@@ -273,9 +293,14 @@ def eval_command(
     for name in giving_people:
         pipeline = get_pipeline(settings, name)
         photos = list(ev.openpeople_images(ev.CONSISTENCY_ASSETS, pipeline.detector))
-        with out.status(f"consistency ({name})") as status:
+        with _bar() as bar:
+            task = bar.add_task(f"consistency ({name})", total=len(photos), photo="")
+            begun = iter(range(len(photos)))
             c = ev.consistency(
-                pipeline, photos, lambda s, n=name: status.update(f"consistency ({n}): {s}"), memory
+                pipeline,
+                photos,
+                lambda s, b=bar, t=task, n=begun: b.update(t, completed=next(n), photo=s),
+                memory,
             )
         how = "with" if memory else "without"
         line = (
