@@ -77,8 +77,8 @@ DETECT_SIDE = 384
 # (choice.EXCLUDE_SIMILARITY). After OTHERS_PATIENCE such faces the least alike is taken. Most
 # draws end there, on the least near of the faces near the patient. 8 (with MAX_RENDERS 20) kept
 # openpeople's different people apart in 83% of pairs instead of 67% (SFace on the originals:
-# 79%), but on the judged set dlib re-identified 6.5% of outputs instead of 1.1% (6.9% with 8
-# in 12 renders, the same photos held): not kept (docs/research/generated-identities.md).
+# 79%) and held fewer photos, but on the judged set dlib's rank-1 rose from 4.5% to 8.6% and a
+# draw took twice the renders: not kept (docs/research/generated-identities.md).
 OTHERS_SIMILARITY = 0.30
 OTHERS_PATIENCE = 4
 # A generated face at least this close (SFace cosine) to the patient is taken only when patience
