@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .console import ColumnsOption, PerPageOption, SheetSizeOption, err, fail, out
+from .console import ColumnsOption, PerPageOption, SheetSizeOption, err, fail, out, progress_bar
 from .headers.options import PIXEL_OPTIONS, Option
 
 if TYPE_CHECKING:
@@ -216,8 +216,6 @@ def deid(
     cannot be made safe (burned-in annotation, unsupported object, damaged file) is
     refused and listed; the exit status is 1 if anything was refused.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .batch import default_jobs, deid_files
     from .headers.engine import Profile
     from .headers.options import parse_options
@@ -235,16 +233,7 @@ def deid(
     profile = Profile(options=options)
     outcomes: list[Outcome] = []
     started = time.perf_counter()
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        # For a person at a terminal: piped or logged, rich would leave a blank line behind.
-        disable=not err.is_terminal,
-    ) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("de-identifying", total=len(found.files))
         workers = jobs or default_jobs()
         for outcome in deid_files(found.files, key, profile, output, dry_run=dry_run, jobs=workers):

@@ -16,6 +16,8 @@ from rich.console import Console
 from . import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn
+
     from .config import Settings
 
 # Piped output (a review saved to a file, CI logs) gets wide tables instead of rich's 80 columns.
@@ -40,6 +42,25 @@ SheetSizeOption = Annotated[
 ]
 ColumnsOption = Annotated[int, typer.Option(min=1, max=20, help="Photos across a page.")]
 PerPageOption = Annotated[int, typer.Option(min=1, max=500, help="Photos on one page.")]
+
+
+def progress_bar(*extra: ProgressColumn) -> Progress:
+    """The bar long commands show on stderr: what it does, done of total, time left, then
+    ``extra`` columns. Gone once done; piped or logged it stays silent, where rich would leave a
+    line behind. rich.progress is imported here, not at start-up, for the commands that never
+    show one."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        *extra,
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -10,30 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, track
+from rich.progress import TextColumn, track
 from rich.table import Table
 
-from ..console import err, fail, out
+from ..console import err, fail, out, progress_bar
 
 if TYPE_CHECKING:
     import torch
 
 models_app = typer.Typer(help="Build and inspect the models the face pipeline uses.", no_args_is_help=True)
-
-
-def _bar() -> Progress:
-    """A progress bar on stderr for the long lab runs: done of total, the photo at hand, time left.
-    Piped or logged (no terminal), it stays silent rather than leave a line per refresh."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[photo]}"),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    )
 
 
 def device_or_exit(name: str) -> torch.device:
@@ -269,7 +254,7 @@ def eval_command(
     except JudgeUnavailable as exc:
         raise fail(f"the second recogniser (dlib) cannot run: {exc}; install the 'faces' extra") from None
     # A judged run takes half an hour on two cores: a bar with what is done and what is left.
-    with _bar() as bar:
+    with progress_bar(TextColumn("{task.fields[photo]}")) as bar:
         task = bar.add_task("evaluating", total=len(images) * len(method), photo="")
         started = iter(range(len(images) * len(method)))
         reports, originals = evaluator.run(
@@ -293,7 +278,7 @@ def eval_command(
     for name in giving_people:
         pipeline = get_pipeline(settings, name)
         photos = list(ev.openpeople_images(ev.CONSISTENCY_ASSETS, pipeline.detector))
-        with _bar() as bar:
+        with progress_bar(TextColumn("{task.fields[photo]}")) as bar:
             task = bar.add_task(f"consistency ({name})", total=len(photos), photo="")
             begun = iter(range(len(photos)))
             c = ev.consistency(
