@@ -6,6 +6,7 @@ Registered lazily on the main ``app`` in ``dicom_anon/cli.py`` (``train-encoder`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +20,16 @@ if TYPE_CHECKING:
     import torch
 
 models_app = typer.Typer(help="Build and inspect the models the face pipeline uses.", no_args_is_help=True)
+
+
+def _writable_or_exit(option: str, folder: Path) -> None:
+    """``folder`` made if missing and writable, or a one-line error naming ``option``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"{option}: cannot create {folder} ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise fail(f"{option}: {folder} is not writable")
 
 
 def device_or_exit(name: str) -> torch.device:
@@ -243,6 +254,13 @@ def eval_command(
     missing = [item for item in faces if item != "openpeople" and not Path(item).exists()]
     if missing:
         raise fail(f"{missing[0]}: no such file or folder (give image/DICOM files, folders or 'openpeople')")
+    # Checked before the run, not after half an hour of it.
+    for option, folder in (
+        ("--sheet", sheet.parent), ("--save", save), ("--report", report and report.parent),
+        ("--per-photo", per_photo and per_photo.parent),
+    ):  # fmt: skip
+        if folder is not None:
+            _writable_or_exit(option, folder)
     images = ev.collect(faces, limit)
     if not images:
         raise fail("no readable images in the inputs")

@@ -68,6 +68,14 @@ def test_eval_settings_errors_are_one_clear_line(tmp_path, face_a) -> None:
     assert wrong.exit_code == 2 and "--same-new-face: Input should be 'prefer' or 'require'" in wrong.output
     typo = CliRunner().invoke(app, ["eval", str(tmp_path / "face.png"), str(tmp_path / "fcaes")])
     assert typo.exit_code == 2 and f"{tmp_path / 'fcaes'}: no such file or folder" in typo.output
+    # An output that cannot be written is found before the run, not after it.
+    (tmp_path / "a-file").write_text("")
+    unwritable = CliRunner().invoke(
+        app, ["eval", str(tmp_path / "face.png"), "--per-photo", str(tmp_path / "a-file" / "photos.csv")]
+    )
+    assert (
+        unwritable.exit_code == 2 and f"--per-photo: cannot create {tmp_path / 'a-file'}" in unwritable.output
+    )
 
 
 def test_judge_chance_is_the_share_of_originals_it_confuses() -> None:
