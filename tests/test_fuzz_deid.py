@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 from factories import camera_photo, write
-from fuzz_corpus import MUTATIONS, case, leaks, seeds, with_transfer_syntax
+from fuzz_corpus import MUTATIONS, case, corpus, leaks, seeds, with_transfer_syntax
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_anon.batch import deid_file
 from dicom_anon.cli import app
-from dicom_anon.headers.engine import Profile
+from dicom_anon.dicomio import read_checked, read_instance
+from dicom_anon.headers.engine import Profile, deidentify
+from dicom_anon.headers.errors import Refused
+from dicom_anon.headers.gate import release
 from dicom_anon.headers.pseudonyms import SiteKey
 
 KEY = SiteKey(b"fuzz-secret-0123456789abcdef0123")
@@ -82,3 +85,26 @@ def test_deid_folder_goes_on_past_hostile_files(tmp_path: Path) -> None:
     refused = [line for line in result.output.splitlines() if "refused (" in line]
     assert len(refused) == 2, result.output
     assert len(list((tmp_path / "out").glob("*.dcm"))) == 1
+
+
+def test_bytes_read_strictly_before_de_identify_the_same_without_the_checks() -> None:
+    """The service's worker parses received bytes without the element checks once their digest
+    shows ingress passed them (``read_checked``): on every hostile case ``read_instance`` passes,
+    what leaves must be the same bytes, and the same refusal where the engine or gate refuses."""
+    profile = Profile()
+    compared = 0
+    for hostile in corpus(600, seed=3, testdata=SHARED):
+        try:
+            strict = read_instance(hostile.data)
+        except Refused:
+            continue
+        outcomes = []
+        for ds in (strict, read_checked(hostile.data)):
+            try:
+                result = deidentify(ds, KEY, profile, in_place=True)
+                outcomes.append(release(result, profile))
+            except Refused as refused:
+                outcomes.append(refused.code)
+        assert outcomes[0] == outcomes[1], hostile.name
+        compared += 1
+    assert compared >= 100

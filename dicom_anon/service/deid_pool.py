@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from ..dicomio import read_instance
+from ..dicomio import read_checked, read_instance
 from ..headers.engine import DeidResult, Profile, deidentify
 from ..headers.errors import Refused
 from ..headers.gate import GateFailed, release
@@ -67,10 +67,11 @@ class Unreadable(Refused):
     """The received bytes do not read strictly: quarantined at the decode stage."""
 
 
-def read_strictly(data: bytes) -> Dataset:
-    """``read_instance`` whose refusal says it came from reading, not from the engine."""
+def read_strictly(data: bytes, *, checked: bool = False) -> Dataset:
+    """``read_instance`` whose refusal says it came from reading, not from the engine; with
+    ``checked``, bytes whose digest shows that ingress read them strictly (``read_checked``)."""
     try:
-        return read_instance(data)
+        return read_checked(data) if checked else read_instance(data)
     except Refused as refused:
         raise Unreadable(refused.code, refused.reason) from None
 
@@ -101,11 +102,11 @@ def _start_child_done() -> None:
     """Nothing: submitted so that the pool starts its children."""
 
 
-def _deidentify_bytes(data: bytes, options: frozenset[Option]) -> Released | _Refusal:
+def _deidentify_bytes(data: bytes, options: frozenset[Option], checked: bool) -> Released | _Refusal:
     assert _key is not None
     profile = Profile(options=options)
     try:
-        result = deidentify(read_strictly(data), _key, profile, in_place=True)
+        result = deidentify(read_strictly(data, checked=checked), _key, profile, in_place=True)
         return released(result, release(result, profile))
     except Refused as refused:
         kind = next(name for name, cls in _REFUSALS.items() if isinstance(refused, cls))
@@ -122,13 +123,13 @@ class DeidPool:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
-    def deidentify(self, data: bytes, options: frozenset[Option]) -> Released:
+    def deidentify(self, data: bytes, options: frozenset[Option], *, checked: bool = False) -> Released:
         """The released bytes of ``data`` under ``options``; raise ``Refused`` as the worker's own
         process would (``Unreadable`` when reading, ``GateFailed`` at the gate), ``RuntimeError`` if
-        the child died."""
+        the child died. ``checked``: ``read_strictly``'s."""
         pool = self._running()
         try:
-            outcome = pool.submit(_deidentify_bytes, data, options).result()
+            outcome = pool.submit(_deidentify_bytes, data, options, checked).result()
         except BrokenProcessPool:
             self._restart(pool)
             raise RuntimeError("the de-identification process died") from None

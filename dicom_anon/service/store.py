@@ -70,6 +70,7 @@ class Job:
     spool_path: str | None
     route_only: str | None
     attempts: int = 0  # earlier tries that failed for this instance's own reasons
+    digest: str | None = None  # SHA-256 of the bytes ingress read strictly and acknowledged
 
 
 @dataclass(frozen=True)

@@ -385,6 +385,7 @@ class SqlStore(ABC):
                 row["spool_path"],
                 row["route_only"],
                 row["attempts"],
+                row["digest"],
             )
 
     def renew_job(self, job_id: int) -> bool:

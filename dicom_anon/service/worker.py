@@ -11,6 +11,7 @@ fully routed or processed again from the start (with the same keyed UIDs).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -317,8 +318,9 @@ class Worker(threading.Thread):
         quarantined.
 
         Ingress read these bytes strictly before it acknowledged them, so routing reads them as
-        pydicom does, without the pixels; whatever is de-identified is read strictly again where
-        that happens (``_strict``, or the pool's child process). Bytes pydicom cannot even read are
+        pydicom does, without the pixels, and so does de-identification (``read_strictly`` with
+        ``checked``), once their SHA-256 is the one ingress recorded: a spool file that is not
+        the bytes acknowledged is quarantined, never trusted. Bytes pydicom cannot even read are
         read strictly here, for the reason to quarantine them with.
         """
         if job.spool_path is None:
@@ -328,6 +330,16 @@ class Worker(threading.Thread):
             return None
         try:
             data = self.rt.layout.abs(job.spool_path).read_bytes()
+            if job.digest is not None and hashlib.sha256(data).hexdigest() != job.digest:
+                self._quarantine(
+                    job,
+                    result,
+                    "decode",
+                    "spool-altered",
+                    "the spooled file is not the bytes that were received and acknowledged",
+                    None,
+                )
+                return None
             try:
                 return data, pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
             except Exception:
@@ -359,15 +371,17 @@ class Worker(threading.Thread):
             return
         profile = decision.profile
         assert profile is not None and route.profile is not None
+        # _load compared these bytes with the digest of what ingress read strictly.
+        checked = job.digest is not None
         try:
             skipped = self._pixels_skipped(profile)
             if skipped is not None and self.rt.deid_pool is not None:
                 # Headers only: strict reading, engine and gate in a child process, bytes in and out.
                 pixels = skipped
                 with self.rt.metrics.stage("headers"):
-                    deid = self.rt.deid_pool.deidentify(original, profile.options)
+                    deid = self.rt.deid_pool.deidentify(original, profile.options, checked=checked)
             else:
-                dataset, cleaned, pixels = self._pixels(read_strictly(original), profile)
+                dataset, cleaned, pixels = self._pixels(read_strictly(original, checked=checked), profile)
                 deid_profile = Profile(options=profile.options)
                 with self.rt.metrics.stage("headers"):
                     done = deidentify(dataset, self.rt.key, deid_profile, pixels_cleaned=cleaned)

@@ -323,6 +323,33 @@ def test_restart_recovers_a_job_cut_off_mid_processing(tmp_path):
         second.stop()
 
 
+def test_a_spool_file_changed_after_the_acknowledgement_is_quarantined_not_trusted(tmp_path):
+    """De-identification trusts ingress's strict reading only for the very bytes it read: a spool
+    file altered on disk (here a name written back into it) is held with its own code."""
+    port = free_port()
+    settings = settings_for(tmp_path, port)
+    first = Service(settings)
+    first.start()
+    for w in first.workers:
+        w.stop()
+        w.join()
+    send(port, tiny_photo())
+    [spooled] = list((settings.data_dir / "spool").rglob("*.dcm"))
+    first.stop()
+    raw = spooled.read_bytes()
+    name = str(tiny_photo().PatientName).encode()
+    spooled.write_bytes(raw.replace(name, name[::-1]))
+    second = Service(settings)
+    second.start()
+    try:
+        wait_until(lambda: events(settings.data_dir, "instance_quarantined"), 10, "the quarantine")
+        [held] = events(settings.data_dir, "instance_quarantined")
+        assert (held["stage"], held["code"]) == ("decode", "spool-altered")
+        assert not list(Path(settings.destinations["teaching"].folder).glob("*.dcm"))
+    finally:
+        second.stop()
+
+
 def test_leftover_half_written_files_are_swept_at_start(tmp_path):
     settings = settings_for(tmp_path, free_port())
     stray = settings.data_dir / "spool" / "20000101" / "never-recorded.dcm"
