@@ -63,17 +63,6 @@ def roi_to_aligned(
     return m @ shift
 
 
-def warp_back(image: np.ndarray, m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``image`` mapped by the 2x3 ``m`` into a ``size`` (width, height) picture; a face shrunk to
-    less than half is first area-averaged (a cubic warp alone would alias the 1024 px face)."""
-    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
-    if scale < 0.5:
-        shrink = 2.0 * scale
-        image = cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-        m = m @ np.diag([1 / shrink, 1 / shrink, 1.0])
-    return cv2.warpAffine(image, m, size, flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-
-
 def generated_surrogate(image: np.ndarray, face: Face, frame: Frame) -> Surrogate:
     """The generated face (RGB, in the generator's aligned frame) as a surrogate photo for
     ``replace.transplant``: its landmarks are the patient's carried into that frame (the encoder
