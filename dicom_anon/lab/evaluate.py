@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import statistics
 import time
 from collections import Counter
@@ -164,6 +165,21 @@ class Outcome:
     probe: np.ndarray | None = None
 
 
+def rate(k: int, n: int, z: float = 1.96) -> str:
+    """``k`` of ``n`` as a percentage with its 95% Wilson score interval, e.g. "5.7% [2.5-12.7]".
+
+    Wilson's rather than the normal approximation because the shares that matter here are near
+    0 (rank-1, re-identification), where the normal interval reaches below zero. Written out (a
+    few lines) rather than taken from SciPy or statsmodels, which nothing else here needs.
+    """
+    if n == 0:
+        return "-"
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return f"{100 * p:.1f}% [{100 * max(0.0, centre - half):.1f}-{100 * min(1.0, centre + half):.1f}]"
+
+
 @dataclass(frozen=True)
 class Gallery:
     """The originals every output is compared with, under both recognisers."""
@@ -191,9 +207,8 @@ class MethodReport:
 
     def _refused(self) -> str:
         codes = Counter(o.refused for o in self.outcomes if o.refused)
-        share = 100 * sum(codes.values()) / max(1, len(self.outcomes))
         detail = ", ".join(f"{c} {n}" for c, n in codes.most_common())
-        return f"{share:.1f}%" + (f" ({detail})" if detail else "")
+        return rate(sum(codes.values()), len(self.outcomes)) + (f" ({detail})" if detail else "")
 
     def _apart(self) -> str:
         """Share of pairs of different patients whose outputs SFace tells apart (< 0.363), beside
@@ -221,11 +236,12 @@ class MethodReport:
         return f"{outputs:.1f}% (originals {apart([originals[o.stem] for o in done]):.1f}%)"
 
     def row(self) -> dict[str, str]:
+        """The table's row. Shares of photos carry their 95% interval in brackets: on a hundred
+        photos one photo is a point, and runs that differ by three or four photos differ by chance."""
         done = [o for o in self.outcomes if o.output is not None]
         n = max(1, len(done))
         de = [o.delta_e for o in done if o.delta_e is not None]
         judged = [o for o in done if o.judge_distance is not None]
-        m = max(1, len(judged))
         size = max(1, len(self.gallery.sface))
         return {
             "method": self.method,
@@ -233,16 +249,16 @@ class MethodReport:
             "refused": self._refused(),
             "face found MTCNN": f"{100 * sum(o.mtcnn_found for o in done) / n:.1f}%",
             "face found YuNet": f"{100 * sum(o.yunet_found for o in done) / n:.1f}%",
-            "re-ID (SFace>=0.363)": (
-                f"{100 * sum((o.similarity or 0) >= SFACE_SAME_PERSON for o in done) / n:.1f}%"
+            "re-ID (SFace>=0.363)": rate(
+                sum((o.similarity or 0) >= SFACE_SAME_PERSON for o in done), len(done)
             ),
-            "rank-1": f"{100 * sum(o.rank1 for o in done) / n:.1f}% (chance {100 / size:.1f}%)",
+            "rank-1": f"{rate(sum(o.rank1 for o in done), len(done))} (chance {100 / size:.1f}%)",
             f"re-ID (dlib<{DLIB_SAME_PERSON})": (
-                f"{100 * sum(o.judge_distance < DLIB_SAME_PERSON for o in judged) / m:.1f}% "
+                f"{rate(sum(o.judge_distance < DLIB_SAME_PERSON for o in judged), len(judged))} "
                 f"(chance {100 * self.gallery.judge_chance():.1f}%{'; gated' if self.judge_gated else ''})"
             ),
             "rank-1 (dlib)": (
-                f"{100 * sum(o.judge_rank1 for o in judged) / m:.1f}% "
+                f"{rate(sum(o.judge_rank1 for o in judged), len(judged))} "
                 f"(chance {100 / max(1, len(self.gallery.judge)):.1f}%)"
             ),
             "different patients apart": self._apart(),

@@ -78,6 +78,18 @@ def test_eval_settings_errors_are_one_clear_line(tmp_path, face_a) -> None:
     )
 
 
+def test_shares_of_photos_carry_their_95_percent_interval() -> None:
+    """Wilson's interval: 5 of 87 (a rank-1 figure of the judged runs) spans 2.5-12.8%, so a run
+    with 4 and one with 8 such photos are not told apart; none of 87 is not "zero" but under 4.2%."""
+    assert ev.rate(5, 87) == "5.7% [2.5-12.8]"
+    assert ev.rate(0, 87) == "0.0% [0.0-4.2]"
+    assert ev.rate(87, 87) == "100.0% [95.8-100.0]"
+    assert ev.rate(0, 0) == "-"
+    held = [ev.Outcome(str(i), refused="no-surrogate") for i in range(2)] + [ev.Outcome("x")]
+    refused = ev.MethodReport("surrogate", ev.Gallery(sface=[], judge=[]), held).row()["refused"]
+    assert refused == "66.7% [20.8-93.9] (no-surrogate 2)"
+
+
 def test_judge_chance_is_the_share_of_originals_it_confuses() -> None:
     near = np.zeros(128)
     gallery = ev.Gallery(sface=[], judge=[("a", near), ("b", near + 0.01), ("c", near + 1.0)])
@@ -90,8 +102,8 @@ def test_eval_shows_the_judge_finds_people_behind_an_eye_bar(portraits, tmp_path
     evaluator = ev.Evaluator(PixelSettings(preserve=["mouth"], device="cpu"), ["eyebar"])
     reports, _ = evaluator.run(images)
     row = reports["eyebar"].row()
-    assert row[f"re-ID (dlib<{DLIB_SAME_PERSON})"] == "100.0% (chance 0.0%)"
-    assert row["rank-1 (dlib)"] == "100.0% (chance 50.0%)"
+    assert row[f"re-ID (dlib<{DLIB_SAME_PERSON})"] == "100.0% [34.2-100.0] (chance 0.0%)"
+    assert row["rank-1 (dlib)"] == "100.0% [34.2-100.0] (chance 50.0%)"
     assert all(
         o.judge_distance is not None and o.judge_distance < DLIB_SAME_PERSON
         for o in reports["eyebar"].outcomes
@@ -113,9 +125,9 @@ def test_eval_marks_dlib_gated_when_the_route_gates_on_it() -> None:
     column = f"re-ID (dlib<{DLIB_SAME_PERSON})"
     assert (
         ev.MethodReport("surrogate", gallery, [done], judge_gated=True).row()[column]
-        == "0.0% (chance 0.0%; gated)"
+        == "0.0% [0.0-79.3] (chance 0.0%; gated)"
     )
-    assert ev.MethodReport("surrogate", gallery, [done]).row()[column] == "0.0% (chance 0.0%)"
+    assert ev.MethodReport("surrogate", gallery, [done]).row()[column] == "0.0% [0.0-79.3] (chance 0.0%)"
 
 
 def test_eval_cli_gates_on_dlib_unless_told_not_to(tmp_path, face_a) -> None:
