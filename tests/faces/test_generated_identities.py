@@ -155,6 +155,21 @@ def test_a_missing_or_corrupt_generator_holds_the_photo(tmp_path, testdata, dama
     assert "pixels.identity: pool" in run.stdout
 
 
+def test_the_latent_stream_is_pinned_so_a_library_upgrade_cannot_change_remembered_people() -> None:
+    """A remembered patient is an index into their keyed stream, not a face: the stream must give
+    the same latents on every machine and after every upgrade. NumPy promises its bit generators'
+    streams but not ``Generator.standard_normal``'s (NEP 19), so these values, drawn with NumPy
+    2.4, are pinned: a NumPy that draws otherwise fails here before it gives every remembered
+    patient a new face, and needs a versioned stream (docs/research/generated-identities.md)."""
+    key = SiteKey(b"golden-site-secret-0123456789abcd")
+    z = latents(stream_seed(key, "ANONP1"), 0)
+    assert z.shape == (64, 512) and z.dtype == np.float32
+    np.testing.assert_allclose(z[0, :4], [-2.2253444, 1.1608753, -0.4409291, -0.1379936], atol=1e-6)
+    np.testing.assert_allclose(z[5, 100:103], [0.7206012, -0.9970872, -1.4180585], atol=1e-6)
+    next_block = latents(stream_seed(key, "ANONP1"), 1)
+    np.testing.assert_allclose(next_block[0, :2], [2.3499753, -0.8082030], atol=1e-6)
+
+
 def test_the_latent_stream_is_keyed_and_the_same_in_another_process(site_key) -> None:
     here = latents(stream_seed(site_key, "ANONP1"), 0)
     code = textwrap.dedent(
