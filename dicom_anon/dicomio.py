@@ -63,9 +63,9 @@ def read_checked(data: bytes) -> Dataset:
 
     For the service's received files: ingress reads them strictly before it acknowledges them,
     and the worker hands them on only once their SHA-256 matches the one ingress recorded. The
-    checks' outcome depends on the bytes alone, so it is known; checking again cost a sixth of a
-    small instance's de-identification and a quarter of a photo's. The last gate still reads its
-    own output strictly.
+    checks' outcome depends on the bytes alone, so it is known; checking again cost a tenth to a
+    sixth of each de-identification (benchmarks/README.md). The last gate still reads its own
+    output strictly.
     """
     try:
         return pydicom.dcmread(BytesIO(data))

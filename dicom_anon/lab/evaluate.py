@@ -166,7 +166,7 @@ class Outcome:
 
 
 def rate(k: int, n: int, z: float = 1.96) -> str:
-    """``k`` of ``n`` as a percentage with its 95% Wilson score interval, e.g. "5.7% [2.5-12.7]".
+    """``k`` of ``n`` as a percentage with its 95% Wilson score interval, e.g. "5.7% [2.5-12.8]".
 
     Wilson's rather than the normal approximation because the shares that matter here are near
     0 (rank-1, re-identification), where the normal interval reaches below zero. Written out (a
