@@ -76,6 +76,12 @@ def _eval(app: typer.Typer) -> None:
     app.command("eval")(eval_command)
 
 
+def _eval_compare(app: typer.Typer) -> None:
+    from .lab.commands import eval_compare_command
+
+    app.command("eval-compare")(eval_compare_command)
+
+
 def _train_encoder(app: typer.Typer) -> None:
     from .lab.training.commands import train_encoder_command
 
@@ -102,6 +108,7 @@ _LAZY: dict[str, Callable[[typer.Typer], None]] = {
     "audit": _audit,
     "models": _models,
     "eval": _eval,
+    "eval-compare": _eval_compare,
     "train-encoder": _train_encoder,
     "console": _console,
     "users": _users,
