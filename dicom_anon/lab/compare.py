@@ -93,12 +93,15 @@ def mcnemar(b: int, c: int) -> float:
 
 def read_per_photo(path: Path) -> dict[tuple[str, str], Row]:
     """``eval --per-photo``'s rows by (method, photo); ``ValueError`` naming the file if it is not one."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"method", "photo", "refused", "new_person"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: not an eval --per-photo file (no {', '.join(sorted(missing))} column)")
-        return {(row["method"], row["photo"]): row for row in reader}
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"method", "photo", "refused", "new_person"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"no {', '.join(sorted(missing))} column")
+            return {(row["method"], row["photo"]): row for row in reader}
+    except (ValueError, csv.Error) as exc:  # UnicodeDecodeError too: a binary file
+        raise ValueError(f"{path}: not an eval --per-photo file ({exc})") from None
 
 
 def compare(first: dict[tuple[str, str], Row], second: dict[tuple[str, str], Row]) -> list[Comparison]:
@@ -106,16 +109,11 @@ def compare(first: dict[tuple[str, str], Row], second: dict[tuple[str, str], Row
     comparisons = []
     for method in sorted({m for m, _ in first} & {m for m, _ in second}):
         photos = sorted(p for m, p in first if m == method and (m, p) in second)
-        both = [(first[method, p], second[method, p]) for p in photos]
-        forwarded = [
-            (p, a, b) for p, (a, b) in zip(photos, both, strict=True) if not a["refused"] and not b["refused"]
-        ]
+        both = [(p, first[method, p], second[method, p]) for p in photos]
+        forwarded = [(p, a, b) for p, a, b in both if not a["refused"] and not b["refused"]]
         changes = []
         for name, (measure, forwarded_only) in MEASURES.items():
-            pairs = (
-                forwarded if forwarded_only else [(p, a, b) for p, (a, b) in zip(photos, both, strict=True)]
-            )
-            seen = [(p, measure(a), measure(b)) for p, a, b in pairs]
+            seen = [(p, measure(a), measure(b)) for p, a, b in (forwarded if forwarded_only else both)]
             seen = [(p, x, y) for p, x, y in seen if x is not None and y is not None]
             changes.append(
                 Change(

@@ -76,5 +76,9 @@ def test_a_file_that_is_not_a_per_photo_run_is_one_clear_line(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["eval-compare", str(other), str(good)])
     assert result.exit_code == 2
     assert f"{other}: not an eval --per-photo file" in result.output
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)))
+    garbled = CliRunner().invoke(app, ["eval-compare", str(binary), str(good)])
+    assert garbled.exit_code == 2 and f"{binary}: not an eval --per-photo file" in garbled.output
     missing = CliRunner().invoke(app, ["eval-compare", str(tmp_path / "none.csv"), str(good)])
     assert missing.exit_code == 2 and "none.csv" in missing.output and "Traceback" not in missing.output
