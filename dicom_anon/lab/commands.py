@@ -170,6 +170,14 @@ def eval_command(
         ),
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many images per folder.")] = None,
+    skip: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Pass over each folder's first images (name order) before --limit counts: judge a "
+            "setting tuned on the first hundred on the photos after them (--skip 100).",
+        ),
+    ] = 0,
     consistency_pairs: Annotated[
         bool,
         typer.Option(
@@ -262,7 +270,7 @@ def eval_command(
     ):  # fmt: skip
         if folder is not None:
             _writable_or_exit(option, folder)
-    images = ev.collect(faces, limit)
+    images = ev.collect(faces, limit, skip)
     if not images:
         raise fail("no readable images in the inputs")
     device_or_exit(device)

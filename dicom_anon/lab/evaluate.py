@@ -118,8 +118,11 @@ def openpeople_images(
             yield EvalImage(f"{person.person_id}_{asset}", rgb, person.person_id)
 
 
-def collect(inputs: Iterable[str], limit: int | None = None) -> list[EvalImage]:
-    """Images from files, folders (recursively) and the word ``openpeople`` (its ten portraits)."""
+def collect(inputs: Iterable[str], limit: int | None = None, skip: int = 0) -> list[EvalImage]:
+    """Images from files, folders (recursively) and the word ``openpeople`` (its ten portraits).
+
+    ``skip`` passes over a folder's first images (in name order) before ``limit`` counts, so that a
+    setting tuned on a folder's first hundred can be judged on the photos after them."""
     images: list[EvalImage] = []
     for item in inputs:
         if item == "openpeople":
@@ -127,6 +130,8 @@ def collect(inputs: Iterable[str], limit: int | None = None) -> list[EvalImage]:
             continue
         path = Path(item)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        if path.is_dir():
+            files = [f for f in files if f.suffix.lower() in IMAGE_EXTS | DICOM_EXTS][skip:]
         taken = 0
         for f in files:
             if f.suffix.lower() not in IMAGE_EXTS | DICOM_EXTS:

@@ -162,3 +162,14 @@ def test_eval_without_the_second_recognizer_is_one_clear_error(tmp_path, face_a,
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "second recogniser (dlib) cannot run: the 'dlib-bin' package is not installed" in result.output
+
+
+def test_skip_passes_over_a_folders_first_images_before_limit_counts(tmp_path, face_a) -> None:
+    from PIL import Image
+
+    for name in ("c", "a", "b", "d"):
+        Image.fromarray(face_a).save(tmp_path / f"{name}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [i.stem for i in ev.collect([str(tmp_path)], limit=2)] == ["a", "b"]
+    assert [i.stem for i in ev.collect([str(tmp_path)], skip=2)] == ["c", "d"]
+    assert [i.stem for i in ev.collect([str(tmp_path)], limit=1, skip=1)] == ["b"]
