@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -300,18 +301,29 @@ def test_reload_keeps_old_rules_on_a_bad_file_and_takes_a_good_one(tmp_path):
         service.stop()
 
 
-def test_restart_recovers_a_job_cut_off_mid_processing(tmp_path):
+@contextmanager
+def received_not_processed(tmp_path: Path):
+    """A service whose workers are stopped, holding one acknowledged photo in its spool; it stops
+    when the block ends, before any worker saw the job."""
     port = free_port()
     settings = settings_for(tmp_path, port)
-    first = Service(settings)
-    first.start()
-    for w in first.workers:
+    service = Service(settings)
+    service.start()
+    for w in service.workers:
         w.stop()
         w.join()
-    send(port, tiny_photo())
-    job = first.store.claim_job()  # as if a worker had it when the process died
-    assert job is not None
-    first.stop()
+    try:
+        send(port, tiny_photo())
+        yield service
+    finally:
+        service.stop()
+
+
+def test_restart_recovers_a_job_cut_off_mid_processing(tmp_path):
+    with received_not_processed(tmp_path) as first:
+        settings = first.settings
+        job = first.store.claim_job()  # as if a worker had it when the process died
+        assert job is not None
     second = Service(settings)
     second.start()
     try:
@@ -326,16 +338,9 @@ def test_restart_recovers_a_job_cut_off_mid_processing(tmp_path):
 def test_a_spool_file_changed_after_the_acknowledgement_is_quarantined_not_trusted(tmp_path):
     """De-identification trusts ingress's strict reading only for the very bytes it read: a spool
     file altered on disk (here a name written back into it) is held with its own code."""
-    port = free_port()
-    settings = settings_for(tmp_path, port)
-    first = Service(settings)
-    first.start()
-    for w in first.workers:
-        w.stop()
-        w.join()
-    send(port, tiny_photo())
-    [spooled] = list((settings.data_dir / "spool").rglob("*.dcm"))
-    first.stop()
+    with received_not_processed(tmp_path) as first:
+        settings = first.settings
+        [spooled] = list((settings.data_dir / "spool").rglob("*.dcm"))
     raw = spooled.read_bytes()
     name = str(tiny_photo().PatientName).encode()
     spooled.write_bytes(raw.replace(name, name[::-1]))
