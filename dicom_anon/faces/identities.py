@@ -790,10 +790,18 @@ class GeneratedIdentities:
             bad = keep & (np.abs(s["smile"] - ctx.smile) > MAX_SMILE_DIFFERENCE - 0.04)
             why["expression"] += int(bad.sum())
             keep &= ~bad
-        if _closed(ctx) and "mouth_open" in d.screen_weights:
-            # Read on the styles as steered: the screen read-out is neither steered nor held.
-            bad = keep & (d.screen_scores(steered)["mouth_open"] > d.screen_reject_above["mouth_open"])
+        # The screen-only read-outs, read on the styles as steered: steering neither moves nor
+        # holds them.
+        only = d.screen_scores(steered)
+        if _closed(ctx) and "mouth_open" in only:
+            bad = keep & (only["mouth_open"] > d.screen_reject_above["mouth_open"])
             why["open mouth"] += int(bad.sum())
+            keep &= ~bad
+        if not want.child and "child" in only:
+            # Steering to the patient's skin holds the age read-out but not always the face's
+            # age: a child among an adult's candidates is a wasted render.
+            bad = keep & (only["child"] > d.screen_reject_above["child"])
+            why["child"] += int(bad.sum())
             keep &= ~bad
         return keep, codes, why
 

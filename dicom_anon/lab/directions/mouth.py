@@ -55,6 +55,19 @@ def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(styles, np.float64), np.asarray(openings)
 
 
+def write_screen(
+    path: Path, out: dict, name: str, w: np.ndarray, b: float, limit: float, source: dict
+) -> None:
+    """Put one screen-only read-out into the read-outs file ``out`` (read from ``path``), leaving
+    the other screens as they are, and write it back."""
+    screen = out.setdefault("screen", {})
+    parts = {"weights": w.round(6).tolist(), "bias": round(b, 6), "reject_above": round(limit, 4)}
+    for part, value in parts.items():
+        screen.setdefault(part, {})[name] = value
+    screen.setdefault("sources", {})[name] = source
+    path.write_text(json.dumps(out) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=900)
@@ -85,13 +98,8 @@ def main() -> None:
         "caught": round(float((cv[y == 1] > limit).mean()), 3),
         "closed_passed_over": round(float((cv[y == 0] > limit).mean()), 3),
     }
-    out["screen"] = {
-        "weights": {"mouth_open": w.round(6).tolist()},
-        "bias": {"mouth_open": round(b, 6)},
-        "reject_above": {"mouth_open": round(limit, 4)},
-        "source": {"samples": len(y), "seed": args.seed, "open_from": MOUTH_OPEN, "cross_validation": report},
-    }
-    args.o.write_text(json.dumps(out) + "\n")
+    source = {"samples": len(y), "seed": args.seed, "open_from": MOUTH_OPEN, "cross_validation": report}
+    write_screen(args.o, out, "mouth_open", w, b, limit, source)
     print(json.dumps(report, indent=1))
 
 
