@@ -22,10 +22,10 @@ def test_calibration_undoes_a_read_out_shrunk_towards_the_middle() -> None:
 
 
 def test_a_screen_read_out_written_leaves_the_other_screens(tmp_path) -> None:
-    """mouth.py and child.py each write their own screen into the same file; the read-outs
-    loaded from it hold both, and the steering read-outs are untouched."""
+    """mouth.py and child.py (through fit_screen) each write their own screen into the same
+    file; the read-outs loaded from it hold both, and the steering read-outs are untouched."""
     from dicom_anon.faces.identities import DIRECTIONS, load_directions
-    from dicom_anon.lab.directions.mouth import write_screen
+    from dicom_anon.lab.directions.learn import write_screen
 
     path = tmp_path / "directions.json"
     out = json.loads(DIRECTIONS.read_text())

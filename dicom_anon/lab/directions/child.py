@@ -31,8 +31,7 @@ from rich.progress import Progress
 from ...faces.choice import PatientContext
 from ...faces.identities import DIRECTIONS, _want, get_generated, latents, stream_seed
 from ...headers.pseudonyms import SiteKey
-from .learn import auc, cross_validated, logistic
-from .mouth import write_screen
+from .learn import fit_screen
 
 CHILD_UNDER = 16.0
 # Renders, not latents, are what a draw runs out of: passing over 7-8% of the adults to catch 90%
@@ -96,22 +95,9 @@ def main() -> None:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.keep / "samples-child.npz", styles=styles, ages=ages)
-    out = json.loads(args.o.read_text())
-    x = (styles - np.asarray(out["mean"])) / np.asarray(out["scale"])
     y = (ages < CHILD_UNDER).astype(float)
-    cv = cross_validated(logistic, x, y)
-    limit = float(np.quantile(cv[y == 1], 1 - RECALL))
-    w, b = logistic(x, y)
-    report = {
-        "n": len(y),
-        "children": int(y.sum()),
-        "cv_auc": round(auc(cv, y), 3),
-        "threshold": round(limit, 3),
-        "caught": round(float((cv[y == 1] > limit).mean()), 3),
-        "others_passed_over": round(float((cv[y == 0] > limit).mean()), 3),
-    }
-    source = {"samples": len(y), "seed": args.seed, "under_years": CHILD_UNDER, "cross_validation": report}
-    write_screen(args.o, out, "child", w, b, limit, source)
+    source = {"seed": args.seed, "under_years": CHILD_UNDER}
+    report = fit_screen(args.o, "child", styles, y, RECALL, source, ("children", "others"))
     print(json.dumps(report, indent=1))
 
 

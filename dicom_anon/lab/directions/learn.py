@@ -106,6 +106,50 @@ def calibration(read_out: np.ndarray, target: np.ndarray, bins: int = CALIBRATIO
     return {"read_out": knots.round(3).tolist(), "expected": np.round(means, 3).tolist()}
 
 
+def write_screen(
+    path: Path, out: dict, name: str, w: np.ndarray, b: float, limit: float, source: dict
+) -> None:
+    """Put one screen-only read-out into the read-outs file ``out`` (read from ``path``), leaving
+    the other screens as they are, and write it back."""
+    screen = out.setdefault("screen", {})
+    parts = {"weights": w.round(6).tolist(), "bias": round(b, 6), "reject_above": round(limit, 4)}
+    for part, value in parts.items():
+        screen.setdefault(part, {})[name] = value
+    screen.setdefault("sources", {})[name] = source
+    path.write_text(json.dumps(out) + "\n")
+
+
+def fit_screen(
+    path: Path,
+    name: str,
+    styles: np.ndarray,
+    y: np.ndarray,
+    recall: float,
+    source: dict,
+    labels: tuple[str, str],
+) -> dict:
+    """Fit the screen-only read-out ``name``: a logistic read-out of ``y`` (0/1) on ``styles``,
+    z-scored as the file's other read-outs, rejecting above the logit that catches ``recall`` of
+    the positives in cross-validation; written beside the file's other screens. Returns the
+    cross-validation report, the positives and the negatives passed over named by ``labels``."""
+    out = json.loads(path.read_text())
+    x = (styles - np.asarray(out["mean"])) / np.asarray(out["scale"])
+    cv = cross_validated(logistic, x, y)
+    limit = float(np.quantile(cv[y == 1], 1 - recall))
+    w, b = logistic(x, y)
+    positives, negatives = labels
+    report = {
+        "n": len(y),
+        positives: int(y.sum()),
+        "cv_auc": round(auc(cv, y), 3),
+        "threshold": round(limit, 3),
+        "caught": round(float((cv[y == 1] > limit).mean()), 3),
+        f"{negatives}_passed_over": round(float((cv[y == 0] > limit).mean()), 3),
+    }
+    write_screen(path, out, name, w, b, limit, {"samples": len(y), **source, "cross_validation": report})
+    return report
+
+
 def face_screens(d: np.lib.npyio.NpzFile, labels: dict, labelled: np.ndarray) -> tuple[dict, dict]:
     """Logistic read-outs of the rendered face's SFace embedding, with the logit above which a
     face is turned down: a second, independent look at what the style screen let through."""

@@ -24,7 +24,7 @@ from ...faces.generator import GeneratorUnavailable
 from ...faces.identities import DETECT_SIDE, DIRECTIONS, get_generated
 from ...faces.mouth import MOUTH_OPEN, get_mouth_reader
 from ...faces.pool import PhotoSkipped, crop_face
-from .learn import auc, cross_validated, logistic
+from .learn import fit_screen
 
 # Renders are what a draw runs out of (12 a draw), latents are not (the screen reads thousands a
 # second): at 0.9, 15% of the latents it kept were open and their renders wasted (127 of 1,742 in
@@ -55,19 +55,6 @@ def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(styles, np.float64), np.asarray(openings)
 
 
-def write_screen(
-    path: Path, out: dict, name: str, w: np.ndarray, b: float, limit: float, source: dict
-) -> None:
-    """Put one screen-only read-out into the read-outs file ``out`` (read from ``path``), leaving
-    the other screens as they are, and write it back."""
-    screen = out.setdefault("screen", {})
-    parts = {"weights": w.round(6).tolist(), "bias": round(b, 6), "reject_above": round(limit, 4)}
-    for part, value in parts.items():
-        screen.setdefault(part, {})[name] = value
-    screen.setdefault("sources", {})[name] = source
-    path.write_text(json.dumps(out) + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=900)
@@ -84,22 +71,9 @@ def main() -> None:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.keep / "samples-mouth.npz", styles=styles, openings=openings)
-    out = json.loads(args.o.read_text())
-    x = (styles - np.asarray(out["mean"])) / np.asarray(out["scale"])
     y = (openings >= MOUTH_OPEN).astype(float)
-    cv = cross_validated(logistic, x, y)
-    limit = float(np.quantile(cv[y == 1], 1 - RECALL))
-    w, b = logistic(x, y)
-    report = {
-        "n": len(y),
-        "open": int(y.sum()),
-        "cv_auc": round(auc(cv, y), 3),
-        "threshold": round(limit, 3),
-        "caught": round(float((cv[y == 1] > limit).mean()), 3),
-        "closed_passed_over": round(float((cv[y == 0] > limit).mean()), 3),
-    }
-    source = {"samples": len(y), "seed": args.seed, "open_from": MOUTH_OPEN, "cross_validation": report}
-    write_screen(args.o, out, "mouth_open", w, b, limit, source)
+    source = {"seed": args.seed, "open_from": MOUTH_OPEN}
+    report = fit_screen(args.o, "mouth_open", styles, y, RECALL, source, ("open", "closed"))
     print(json.dumps(report, indent=1))
 
 
