@@ -943,8 +943,8 @@ class GeneratedIdentities:
                     sims = others @ made.embedding if len(others) else np.zeros(1)
                     near = cosine(ctx.embedding, made.embedding) if ctx.embedding is not None else 0.0
                     if near < PATIENT_SIMILARITY and float(sims.max()) < OTHERS_SIMILARITY:
-                        # Hair over the face (a fringe) last: its GrabCut costs as much as the
-                        # render (0.5 s), and prepare() reuses it for the face that is taken.
+                        # Hair over the face (a fringe) last: its GrabCut costs half a render
+                        # (0.16 s), and prepare() reuses it for the face that is taken.
                         hair = surrogate_problem(made)
                         if not hair:
                             found = made

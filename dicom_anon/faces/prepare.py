@@ -1,7 +1,7 @@
 """A pool photo made ready to paste: where it shows its face, its shine taken down, and hair at its
 temples painted over.
 
-Worked out once per photo and process (GrabCut and inpainting take about a second a photo), and
+Worked out once per photo and process (GrabCut and inpainting take about half a second a photo), and
 once more when a pool is built, to turn away crops that would paste hair or a mirrored chin.
 """
 
@@ -109,7 +109,7 @@ _PREPARED_MAX = 64
 
 def prepare(surrogate: Surrogate) -> Prepared:
     """The surrogate's ``Prepared`` photo, worked out once per process for the last
-    ``_PREPARED_MAX`` surrogates used (GrabCut and inpainting take about a second a photo)."""
+    ``_PREPARED_MAX`` surrogates used (GrabCut and inpainting take about half a second a photo)."""
     cached = _PREPARED.get(surrogate.sha256)
     if cached is None:
         a = _surrogate_areas(surrogate)
@@ -126,7 +126,7 @@ def prepare(surrogate: Surrogate) -> Prepared:
 
 def surrogate_problem(surrogate: Surrogate) -> str | None:
     """``pool_photo_problem`` for a surrogate made on the fly (a generated face): its GrabCut
-    (half a second) is kept for ``prepare``, which needs the same areas if the face is taken."""
+    (about 0.16 s) is kept for ``prepare``, which needs the same areas if the face is taken."""
     inside = np.ones(surrogate.image.shape[:2], bool)
     return pool_photo_problem(
         surrogate.image, surrogate.landmarks, surrogate.skin_lab, inside, lambda: _surrogate_areas(surrogate)
