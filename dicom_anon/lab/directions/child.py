@@ -20,10 +20,7 @@ the file's version stays and every remembered person keeps their face.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-from pathlib import Path
 
 import numpy as np
 from rich.progress import Progress
@@ -31,7 +28,7 @@ from rich.progress import Progress
 from ...faces.choice import PatientContext
 from ...faces.identities import DIRECTIONS, _want, get_generated, latents, stream_seed
 from ...headers.pseudonyms import SiteKey
-from .learn import fit_screen
+from .learn import screen_command
 
 CHILD_UNDER = 16.0
 # Renders, not latents, are what a draw runs out of: passing over 7-8% of the adults to catch 90%
@@ -80,25 +77,19 @@ def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=1200)
-    ap.add_argument("--seed", type=int, default=13)
-    ap.add_argument("--keep", type=Path, help="save the measured samples here (samples-child.npz)")
-    ap.add_argument("--samples", type=Path, help="fit the samples --keep saved here instead of rendering")
-    ap.add_argument("-o", type=Path, default=DIRECTIONS)
-    args = ap.parse_args()
-    if args.samples:
-        saved = np.load(args.samples / "samples-child.npz")
-        styles, ages = saved["styles"], saved["ages"]
-    else:
-        styles, ages = sample(args.n, args.seed)
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.keep / "samples-child.npz", styles=styles, ages=ages)
-    y = (ages < CHILD_UNDER).astype(float)
-    source = {"seed": args.seed, "under_years": CHILD_UNDER}
-    report = fit_screen(args.o, "child", styles, y, RECALL, source, ("children", "others"))
-    print(json.dumps(report, indent=1))
+    screen_command(
+        __doc__,
+        "child",
+        "samples-child.npz",
+        "ages",
+        (1200, 13),
+        DIRECTIONS,
+        sample,
+        lambda ages: (ages < CHILD_UNDER).astype(float),
+        {"under_years": CHILD_UNDER},
+        RECALL,
+        ("children", "others"),
+    )
 
 
 if __name__ == "__main__":

@@ -150,6 +150,43 @@ def fit_screen(
     return report
 
 
+def screen_command(
+    doc: str,
+    name: str,
+    kept: str,
+    measured: str,
+    defaults: tuple[int, int],
+    directions: Path,
+    sample: Callable[[int, int], tuple[np.ndarray, np.ndarray]],
+    label: Callable[[np.ndarray], np.ndarray],
+    source: dict,
+    recall: float,
+    labels: tuple[str, str],
+) -> None:
+    """The command line every screen-only read-out's lab script runs: ``sample(n, seed)`` renders
+    and measures (styles, ``measured``), or the samples an earlier ``--keep`` saved (``kept``) are
+    read back; ``label`` makes the measurements 0/1, and ``fit_screen`` writes the screen ``name``
+    into ``directions`` (``-o``)."""
+    n, seed = defaults
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=n)
+    ap.add_argument("--seed", type=int, default=seed)
+    ap.add_argument("--keep", type=Path, help=f"save the measured samples here ({kept})")
+    ap.add_argument("--samples", type=Path, help="fit the samples --keep saved here instead of rendering")
+    ap.add_argument("-o", type=Path, default=directions)
+    args = ap.parse_args()
+    if args.samples:
+        saved = np.load(args.samples / kept)
+        styles, values = saved["styles"], saved[measured]
+    else:
+        styles, values = sample(args.n, args.seed)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(args.keep / kept, styles=styles, **{measured: values})
+    report = fit_screen(args.o, name, styles, label(values), recall, {"seed": args.seed, **source}, labels)
+    print(json.dumps(report, indent=1))
+
+
 def face_screens(d: np.lib.npyio.NpzFile, labels: dict, labelled: np.ndarray) -> tuple[dict, dict]:
     """Logistic read-outs of the rendered face's SFace embedding, with the logit above which a
     face is turned down: a second, independent look at what the style screen let through."""

@@ -13,10 +13,6 @@ version (which names how people are steered) stays, and every remembered person 
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 from rich.progress import track
 
@@ -24,7 +20,7 @@ from ...faces.generator import GeneratorUnavailable
 from ...faces.identities import DETECT_SIDE, DIRECTIONS, get_generated
 from ...faces.mouth import MOUTH_OPEN, get_mouth_reader
 from ...faces.pool import PhotoSkipped, crop_face
-from .learn import fit_screen
+from .learn import screen_command
 
 # Renders are what a draw runs out of (12 a draw), latents are not (the screen reads thousands a
 # second): at 0.9, 15% of the latents it kept were open and their renders wasted (127 of 1,742 in
@@ -56,25 +52,19 @@ def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=900)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--keep", type=Path, help="save the measured samples here (samples-mouth.npz)")
-    ap.add_argument("--samples", type=Path, help="fit the samples --keep saved here instead of rendering")
-    ap.add_argument("-o", type=Path, default=DIRECTIONS)
-    args = ap.parse_args()
-    if args.samples:
-        saved = np.load(args.samples / "samples-mouth.npz")
-        styles, openings = saved["styles"], saved["openings"]
-    else:
-        styles, openings = sample(args.n, args.seed)
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.keep / "samples-mouth.npz", styles=styles, openings=openings)
-    y = (openings >= MOUTH_OPEN).astype(float)
-    source = {"seed": args.seed, "open_from": MOUTH_OPEN}
-    report = fit_screen(args.o, "mouth_open", styles, y, RECALL, source, ("open", "closed"))
-    print(json.dumps(report, indent=1))
+    screen_command(
+        __doc__,
+        "mouth_open",
+        "samples-mouth.npz",
+        "openings",
+        (900, 7),
+        DIRECTIONS,
+        sample,
+        lambda openings: (openings >= MOUTH_OPEN).astype(float),
+        {"open_from": MOUTH_OPEN},
+        RECALL,
+        ("open", "closed"),
+    )
 
 
 if __name__ == "__main__":
