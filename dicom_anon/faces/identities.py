@@ -101,6 +101,9 @@ UNKNOWN_AGE_YEARS = (22.0, 60.0)
 # holds few old faces: at 7 years for everyone, every patient over 55 of 24 was held.
 ESTIMATED_AGE_TOLERANCE_SHARE = 0.2
 ESTIMATED_AGE_TOLERANCE_MIN_YEARS = 7.0
+# A new person is frontal (within MAX_YAW) or turned the patient's way no further than the
+# patient: a patient turned 30 degrees or more (the gate lets 35 through) could not be given
+# anyone frontal within MAX_YAW_DIFFERENCE, and every such patient was held (3 of 217).
 MAX_YAW = 15.0
 MAX_YAW_DIFFERENCE = 20.0
 # Mouth width over eye distance, candidate against patient (choice.smile): a broad smile's cheeks
@@ -129,6 +132,10 @@ GENERATED_MAX_SKIN_DELTA_E = 8.0
 # age read-out units, where 16 aged faces by 14-20 years).
 SKIN_CORRECTION_MAX = 20.0
 AGE_CORRECTION_MAX = 24.0
+# Corrections of the age at most, and the least rise of the estimator's reading (years per
+# read-out unit, between a face's two renders) the second follows (see ``_corrected``).
+AGE_CORRECTIONS = 2
+AGE_MIN_SLOPE = 0.25
 # An older patient's or a child's person is steered into the age band (the age read-out,
 # ``A<read-out>`` in the code) when the latent reads outside it: FFHQ at psi 0.85 holds few faces
 # the estimator puts over 60 or under 10, and of 4,096 latents a patient of 75 or 80 found none.
@@ -572,6 +579,11 @@ def _closed(ctx: PatientContext) -> bool:
     return ctx.mouth_open is not None and ctx.mouth_open < MOUTH_CLOSED
 
 
+def _yaw_limit(ctx: PatientContext) -> float:
+    """How far a new person may be turned (either way; MAX_YAW_DIFFERENCE keeps it the patient's)."""
+    return max(MAX_YAW, abs(ctx.yaw))
+
+
 def _age_aim(want: Want, age: float) -> float:
     """The age a new person of a patient of ``age`` is steered towards: a child's own; an older
     patient's between the band's floor and their age (the estimator's readings of steered faces
@@ -677,7 +689,7 @@ class GeneratedIdentities:
     def _render(self, seed: bytes, index: int, steer: str, style: np.ndarray) -> GeneratedFace | str:
         rgb = self.generator.faces(style)[0]
         try:
-            c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE)
+            c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE, max_yaw=None)
         except PhotoSkipped as exc:
             return f"unusable: {exc}"
         try:
@@ -781,8 +793,9 @@ class GeneratedIdentities:
         bad = keep & ((age < lo + margin) | (age > hi - margin))
         why["age"] += int(bad.sum())
         keep &= ~bad
+        yaw = s["yaw"]
         bad = keep & (
-            (np.abs(s["yaw"]) > MAX_YAW - 3.0) | (np.abs(s["yaw"] - ctx.yaw) > MAX_YAW_DIFFERENCE - 3.0)
+            (np.abs(yaw) > _yaw_limit(ctx) - 3.0) | (np.abs(yaw - ctx.yaw) > MAX_YAW_DIFFERENCE - 3.0)
         )
         why["pose"] += int(bad.sum())
         keep &= ~bad
@@ -818,7 +831,7 @@ class GeneratedIdentities:
         age = f.age_band[0] if f.age_band else None
         if age is None or not want.age[0] <= age <= want.age[1]:
             return "age"
-        if abs(f.yaw) > MAX_YAW or abs(f.yaw - ctx.yaw) > MAX_YAW_DIFFERENCE:
+        if abs(f.yaw) > _yaw_limit(ctx) or abs(f.yaw - ctx.yaw) > MAX_YAW_DIFFERENCE:
             return "pose"
         if ctx.smile is not None and abs(smile(f.landmarks) - ctx.smile) > MAX_SMILE_DIFFERENCE:
             return "expression"
@@ -844,39 +857,59 @@ class GeneratedIdentities:
         return None
 
     def _corrected(
-        self, f: GeneratedFace, seed: bytes, ctx: PatientContext, want: Want, problem: str
+        self, missed: list[tuple[GeneratedFace, str]], seed: bytes, ctx: PatientContext, want: Want
     ) -> str | None:
-        """``f``'s steering code with its skin or age target moved by what the render missed the
-        patient's by, or None where the miss is too large to correct."""
+        """The last render of ``missed`` (one latent's renders, each steered again from the one
+        before, with what it missed: skin or age) with that target moved by what it missed the
+        patient's by, or None where the miss is too large to correct or is corrected enough.
+
+        The skin is corrected once. The age twice: the estimator's reading of a steered child
+        moves 0-2 years per read-out unit, depending on the face, where the calibration says 1
+        (of 12 renders of a 10-year-old's draw, 9 read outside 6-14, once corrected too); the
+        second correction follows the line through this face's last two readings."""
         d = self.directions  # a new person's code is always of the current read-outs
+        f, problem = missed[-1]
+        times = sum(p == problem for _, p in missed)
         targets = steer_targets(f.steer) if f.steer else {}
 
-        def aimed(names: tuple[str, ...]) -> np.ndarray:
+        def aimed(face: GeneratedFace, names: tuple[str, ...]) -> np.ndarray:
             """What the read-outs aimed at for the face as rendered: its code's targets, else
             (unsteered) the latent's own read-outs, which the other read-outs' steering held."""
-            if names[0] in targets:
-                return np.array([targets[k] for k in names])
-            z = latents(seed, f.index // BLOCK)[f.index % BLOCK]
+            code = steer_targets(face.steer) if face.steer else {}
+            if names[0] in code:
+                return np.array([code[k] for k in names])
+            z = latents(seed, face.index // BLOCK)[face.index % BLOCK]
             own = d.scores(self.generator.truncate(self.generator.raw_styles(z[None]), d.psi))
             return np.array([own[k][0] for k in names])
 
         skin_target = np.array([targets[k] for k in _SKIN]) if _SKIN[0] in targets else None
         age_target = targets.get("age")
         if problem == "skin":
-            if ctx.skin_lab is None:
+            if ctx.skin_lab is None or times > 1:
                 return None
             miss = np.asarray(ctx.skin_lab, np.float64) - f.skin_lab
             if float(np.linalg.norm(miss)) > SKIN_CORRECTION_MAX:
                 return None
-            skin_target = aimed(_SKIN) + miss
+            skin_target = aimed(f, _SKIN) + miss
         else:
             if ctx.age_years is None or not f.age_band:
                 return None
             aim = _age_aim(want, ctx.age_years)
-            move = d.read_out_for("age", aim) - d.read_out_for("age", float(f.age_band[0]))
+            now = float(aimed(f, ("age",))[0])
+            if times == 1:
+                move = d.read_out_for("age", aim) - d.read_out_for("age", float(f.age_band[0]))
+            else:
+                e = missed[-2][0]
+                if times > AGE_CORRECTIONS or not e.age_band:
+                    return None
+                before = float(aimed(e, ("age",))[0])
+                slope = (f.age_band[0] - e.age_band[0]) / (now - before) if now != before else 0.0
+                if slope < AGE_MIN_SLOPE:
+                    return None  # this face's reading does not follow the read-out
+                move = (aim - f.age_band[0]) / slope
             if abs(move) > AGE_CORRECTION_MAX:
                 return None
-            age_target = float(aimed(("age",))[0]) + move
+            age_target = now + move
         sex = None if "male" not in targets else ("M" if targets["male"] > 0 else "F")
         return steer_code(skin_target, sex, d.version, age_target)
 
@@ -932,13 +965,16 @@ class GeneratedIdentities:
                 rendered += not self.is_cached(seed, index, codes[j])
                 made = self.face(seed, index, codes[j])
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
-                if problem in ("skin", "age") and isinstance(made, GeneratedFace):
-                    code = self._corrected(made, seed, ctx, want, problem)
-                    if code is not None and person_id(seed, index, code) not in ctx.exclude_people:
-                        rejected[f"{problem}, steered again"] += 1
-                        rendered += not self.is_cached(seed, index, code)
-                        made = self.face(seed, index, code)
-                        problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+                missed: list[tuple[GeneratedFace, str]] = []
+                while problem in ("skin", "age") and isinstance(made, GeneratedFace):
+                    missed.append((made, problem))
+                    code = self._corrected(missed, seed, ctx, want)
+                    if code is None or person_id(seed, index, code) in ctx.exclude_people:
+                        break
+                    rejected[f"{problem}, steered again"] += 1
+                    rendered += not self.is_cached(seed, index, code)
+                    made = self.face(seed, index, code)
+                    problem = made if isinstance(made, str) else self._fits(made, ctx, want)
                 if problem is None and isinstance(made, GeneratedFace):
                     sims = others @ made.embedding if len(others) else np.zeros(1)
                     near = cosine(ctx.embedding, made.embedding) if ctx.embedding is not None else 0.0

@@ -188,10 +188,17 @@ class Cropped:
 
 
 def crop_face(
-    rgb: np.ndarray, detector: FaceDetector, check: PhotoCheck | None = None, detect_side: int | None = None
+    rgb: np.ndarray,
+    detector: FaceDetector,
+    check: PhotoCheck | None = None,
+    detect_side: int | None = None,
+    max_yaw: float | None = _MAX_POOL_YAW,
 ) -> Cropped:
-    """The photo's one frontal face as a surrogate crop (eyes at most ``EYE_DISTANCE`` apart);
+    """The photo's one face as a surrogate crop (eyes at most ``EYE_DISTANCE`` apart);
     ``PhotoSkipped`` says why not. Pool photos and generated faces both go through it.
+
+    ``max_yaw``: pool faces must be frontal; a generated face's yaw is left to the patient's
+    filters (None), since a patient turned 30 degrees is given someone turned their way.
 
     ``detect_side``: find the face on a copy this many pixels on its longer side, for photos
     whose face is known to fill much of the frame (a generated face: MTCNN took 1-3 s on the
@@ -206,7 +213,7 @@ def crop_face(
     if len(faces) != 1:
         raise PhotoSkipped(f"{len(faces)} faces found, need exactly one")
     face = faces[0]
-    if abs(face.yaw) > _MAX_POOL_YAW:
+    if max_yaw is not None and abs(face.yaw) > max_yaw:
         raise PhotoSkipped(f"turned {face.yaw:.0f} degrees, pool faces must be frontal")
     scale = min(1.0, EYE_DISTANCE / face.eye_distance)
     side = round(_CROP_EYE_DISTANCES * face.eye_distance * scale)

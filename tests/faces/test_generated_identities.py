@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -23,9 +24,11 @@ from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
 from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
+    AGE_MIN_SLOPE,
     DIRECTIONS,
     GENERATED_MAX_SKIN_DELTA_E,
     JITTER,
+    MAX_YAW_DIFFERENCE,
     VARIANT_AGE_YEARS,
     VARIANTS,
     Directions,
@@ -522,10 +525,12 @@ def test_a_render_whose_skin_missed_the_patient_is_steered_again_and_lands_near_
     missed = float(np.linalg.norm(worst.skin_lab - patient))
     assert missed > 5.0, [np.round(f.skin_lab) for f in faces]
     pale = PatientContext(pseudonym="ANONSKIN", key=site_key, skin_lab=patient)
-    again = source._corrected(worst, seed, pale, _want(pale), "skin")
+    again = source._corrected([(worst, "skin")], seed, pale, _want(pale))
     assert again is not None and again.endswith("M") and again != code
     corrected = source.face(seed, worst.index, again)
     assert float(np.linalg.norm(corrected.skin_lab - patient)) < min(missed, GENERATED_MAX_SKIN_DELTA_E)
+    # Once: a render that still misses is passed over.
+    assert source._corrected([(worst, "skin"), (corrected, "skin")], seed, pale, _want(pale)) is None
 
 
 def test_a_child_whose_steered_age_missed_is_steered_again_towards_the_child(source, site_key) -> None:
@@ -541,9 +546,41 @@ def test_a_child_whose_steered_age_missed_is_steered_again_towards_the_child(sou
     faces = [f for f in (source.face(seed, i, code) for i in range(6)) if isinstance(f, GeneratedFace)]
     worst = max(faces, key=lambda f: abs(f.age_band[0] - 9.0))
     assert abs(worst.age_band[0] - 9.0) > want.age[1] - 9.0, [f.age_band for f in faces]
-    again = source._corrected(worst, seed, child, want, "age")
+    again = source._corrected([(worst, "age")], seed, child, want)
     assert again is not None and steer_targets(again)["age"] != steer_targets(code)["age"]
     assert abs(source.face(seed, worst.index, again).age_band[0] - 9.0) < abs(worst.age_band[0] - 9.0)
+
+
+def test_a_second_age_correction_follows_the_faces_own_readings(source, site_key) -> None:
+    """The estimator's reading of one steered child moves by its own rate per read-out unit
+    (0-2 years where the calibration says about 1): the second correction aims along the line
+    through the face's two readings, is not tried where the reading did not rise with the
+    read-out, and there is no third."""
+    child = PatientContext(
+        pseudonym="ANONCHILD", key=site_key, age_years=9.0, skin_lab=np.array([76.0, 11.0, 14.0])
+    )
+    want, d = _want(child), source.directions
+    seed = stream_seed(site_key, "ANONCHILD")
+    code = steer_code(child.skin_lab, None, d.version, age_read_out=d.read_out_for("age", 9.0))
+    first = next(
+        f
+        for f in (source.face(seed, i, code) for i in range(12))
+        if isinstance(f, GeneratedFace) and abs(f.age_band[0] - 9.0) > 4
+    )
+    second = source.face(seed, first.index, source._corrected([(first, "age")], seed, child, want))
+    (a1, t1), (a2, t2) = ((f.age_band[0], steer_targets(f.steer)["age"]) for f in (first, second))
+    again = source._corrected([(first, "age"), (second, "age")], seed, child, want)
+    if (a2 - a1) / (t2 - t1) < AGE_MIN_SLOPE:
+        assert again is None
+    else:
+        assert again is not None
+        assert steer_targets(again)["age"] == pytest.approx(t2 + (9.0 - a2) * (t2 - t1) / (a2 - a1), abs=0.5)
+    # Made flat or falling, the same two renders give no second correction.
+    flat = copy.copy(second)
+    object.__setattr__(flat, "age_band", first.age_band)
+    assert source._corrected([(first, "age"), (flat, "age")], seed, child, want) is None
+    third = [(first, "age"), (second, "age"), (second, "age")]
+    assert source._corrected(third, seed, child, want) is None
 
 
 def test_an_adult_whose_sex_the_estimator_is_unsure_of_gets_the_likelier_sex(source, site_key) -> None:
@@ -582,6 +619,22 @@ def test_an_old_patient_gets_an_old_new_person(source, site_key, sex, age) -> No
     assert "A" in made[0].steer
     again = fresh(source).face(stream_seed(site_key, ctx.pseudonym), made[0].index, made[0].steer)
     assert np.array_equal(again.image, made[0].image)
+
+
+@pytest.mark.parametrize("yaw", [32.0, -34.0])
+def test_a_patient_turned_as_far_as_the_gate_allows_is_given_someone_turned_their_way(
+    source, site_key, yaw
+) -> None:
+    """A new person was held within 15 degrees of frontal and 20 of the patient: no one could
+    be both for a patient turned 30 degrees or more, and every such patient was refused
+    (no-surrogate). Now the person may be turned the patient's way, as far as the patient."""
+    ctx = PatientContext(pseudonym=f"ANONTURNED{yaw:+.0f}", key=site_key, sex="F", age_years=30.0, yaw=yaw)
+    made = fresh(source).people(ctx)
+    assert len(made) == 1, source.last_draw
+    assert abs(made[0].yaw - yaw) <= MAX_YAW_DIFFERENCE and abs(made[0].yaw) <= abs(yaw)
+    # Someone turned the other way, or further than the patient, is still turned down.
+    other = PatientContext(pseudonym="ANONTURNED", key=site_key, sex="F", age_years=30.0, yaw=-yaw)
+    assert source._fits(made[0], other, _want(other)) == "pose"
 
 
 @pytest.mark.parametrize("age", [3.0, 72.0])
