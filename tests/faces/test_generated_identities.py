@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import shutil
 import subprocess
@@ -25,17 +26,20 @@ from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
 from dicom_anon.faces.generator import GeneratorUnavailable
 from dicom_anon.faces.identities import (
     AGE_MIN_SLOPE,
+    BLOCK,
     DIRECTIONS,
     GENERATED_MAX_SKIN_DELTA_E,
     JITTER,
     MAX_YAW_DIFFERENCE,
     VARIANT_AGE_YEARS,
     VARIANTS,
+    WINDOW,
     Directions,
     DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
     _least_near,
+    _Screening,
     _want,
     base_person,
     get_generated,
@@ -648,7 +652,7 @@ def test_a_child_or_an_old_patient_has_latents_outside_the_band_steered_into_it(
     )
     want, d = _want(ctx), source.directions
     raw = source.generator.raw_styles(latents(stream_seed(site_key, "ANONBAND"), 0))
-    _, codes, _ = source._screen(raw, want, ctx)
+    _, codes, _, _ = source._screen(raw, want, ctx)
     steered = [steer_targets(c)["age"] for c in codes if "age" in steer_targets(c)]
     assert len(steered) > len(codes) / 2
     lo, hi = want.age
@@ -785,16 +789,62 @@ def test_an_adults_draw_passes_over_latents_that_would_render_a_child(source, si
     unscreened = fresh(
         source, dataclasses.replace(d, screen_weights={}, screen_bias={}, screen_reject_above={})
     )
-    keep, codes, _ = unscreened._screen(raw, want, patient)
+    keep, codes, _, _ = unscreened._screen(raw, want, patient)
     first = int(np.flatnonzero(keep)[0])
     child = unscreened.face(seed, first, codes[first])
     assert isinstance(child, GeneratedFace) and child.age_band[0] < 16
     draw = fresh(source)
-    screened, _, why = draw._screen(raw, want, patient)
+    screened, _, why, _ = draw._screen(raw, want, patient)
     assert not screened[first] and why["child"] > 0
     person = draw.people(patient)
     assert person and want.age[0] <= person[0].age_band[0] <= want.age[1]
     assert draw.last_draw["rejected"]["screen: child"] > 0
+
+
+def test_a_draw_renders_the_latents_least_like_the_patient_first(source, site_key) -> None:
+    """Most faces that fit were 0.10 or more like the patient to SFace and waited; the likeness
+    read-out (style -> embedding) now orders each window of WINDOW kept latents, least like the
+    patient first. The same latents as the stream's order, only ranked; without the patient's
+    embedding, the stream's order."""
+    patient = source.face(stream_seed(site_key, "ANONLIKE-FACE"), 0)
+    assert isinstance(patient, GeneratedFace)
+    ctx = PatientContext(
+        pseudonym="ANONLIKE", key=site_key, sex="F", age_years=30.0, embedding=patient.embedding
+    )
+    seed, want = stream_seed(site_key, "ANONLIKE"), _want(ctx)
+    # The first window: the kept latents of the blocks it takes to hold WINDOW of them.
+    kept, like = [], {}
+    for block in itertools.count():
+        keep, codes, _, likeness = source._screen(
+            source.generator.raw_styles(latents(seed, block)), want, ctx
+        )
+        kept += [(block * BLOCK + int(j), codes[j]) for j in np.flatnonzero(keep)]
+        like.update({block * BLOCK + int(j): float(likeness[j]) for j in np.flatnonzero(keep)})
+        if len(kept) >= WINDOW:
+            break
+    drawn = list(itertools.islice(_Screening(source, seed, want, ctx), len(kept)))
+    plain = list(
+        itertools.islice(_Screening(source, seed, want, dataclasses.replace(ctx, embedding=None)), len(kept))
+    )
+    assert plain == kept and sorted(drawn) == sorted(kept) and drawn != kept
+    assert [like[i] for i, _ in drawn] == sorted(like.values())
+
+
+def test_the_likeness_read_out_predicts_how_alike_two_generated_faces_are(source, site_key) -> None:
+    """What the draw's order rests on, on faces it never learnt from: the read-out's cosine
+    between one face's style and another's rendered embedding follows SFace's cosine between
+    the two rendered faces (r 0.65 on 574 renders of 57 SFHQ patients' draws)."""
+    seed, d = stream_seed(site_key, "ANONLIKENESS"), source.directions
+    faces = [f for f in (source.face(seed, i) for i in range(12)) if isinstance(f, GeneratedFace)]
+    styles = source.generator.truncate(source.generator.raw_styles(latents(seed, 0)), d.psi)
+    predicted, actual = [], []
+    for a in faces:
+        for b in faces:
+            if a is not b:
+                predicted.append(d.likeness_to(styles[a.index][None], b.embedding)[0])
+                actual.append(cosine(a.embedding, b.embedding))
+    r = np.corrcoef(predicted, actual)[0, 1]
+    assert len(faces) >= 10 and r > 0.4, r
 
 
 def test_a_childs_draw_is_not_screened_for_children(source, site_key) -> None:

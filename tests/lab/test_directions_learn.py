@@ -41,3 +41,54 @@ def test_a_screen_read_out_written_leaves_the_other_screens(tmp_path) -> None:
         np.array_equal(d.weights[k], before.weights[k]) for k in d.weights
     )
     assert json.loads(path.read_text())["screen"]["sources"]["trial"] == {"samples": 3}
+
+
+def _samples(folder, psi: float, n: int, weights: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """sample.py's file, made up: styles whose faces' embeddings are a linear map of the z-scored
+    style plus noise (the fourth face gave no crop: no embedding)."""
+    from dicom_anon.faces.identities import DIRECTIONS
+
+    out = json.loads(DIRECTIONS.read_text())
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, len(out["mean"])))
+    styles = np.asarray(out["mean"]) + x * np.asarray(out["scale"])
+    embeddings = x @ weights + rng.normal(0, 0.5, (n, weights.shape[1]))
+    embeddings[3] = 0
+    folder.mkdir()
+    np.savez_compressed(folder / "samples.npz", psi=psi, styles=styles, embeddings=embeddings)
+    return styles, embeddings
+
+
+def test_the_likeness_read_out_learns_the_embedding_a_style_gives(tmp_path, monkeypatch, capsys) -> None:
+    """likeness.py fits the style -> SFace embedding map that a draw ranks its renders by, into
+    the read-outs file beside the others (version and steering untouched); samples drawn at
+    another truncation are refused, since the map is of styles truncated at the file's psi."""
+    import pytest
+
+    from dicom_anon.faces.identities import DIRECTIONS, load_directions
+    from dicom_anon.lab.directions import likeness
+
+    before = load_directions(DIRECTIONS)
+    path = tmp_path / "directions.json"
+    path.write_text(DIRECTIONS.read_text())
+    weights = np.random.default_rng(1).standard_normal((len(before.mean), 128)) / 10
+    _samples(tmp_path / "a", before.psi, 600, weights, seed=2)
+    monkeypatch.setattr("sys.argv", ["likeness", str(tmp_path / "a"), "-o", str(path)])
+    likeness.main()
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 599 and max(report["cv_cosine"].values()) > 0.8
+    d = load_directions(path)
+    assert d.likeness is not None and d.version == before.version
+    assert all(np.array_equal(d.weights[k], before.weights[k]) for k in d.weights)
+    # On styles it never saw: how like a target face each will be, as the map says.
+    styles, embeddings = _samples(tmp_path / "b", before.psi, 200, weights, seed=3)
+    target = embeddings[0]
+    norms = np.maximum(np.linalg.norm(embeddings, axis=1), 1e-9)
+    truth = embeddings @ target / norms / np.linalg.norm(target)
+    predicted = d.likeness_to(styles.astype(np.float32), target)
+    assert np.corrcoef(predicted[4:], truth[4:])[0, 1] > 0.8
+    assert not before.likeness_to(styles, None).any()
+    _samples(tmp_path / "c", 0.7, 50, weights, seed=4)
+    monkeypatch.setattr("sys.argv", ["likeness", str(tmp_path / "c"), "-o", str(path)])
+    with pytest.raises(SystemExit, match=r"psi 0\.7"):
+        likeness.main()

@@ -65,7 +65,7 @@ def sample(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
             )
             patient += 1
             stream = stream_seed(key, ctx.pseudonym)
-            keep, codes, _ = source._screen(g.raw_styles(latents(stream, 0)), _want(ctx), ctx)
+            keep, codes, _, _ = source._screen(g.raw_styles(latents(stream, 0)), _want(ctx), ctx)
             for j in np.flatnonzero(keep)[:PER_PATIENT]:
                 face = source.face(stream, int(j), codes[j])
                 if isinstance(face, str) or not face.age_band or face.style is None:

@@ -1,0 +1,74 @@
+"""Learn the likeness read-out: from a latent's style, the SFace embedding its face will have.
+
+    .venv/bin/python -m dicom_anon.lab.directions.sample --psi 0.85 -n 900 --seed 28 -o /tmp/gen085
+    .venv/bin/python -m dicom_anon.lab.directions.likeness /tmp/gen085 --sampled "sample.py ... --seed 28"
+
+A draw renders the latents its screen keeps least like the patient first (``likeness`` in
+models/generated/directions.json). Inputs: ``samples.npz`` from ``sample.py`` at the read-outs'
+truncation (styles, and the rendered faces' SFace embeddings). The read-out is a ridge regression
+from the z-scored style to the unit embedding, its shrinkage chosen by five-fold cross-validation
+(the mean cosine between the embedding predicted and the one rendered). It steers nothing and
+holds nothing while steering, so the file's version stays and remembered people keep their faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...faces.identities import DIRECTIONS
+
+L2 = (100.0, 300.0, 1000.0, 3000.0)
+
+
+def ridge_rows(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge regression of every column of ``y`` at once: (weights (d, k), means (k,))."""
+    mean = y.mean(axis=0)
+    return np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ (y - mean)), mean
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("samples", type=Path, nargs="+", help="folders holding sample.py's samples.npz")
+    ap.add_argument("-o", type=Path, default=DIRECTIONS)
+    ap.add_argument("--sampled", default="", help="how the samples were made, for the file's record")
+    args = ap.parse_args()
+    out = json.loads(args.o.read_text())
+    styles, embeddings = [], []
+    for folder in args.samples:
+        d = np.load(folder / "samples.npz")
+        if abs(float(d["psi"]) - float(out["psi"])) > 1e-6:
+            raise SystemExit(f"{folder}: sampled at psi {float(d['psi'])}, the read-outs are at {out['psi']}")
+        rendered = np.linalg.norm(d["embeddings"], axis=1) > 0  # a face that gave a crop
+        styles.append(d["styles"][rendered])
+        embeddings.append(d["embeddings"][rendered])
+    x = (np.concatenate(styles).astype(np.float64) - np.asarray(out["mean"])) / np.asarray(out["scale"])
+    y = unit(np.concatenate(embeddings).astype(np.float64))
+    report: dict = {"n": len(y), "cv_cosine": {}}
+    folds = np.array_split(np.random.default_rng(0).permutation(len(y)), 5)
+    for l2 in L2:
+        cv = np.zeros_like(y)
+        for test in folds:
+            w, mean = ridge_rows(np.delete(x, test, axis=0), np.delete(y, test, axis=0), l2)
+            cv[test] = x[test] @ w + mean
+        report["cv_cosine"][l2] = round(float(np.mean(np.sum(unit(cv) * y, axis=1))), 4)
+    best = max(report["cv_cosine"], key=report["cv_cosine"].get)
+    w, mean = ridge_rows(x, y, best)
+    out["likeness"] = {
+        "weights": w.round(5).tolist(),
+        "mean": mean.round(6).tolist(),
+        "source": {"sampled": args.sampled, "l2": best, "cross_validation": report},
+    }
+    args.o.write_text(json.dumps(out) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
