@@ -753,11 +753,11 @@ class GeneratedIdentities:
         with the steering it needs (``steer_code``); counts of why not; and how like the patient
         each face will be, as the likeness read-out predicts (SFace cosine).
 
-        A draw renders a block's kept latents least like the patient first: most of the faces
-        that fit otherwise were at SFace 0.10 or more to the patient (450 of 574 renders of 57
-        patients' draws), and waited. (Rendering the likeliest fits first, nearest the band's
-        middle age and most frontal, drew faces SFace took for one another; within a block of
-        64 the stream's own order is kept but for the likeness.)"""
+        A draw renders the kept latents least like the patient first, a window at a time
+        (``_Screening``): most of the faces that fit were otherwise at SFace 0.10 or more to the
+        patient (450 of 574 renders of 57 patients' draws), and waited. (Rendering the likeliest
+        fits first, nearest the band's middle age and most frontal, drew faces SFace took for
+        one another: beyond a window, the stream's own order is kept.)"""
         d = self.directions
         at = self.generator.truncate(raw, d.psi)
         s = d.scores(at)
