@@ -283,6 +283,8 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
                     stage_sums[case][label] += total - before.get(label, 0.0)
                 if case.startswith("new"):
                     print(f"  {name:32s} new {secs:6.2f} s  {outcome}  draw {source.draws[-1]}")
+                else:  # which person costs what on every later photo (its ovals, its QA tries)
+                    print(f"  {name:32s} {case.split(', ')[1]} {secs:6.2f} s  {outcome}")
     for case, times in cases.items():
         print(
             f"{case}: median {statistics.median(times):.2f} s, max {max(times):.2f} s "
