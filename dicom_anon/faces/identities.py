@@ -334,13 +334,17 @@ class Directions:
     # (512, 128) weights on the z-scored style and the (128,) mean (lab/directions/likeness.py).
     likeness: tuple[np.ndarray, np.ndarray] | None = None
 
+    def _z(self, styles: np.ndarray) -> np.ndarray:
+        """(n, 512) styles truncated at ``psi``, z-scored as every read-out reads them."""
+        return (styles - self.mean) / self.scale
+
     def scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
-        x = (styles - self.mean) / self.scale
+        x = self._z(styles)
         return {k: x @ w + self.bias[k] for k, w in self.weights.items()}
 
     def screen_scores(self, styles: np.ndarray) -> dict[str, np.ndarray]:
         """The screen-only read-outs (logits) of (n, 512) styles truncated at ``psi``."""
-        x = (styles - self.mean) / self.scale
+        x = self._z(styles)
         return {k: x @ w + self.screen_bias[k] for k, w in self.screen_weights.items()}
 
     def likeness_to(self, styles: np.ndarray, embedding: np.ndarray | None) -> np.ndarray:
@@ -350,7 +354,7 @@ class Directions:
         if self.likeness is None or embedding is None:
             return np.zeros(len(styles))
         weights, mean = self.likeness
-        predicted = ((styles - self.mean) / self.scale) @ weights + mean
+        predicted = self._z(styles) @ weights + mean
         target = embedding / max(float(np.linalg.norm(embedding)), 1e-9)
         return predicted @ target / np.maximum(np.linalg.norm(predicted, axis=1), 1e-9)
 
@@ -662,8 +666,7 @@ class GeneratedIdentities:
             if hit is not None:
                 self._faces.move_to_end((seed, index, steer))
                 return hit
-        z = latents(seed, index // BLOCK)[index % BLOCK]
-        raw = self.generator.raw_styles(z[None])
+        raw = self._raw_style(seed, index)
         if steer:
             d = self._read_outs(steer_version(steer))
             raw = self._steered(raw, steer_targets(steer), d)
@@ -675,6 +678,10 @@ class GeneratedIdentities:
             while len(self._faces) > self._cache:
                 self._faces.popitem(last=False)
         return made
+
+    def _raw_style(self, seed: bytes, index: int) -> np.ndarray:
+        """The (1, 512) untruncated style of the stream's ``index``-th latent."""
+        return self.generator.raw_styles(latents(seed, index // BLOCK)[index % BLOCK][None])
 
     def _read_outs(self, version: int) -> Directions:
         """The read-outs of ``version``: the current ones, or older ones a remembered person
@@ -905,8 +912,7 @@ class GeneratedIdentities:
             code = steer_targets(face.steer) if face.steer else {}
             if names[0] in code:
                 return np.array([code[k] for k in names])
-            z = latents(seed, face.index // BLOCK)[face.index % BLOCK]
-            own = d.scores(self.generator.truncate(self.generator.raw_styles(z[None]), d.psi))
+            own = d.scores(self.generator.truncate(self._raw_style(seed, face.index), d.psi))
             return np.array([own[k][0] for k in names])
 
         skin_target = np.array([targets[k] for k in _SKIN]) if _SKIN[0] in targets else None

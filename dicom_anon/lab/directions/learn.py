@@ -65,10 +65,11 @@ def logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, steps: int = 400) -> 
     return w, b
 
 
-def ridge(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
-    mean = y.mean()
+def ridge(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float | np.ndarray]:
+    """Ridge regression of ``y``, or of each of its columns at once (a (d, k) weight and k means)."""
+    mean = y.mean(axis=0)
     w = np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ (y - mean))
-    return w, float(mean)
+    return w, mean
 
 
 def auc(score: np.ndarray, y: np.ndarray) -> float:
@@ -79,14 +80,15 @@ def auc(score: np.ndarray, y: np.ndarray) -> float:
 
 
 def cross_validated(
-    fit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+    fit: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float | np.ndarray]],
     x: np.ndarray,
     y: np.ndarray,
     k: int = 5,
 ) -> np.ndarray:
     """Each sample's read-out from ``fit`` on the other ``k`` - 1 folds (the same folds for every
-    read-out, seed 0): what thresholds and calibrations are chosen on."""
-    cv = np.zeros(len(y))
+    read-out, seed 0): what thresholds and calibrations are chosen on. ``y`` may have a column
+    per output (the likeness read-out's embedding)."""
+    cv = np.zeros(y.shape)
     for test in np.array_split(np.random.default_rng(0).permutation(len(y)), k):
         train = np.setdiff1d(np.arange(len(y)), test)
         w, b = fit(x[train], y[train])

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ...faces.identities import DIRECTIONS
+from .learn import cross_validated, ridge
 
 L2 = (100.0, 300.0, 1000.0, 3000.0)
-
-
-def ridge_rows(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge regression of every column of ``y`` at once: (weights (d, k), means (k,))."""
-    mean = y.mean(axis=0)
-    return np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ (y - mean)), mean
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -52,15 +48,11 @@ def main() -> None:
     x = (np.concatenate(styles).astype(np.float64) - np.asarray(out["mean"])) / np.asarray(out["scale"])
     y = unit(np.concatenate(embeddings).astype(np.float64))
     report: dict = {"n": len(y), "cv_cosine": {}}
-    folds = np.array_split(np.random.default_rng(0).permutation(len(y)), 5)
     for l2 in L2:
-        cv = np.zeros_like(y)
-        for test in folds:
-            w, mean = ridge_rows(np.delete(x, test, axis=0), np.delete(y, test, axis=0), l2)
-            cv[test] = x[test] @ w + mean
+        cv = cross_validated(partial(ridge, l2=l2), x, y)
         report["cv_cosine"][l2] = round(float(np.mean(np.sum(unit(cv) * y, axis=1))), 4)
     best = max(report["cv_cosine"], key=report["cv_cosine"].get)
-    w, mean = ridge_rows(x, y, best)
+    w, mean = ridge(x, y, best)
     out["likeness"] = {
         "weights": w.round(5).tolist(),
         "mean": mean.round(6).tolist(),
