@@ -155,7 +155,7 @@ AGE_STEER_FROM = 50.0
 # SFace 0.74-0.87 to the patient's first output (0.363 is one person). Of the 7 photos three
 # variants left to someone new, 8 variants rescued 2 and 16 rescued 5 (one patient's three
 # photos all by the 14th): one person per patient rose from 89% to 100% of photo pairs. The
-# variant that passed is remembered (``IdentityMemory.remember_variant``) and offered first next
+# variant that passed is remembered (``IdentityMemory.remember_passed``) and offered first next
 # time, so a patient's later photos do not walk the same failing variants again.
 VARIANTS = 16
 JITTER = 7.0
@@ -186,11 +186,14 @@ class IdentityMemory(Protocol):
 
     def generated_embeddings(self, excluding: str) -> np.ndarray: ...
 
-    def variant_for(self, pseudonym: str) -> int:
-        """The variant of the patient's generated person that last passed QA (0: none yet)."""
+    def last_passed(self, pseudonym: str) -> tuple[int, float]:
+        """The variant of the patient's generated person and the face oval that last passed QA
+        ((0, 0.0): none yet)."""
         ...
 
-    def remember_variant(self, pseudonym: str, variant: int) -> None: ...
+    def remember_passed(self, pseudonym: str, oval: float, variant: int | None = None) -> None:
+        """``variant`` None leaves the remembered variant as it was."""
+        ...
 
 
 class InMemoryIdentities:
@@ -199,7 +202,7 @@ class InMemoryIdentities:
     def __init__(self) -> None:
         self._chosen: dict[str, str] = {}
         self._generated: dict[str, tuple[int, str, np.ndarray]] = {}
-        self._variants: dict[str, int] = {}
+        self._passed: dict[str, tuple[int, float]] = {}
 
     def surrogate_for(self, pseudonym: str) -> str | None:
         return self._chosen.get(pseudonym)
@@ -218,11 +221,13 @@ class InMemoryIdentities:
         rows = [e for p, (_, _, e) in self._generated.items() if p != excluding]
         return np.stack(rows) if rows else np.zeros((0, 128), np.float32)
 
-    def variant_for(self, pseudonym: str) -> int:
-        return self._variants.get(pseudonym, 0)
+    def last_passed(self, pseudonym: str) -> tuple[int, float]:
+        return self._passed.get(pseudonym, (0, 0.0))
 
-    def remember_variant(self, pseudonym: str, variant: int) -> None:
-        self._variants[pseudonym] = variant
+    def remember_passed(self, pseudonym: str, oval: float, variant: int | None = None) -> None:
+        if pseudonym in self._generated:
+            kept = self.last_passed(pseudonym)[0] if variant is None else variant
+            self._passed[pseudonym] = (kept, oval)
 
 
 class IdentitySource(Protocol):
@@ -238,7 +243,9 @@ class IdentitySource(Protocol):
 
     def people(self, ctx: PatientContext) -> list[Surrogate]: ...
 
-    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None: ...
+    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate, oval: float) -> None:
+        """Called when ``surrogate`` passed QA at ``oval`` on the patient's first face."""
+        ...
 
     def why_none(self, ctx: PatientContext, hints: dict) -> str:
         """Why ``people`` offered nobody, for the records officer (``hints``: where sex and age came from)."""
@@ -265,7 +272,8 @@ class PoolIdentities:
     def people(self, ctx: PatientContext) -> list[Surrogate]:
         return candidates(self.pool, ctx)
 
-    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
+    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate, oval: float) -> None:
+        # The person only: a pool's people are photos whose fit does not follow the oval.
         memory.remember_surrogate(pseudonym, surrogate.person)
 
     def mouth_opening(self, rgb: np.ndarray, face: Face) -> float | None:
@@ -1077,15 +1085,21 @@ class GeneratedIdentities:
             return made
         return None
 
-    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate) -> None:
-        """The patient's person, the first time; a variant of it that passed (only ever offered
-        for the remembered person, ``_variant``) as the one to try first next time."""
+    def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate, oval: float) -> None:
+        """The patient's person, the first time; on every photo where that person or a variant of
+        it (only ever offered for the remembered person, ``_variant``) passed, the variant and
+        the oval, to be tried first next time. Someone new who passed on a later photo, when the
+        remembered person could not, is not remembered."""
         if not isinstance(surrogate, GeneratedFace):
             return
-        if variant := steer_variant(surrogate.steer):
-            memory.remember_variant(pseudonym, variant)
-        else:
-            memory.remember_generated(pseudonym, surrogate.index, surrogate.steer, surrogate.embedding)
+        variant = steer_variant(surrogate.steer)
+        if not variant:
+            kept = memory.generated_for(pseudonym)
+            if kept is None:
+                memory.remember_generated(pseudonym, surrogate.index, surrogate.steer, surrogate.embedding)
+            elif kept != (surrogate.index, surrogate.steer):
+                return
+        memory.remember_passed(pseudonym, oval, variant or None)
 
     def mouth_opening(self, rgb: np.ndarray, face: Face) -> float | None:
         return self.mouth.opening(rgb, face)

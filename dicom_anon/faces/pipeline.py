@@ -218,7 +218,17 @@ class FacePipeline:
         screen = self.gate and small.scale < 1.0
         limit = self.settings.max_identity_similarity if self.gate else 1.0
         attempts: list[dict] = []
-        ladder = M.OVAL_LADDER if self.gate else M.OVAL_LADDER[:1]
+        # The remembered person's variant and oval that passed on an earlier photo come first:
+        # photos of one patient tend to fail and pass alike, and each oval turned down costs a
+        # render and a check.
+        preferred, passed_oval = (
+            patient.memory.last_passed(patient.pseudonym) if patient.memory and remembered else (0, 0.0)
+        )
+        ladder = (
+            (*(o for o in M.OVAL_LADDER if o == passed_oval), *(o for o in M.OVAL_LADDER if o != passed_oval))
+            if self.gate
+            else M.OVAL_LADDER[:1]
+        )
         # The patient's own choice (remembered, with each of that person's photos offered, else
         # keyed first) at every oval before anyone else: a larger oval is a smaller change to the
         # picture than another person in the next photo.
@@ -233,9 +243,6 @@ class FacePipeline:
             # person's variants count as that person: ``passed_over``). A route that gives each
             # patient one new person (``strict``) is offered that person's variants only.
             tried = {c.info.get("person") for c in options}
-            # Read only here, once the remembered person was turned down (a generator resumes
-            # past the lead only then): most later photos never need it.
-            preferred = patient.memory.variant_for(patient.pseudonym) if patient.memory and remembered else 0
             while self.identities and self.identities.one_at_a_time:
                 if len({base_person(p) for p in tried if p is not None}) >= self.settings.max_candidates:
                     return
@@ -300,7 +307,7 @@ class FacePipeline:
                 continue
             if "person" in cand.info:
                 if self.identities and patient.memory and not used and cand.surrogate is not None:
-                    self.identities.remember(patient.memory, patient.pseudonym, cand.surrogate)
+                    self.identities.remember(patient.memory, patient.pseudonym, cand.surrogate, oval_scale)
                 used.add(cand.info["person"])
             return (
                 result,

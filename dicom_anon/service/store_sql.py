@@ -50,7 +50,8 @@ from .store import (
 # 4: for nodes sharing one store, jobs name the node that received them (received_by), and jobs and
 # deliveries carry a lease (claimed_by, lease_until).
 # 5: a generated person remembers which of its variants last passed QA (variant).
-SCHEMA_VERSION = 5
+# 6: ... and the face oval it passed at (oval).
+SCHEMA_VERSION = 6
 
 # The current tables; ``{id}``, ``{real}``, ``{blob}`` and ``{int8}`` are the dialect's types.
 _TABLES = (
@@ -127,7 +128,8 @@ _TABLES = (
     steer TEXT NOT NULL DEFAULT '',
     embedding {blob} NOT NULL,
     chosen_at {real} NOT NULL,
-    variant INTEGER NOT NULL DEFAULT 0
+    variant INTEGER NOT NULL DEFAULT 0,
+    oval {real} NOT NULL DEFAULT 0
 )""",
 )
 
@@ -145,8 +147,12 @@ _ADDED = {
         "lease_until": "{real}",
     },
     # 3: a generated person is its latent index and its steering code.
-    # 5: the variant of the person that last passed QA.
-    "generated_identities": {"steer": "TEXT NOT NULL DEFAULT ''", "variant": "INTEGER NOT NULL DEFAULT 0"},
+    # 5: the variant of the person that last passed QA; 6: the oval it passed at.
+    "generated_identities": {
+        "steer": "TEXT NOT NULL DEFAULT ''",
+        "variant": "INTEGER NOT NULL DEFAULT 0",
+        "oval": "{real} NOT NULL DEFAULT 0",
+    },
     "deliveries": {"claimed_by": "TEXT", "lease_until": "{real}"},
 }
 
@@ -751,20 +757,22 @@ class SqlStore(ABC):
                 (pseudonym, int(index), steer, np.asarray(embedding, "<f4").tobytes(), time.time()),
             )
 
-    def variant_for(self, pseudonym: str) -> int:
-        """The variant of the patient's generated person that last passed QA (0: none yet)."""
+    def last_passed(self, pseudonym: str) -> tuple[int, float]:
+        """The variant of the patient's generated person and the face oval that last passed QA
+        ((0, 0.0): none yet)."""
         rows = self._read(
-            "SELECT variant FROM generated_identities WHERE patient_pseudonym = ?", (pseudonym,)
+            "SELECT variant, oval FROM generated_identities WHERE patient_pseudonym = ?", (pseudonym,)
         )
-        return int(rows[0]["variant"]) if rows else 0
+        return (int(rows[0]["variant"]), float(rows[0]["oval"])) if rows else (0, 0.0)
 
-    def remember_variant(self, pseudonym: str, variant: int) -> None:
-        """Offer this variant first on the patient's next photo that turns the person down. Not
-        durable on its own: losing it costs a later photo a few tries, never another face."""
+    def remember_passed(self, pseudonym: str, oval: float, variant: int | None = None) -> None:
+        """Try this oval (and this variant, when one was needed) first on the patient's next photo.
+        Not durable on its own: losing it costs a later photo a few tries, never another face."""
         with self.transaction(durable=False) as db:
             db.execute(
-                "UPDATE generated_identities SET variant = ? WHERE patient_pseudonym = ?",
-                (int(variant), pseudonym),
+                "UPDATE generated_identities SET oval = ?, variant = COALESCE(?, variant)"
+                " WHERE patient_pseudonym = ?",
+                (float(oval), variant, pseudonym),
             )
 
     def generated_embeddings(self, excluding: str) -> np.ndarray:

@@ -38,6 +38,7 @@ from dicom_anon.faces.identities import (
     DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
+    InMemoryIdentities,
     _least_near,
     _Screening,
     _want,
@@ -399,6 +400,31 @@ def test_the_variant_that_passed_before_is_offered_first(source, site_key) -> No
     assert source.people(preferred)[0].person == walked[1]
     after = dataclasses.replace(preferred, exclude_people=frozenset({kept.person, walked[1]}))
     assert source.people(after)[0].person == walked[0]
+
+
+def test_the_person_its_variant_and_the_oval_that_passed_are_remembered_and_no_one_else(
+    source, site_key
+) -> None:
+    """What a patient's next photo tries first: the oval (and the variant) that passed last. The
+    person is kept from the first photo; someone new who passed on a later photo, when the
+    remembered person could not, moves nothing."""
+    memory = InMemoryIdentities()
+    patient = ctx(site_key, "ANONVAR")
+    kept = source.people(patient)[0]
+    source.remember(memory, "ANONVAR", kept, 1.25)
+    assert memory.generated_for("ANONVAR") == (kept.index, kept.steer)
+    assert memory.last_passed("ANONVAR") == (0, 1.25)
+    variant = source.people(
+        dataclasses.replace(patient, passed_over=kept.person, exclude_people=frozenset({kept.person}))
+    )[0]
+    source.remember(memory, "ANONVAR", variant, 1.0)
+    assert memory.last_passed("ANONVAR") == (steer_variant(variant.steer), 1.0)
+    someone_new = source.people(ctx(site_key, "ANONOTHER"))[0]
+    source.remember(memory, "ANONVAR", someone_new, 1.5)
+    assert memory.generated_for("ANONVAR") == (kept.index, kept.steer)
+    assert memory.last_passed("ANONVAR") == (steer_variant(variant.steer), 1.0)
+    source.remember(memory, "ANONVAR", kept, 1.5)  # the person itself: its variant stays for next time
+    assert memory.last_passed("ANONVAR") == (steer_variant(variant.steer), 1.5)
 
 
 def test_someone_new_after_the_variants_keeps_the_persons_sex_where_the_photo_is_unsure(
@@ -865,7 +891,6 @@ def test_a_later_photo_that_turns_the_persons_render_down_gets_a_variant_of_them
     person is forwarded, and the store keeps remembering the person itself. (Drawn without the
     child screen, which came later: with it the draw reaches another person, whom the selfie
     does not turn down.)"""
-    from dicom_anon.faces.identities import InMemoryIdentities
     from dicom_anon.faces.pipeline import FacePipeline, Patient
     from dicom_anon.lab import evaluate as ev
 
@@ -889,13 +914,13 @@ def test_a_later_photo_that_turns_the_persons_render_down_gets_a_variant_of_them
     variant = steer_variant(parse_person(later["person"])[1])
     assert variant >= 1
     assert person_id(stream_seed(ev.EVAL_KEY, "eval-P004"), *memory.generated_for("eval-P004")) == first
-    # The variant that passed is remembered and offered first on the next photo that turns the
-    # person down (here the same photo again): no variant before it is tried again.
-    assert memory.variant_for("eval-P004") == variant
+    # The variant and the oval that passed are remembered and offered first on the next photo
+    # that turns the person down (here the same photo again): no variant before it is tried again.
+    assert memory.last_passed("eval-P004") == (variant, later["oval"])
     again = pipeline.process_frames(photos["P004_amateur_selfie"][None], patient).faces[0]
-    assert again["person"] == later["person"]
-    # At most the person and the remembered variant, each at every oval size.
-    assert again["attempts"] <= 2 * len(OVAL_LADDER) < later["attempts"], (
+    assert again["person"] == later["person"] and again["oval"] == later["oval"]
+    # The person at every oval size, then the remembered variant at the oval that passed.
+    assert again["attempts"] == len(OVAL_LADDER) + 1 < later["attempts"], (
         again["attempts"],
         later["attempts"],
     )

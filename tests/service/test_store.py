@@ -236,22 +236,23 @@ def test_generated_identity_memory_keeps_index_and_embedding_across_a_restart(re
     assert again.generated_embeddings(excluding="nobody").shape == (2, 128)
 
 
-def test_the_variant_that_passed_is_remembered_beside_the_person(reopen):
+def test_the_variant_and_oval_that_passed_are_remembered_beside_the_person(reopen):
     s = reopen()
-    assert s.variant_for("ANONP1") == 0
-    s.remember_variant("ANONP1", 4)  # nobody remembered yet: nothing to attach it to
-    assert s.variant_for("ANONP1") == 0
+    assert s.last_passed("ANONP1") == (0, 0.0)
+    s.remember_passed("ANONP1", 1.25, 4)  # nobody remembered yet: nothing to attach it to
+    assert s.last_passed("ANONP1") == (0, 0.0)
     s.remember_generated("ANONP1", 3, "L35a15b18F", np.ones(128, np.float32))
-    s.remember_variant("ANONP1", 4)
-    s.remember_variant("ANONP1", 14)  # the last that passed counts
+    s.remember_passed("ANONP1", 1.25, 4)
+    s.remember_passed("ANONP1", 1.0, 14)  # the last that passed counts
+    s.remember_passed("ANONP1", 1.5)  # the person itself passed: its variant is kept for next time
     s.remember_generated("ANONP2", 0, "", np.ones(128, np.float32))
     s.close()
     again = reopen()
-    assert again.variant_for("ANONP1") == 14 and again.variant_for("ANONP2") == 0
+    assert again.last_passed("ANONP1") == (14, 1.5) and again.last_passed("ANONP2") == (0, 0.0)
     assert again.generated_for("ANONP1") == (3, "L35a15b18F")
 
 
-def test_a_schema_2_store_gains_the_steering_and_variant_columns_and_keeps_its_people(tmp_path):
+def test_a_schema_2_store_gains_the_steering_variant_and_oval_columns_and_keeps_its_people(tmp_path):
     path = tmp_path / "state.sqlite"
     s = SqliteStore(path)
     s.remember_generated("ANONP1", 3, "", np.ones(128, np.float32))
@@ -259,12 +260,13 @@ def test_a_schema_2_store_gains_the_steering_and_variant_columns_and_keeps_its_p
     with sqlite3.connect(path) as db:  # as schema 2 left it
         db.execute("ALTER TABLE generated_identities DROP COLUMN steer")
         db.execute("ALTER TABLE generated_identities DROP COLUMN variant")
+        db.execute("ALTER TABLE generated_identities DROP COLUMN oval")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     again = SqliteStore(path)
-    assert again.generated_for("ANONP1") == (3, "") and again.variant_for("ANONP1") == 0
+    assert again.generated_for("ANONP1") == (3, "") and again.last_passed("ANONP1") == (0, 0.0)
     again.remember_generated("ANONP2", 5, "M", np.ones(128, np.float32))
-    again.remember_variant("ANONP2", 2)
-    assert again.generated_for("ANONP2") == (5, "M") and again.variant_for("ANONP2") == 2
+    again.remember_passed("ANONP2", 1.25, 2)
+    assert again.generated_for("ANONP2") == (5, "M") and again.last_passed("ANONP2") == (2, 1.25)
     again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
