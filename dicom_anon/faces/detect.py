@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import torch
 
+from .shrink import shrink
+
 # Landmark order, as MTCNN and YuNet both return it: the eye, then mouth corner, that
 # appears on the image's left first.
 LEFT_EYE, RIGHT_EYE, NOSE, MOUTH_LEFT, MOUTH_RIGHT = range(5)
@@ -132,8 +134,9 @@ def face_window(
     crop = frame[y0:y1, x0:x1]
     scale = min(1.0, width / max(float(bw), 1.0))
     if scale < 1.0:
-        size = (max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale)))
-        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        crop, (kw, kh) = shrink(crop, scale)
+        x1, y1 = x0 + kw, y0 + kh  # the window the copy shows
+        scale = crop.shape[1] / kw
     return np.ascontiguousarray(crop), (x0, y0, x1, y1), scale
 
 
@@ -162,6 +165,9 @@ class FaceDetector:
         for shape, idx in groups.items():
             h, w = shape[:2]
             scale = min(1.0, self.max_side / max(h, w))
+            # One step, not ``shrink``: every render is placed by these landmarks, and the
+            # transplant's reduced-resolution path is sensitive to their last pixel (tests/faces/
+            # test_blend.py); a 4000x3000 photo's copy costs ~10 ms more this way.
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             if min(size) < self._mtcnn.min_face_size:
                 continue  # smaller than the smallest face MTCNN looks for (and it fails on such images)

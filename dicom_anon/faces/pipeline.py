@@ -44,6 +44,7 @@ from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
 from .replace import BASELINES, Candidate, make_backend
+from .shrink import shrink
 
 SCREEN_EYE_DISTANCE = 90.0
 # Eyes, nose and mouth must lie at least this many eye distances inside the photo.
@@ -506,13 +507,14 @@ class _Scaled:
         if self.scale >= 1.0:
             self.frame, self.original, self.face, self.preserved = frame, original, face, preserved
             return
-        h, w = frame.shape[:2]
-        size = (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
-        sx, sy = size[0] / w, size[1] / h
-        self.frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        self.frame, (kw, kh) = shrink(frame, self.scale)
+        size = (self.frame.shape[1], self.frame.shape[0])
+        sx, sy = size[0] / kw, size[1] / kh
         same = frame is original
-        self.original = self.frame if same else cv2.resize(original, size, interpolation=cv2.INTER_AREA)
-        self.preserved = cv2.resize(preserved.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        self.original = self.frame if same else shrink(original, self.scale)[0]
+        self.preserved = (
+            cv2.resize(preserved[:kh, :kw].astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        )
         self.face = Face(face.box * [sx, sy, sx, sy], face.landmarks * [sx, sy], face.score)
 
 
