@@ -268,7 +268,13 @@ class FacePipeline:
         for cand, oval_scale in plan(options):
             attempt = {**cand.info, "oval": oval_scale}
             attempts.append(attempt)
-            if screen:
+            # The remembered person's first try (at the oval that passed last) goes to the full
+            # render at once: it usually passes, and the screen would cost a third to a half of
+            # the full render again (both are worked near the new face's own resolution). The
+            # full check judges SFace as the screen would.
+            if screen and not (
+                len(attempts) == 1 and remembered is not None and cand.info.get("person") == remembered
+            ):
                 if oval_scale not in small_masks:
                     small_masks[oval_scale] = self._masks(
                         small.face, small.frame.shape, small.preserved, oval_scale

@@ -13,6 +13,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from facekit import photo_dataset
@@ -293,6 +294,36 @@ def test_the_service_remembers_the_new_person_and_shows_it_again(face_a, tmp_pat
     assert later.qa_figures["faces"][0]["person"] == face["person"]
     assert later.qa_figures["faces"][0]["remembered"]
     store.close()
+
+
+def test_a_remembered_persons_first_try_skips_the_screen_and_is_checked_in_full(
+    face_a, site_key, monkeypatch
+) -> None:
+    """A new patient's candidates are screened on a small copy before the full render; the
+    remembered person, on a later photo, goes straight to the full render and the full check
+    (it usually passes, and the screen's render would cost a third to a half of it again)."""
+    from dicom_anon.faces.identities import InMemoryIdentities
+    from dicom_anon.faces.pipeline import FacePipeline
+
+    renders: list[int] = []
+    apply = FacePipeline._apply
+
+    def counted(cand, frame, original, face, fm):
+        renders.append(frame.shape[1])
+        return apply(cand, frame, original, face, fm)
+
+    monkeypatch.setattr(FacePipeline, "_apply", staticmethod(counted))
+    big = cv2.resize(face_a, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)  # eyes > 90 px apart
+    settings = PixelSettings(preserve=["mouth"], device="cpu", max_candidates=3, identity="generated")
+    memory = InMemoryIdentities()
+    first = process_photo(photo_dataset(big[None]), settings, "ANONSKIP", site_key, memory).qa_figures
+    small = [w for w in renders if w < big.shape[1]]
+    assert len(small) == first["faces"][0]["attempts"]  # every candidate screened first
+    renders.clear()
+    later = process_photo(photo_dataset(big[None]), settings, "ANONSKIP", site_key, memory).qa_figures
+    face = later["faces"][0]
+    assert face["remembered"] and face["attempts"] == 1 and renders == [big.shape[1]]
+    assert face["identity_similarity"] < settings.max_identity_similarity
 
 
 def test_steering_codes_name_the_targets_and_the_person() -> None:
