@@ -340,18 +340,6 @@ def _direct(known: torch.Tensor, omega: torch.Tensor, screen: float = 0.0) -> to
     return out
 
 
-def _unknown(known_share: torch.Tensor, depth: int) -> torch.Tensor:
-    """The cells of a pyramid level (1x1xHxW share of known pixels) the membrane solves for.
-
-    On the coarser levels a cell counts as known when most of it is (its value is the mean of
-    its known pixels alone). Counted unknown unless 99.9% known, the coarse boundary fell up to
-    a cell inside the true one, wherever the face's edge crossed the cell grid; the finer
-    levels' few sweeps could not undo that, and a 1-2 px move of the landmarks moved the whole
-    new face's light by 2-3% (the converged membrane moved by 0.2%; with this rule, 0.3%).
-    """
-    return (known_share < (0.999 if depth == 0 else 0.5))[0, 0]
-
-
 def membrane(diff: torch.Tensor, omega: torch.Tensor, decay: float | None = None) -> torch.Tensor:
     """Harmonic interpolation of ``diff`` (1x3xHxW, valid outside ``omega``) into ``omega`` (HxW bool);
     with ``decay``, screened: the correction fades towards 0 over about that share of the
@@ -371,17 +359,14 @@ def membrane(diff: torch.Tensor, omega: torch.Tensor, decay: float | None = None
     num = F.interpolate(diff, size=size, mode="area")
     den = F.interpolate(known_w, size=size, mode="area")
     levels = [(num, den)]
-    while (
-        min(levels[-1][0].shape[-2:]) > 8
-        and int(_unknown(levels[-1][1], len(levels) - 1).sum()) > _DIRECT_UNKNOWNS
-    ):
+    while min(levels[-1][0].shape[-2:]) > 8 and int((levels[-1][1] < 0.999).sum()) > _DIRECT_UNKNOWNS:
         n, d_ = levels[-1]
         levels.append((F.avg_pool2d(n, 2, ceil_mode=True), F.avg_pool2d(d_, 2, ceil_mode=True)))
     d = None
     for depth in range(len(levels) - 1, -1, -1):
         n, d_ = levels[depth]
         known = n / d_.clamp_min(1e-6)
-        omega_l = _unknown(d_, depth)
+        omega_l = (d_ < 0.999)[0, 0]
         level_screen = screen * 4**depth
         if d is None:
             d = _direct(known, omega_l, level_screen)
