@@ -225,11 +225,8 @@ class FacePipeline:
         preferred, passed_oval = (
             patient.memory.last_passed(patient.pseudonym) if patient.memory and remembered else (0, 0.0)
         )
-        ladder = (
-            (*(o for o in M.OVAL_LADDER if o == passed_oval), *(o for o in M.OVAL_LADDER if o != passed_oval))
-            if self.gate
-            else M.OVAL_LADDER[:1]
-        )
+        # (A stable sort: the oval that passed, then the others in their order.)
+        ladder = sorted(M.OVAL_LADDER, key=lambda o: o != passed_oval) if self.gate else M.OVAL_LADDER[:1]
         # The patient's own choice (remembered, with each of that person's photos offered, else
         # keyed first) at every oval before anyone else: a larger oval is a smaller change to the
         # picture than another person in the next photo.
