@@ -32,7 +32,7 @@ import json
 import re
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -71,6 +71,8 @@ BLOCK = 64
 # new patient before the photo is held (no-surrogate).
 MAX_SCREENED = 4096
 MAX_RENDERS = 12
+# Draws kept for the evaluation's figures (an evaluation draws for at most a few hundred patients).
+DRAWS_KEPT = 10_000
 # Kept latents ranked by likeness at a time (``_Screening``).
 WINDOW = 8
 # The generated 1024 px face is found on a copy this size (the face fills ~40% of it).
@@ -653,8 +655,9 @@ class GeneratedIdentities:
         self._cache = cache
         self._lock = threading.Lock()
         self.last_draw: dict = {}
-        # Every new patient's draw (what ``last_draw`` says), for the evaluation's wait figures.
-        self.draws: list[dict] = []
+        # The last new patients' draws (what ``last_draw`` says), for the evaluation's wait figures;
+        # bounded, or a service running for months would keep one for every new patient.
+        self.draws: deque[dict] = deque(maxlen=DRAWS_KEPT)
 
     # --- one latent ---------------------------------------------------------------------
 

@@ -133,15 +133,19 @@ def surrogate_problem(surrogate: Surrogate) -> str | None:
     )
 
 
-# GrabCut's areas of the last surrogates checked or prepared, by their pixels' hash.
+# GrabCut's areas of the last surrogates checked or prepared, by their pixels' hash. Only a draw's
+# own renders need them again (the face it takes is prepared right after its check; a later photo
+# of the patient finds it in _PREPARED), so few are kept: at 64, like _PREPARED, the areas of faces
+# a draw turned down held about 270 MB of a service drawing new people (benchmarks/bench_memory.py).
 _AREAS: OrderedDict[str, _Areas] = OrderedDict()
+_AREAS_MAX = 8
 
 
 def _surrogate_areas(surrogate: Surrogate) -> _Areas:
     cached = _AREAS.get(surrogate.sha256)
     if cached is None:
         cached = _AREAS[surrogate.sha256] = _areas(surrogate.image, surrogate.landmarks, surrogate.skin_lab)
-        while len(_AREAS) > _PREPARED_MAX:
+        while len(_AREAS) > _AREAS_MAX:
             _AREAS.popitem(last=False)
     else:
         _AREAS.move_to_end(surrogate.sha256)

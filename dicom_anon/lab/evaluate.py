@@ -457,7 +457,7 @@ def consistency(
     )
 
 
-def draw_line(draws: list[dict]) -> str:
+def draw_line(draws: Sequence[dict]) -> str:
     """How often each filter passed over a generated face, and how long new patients waited."""
     if not draws:
         return ""
