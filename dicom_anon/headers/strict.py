@@ -22,6 +22,11 @@ that fails refuses the instance with :class:`NotStrict` (a ``Refused``):
   be decoded in its character set, which must be one DICOM defines;
 * sequences nest at most :data:`MAX_DEPTH` deep (real objects stay far below; deeper ones
   exist to exhaust a reader's stack);
+* the elements of every data set come in ascending tag order, and a sequence of defined length
+  holds whole items: a length cut short otherwise lets an item's elements be read as the
+  enclosing data set's (pydicom ends the item silently where the sequence's bytes end), out of
+  the place the profile judges them in: a Channel Source Sequence read out of the Waveform
+  Sequence it belongs to, which the profile removes, kept its Code Meaning;
 * Pixel Data is native with exactly the length its image attributes give, or
   encapsulated (item-framed) only under an encapsulated transfer syntax, with a
   Basic Offset Table of one entry per frame when present and fragments that make up
@@ -109,7 +114,8 @@ def check_strict(ds: Dataset) -> None:
     # An unknown transfer syntax is read_instance's to refuse, with its own code.
     encapsulated = tsyntax.is_transfer_syntax and tsyntax.is_encapsulated
     explicit = not (tsyntax.is_transfer_syntax and tsyntax.is_implicit_VR)
-    _check_dataset(ds, "", 0, explicit=explicit)
+    little = not (tsyntax.is_transfer_syntax and not tsyntax.is_little_endian)
+    _check_dataset(ds, "", 0, explicit=explicit, little=little)
     if PIXEL_DATA in ds:
         _check_pixel_data(ds, encapsulated=encapsulated)
     if ICC_PROFILE in ds:
@@ -130,9 +136,10 @@ def _refuse_at(code: str, prefix: str, tag: int, what: str) -> Refused:
 
 
 def _check_dataset(
-    ds: Dataset, prefix: str, depth: int, *, explicit: bool = True, meta: bool = False
+    ds: Dataset, prefix: str, depth: int, *, explicit: bool = True, meta: bool = False, little: bool = True
 ) -> None:
-    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element; raw first
+    previous = -1
+    for tag in ds.keys():  # noqa: SIM118 - in the file's order; iterating a Dataset sorts and converts
         raw = ds.get_item(tag)
         group = tag >> 16
         if (group == 0x0002) != meta or group == 0x0000:
@@ -141,20 +148,50 @@ def _check_dataset(
             raise _refuse_at(
                 "bad-structure", prefix, tag, "a command or file meta element inside the dataset"
             )
+        if tag <= previous:
+            raise _refuse_at("bad-structure", prefix, tag, f"out of order, after {_where('', previous)}")
+        previous = tag
         if isinstance(raw, RawDataElement):
             _check_raw(raw, prefix)
         elem = ds[tag]
         if elem.VR == "SQ":
             if depth + 1 > MAX_DEPTH:
                 raise _refuse_at("too-deep", prefix, tag, f"sequences nested more than {MAX_DEPTH} deep")
+            if isinstance(raw, RawDataElement) and not _whole_items(raw, little):
+                raise _refuse_at("bad-structure", prefix, tag, "its items do not fit its length")
             where = _where(prefix, tag)
             for index, item in enumerate(elem.value):
-                _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit)
+                _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit, little=little)
             continue
         if not group & 1:
             # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
             undecoded = raw.value if isinstance(raw, RawDataElement) else None
             _check_public(elem, undecoded, prefix, explicit)
+
+
+def _whole_items(raw: RawDataElement, little: bool) -> bool:
+    """Whether a sequence's undecoded value (of defined length) is whole items, each within it.
+
+    pydicom reads an item that claims more bytes than the sequence has as the bytes there are,
+    without a word. An item of undefined length is taken on trust once an item delimiter
+    follows it: pydicom finds where it ends.
+    """
+    value = raw.value
+    if not isinstance(value, bytes) or raw.length == UNDEFINED_LENGTH:
+        return True
+    header = struct.Struct("<HHL" if little else ">HHL")
+    pos = 0
+    while pos < len(value):
+        if len(value) - pos < header.size:
+            return False
+        group, element, length = header.unpack_from(value, pos)
+        if (group, element) != (0xFFFE, 0xE000):
+            return False
+        if length == UNDEFINED_LENGTH:
+            delimiter = header.pack(0xFFFE, 0xE00D, 0)
+            return value.find(delimiter, pos + header.size) >= 0
+        pos += header.size + length
+    return pos == len(value)
 
 
 def _check_raw(raw: RawDataElement, prefix: str) -> None:

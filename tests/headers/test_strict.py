@@ -138,6 +138,38 @@ def test_deep_nesting_is_refused(tmp_path: Path, site_key: SiteKey, depth: int) 
     assert _refused(tmp_path, data, site_key) == "too-deep"
 
 
+def _waveform_photo() -> bytes:
+    """A photo whose Waveform Sequence (removed with all it holds) carries a channel's code meaning."""
+    source = item(CodeValue="1", CodingSchemeDesignator="DCM", CodeMeaning=f"{NAME} channel source")
+    return to_bytes(_photo(WaveformSequence=Sequence([item(ChannelSourceSequence=Sequence([source]))])))
+
+
+def test_a_sequence_cut_short_before_its_item_ends_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    # Found by benchmarks/fuzz_deid.py (seed 20261206): with the Waveform Sequence's length cut to
+    # its item's header, pydicom ended the item there and read the Channel Source Sequence as a
+    # top-level element, which the profile keeps, Code Meaning and all.
+    data = _waveform_photo()
+    waveform = _element(data, 0x54000100)
+    lying = set_length(data, waveform, 8)
+    assert _refused(tmp_path, lying, site_key) == "bad-structure"
+
+
+def test_a_sequence_whose_last_item_runs_past_it_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = _waveform_photo()
+    waveform = _element(data, 0x54000100)
+    lying = set_length(data, waveform, waveform.length - 4)
+    assert _refused(tmp_path, lying, site_key) == "bad-structure"
+
+
+def test_elements_out_of_order_are_refused(tmp_path: Path, site_key: SiteKey) -> None:
+    data = to_bytes(_photo(ReferringPhysicianName=NAME))
+    physician = _element(data, 0x00080090)
+    whole = data[physician.start : physician.value_at + physician.length]
+    # The element taken out and put back after Pixel Data: each element read whole, in the wrong place.
+    moved = data.replace(whole, b"") + whole
+    assert _refused(tmp_path, moved, site_key) == "bad-structure"
+
+
 def test_command_element_inside_the_dataset_is_refused(tmp_path: Path, site_key: SiteKey) -> None:
     data = to_bytes(_photo())
     first = _element(data, 0x00080016)
