@@ -230,6 +230,21 @@ def lying_random(data: bytes, rng: random.Random) -> bytes:
     )
 
 
+def sequence_cut_short(data: bytes, rng: random.Random) -> bytes:
+    """A sequence's length cut to end just after one of its item headers: what the item held is
+    then read in the enclosing data set, out of the sequence the profile judges it in (how the
+    fuzzer first got a Waveform Sequence's Channel Source Code Meaning through)."""
+    sequences = [e for e in _dataset_elements(data) if e.vr == b"SQ" and 0 < e.length != 0xFFFFFFFF]
+    if not sequences:
+        return data
+    e = rng.choice(sequences)
+    value = data[e.value_at : e.value_at + e.length]
+    heads = [i for i in range(0, len(value) - 7) if value[i : i + 4] == b"\xfe\xff\x00\xe0"]
+    if not heads:
+        return data
+    return set_length(data, e, rng.choice(heads) + 8)
+
+
 def truncate(data: bytes, rng: random.Random) -> bytes:
     return data[: rng.randrange(132, len(data))]
 
@@ -356,6 +371,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "lying-long": lying_long,
     "lying-short": lying_short,
     "lying-random": lying_random,
+    "sequence-cut-short": sequence_cut_short,
     "truncate": truncate,
     "bit-flips": bit_flips,
     "wrong-vr": wrong_vr,
