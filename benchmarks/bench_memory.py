@@ -27,20 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import generate_uid
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 
+from bench_service import photo_instances  # noqa: E402 - beside this script
 from factories import write  # noqa: E402
 from peers import EXAMPLE_CONFIG, dcmtk, free_port, start_service, start_storescp, storescu, tiny_photo  # noqa: E402
 
 from dicom_anon.service.store_sqlite import SqliteStore  # noqa: E402
-
-PHOTO = ROOT.parent / "shared" / "testdata" / "dicom" / "generated" / "vlphoto_face_noburn_explicit_le.dcm"
-
 
 COLUMNS = (("batch", 5), ("seconds", 8), ("service MiB", 12), ("children MiB", 13), ("peak MiB", 9),
            ("threads", 8), ("files", 6), ("data dir MiB", 13))  # fmt: skip
@@ -69,21 +64,12 @@ def disk_kib(folder: Path) -> int:
 
 def batch_files(folder: Path, batch: int, count: int, photos: int) -> list[Path]:
     """``count`` small instances and ``photos`` face photos, fresh UIDs, patients new to this batch."""
-    folder.mkdir(parents=True)
-    files = []
+    files = photo_instances(folder / "photos", photos, patients=f"B{batch:02d}F") if photos else []
+    (folder / "small").mkdir(parents=True)
     for i in range(count):
         ds = tiny_photo(i, patient_id=f"B{batch:02d}P{i % 50:04d}")
         ds.PatientName = f"Doe^Jane{batch}x{i % 50}"
-        files.append(write(ds, folder / f"s{i:05d}.dcm"))
-    if photos:
-        ds = dcmread(PHOTO)
-        for i in range(photos):
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-            ds.PatientID = f"B{batch:02d}F{i:04d}"
-            path = folder / f"p{i:05d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            files.append(path)
+        files.append(write(ds, folder / "small" / f"s{i:05d}.dcm"))
     return files
 
 
@@ -101,8 +87,6 @@ def main() -> None:
     args = parser.parse_args()
     if dcmtk("storescu") is None:
         sys.exit("bench_memory: dcmtk is not installed (apt-get install dcmtk)")
-    if args.photos and not PHOTO.is_file():
-        sys.exit(f"bench_memory: {PHOTO} is missing; run with --photos 0")
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     archive_port, port = free_port(), free_port()

@@ -150,8 +150,9 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def photo_instances(folder: Path, count: int) -> list[Path]:
-    """``count`` copies of the generated face photo (no burned-in text), each with its own UIDs."""
+def photo_instances(folder: Path, count: int, patients: str = "MRN") -> list[Path]:
+    """``count`` copies of the generated face photo (no burned-in text), each with its own UIDs,
+    of 20 patients whose IDs start with ``patients``."""
     source = (
         ROOT.parent / "shared" / "testdata" / "dicom" / "generated" / "vlphoto_face_noburn_explicit_le.dcm"
     )
@@ -162,7 +163,7 @@ def photo_instances(folder: Path, count: int) -> list[Path]:
     paths = []
     for i in range(count):
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.PatientID = f"MRN{i % 20:08d}"
+        ds.PatientID = f"{patients}{i % 20:08d}"
         path = folder / f"{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

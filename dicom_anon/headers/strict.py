@@ -67,6 +67,9 @@ SPECIFIC_CHARACTER_SET = 0x00080005
 ICC_PROFILE = 0x00282000
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _ITEM_DELIMITERS = frozenset({0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD})
+# An item's header (tag group, tag element, length) by byte order, and the item delimiter in each.
+_ITEM_HEADERS = {little: struct.Struct("<HHL" if little else ">HHL") for little in (True, False)}
+_ITEM_END = {little: header.pack(0xFFFE, 0xE00D, 0) for little, header in _ITEM_HEADERS.items()}
 
 # Bytes per value of the binary VRs: a length that is not a multiple cannot be decoded.
 _VALUE_SIZE = {
@@ -179,7 +182,7 @@ def _whole_items(raw: RawDataElement, little: bool) -> bool:
     value = raw.value
     if not isinstance(value, bytes) or raw.length == UNDEFINED_LENGTH:
         return True
-    header = struct.Struct("<HHL" if little else ">HHL")
+    header = _ITEM_HEADERS[little]
     pos = 0
     while pos < len(value):
         if len(value) - pos < header.size:
@@ -188,8 +191,7 @@ def _whole_items(raw: RawDataElement, little: bool) -> bool:
         if (group, element) != (0xFFFE, 0xE000):
             return False
         if length == UNDEFINED_LENGTH:
-            delimiter = header.pack(0xFFFE, 0xE00D, 0)
-            return value.find(delimiter, pos + header.size) >= 0
+            return value.find(_ITEM_END[little], pos + header.size) >= 0
         pos += header.size + length
     return pos == len(value)
 
