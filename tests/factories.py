@@ -9,13 +9,17 @@ PHI it plants and the attributes it varies. Test files import it as ``from facto
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
 
 from dicom_anon.headers.engine import DeidResult, Profile, deidentify
 from dicom_anon.headers.options import Option
@@ -123,6 +127,24 @@ def camera_photo(**attrs: Any) -> Dataset:
         pixel_vr="OB",
         **{**JANE_DOE, "PatientName": "Doe-Mueller^Jane", **pixel_module(4, 4, bytes(range(48))), **attrs},
     )
+
+
+def jpeg_bomb(declared: tuple[int, int], header: tuple[int, int] = (16, 16), frames: int = 1) -> Dataset:
+    """A JPEG camera photo of about 700 bytes whose SOF declares ``declared`` (rows, columns): what a
+    decoder allocates, whatever the DICOM header (``header``, and ``frames``) says."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    sof = jpeg.index(b"\xff\xc0") + 5
+    jpeg = jpeg[:sof] + struct.pack(">HH", *declared) + jpeg[sof + 4 :]
+    ds = camera_photo(
+        **pixel_module(*header, encapsulate([jpeg] * frames), photometric="YBR_FULL_422"),
+        NumberOfFrames=frames,
+        LossyImageCompression="01",
+    )
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds["PixelData"].is_undefined_length = True
+    return ds
 
 
 def item(**attrs: Any) -> Dataset:

@@ -17,8 +17,9 @@ benchmarks/fuzz_deid.py (a larger run) and by the network fuzz test, so the inte
 Mutations work on the bytes, as a hostile sender would: lying lengths (too long, so an element
 swallows the next ones; too short), truncation, bit flips, wrong VRs, deep nesting (built as
 bytes: pydicom itself cannot write 500 levels), broken encapsulation (the JPEG in the Basic
-Offset Table's place, a lying fragment length, items under a native transfer syntax), a wrong
-transfer syntax, multi-valued UIDs, command elements in the dataset.
+Offset Table's place, a lying fragment length, items under a native transfer syntax, a frame
+declaring another size than the header), a wrong transfer syntax, multi-valued UIDs, command
+elements in the dataset.
 """
 
 from __future__ import annotations
@@ -329,6 +330,17 @@ def fragment_length_lies(data: bytes, rng: random.Random) -> bytes:
     return bytes(out)
 
 
+def frame_size_lies(data: bytes, rng: random.Random) -> bytes:
+    """The first JPEG frame's SOF declares another size than Rows and Columns (a decoder allocates
+    what the frame declares: 65,000 x 65,000 is 12 GB)."""
+    e = _pixel(data)
+    sof = data.find(b"\xff\xc0", e.value_at) if e is not None else -1
+    if sof == -1:
+        return data
+    size = rng.choice([(65000, 65000), (0, 16), (32, 32), (1, 1)])
+    return data[: sof + 5] + struct.pack(">HH", *size) + data[sof + 9 :]
+
+
 def with_transfer_syntax(data: bytes, uid: str) -> bytes:
     """The file meta's Transfer Syntax UID replaced, its group length corrected."""
     elems = elements(data)
@@ -378,6 +390,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "deep-nesting": deep_nesting,
     "jpeg-in-offset-table": jpeg_in_offset_table,
     "fragment-length-lies": fragment_length_lies,
+    "frame-size-lies": frame_size_lies,
     "wrong-transfer-syntax": wrong_transfer_syntax,
     "multi-valued-uid": multi_valued_uid,
     "command-element": command_element,

@@ -16,7 +16,11 @@ from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import UID
 
 from .errors import Refused
-from .jpeg_markers import strip_jpeg_segments
+from .jpeg_markers import frame_size, strip_jpeg_segments
+
+# libjpeg writes 10 scans for a progressive colour photo, optimisers a few dozen at most; each
+# scan of a 12 MP photo costs a decoder about 10 ms however few bytes it holds.
+MAX_SCANS = 100
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,50 @@ class Stripped:
     """What stripping did: one description per removed segment, prefixed by its frame number."""
 
     removed: tuple[str, ...]
+
+
+def frames_of(ds: Dataset) -> list[bytes]:
+    """Every frame of ``ds``'s encapsulated Pixel Data, or ``Refused("corrupt-pixel-data")``."""
+    extended = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        return list(generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=extended))
+    except Exception as exc:  # pydicom raises several types for broken item framing; all mean the same
+        reason = f"cannot split the encapsulated Pixel Data into frames ({exc})"
+        raise Refused("corrupt-pixel-data", reason) from None
+
+
+def check_frame_headers(ds: Dataset, frames: list[bytes]) -> None:
+    """Refuse frames whose own JPEG or JPEG 2000 header declares another size than the DICOM
+    header, or that hold more scans than any encoder writes.
+
+    Decoders allocate what the frame declares (a 1 kB frame declaring 65,000 x 65,000 under a
+    header of 16 x 16 took 24 GB) and pass over the whole image once per scan. The pixel stage
+    checks before it decodes; the header stage checks too, so that no route forwards such a
+    frame to an archive's decoder.
+    """
+    try:
+        header = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
+    except (AttributeError, TypeError, ValueError):
+        header = None  # nothing to compare with; the pixel stage refuses such a header before decoding
+    for index, frame in enumerate(frames, 1):
+        size = frame_size(frame)
+        if size is None:
+            continue
+        if header is not None and (size.rows, size.columns, size.components) != header:
+            raise Refused(
+                "corrupt-pixel-data",
+                f"frame {index} declares {size.columns} x {size.rows} pixels with {size.components} "
+                f"components, but the header says {header[1]} x {header[0]} with {header[2]}",
+            )
+        if size.scans > MAX_SCANS:
+            raise Refused(
+                "corrupt-pixel-data",
+                f"frame {index} holds {size.scans} scans; encoders write up to a few dozen, and a "
+                f"decoder passes over the whole image for each (more than {MAX_SCANS} are refused)",
+            )
 
 
 def strip_pixel_data(ds: Dataset) -> Stripped:
@@ -36,15 +84,8 @@ def strip_pixel_data(ds: Dataset) -> Stripped:
     if "PixelData" not in ds or tsyntax is None or not UID(tsyntax).is_encapsulated:
         return Stripped(())
     buffer = ds.PixelData
-    number_of_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    extended = None
-    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
-        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
-    try:
-        frames = list(generate_frames(buffer, number_of_frames=number_of_frames, extended_offsets=extended))
-    except Exception as exc:  # pydicom raises several types for broken item framing; all mean the same
-        reason = f"cannot split the encapsulated Pixel Data into frames ({exc})"
-        raise Refused("corrupt-pixel-data", reason) from None
+    frames = frames_of(ds)
+    check_frame_headers(ds, frames)
 
     cleaned: list[bytes] = []
     removed: list[str] = []
@@ -58,7 +99,7 @@ def strip_pixel_data(ds: Dataset) -> Stripped:
     if not removed:
         return Stripped(())
 
-    if extended is not None:
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
         ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(cleaned)
     else:
         ds.PixelData = encapsulate(cleaned, has_bot=_bot_item_length(buffer) > 0)

@@ -131,6 +131,71 @@ def strip_jpeg_segments(frame: bytes) -> tuple[bytes, list[str]]:
     return frame, []
 
 
+@dataclass(frozen=True)
+class FrameSize:
+    """What a frame's own headers declare: decoders allocate and work by this, whatever the DICOM
+    header says."""
+
+    rows: int
+    columns: int
+    components: int
+    scans: int  # each is a pass over the whole image when decoded; JPEG 2000: 1
+
+
+# Start-of-frame codes whose segment begins P (1 byte), Y, X (2 bytes each), Nf (1 byte).
+_SOF_CODES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, _SOF55})
+
+
+def frame_size(frame: bytes) -> FrameSize | None:
+    """The size a JPEG, JPEG-LS or JPEG 2000 frame declares (its SOF or SIZ segment), and how many
+    scans a JPEG frame holds.
+
+    Why: a decoder allocates what the stream declares (a 1 kB frame whose SOF said 65,000 x 65,000
+    under a DICOM header of 16 x 16 took 24 GB), and decodes every scan over the whole image (a
+    12 MP progressive JPEG with a 26-byte empty scan repeated 1,000 times took 10 s: a 1 MB file
+    could hold the face pipeline for minutes). The pixel and header stages check both before
+    anything is decoded. None for data with no such header (RLE); ``Refused("corrupt-jpeg")`` when
+    a JPEG stream ends or breaks before its frame header.
+    """
+    if frame[:2] == _J2K_SOC:
+        _, seg_end = _j2k_segment(frame, 2)
+        if frame[3] != _J2K_SIZ or seg_end < 42:
+            _corrupt("JPEG 2000: SIZ does not follow SOC")
+        x, y, x0, y0 = (int.from_bytes(frame[i : i + 4], "big") for i in (8, 12, 16, 20))
+        return FrameSize(max(y - y0, 0), max(x - x0, 0), int.from_bytes(frame[40:42], "big"), 1)
+    if frame[:2] != b"\xff\xd8":
+        return None
+    declared: tuple[int, int, int] | None = None
+    scans = 0
+    next_marker = _NEXT_MARKER_10918
+    pos = 2
+    while True:
+        start = pos
+        while frame[pos : pos + 1] == b"\xff":
+            pos += 1
+        if pos == start or pos + 3 > len(frame) or frame[pos] == _EOI:
+            break  # the end, or damage the decoder and the header stage's walk will refuse
+        marker, length = frame[pos], int.from_bytes(frame[pos + 1 : pos + 3], "big")
+        if marker in _SOF_CODES and declared is None:
+            if length < 8 or pos + 1 + length > len(frame):
+                _corrupt(f"frame header 0xFF{marker:02X} truncated")
+            y, x = (int.from_bytes(frame[i : i + 2], "big") for i in (pos + 4, pos + 6))
+            declared = (y, x, frame[pos + 8])
+            next_marker = _NEXT_MARKER_LS if marker == _SOF55 else next_marker
+        elif declared is None and (marker in (_SOS, _SOI) or marker in _STANDALONE or length < 2):
+            _corrupt(f"marker 0xFF{marker:02X} before the frame header (SOF)")
+        pos += 1 + max(length, 2)
+        if marker == _SOS:
+            scans += 1
+            found = next_marker.search(frame, pos)
+            if found is None:
+                break
+            pos = found.start()
+    if declared is None:
+        _corrupt("no frame header (SOF) before the stream ends or breaks")
+    return FrameSize(*declared, scans)
+
+
 def _corrupt(what: str) -> NoReturn:
     raise Refused("corrupt-jpeg", f"encapsulated frame: {what}")
 

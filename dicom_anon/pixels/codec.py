@@ -34,7 +34,13 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from ..headers.encapsulated import check_frame_headers, frames_of
 from ..headers.errors import Refused
+
+# Decoding allocates rows x columns x frames x 3 bytes before a pixel is read, and the face
+# pipeline then holds a few full-size copies. The largest sensors in clinical cameras give
+# 45-61 MP; twice that admits every real photo while no header can ask for gigabytes.
+MAX_PIXELS = 120_000_000
 
 _COLOUR = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"}
 _MONO = {"MONOCHROME1", "MONOCHROME2"}
@@ -135,6 +141,7 @@ def decode(ds: Dataset) -> DecodedPixels:
         raise UnsupportedPixels(
             f"{ds.get('BitsStored', '?')}-bit pixels; photos are processed only with 8 bits per sample"
         )
+    _check_size(ds, syntax)
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
@@ -171,6 +178,30 @@ def decode(ds: Dataset) -> DecodedPixels:
         lossy_source=_lossy_source(ds, syntax),
         source_syntax=syntax,
     )
+
+
+def _check_size(ds: Dataset, syntax: UID) -> None:
+    """Refuse, before anything is allocated, an image too large or one whose frames declare another
+    size (a 1 kB JPEG declaring 65,000 x 65,000 under a header of 16 x 16 took 24 GB to decode)."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+    except (AttributeError, TypeError, ValueError):
+        raise UndecodablePixels("Rows, Columns or Number of Frames is missing or not a number") from None
+    if min(rows, columns, frames) < 1:
+        raise UndecodablePixels(
+            f"the header gives an empty image: {columns} x {rows} pixels, {frames} frames"
+        )
+    if rows * columns * frames > MAX_PIXELS:
+        raise UnsupportedPixels(
+            f"{columns} x {rows} pixels in {frames} frame(s), {rows * columns * frames / 1e6:.0f} MP; "
+            f"photos above {MAX_PIXELS / 1e6:.0f} MP are not processed"
+        )
+    if syntax.is_encapsulated:
+        try:
+            check_frame_headers(ds, frames_of(ds))
+        except Refused as exc:  # the header module's codes; here they all mean "cannot decode"
+            raise UndecodablePixels(exc.reason) from None
 
 
 # --- the native-RGB JPEG decoding plugin (pydicom's plugin interface: is_available,

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 
+import pytest
+from factories import jpeg_bomb
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames, parse_basic_offsets
 from pydicom.uid import JPEGBaseline8Bit
 
 from dicom_anon.headers.engine import Profile, deidentify
+from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.jpeg_markers import strip_jpeg_segments
 
 VL_PHOTO = "1.2.840.10008.5.1.4.1.1.77.1.4"
@@ -97,3 +100,19 @@ def test_frames_without_metadata_stay_byte_identical(site_key):
     result = deidentify(ds, site_key, Profile())
     assert result.dataset.PixelData == before
     assert not [c for c in result.changes if c.action == "strip-jpeg"]
+
+
+def test_a_frame_declaring_another_size_than_the_header_is_refused(site_key) -> None:
+    """Headers-only routes decode nothing, but must not hand an archive's decoder a frame that asks
+    for 65,000 x 65,000 pixels under a header of 16 x 16 (24 GB when a decoder ran it)."""
+    with pytest.raises(Refused) as exc:
+        deidentify(jpeg_bomb((65000, 65000)), site_key, Profile())
+    assert exc.value.code == "corrupt-pixel-data"
+    assert exc.value.reason.startswith(
+        "frame 1 declares 65000 x 65000 pixels with 3 components, but the header"
+    )
+    larger = io.BytesIO()
+    Image.new("RGB", (32, 16)).save(larger, "JPEG")
+    with pytest.raises(Refused, match="frame 2 declares 32 x 16 pixels"):
+        deidentify(photo([jpeg(10, None), larger.getvalue()], offsets="basic"), site_key, Profile())
+    assert deidentify(photo([jpeg(10, None), jpeg(20, None)], offsets="basic"), site_key, Profile())

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from dicom_anon.headers.errors import Refused
-from dicom_anon.headers.jpeg_markers import strip_jpeg_segments
+from dicom_anon.headers.jpeg_markers import FrameSize, frame_size, strip_jpeg_segments
 
 EXIF_ARTIST = "Mildred Ratched (photographer)"
 EXIF_DESCRIPTION = "Jane Doe-Mueller MRN00482913 left cheek"
@@ -382,3 +382,49 @@ def test_shared_jpeg_frames_lose_planted_com_and_exif(testdata: Path) -> None:
         ds.PixelData = encapsulate(stripped)
         assert np.array_equal(ds.pixel_array, pydicom.dcmread(path).pixel_array), path.name
     assert checked_planted >= 4
+
+
+# --- the size a frame declares ---------------------------------------------------
+
+
+@pytest.mark.parametrize("save", [{}, {"progressive": True}, {"subsampling": 0}])
+def test_frame_size_reads_the_jpeg_frame_header(save: dict) -> None:
+    scans = 10 if save.get("progressive") else 1  # libjpeg's progressive script for colour
+    assert frame_size(_after_soi(_jpeg(**save), _segment(0xFE, COMMENT.encode()))) == FrameSize(
+        48, 64, 3, scans
+    )
+    grey = io.BytesIO()
+    _picture((40, 30)).convert("L").save(grey, format="JPEG")
+    assert frame_size(grey.getvalue()) == FrameSize(30, 40, 1, 1)
+
+
+def test_frame_size_counts_every_scan() -> None:
+    """A decoder passes over the whole image for each scan, however few bytes it holds."""
+    progressive = _jpeg(progressive=True)
+    last = progressive[progressive.rindex(b"\xff\xda") : -2]
+    assert frame_size(progressive[:-2] + last * 500 + b"\xff\xd9").scans == 510
+
+
+def test_frame_size_reads_jpeg_ls_and_jpeg_2000() -> None:
+    ds, frame = _first_frame("SC_rgb_jls_lossy_line.dcm")
+    assert frame_size(frame) == FrameSize(ds.Rows, ds.Columns, 3, 1)
+    assert frame_size(_j2k()) == FrameSize(48, 64, 1, 1)
+
+
+def test_frame_size_is_none_for_data_without_a_frame_header() -> None:
+    assert frame_size(b"\x01\x00\x00\x00" + bytes(60)) is None  # an RLE frame: a segment count
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"\xff\xd8\xff\xda\x00\x08" + bytes(6),  # a scan before any frame header
+        b"\xff\xd8\xff\xdb\x00\x43",  # ends inside a table
+        b"\xff\xd8\xff\xc0\x00\x11\x08\x00",  # a frame header cut short
+        b"\xff\xd8\x00\x00",  # no marker where one must be
+    ],
+)
+def test_a_stream_broken_before_its_frame_header_is_refused(broken: bytes) -> None:
+    with pytest.raises(Refused) as exc:
+        frame_size(broken)
+    assert exc.value.code == "corrupt-jpeg"

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from factories import frames_dataset
+from factories import frames_dataset, jpeg_bomb
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
@@ -166,6 +166,72 @@ def test_corrupt_jpeg_is_refused_as_undecodable() -> None:
     with pytest.raises(Refused) as exc:
         decode(ds)
     assert exc.value.code == "undecodable-pixels"
+
+
+def many_scans(extra: int) -> Dataset:
+    """A progressive JPEG photo whose last scan (26 bytes, all zero coefficients) is repeated:
+    1,000 more made a 12 MP photo take 10 s to decode."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(buf, format="JPEG", progressive=True)
+    data = buf.getvalue()
+    last = data[data.rindex(b"\xff\xda") : -2]
+    ds = jpeg_ds(np.zeros((48, 64, 3), np.uint8))
+    ds.PixelData = encapsulate([data[:-2] + last * extra + b"\xff\xd9"])
+    return ds
+
+
+def native_claiming(rows: int, columns: int, frames: int = 1) -> Dataset:
+    ds = make_ds(np.zeros((1, 4, 4, 3), np.uint8))
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("photo", "code", "reason"),
+    [
+        # ~700 bytes whose SOF declares 65,000 x 65,000: a decoder took 24 GB and was killed
+        (lambda: jpeg_bomb((65000, 65000)), "undecodable-pixels", "frame 1 declares 65000 x 65000"),
+        (lambda: jpeg_bomb((32, 16), frames=2), "undecodable-pixels", "declares 16 x 32 pixels"),
+        (lambda: jpeg_bomb((30000, 30000), (30000, 30000)), "unsupported-pixels", "900 MP"),
+        (lambda: native_claiming(60000, 60000), "unsupported-pixels", "3600 MP"),
+        (lambda: native_claiming(3000, 4000, frames=11), "unsupported-pixels", "in 11 frame(s), 132 MP"),
+        (lambda: native_claiming(0, 4000), "undecodable-pixels", "empty image"),
+        (lambda: many_scans(200), "undecodable-pixels", "frame 1 holds 210 scans"),
+    ],
+    ids=[
+        "jpeg-declares-more",
+        "frames-declare-another-size",
+        "jpeg-too-large",
+        "native-too-large",
+        "too-many-frames",
+        "empty",
+        "too-many-scans",
+    ],
+)
+def test_an_image_asking_for_gigabytes_is_refused_before_a_decoder_runs(
+    monkeypatch, photo, code, reason
+) -> None:
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("a decoder was asked")
+
+    monkeypatch.setattr(codec, "get_decoder", no_decoding)
+    with pytest.raises(Refused) as exc:
+        decode(roundtrip(photo()))
+    assert exc.value.code == code
+    assert reason in exc.value.reason
+
+
+def test_a_photo_of_the_largest_size_admitted_reaches_the_decoder(monkeypatch) -> None:
+    class Asked(Exception):
+        pass
+
+    def asked(*args: object) -> None:
+        raise Asked
+
+    monkeypatch.setattr(codec, "get_decoder", asked)
+    assert codec.MAX_PIXELS == 3000 * 4000 * 10
+    with pytest.raises(Asked):
+        decode(native_claiming(3000, 4000, frames=10))
 
 
 def test_missing_pixel_data_is_refused() -> None:
