@@ -49,6 +49,11 @@ from .shrink import shrink
 SCREEN_EYE_DISTANCE = 90.0
 # Eyes, nose and mouth must lie at least this many eye distances inside the photo.
 CUT_OFF_MARGIN = 0.25
+# A clinical photo shows a patient, now and then a parent beside a child. Each face costs up to
+# half a minute (a new person drawn for each), and the pipeline thread does nothing else
+# meanwhile: a poster of sixteen faces held it 68 s, a hundred would hold the queue for minutes.
+MAX_FACES = 8
+MAX_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -385,12 +390,21 @@ class FacePipeline:
     def process_frames(self, frames: np.ndarray, patient: Patient) -> FramesResult:
         """Replace every face in every frame; raise ``Refused`` unless all of them pass."""
         n, h, w, _ = frames.shape
+        if n > MAX_FRAMES:
+            raise FaceRefused(
+                "too-many-frames", f"{n} frames; photos of more than {MAX_FRAMES} are not processed"
+            )
         out = frames.copy()
         preserved = np.zeros((n, h, w), bool)
         replaced = np.zeros((n, h, w), bool)
         figures: list[dict] = []
         image_preserved = M.image_box_mask((h, w), self.image_boxes)
         detections = self.detector.detect(list(frames))
+        found = sum(len(faces) for faces in detections)
+        if found > MAX_FACES:
+            raise FaceRefused(
+                "too-many-faces", f"{found} faces found; photos with more than {MAX_FACES} are not processed"
+            )
         for i, faces in enumerate(detections):
             preserved[i] |= image_preserved
             if not faces:

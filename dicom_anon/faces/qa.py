@@ -23,8 +23,8 @@ REFIND_FACE_WIDTH = 224.0
 class FaceRefused(Refused):
     """The face pipeline could not make this photo safe; the code says which check failed.
 
-    Codes: ``no-face``, ``face-too-small``, ``face-too-turned``, ``face-cut-off``,
-    ``qa-identity-too-similar``,
+    Codes: ``no-face``, ``too-many-faces``, ``too-many-frames``, ``face-too-small``,
+    ``face-too-turned``, ``face-cut-off``, ``qa-identity-too-similar``,
     ``qa-face-not-found``, ``qa-preserved-area-changed``, ``no-surrogate``.
     """
 

@@ -221,3 +221,20 @@ def test_a_photo_smaller_than_any_face_is_held_for_no_face(lenient, site_key) ->
     with pytest.raises(Refused) as held:
         process_photo(photo_dataset(np.full((1, 8, 8, 3), 128, np.uint8)), lenient, PSEUDONYM, site_key)
     assert held.value.code == "no-face"
+
+
+def test_a_photo_of_more_faces_or_frames_than_a_clinical_photo_is_held_unprocessed(
+    face_a, lenient, site_key
+) -> None:
+    """Each face can take half a minute (a new person drawn for it) while the pipeline thread does
+    nothing else: a poster of sixteen faces held it for 68 s."""
+    poster = np.tile(face_a, (3, 3, 1))
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(poster[None]), lenient, PSEUDONYM, site_key)
+    assert (exc.value.code, exc.value.reason) == (
+        "too-many-faces",
+        "9 faces found; photos with more than 8 are not processed",
+    )
+    with pytest.raises(Refused) as exc:
+        process_photo(photo_dataset(np.stack([face_a] * 9)), lenient, PSEUDONYM, site_key)
+    assert exc.value.code == "too-many-frames"
