@@ -382,6 +382,10 @@ class IngressSettings(_Strict):
     max_waiting_connections: int = Field(20, ge=1, le=1000)
     # 0 means no limit; the DICOM minimum for a non-zero maximum PDU is small, but tiny PDUs only slow things.
     max_pdu_bytes: int = Field(262144, ge=0)
+    # The largest instance taken: pynetdicom holds what a sender sends in memory until the
+    # instance is complete, so a sender that never finishes one could take all of it. A
+    # connection that sends more is dropped; a deflated instance may not inflate to more either.
+    max_instance_mb: int = Field(512, ge=1, le=65536)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     tls: ServerTLS | None = None
 

@@ -7,7 +7,12 @@ from io import BytesIO
 import pytest
 from factories import to_bytes
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 from dicom_anon.dicomio import looks_like_dicom, read_instance, write_instance
 from dicom_anon.headers.errors import Refused
@@ -101,3 +106,36 @@ def test_truncated_inside_a_sequence_is_refused():
     with pytest.raises(Refused) as info:
         read_instance(data[:cut])
     assert info.value.code == "corrupt-dicom"
+
+
+def deflated(inflated_bytes: int) -> bytes:
+    """A Deflated Explicit VR Little Endian instance whose dataset inflates to about ``inflated_bytes``."""
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.add_new(0x00091010, "OB", bytes(inflated_bytes))
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return to_bytes(ds)
+
+
+def test_a_deflated_instance_that_inflates_past_the_limit_is_refused_unread():
+    """pydicom inflates a deflated dataset whole: 2 MB of zeros deflated took 4 GB to read."""
+    bomb = deflated(3 * 2**20)
+    assert len(bomb) < 2**15  # a thousand to one
+    with pytest.raises(Refused) as info:
+        read_instance(bomb, max_bytes=2**20)
+    assert (info.value.code, info.value.reason) == (
+        "too-large",
+        "the deflated dataset inflates to more than 1 MiB, the largest instance read",
+    )
+    assert read_instance(bomb, max_bytes=4 * 2**20).SOPClassUID == SecondaryCaptureImageStorage
+
+
+def test_a_file_larger_than_the_limit_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "large.dcm"
+    path.write_bytes(make_instance() + bytes(2**20))
+    with pytest.raises(Refused, match="too-large: the instance is larger than 1 MiB"):
+        read_instance(path, max_bytes=2**20)

@@ -35,6 +35,9 @@ log = structlog.get_logger("dicom_anon.ingress")
 
 _HEAD_BYTES = 80  # enough of the first PDU for its type, length and both AE titles
 _ASSOCIATE_RQ = 0x01
+_P_DATA_TF = 0x04
+_PDU_TYPES = range(0x01, 0x08)  # PS3.8 9.3: A-ASSOCIATE-RQ to A-ABORT
+_OTHER_PDU_LIMIT = 1 << 20  # association requests, releases, aborts; and the least P-DATA-TF limit
 
 
 def printable(text: str | bytes) -> str:
@@ -80,6 +83,7 @@ class _Connection:
     dropped: str | None = None
     closed: bool = False  # the peer closed its side
     admitted: bool = False
+    instance_bytes: int = 0  # of the instance being received, so far
 
 
 class ConnectionGuard:
@@ -103,7 +107,7 @@ class ConnectionGuard:
         assoc = event.assoc
         conn = _Connection(assoc, str(event.address[0]))
         assoc.acse_timeout = settings.request_timeout_s  # also the DUL's ARTIM timer
-        self._record_head(conn)
+        self._guard_recv(conn)
         with self._lock:
             waiting = [c for c in self._by_assoc.values() if not (c.requested or c.closed or c.dropped)]
             if len(waiting) >= settings.max_waiting_connections:
@@ -116,22 +120,70 @@ class ConnectionGuard:
             self._by_socket[assoc.dul.socket.socket] = conn
             self._by_assoc[assoc] = conn
 
-    @staticmethod
-    def _record_head(conn: _Connection) -> None:
-        """Keep the first bytes the peer sends. pynetdicom reports data (EVT_DATA_RECV) only once a
-        whole PDU has arrived and its type is known, which garbage and a stalled sender never
-        achieve; so the connection's own recv is wrapped."""
+    def _guard_recv(self, conn: _Connection) -> None:
+        """Wrap the connection's own recv, which pynetdicom calls for each PDU's 6-byte header and
+        then for its body: keep the first bytes the peer sends, and drop a connection whose PDU or
+        instance is larger than we take.
+
+        pynetdicom reports data (EVT_DATA_RECV) only once a whole PDU has arrived and its type is
+        known, which garbage and a stalled sender never achieve. And it reads a PDU of whatever
+        length the header states (up to 4 GiB) and keeps every fragment of an instance in memory
+        until the last: one sender could take all of the service's memory. Counted here, a PDU
+        is refused from its header, before its body is read, and an instance at its first
+        fragment past ``max_instance_mb``.
+        """
         sock = conn.assoc.dul.socket
         recv = sock.recv
+        pending: list[int] = []  # the type of the PDU whose body comes next
 
-        def recording_recv(nr_bytes: int) -> bytearray:
+        def guarded_recv(nr_bytes: int) -> bytearray:
             data = recv(nr_bytes)
             if len(conn.head) < _HEAD_BYTES:
                 conn.head += bytes(data[: _HEAD_BYTES - len(conn.head)])
             conn.closed = len(data) < nr_bytes  # pynetdicom's recv returns short only at the end
+            if pending:
+                if pending.pop() == _P_DATA_TF:
+                    self._count_fragments(conn, data)
+            elif nr_bytes == 6 and len(data) == 6 and data[0] in _PDU_TYPES:  # pynetdicom reads no other
+                pdu_type, length = data[0], int.from_bytes(data[2:6], "big")
+                limit = self._pdu_limit(pdu_type)
+                if length > limit:
+                    self._drop(conn, f"a PDU of {length} bytes, more than the {limit} taken")
+                pending.append(pdu_type)
             return data
 
-        sock.recv = recording_recv  # type: ignore[method-assign]
+        sock.recv = guarded_recv  # type: ignore[method-assign]
+
+    def _pdu_limit(self, pdu_type: int) -> int:
+        """A P-DATA-TF PDU may be as long as we announced (or as an instance, with no limit
+        announced); association PDUs are small (a request with user identity, a few kB)."""
+        settings = self._settings()
+        if pdu_type != _P_DATA_TF:
+            return _OTHER_PDU_LIMIT
+        if settings.max_pdu_bytes:
+            return max(settings.max_pdu_bytes, _OTHER_PDU_LIMIT)
+        return settings.max_instance_mb * 2**20
+
+    def _count_fragments(self, conn: _Connection, body: bytes | bytearray) -> None:
+        """Add up the dataset fragments of the instance being received (PS3.8 9.3.5.1: each
+        presentation data value is a 4-byte length, a context ID, a control byte whose bit 0 says
+        command and bit 1 last fragment, then the fragment)."""
+        pos = 0
+        while pos + 6 <= len(body):
+            length = int.from_bytes(body[pos : pos + 4], "big")
+            control = body[pos + 5]
+            if not control & 0x01:
+                conn.instance_bytes = 0 if control & 0x02 else conn.instance_bytes + max(length - 2, 0)
+            pos += 4 + max(length, 2)
+        limit = self._settings().max_instance_mb
+        if conn.instance_bytes > limit * 2**20:
+            self._drop(conn, f"an instance of more than {limit} MiB (ingress.max_instance_mb)")
+
+    def _drop(self, conn: _Connection, reason: str) -> None:
+        if conn.dropped is None:
+            conn.dropped = f"dropped: {reason}"
+            log.warning("connection dropped", peer=conn.address, reason=reason)
+        self._shut(conn)
 
     @staticmethod
     def _shut(conn: _Connection) -> None:
@@ -203,7 +255,7 @@ class ConnectionGuard:
                     category="security",
                     calling_ae=printable(assoc.requestor.ae_title),
                     peer=conn.address,
-                    reason="aborted (by the peer, on a protocol error or a time limit)",
+                    reason=conn.dropped or "aborted (by the peer, on a protocol error or a time limit)",
                 )
                 log.warning("association aborted", calling_ae=assoc.requestor.ae_title, peer=conn.address)
         finally:

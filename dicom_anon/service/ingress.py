@@ -331,7 +331,7 @@ class Ingress:
         assoc = event.assoc
         try:
             data = event.encoded_dataset(include_meta=True)
-            ds = read_instance(data)
+            ds = read_instance(data, self.settings.ingress.max_instance_mb * 2**20)
         except Refused as refused:
             return self._refuse(event, STATUS_CANNOT_UNDERSTAND, refused.code, refused.reason)
         except Exception as exc:  # a dataset pynetdicom could not even hand over: same answer
