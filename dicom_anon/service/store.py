@@ -28,6 +28,9 @@ PENDING, DELIVERED, QUARANTINED = "pending", "delivered", "quarantined"
 HELD, RELEASED, DELETED = "held", "released", "deleted"
 # The quarantine code of a de-identified copy a route holds until a person releases it.
 AWAITING_REVIEW = "awaiting-review"
+# A job's error when the process working on it stopped (killed, out of memory, crashed): it counts
+# a try, so that an instance that stops the service every time is held, not taken up for ever.
+STOPPED_MID_JOB = "the service stopped while processing it (killed, out of memory or crashed)"
 
 
 class BusyError(Exception):

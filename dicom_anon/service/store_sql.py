@@ -36,6 +36,7 @@ from .store import (
     RECEIVED,
     RELEASED,
     ROUTED,
+    STOPPED_MID_JOB,
     BusyError,
     Completion,
     Delivery,
@@ -327,7 +328,11 @@ class SqlStore(ABC):
         """After a crash, jobs that were being processed go back to the queue (outputs are
         deterministic, so doing one again writes the same files and the same UIDs), and the
         deliveries being sent are free to be taken again. On a shared store only this node's:
-        the others' are still being worked on."""
+        the others' are still being worked on.
+
+        Each such job counts a try: an instance that kills the process (a decoder crashing or
+        taking all memory) would otherwise be taken up first at every restart, for ever, and
+        nothing behind it would move. The worker holds a job whose tries ran out this way."""
         mine = " AND claimed_by = ?" if self.shared else ""
         node = (self.node,) if self.shared else ()
         with self.transaction() as db:
@@ -336,9 +341,9 @@ class SqlStore(ABC):
                 (PENDING, *node),
             )
             return db.execute(
-                "UPDATE jobs SET state = ?, claimed_at = NULL, claimed_by = NULL, lease_until = NULL"
-                " WHERE state = ?" + mine,
-                (RECEIVED, PROCESSING, *node),
+                "UPDATE jobs SET state = ?, claimed_at = NULL, claimed_by = NULL, lease_until = NULL,"
+                " attempts = attempts + 1, error = ? WHERE state = ?" + mine,
+                (RECEIVED, STOPPED_MID_JOB, PROCESSING, *node),
             ).rowcount
 
     def received_spools(self) -> list[tuple[int, str, int]]:
@@ -376,9 +381,14 @@ class SqlStore(ABC):
             ).fetchone()
             if row is None:
                 return None
+            # A claim whose lease ran out: the node working on it stopped, and that counts a try
+            # (``recover``), or one instance could stop every node of a cluster in turn.
+            stopped = int(row["state"] == PROCESSING)
+            error = STOPPED_MID_JOB if stopped else row["error"]
             db.execute(
-                "UPDATE jobs SET state = ?, claimed_at = ?, claimed_by = ?, lease_until = ? WHERE id = ?",
-                (PROCESSING, now, self.node, now + self.lease_s, row["id"]),
+                "UPDATE jobs SET state = ?, claimed_at = ?, claimed_by = ?, lease_until = ?,"
+                " attempts = attempts + ?, error = ? WHERE id = ?",
+                (PROCESSING, now, self.node, now + self.lease_s, stopped, error, row["id"]),
             )
             return Job(
                 row["id"],
@@ -390,7 +400,7 @@ class SqlStore(ABC):
                 row["transfer_syntax"],
                 row["spool_path"],
                 row["route_only"],
-                row["attempts"],
+                row["attempts"] + stopped,
                 row["digest"],
             )
 

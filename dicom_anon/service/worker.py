@@ -42,7 +42,7 @@ from .deid_pool import DeidPool, Unreadable, read_strictly, released
 from .failures import Backoff, describe_environment, describe_exception, is_environment
 from .files import Layout, link_or_copy, replace_durable, write_durable, write_new
 from .metrics import Metrics
-from .store import AWAITING_REVIEW, Job, LeaseLost, NewOutput, NewQuarantine, StateStore
+from .store import AWAITING_REVIEW, STOPPED_MID_JOB, Job, LeaseLost, NewOutput, NewQuarantine, StateStore
 
 log = structlog.get_logger("dicom_anon.worker")
 
@@ -163,6 +163,15 @@ class Worker(threading.Thread):
 
     def _run_job(self, job: Job) -> None:
         """Process one job; a failure of the instance's own is counted, then retried or quarantined."""
+        if job.attempts >= JOB_TRIES:
+            # Only a stop counts past the last try (a failure is quarantined at it): the service
+            # stopped while processing this instance, again and again. Hold it unprocessed.
+            reason = f"tried {job.attempts} times; the last time, {STOPPED_MID_JOB}"
+            log.error("job stopped the service; quarantined", job=job.id, tries=job.attempts)
+            result = _Result()
+            self._quarantine(job, result, "worker", "processing-stopped", reason, job.route_only)
+            self._commit(job, result)
+            return
         try:
             with self.rt.metrics.stage("job"), self._holding(job):
                 self.process(job)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from factories import write
+from factories import jpeg_bomb, write
 from fuzz_corpus import MARKER, corpus, leaks
 from peers import (
     EXAMPLE_CONFIG,
@@ -34,9 +34,12 @@ from peers import (
     write_photos,
 )
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.sop_class import Verification
-from test_integration import db_rows, run_cli
+from test_integration import db_rows, run_cli, second_photo
+
+from dicom_anon.service.store import STOPPED_MID_JOB
 
 pytestmark = pytest.mark.integration
 
@@ -261,7 +264,10 @@ GARBAGE = {
         "control or non-ASCII",
     ),
     "cut-short": (_associate_rq(b"DICOM_ANON", b"CLINIC")[:30], "cut short"),
-    "huge-length": (b"\x01\x00\xff\xff\xff\xff\x00\x01", "cut short"),
+    "huge-length": (
+        b"\x01\x00\xff\xff\xff\xff\x00\x01",
+        "a PDU of 4294967295 bytes, more than the 1048576 taken",
+    ),
     "bare-connect": (b"", "closed without sending anything"),
 }
 
@@ -295,6 +301,40 @@ def test_protocol_garbage_is_refused_and_audited_once_each(tmp_path, procs):
     titles = {e.get("calling_ae") for e in refused} | {e.get("called_ae") for e in refused}
     assert {"CLI\\x00NIC", "CL\\xc9NIC", "DICOM\\x1b[2J"} <= titles
     assert echo(port)
+
+
+def test_one_pdu_or_one_instance_cannot_take_the_services_memory(tmp_path, procs):
+    """pynetdicom reads a PDU of whatever length its header states (up to 4 GiB) and keeps every
+    fragment of an instance in memory until the last: a sender could take all of the service's
+    memory. Now a PDU is refused from its header and an instance at ingress.max_instance_mb."""
+    config = config_with(tmp_path, "limit", **{"max_instance_mb: 512": "max_instance_mb: 1"})
+    port = free_port()
+    procs.append(start_service(tmp_path, port, ["teaching=TEACHING@127.0.0.1:9"], config=config).wait_ready())
+    data_dir = tmp_path / "data"
+    ae = AE(ae_title="CLINIC")
+    large = tiny_photo(1)
+    large.Rows = large.Columns = 800
+    large.PixelData = bytes(800 * 800 * 3)  # 1.8 MiB, sent in the 256 kB PDUs the service asked for
+    contexts = [build_context(large.SOPClassUID, [ExplicitVRLittleEndian])]
+    assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOM_ANON")
+    assert "Status" not in assoc.send_c_store(large)  # no answer: the connection was closed
+    wait_until(lambda: events(data_dir, "association_aborted"), 15, "the large instance's association")
+    [aborted] = events(data_dir, "association_aborted")
+    assert aborted["reason"] == "dropped: an instance of more than 1 MiB (ingress.max_instance_mb)"
+
+    assoc = ae.associate("127.0.0.1", port, contexts=contexts, ae_title="DICOM_ANON")
+    sock = assoc.dul.socket.socket
+    sent = 0
+    with pytest.raises(OSError):  # the service closes the connection: a broken pipe or a reset
+        sock.sendall(b"\x04\x00" + struct.pack(">I", 0xFFFFFFF0))
+        while sent < 256 * 2**20:
+            sock.sendall(bytes(2**16))
+            sent += 2**16
+    wait_until(lambda: len(events(data_dir, "association_aborted")) == 2, 15, "the 4 GiB PDU's association")
+    reason = events(data_dir, "association_aborted")[1]["reason"]
+    assert reason == "dropped: a PDU of 4294967280 bytes, more than the 1048576 taken"
+    assert store(port, tiny_photo(2)) == [0]
+    assert len(events(data_dir, "instance_received")) == 1
 
 
 # --- a corpus of hostile instances over the network -----------------------------------------
@@ -380,4 +420,81 @@ def test_hostile_instances_over_the_network_leave_nothing_behind(tmp_path, procs
     assert echo(port)
     assert len(events(data_dir, "service_started")) == 1
     assert service.stop() == 0
+    verified(data_dir)
+
+
+# --- pixels that ask for gigabytes ------------------------------------------------------
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM) so far."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_photos_whose_pixels_ask_for_gigabytes_are_held_and_the_service_stays_small(tmp_path, procs):
+    """On a face route: a 700-byte JPEG whose frame declares 65,000 x 65,000 under a header of
+    16 x 16 (a decoder took 24 GB on it and the kernel killed it; in the service's process that was
+    the whole service, again at each restart, as the job was still queued), and one whose header
+    agrees at 30,000 x 30,000 (5 GB). Both are held with a reason the operator can read; the
+    service never grows past the size of its models."""
+    arch_port, port = free_port(), free_port()
+    archive = tmp_path / "archive"
+    procs.append(start_storescp(tmp_path, arch_port, archive).wait_ready())
+    service = start_service(tmp_path, port, [f"teaching=TEACHING@127.0.0.1:{arch_port}"], headers_only=False)
+    procs.append(service.wait_ready())
+    folder = tmp_path / "bombs"
+    folder.mkdir()
+    bombs = [
+        write(jpeg_bomb((65000, 65000)), folder / "lying.dcm"),
+        write(jpeg_bomb((30000, 30000), (30000, 30000)), folder / "huge.dcm"),
+    ]
+    assert storescu(port, bombs).returncode == 0
+    data_dir = tmp_path / "data"
+    wait_until(lambda: len(events(data_dir, "instance_quarantined")) == 2, 60, "both held")
+    held = {e["code"]: e["reason"] for e in events(data_dir, "instance_quarantined")}
+    assert set(held) == {"undecodable-pixels", "unsupported-pixels"}, held
+    assert "declares 65000 x 65000 pixels" in held["undecodable-pixels"]
+    assert "900 MP; photos above 120 MP are not processed" in held["unsupported-pixels"]
+    assert not list(archive.glob("*.dcm"))
+    assert echo(port)
+    assert service.popen.poll() is None
+    assert peak_memory_mib(service.popen.pid) < 2500
+    assert service.stop() == 0
+    verified(data_dir)
+
+
+def test_an_instance_that_stops_the_service_each_time_is_held_after_three_tries(tmp_path, procs):
+    """Whatever stops the process mid-photo (a decoder crashing, the kernel's out-of-memory killer,
+    here kill -9) left the job to be taken up first at the next start, and the next, for ever, with
+    nothing behind it moving. Each stop counts a try: after three, the instance is held, and the
+    photo sent behind it is forwarded."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    face = examples / "patient_a_face_explicit_le.dcm"
+    arch_port, port = free_port(), free_port()
+    archive = tmp_path / "archive"
+    procs.append(start_storescp(tmp_path, arch_port, archive).wait_ready())
+    dest = [f"teaching=TEACHING@127.0.0.1:{arch_port}"]
+    data_dir = tmp_path / "data"
+    processing = "SELECT id FROM jobs WHERE state = 'processing'"  # one pipeline thread: job 2 waits
+    for run in range(3):
+        service = start_service(tmp_path, port, dest, headers_only=False, name=f"run{run}").wait_ready()
+        procs.append(service)
+        if run == 0:
+            behind = second_photo(face, tmp_path / "behind.dcm")
+            assert storescu(port, [face]).returncode == 0
+            assert storescu(port, [behind]).returncode == 0
+        wait_until(lambda: db_rows(data_dir, processing) == [(1,)], 60, "the first photo in hand")
+        service.kill9()
+    last = start_service(tmp_path, port, dest, headers_only=False, name="last").wait_ready()
+    procs.append(last)
+    wait_until(lambda: events(data_dir, "instance_quarantined"), 30, "the first photo held")
+    held = events(data_dir, "instance_quarantined")
+    assert [(e["job"], e["code"]) for e in held] == [(1, "processing-stopped")], held
+    [held] = held
+    assert held["reason"] == f"tried 3 times; the last time, {STOPPED_MID_JOB}"
+    wait_until(lambda: len(list(archive.glob("*.dcm"))) == 1, 120, "the photo behind it forwarded")
+    assert last.stop() == 0
     verified(data_dir)

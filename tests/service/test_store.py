@@ -96,6 +96,16 @@ def test_recover_puts_claimed_jobs_back(store):
     assert store.claim_job() is not None
 
 
+def test_each_recovery_counts_a_try_for_the_job_it_puts_back(store):
+    """An instance that stops the process each time it is processed must not be taken up first
+    at every restart for ever: every restart that finds it mid-processing counts a try."""
+    store.add_job(job(1))
+    for tries in range(1, 4):
+        assert store.claim_job().attempts == tries - 1
+        assert store.recover() == 1
+    assert store.claim_job().attempts == 3
+
+
 def test_routing_commits_outputs_deliveries_and_quarantine_together(store):
     job_id, _ = store.add_job(job(1))
     store.claim_job()

@@ -104,6 +104,7 @@ def test_a_dead_nodes_job_is_claimed_again_once_its_lease_ends(node):
     time.sleep(0.6)
     again = alive.claim_job()
     assert again is not None and again.id == job_id
+    assert again.attempts == 1  # the dead node's try counts: an instance that stops nodes is held
 
 
 def test_a_node_that_lost_its_lease_records_nothing_so_the_job_is_forwarded_once(node):
