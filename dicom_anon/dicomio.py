@@ -8,18 +8,17 @@ traceback.
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
-import zlib
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from .headers.errors import Refused
+from .headers.precheck import check_before_parsing
 from .headers.strict import MAX_DEPTH, NotStrict, check_strict
 
 # pydicom's own reading validation only warns, and its warnings quote the value, which can be a
@@ -31,38 +30,6 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 # and a deflated dataset may not inflate to more. A 4000 x 3000 photo is 36 MB uncompressed, the
 # largest photo the pixel stage takes (120 MP) 360 MB; pydicom holds what it reads in memory.
 MAX_INSTANCE_BYTES = 512 * 1024 * 1024
-_INFLATE_STEP = 16 * 1024 * 1024
-
-
-def _inflated_size_within(data: bytes, limit: int) -> bool:
-    """Whether a Deflated Explicit VR Little Endian file's dataset inflates to at most ``limit``
-    bytes, counted in steps and thrown away: pydicom inflates the whole dataset at once, and 2 MB
-    of zeros deflated inflate to 2 GB. True for every other transfer syntax and for data that is
-    not Part 10 (pydicom refuses that itself)."""
-    pos = 132  # preamble and "DICM"; the file meta is explicit VR little endian in every file
-    syntax = b""
-    while data[128:132] == b"DICM" and len(data) >= pos + 8:
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR"):
-            length, pos = struct.unpack_from("<I", data, pos + 8)[0], pos + 12
-        else:
-            length, pos = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
-        if element == 0x0010:
-            syntax = data[pos : pos + length]
-        pos += length
-    if syntax.rstrip(b"\0 ").decode("ascii", "replace") != DeflatedExplicitVRLittleEndian:
-        return True
-    inflate = zlib.decompressobj(-zlib.MAX_WBITS)
-    try:
-        total = len(inflate.decompress(data[pos:], _INFLATE_STEP))
-        while inflate.unconsumed_tail and total <= limit:
-            total += len(inflate.decompress(inflate.unconsumed_tail, _INFLATE_STEP))
-    except zlib.error:
-        return True  # not deflate data: pydicom's own read refuses it with its reason
-    return total <= limit
 
 
 def read_instance(source: Path | bytes, max_bytes: int = MAX_INSTANCE_BYTES) -> Dataset:
@@ -72,14 +39,12 @@ def read_instance(source: Path | bytes, max_bytes: int = MAX_INSTANCE_BYTES) -> 
     truncated or lying element is found now, with a clear reason, rather than trusted by the
     profile or met halfway through de-identification.
     """
-    limit = f"{max_bytes / 2**20:g} MiB, the largest instance read"
     if (source.stat().st_size if isinstance(source, Path) else len(source)) > max_bytes:
-        raise Refused("too-large", f"the instance is larger than {limit}")
+        raise Refused("too-large", f"the instance is larger than {max_bytes / 2**20:g} MiB, the largest read")
     data = source.read_bytes() if isinstance(source, Path) else source
     if not data:
         raise Refused("empty-file", "the file is empty")
-    if not _inflated_size_within(data, max_bytes):
-        raise Refused("too-large", f"the deflated dataset inflates to more than {limit}")
+    check_before_parsing(data, max_bytes)
     try:
         ds = pydicom.dcmread(BytesIO(data))
         check_strict(ds)

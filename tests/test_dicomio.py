@@ -129,7 +129,7 @@ def test_a_deflated_instance_that_inflates_past_the_limit_is_refused_unread():
         read_instance(bomb, max_bytes=2**20)
     assert (info.value.code, info.value.reason) == (
         "too-large",
-        "the deflated dataset inflates to more than 1 MiB, the largest instance read",
+        "the deflated data set inflates to more than 1 MiB, the largest instance read",
     )
     assert read_instance(bomb, max_bytes=4 * 2**20).SOPClassUID == SecondaryCaptureImageStorage
 
