@@ -1,18 +1,21 @@
 """The bytes of an instance walked once before pydicom parses them: how much it would build.
 
 pydicom builds every element of a data set in memory and inflates a deflated data set whole,
-before strict reading (``headers.strict``) can look at any of it. Two inputs abuse that:
+before strict reading (``headers.strict``) can look at any of it. Three inputs abuse that:
 
 * a deflated data set: 2 MB of zeros deflated inflate to 2 GB (reading one took 4 GB);
 * a data set of tiny elements: a 5 MB file of 500,000 two-byte private elements took 30 s and
   280 MB to read and refuse; the 512 MiB an instance may have would hold 60 million, half a
-  day of one core and more memory than the machine has.
+  day of one core and more memory than the machine has;
+* text that switches character sets every few bytes: pydicom decodes it one escape sequence at
+  a time, 0.35 s a MB (minutes for a large instance).
 
 Here the element headers are walked with ``struct`` (values skipped, never converted) and
-counted, sequence items and Pixel Data fragments included, nested sequences followed (with
-the transfer syntax's VR rules, and implicit VR inside an undefined-length UN, as pydicom
-reads it). The walk stops at :data:`MAX_ELEMENTS`; damage it meets (a length past the end, a
-missing delimiter) ends it quietly, since strict reading refuses such data with its own reason.
+counted, sequence items, Pixel Data fragments and the escape sequences in text values
+included, nested sequences followed (with the transfer syntax's VR rules, and implicit VR
+inside an undefined-length UN, as pydicom reads it). The walk stops at :data:`MAX_ELEMENTS`;
+damage it meets (a length past the end, a missing delimiter) ends it quietly, since strict
+reading refuses such data with its own reason.
 Hand-written because pydicom's own element generator builds what it walks.
 """
 
@@ -28,12 +31,16 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from .errors import Refused
 
 # Photos hold a few hundred elements; a long SR report or a multi-frame object with per-frame
-# groups tens of thousands. Reading 100,000 takes about 3 s and 35 MB.
+# groups tens of thousands, a Japanese name four escape sequences. Reading 100,000 elements takes
+# about 3 s and 35 MB, decoding 100,000 escape sequences 0.2 s.
 MAX_ELEMENTS = 100_000
 
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+# The VRs pydicom decodes with the Specific Character Set, escape sequence by escape sequence.
+_TEXT_VRS = frozenset({b"SH", b"LO", b"ST", b"LT", b"UC", b"UT", b"PN"})
+_ESC = 0x1B
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
@@ -43,8 +50,9 @@ _INFLATE_STEP = 16 * 2**20
 
 def check_before_parsing(data: bytes, max_bytes: int, max_elements: int = MAX_ELEMENTS) -> None:
     """Refuse a Part 10 instance whose deflated data set inflates past ``max_bytes``
-    (``too-large``), or that holds more than ``max_elements`` elements, items and fragments
-    (``too-many-elements``). Data that is not Part 10 passes: pydicom refuses it itself."""
+    (``too-large``), or that holds more than ``max_elements`` elements, items, fragments and
+    escape sequences in text (``too-many-elements``). Data that is not Part 10 passes: pydicom
+    refuses it itself."""
     start, syntax = _dataset_start(data)
     if syntax is None:
         return
@@ -96,14 +104,14 @@ def _inflate(deflated: bytes, max_bytes: int) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def _public_sequence(tag: int) -> bool:
-    """Whether an implicit VR element is a sequence, as pydicom decides: by the dictionary."""
+def _implicit_vr(tag: int) -> bytes:
+    """The VR pydicom gives an implicit VR element: the dictionary's (the first it allows)."""
     if (tag >> 16) % 2:
-        return False  # private: read as UN, its value never parsed into elements
+        return b"UN"  # private: read as UN, its value never parsed into elements or decoded
     try:
-        return dictionary_VR(tag) == "SQ"
+        return dictionary_VR(tag)[:2].encode()
     except KeyError:
-        return False
+        return b"UN"
 
 
 class _Walk:
@@ -115,13 +123,13 @@ class _Walk:
         self.u16 = struct.Struct("<H" if little else ">H")
         self.u32 = struct.Struct("<L" if little else ">L")
 
-    def _counted(self) -> None:
-        self.count += 1
+    def _counted(self, pieces: int = 1) -> None:
+        self.count += pieces
         if self.count > self.limit:
             raise Refused(
                 "too-many-elements",
-                f"more than {self.limit} elements, items and fragments; reading them would take "
-                "minutes and gigabytes",
+                f"more than {self.limit} elements, items, fragments and escape sequences in text; "
+                "reading them would take minutes and gigabytes",
             )
 
     def dataset(self, pos: int, end: int, *, explicit: bool, depth: int) -> int:
@@ -133,14 +141,16 @@ class _Walk:
             if tag in (_ITEM_END, _SEQUENCE_END):
                 return pos + 8
             self._counted()
-            vr = data[pos + 4 : pos + 6] if explicit and group != 0xFFFE else b""
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    return end
-                length, pos = u32.unpack_from(data, pos + 8)[0], pos + 12
-            elif vr:
-                length, pos = self.u16.unpack_from(data, pos + 6)[0], pos + 8
+            if explicit and group != 0xFFFE:
+                vr = data[pos + 4 : pos + 6]
+                if vr in _LONG_VRS:
+                    if pos + 12 > end:
+                        return end
+                    length, pos = u32.unpack_from(data, pos + 8)[0], pos + 12
+                else:
+                    length, pos = self.u16.unpack_from(data, pos + 6)[0], pos + 8
             else:
+                vr = _implicit_vr(tag) if group != 0xFFFE else b""
                 length, pos = u32.unpack_from(data, pos + 4)[0], pos + 8
             if length == _UNDEFINED:
                 if tag == _PIXEL_DATA:
@@ -148,12 +158,13 @@ class _Walk:
                 else:  # a sequence, or an undefined-length UN that pydicom reads as one in implicit VR
                     inner = explicit and vr != b"UN"
                     pos = self.items(pos, end, explicit=inner, depth=depth + 1, fragments=False)
-            else:
-                if vr == b"SQ" or (not vr and _public_sequence(tag)):
-                    self.items(
-                        pos, min(pos + length, end), explicit=explicit, depth=depth + 1, fragments=False
-                    )
-                pos += length
+                continue
+            stop = min(pos + length, end)
+            if vr == b"SQ":
+                self.items(pos, stop, explicit=explicit, depth=depth + 1, fragments=False)
+            elif vr in _TEXT_VRS:
+                self._counted(data.count(_ESC, pos, stop))
+            pos += length
         return end
 
     def items(self, pos: int, end: int, *, explicit: bool, depth: int, fragments: bool) -> int:

@@ -98,7 +98,7 @@ def test_half_a_million_tiny_elements_are_refused_unread() -> None:
     with pytest.raises(Refused) as exc:
         check_before_parsing(data[:at] + tiny + data[at:], LIMIT)
     assert exc.value.code == "too-many-elements"
-    assert exc.value.reason.startswith("more than 100000 elements, items and fragments")
+    assert exc.value.reason.startswith("more than 100000 elements, items, fragments and escape sequences")
 
 
 def test_real_files_pass() -> None:
@@ -113,3 +113,17 @@ def test_damaged_data_is_left_to_strict_reading() -> None:
     for cut in (200, 300, len(data) // 2, len(data) - 3):
         check_before_parsing(data[:cut], LIMIT)  # no refusal and no exception: strict reading says why
     check_before_parsing(b"not dicom at all", LIMIT)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_escape_sequences_in_text_count_as_pieces(syntax: str) -> None:
+    """pydicom decodes text one escape sequence at a time: 0.35 s a MB of text that switches
+    character sets every few bytes."""
+    ds = nested(syntax)
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = "Yamada^Tarou=\033$B;3ED\033(B^\033$BB@O:\033(B"  # four escape sequences
+    n = built(ds) + 4
+    data = to_bytes(ds)
+    check_before_parsing(data, LIMIT, max_elements=n)
+    with pytest.raises(Refused, match="too-many-elements"):
+        check_before_parsing(data, LIMIT, max_elements=n - 1)
