@@ -6,15 +6,15 @@ what the service would decide, from the same code, without sending anything.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import Match, ProfileSettings, Route, Settings
+from .config import Match, ProfileSettings, Route, Settings, compile_pattern
 from .dicom_names import uid_keyword
 from .views import covers, recognise
 
 if TYPE_CHECKING:
+    import re2
     from pydicom.dataset import Dataset
 
 # pydicom itself is imported only where an instance is matched: ``rules check`` (the route table)
@@ -54,16 +54,17 @@ class _CompiledMatch:
         self.sop_class = set(match.sop_class)
         self.modality = {m.strip().upper() for m in match.modality}
         self.body_part = {b.strip().upper() for b in match.body_part}
-        self.patterns: list[tuple[str, str, re.Pattern[str]]] = []
+        # RE2 (``config.compile_pattern``): no header value can make a search take longer than its length.
+        self.patterns: list[tuple[str, str, re2._Regexp]] = []
         for keyword, label, pattern in (
             ("StudyDescription", "study_description", match.study_description),
             ("SeriesDescription", "series_description", match.series_description),
             ("InstitutionName", "institution", match.institution),
         ):
             if pattern is not None:
-                self.patterns.append((keyword, label, re.compile(pattern)))
+                self.patterns.append((keyword, label, compile_pattern(pattern)))
         for keyword, pattern in match.attributes.items():
-            self.patterns.append((keyword, f"attributes.{keyword}", re.compile(pattern)))
+            self.patterns.append((keyword, f"attributes.{keyword}", compile_pattern(pattern)))
         self.views = list(match.view)
 
     def why_not(self, ds: Dataset, calling_ae: str) -> str | None:

@@ -151,6 +151,14 @@ def test_bad_regex_says_how_to_fix(tmp_path):
     assert "settings.yaml:11:" in msg and "not a valid regular expression" in msg and "backslash" in msg
 
 
+def test_a_pattern_that_needs_backtracking_says_what_is_not_available(tmp_path):
+    text = GOOD.replace(
+        "match: {sop_class: VLPhotographicImageStorage}", "match:\n      study_description: '^(?!test).*'"
+    )
+    msg = problems(tmp_path, text)
+    assert "settings.yaml:11:" in msg and "lookarounds such as (?= or (?!" in msg and "linear" in msg
+
+
 def test_unknown_attribute_keyword_is_caught(tmp_path):
     text = GOOD.replace(
         "match: {sop_class: VLPhotographicImageStorage}", "match:\n      attributes: {Manufactrer: Canon}"

@@ -137,6 +137,31 @@ def photo_file(path: Path, burned_in: str = "NO") -> Path:
     )
 
 
+def test_no_header_value_makes_a_pattern_search_run_away(tmp_path) -> None:
+    """``^(\\w+\\s?)+$`` ("words and spaces") backtracks in Python's ``re``: 1 s on 24 characters of
+    Study Description, doubling with each one more; a header may hold 64. And ``re`` holds the
+    interpreter lock while it searches, so the whole service would freeze. Patterns run on RE2.
+    (In a child process, so that a regression fails here instead of freezing the test run.)"""
+    settings = {**RULES, "routes": [{**RULES["routes"][1], "match": {"study_description": r"^(\w+\s?)+$"}}]}
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    script = (
+        "import sys; from pydicom.dataset import Dataset; from dicom_anon.config import load_settings;"
+        " from dicom_anon.rules import Rules; rules = Rules(load_settings(sys.argv[1]));"
+        " ds = Dataset(); ds.SOPClassUID = sys.argv[2]; ds.StudyDescription = sys.argv[3];"
+        " print([d.route.name for d in rules.decide(ds, 'CLINIC')])"
+    )
+    for text, routes in (("a" * 63 + "!", "[]"), ("ortho pre treatment", "['ortho']")):
+        # The timeout is no speed limit: the backtracking search would not end in a lifetime.
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(config), VL_PHOTO, text],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.stdout.strip() == routes, done.stderr
+
+
 def test_rules_check_lists_routes_in_order(tmp_path):
     result = runner.invoke(app, ["rules", "check", str(write_settings(tmp_path, GOOD))])
     assert result.exit_code == 0, result.output
