@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 
 from dicom_anon.batch import deid_file
 from dicom_anon.dicomio import read_instance
+from dicom_anon.headers import strict
 from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.gate import GateFailed, release
@@ -333,3 +334,15 @@ def test_gate_refuses_an_unwritable_dataset(site_key: SiteKey) -> None:
 
 def test_native_pixel_data_is_unchanged_through_the_gate(site_key: SiteKey) -> None:
     assert read_instance(release(_result(site_key), Profile())).PixelData == bytes(range(48))
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+def test_swallowed_headers_are_found_across_the_windows_a_long_value_is_read_in(monkeypatch, window):
+    """A binary value is searched in windows (whole, 100 MB took 1.75 GB of arrays): a header
+    that starts at a window's last word, or straddles two, is found as in one pass."""
+    header = struct.pack("<HH", 0x0010, 0x0010) + b"PN" + struct.pack("<H", 8) + b"Doe^Jane"
+    for offset in range(0, 40, 2):
+        value = bytes(offset) + header + bytes(40 - offset)
+        monkeypatch.setattr(strict, "_WINDOW_WORDS", window)
+        assert strict._holds_elements(value, explicit=True), (window, offset)
+        assert not strict._holds_elements(bytes(len(value)), explicit=True)
