@@ -1,7 +1,7 @@
 """Stripping metadata segments from every frame of encapsulated Pixel Data.
 
 The image data is never re-encoded: each frame goes through
-``jpeg_markers.strip_jpeg_segments`` and, only when something was removed, the frames
+``jpeg_markers.strip_and_measure`` and, only when something was removed, the frames
 are encapsulated again. The offset table keeps the form it had: a Basic Offset Table
 when the input had a non-empty one, an Extended Offset Table (with its lengths) when
 the input had one, otherwise none. Untouched Pixel Data stays byte-identical.
@@ -16,7 +16,7 @@ from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.uid import UID
 
 from .errors import Refused
-from .jpeg_markers import frame_size, strip_jpeg_segments
+from .jpeg_markers import FrameSize, strip_and_measure
 
 # libjpeg writes 10 scans for a progressive colour photo, optimisers a few dozen at most; each
 # scan of a 12 MP photo costs a decoder about 10 ms however few bytes it holds.
@@ -43,9 +43,10 @@ def frames_of(ds: Dataset) -> list[bytes]:
         raise Refused("corrupt-pixel-data", reason) from None
 
 
-def check_frame_headers(ds: Dataset, frames: list[bytes]) -> None:
+def check_frame_headers(ds: Dataset, sizes: list[FrameSize | None]) -> None:
     """Refuse frames whose own JPEG or JPEG 2000 header declares another size than the DICOM
-    header, or that hold more scans than any encoder writes.
+    header, or that hold more scans than any encoder writes (``sizes``: ``jpeg_markers.frame_size``
+    of each frame, None where a frame has no such header).
 
     Decoders allocate what the frame declares (a 1 kB frame declaring 65,000 x 65,000 under a
     header of 16 x 16 took 24 GB) and pass over the whole image once per scan. The pixel stage
@@ -56,8 +57,7 @@ def check_frame_headers(ds: Dataset, frames: list[bytes]) -> None:
         header = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)))
     except (AttributeError, TypeError, ValueError):
         header = None  # nothing to compare with; the pixel stage refuses such a header before decoding
-    for index, frame in enumerate(frames, 1):
-        size = frame_size(frame)
+    for index, size in enumerate(sizes, 1):
         if size is None:
             continue
         if header is not None and (size.rows, size.columns, size.components) != header:
@@ -85,17 +85,19 @@ def strip_pixel_data(ds: Dataset) -> Stripped:
         return Stripped(())
     buffer = ds.PixelData
     frames = frames_of(ds)
-    check_frame_headers(ds, frames)
 
     cleaned: list[bytes] = []
     removed: list[str] = []
+    sizes: list[FrameSize | None] = []
     for index, frame in enumerate(frames):
-        new, descriptions = strip_jpeg_segments(frame)
+        new, descriptions, size = strip_and_measure(frame)
+        sizes.append(size)
         if descriptions:
             new = _unpad(new)
         cleaned.append(new)
         prefix = f"frame {index + 1}: " if len(frames) > 1 else ""
         removed.extend(prefix + text for text in descriptions)
+    check_frame_headers(ds, sizes)
     if not removed:
         return Stripped(())
 

@@ -46,6 +46,7 @@ codestream alone.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -121,14 +122,24 @@ def strip_jpeg_segments(frame: bytes) -> tuple[bytes, list[str]]:
     malformed.
     """
     if frame[:2] == b"\xff\xd8":
-        return _strip_10918(frame)
+        stripped, removed, _ = _strip_10918(frame)
+        return stripped, removed
+    stripped, removed, _ = strip_and_measure(frame)
+    return stripped, removed
+
+
+def strip_and_measure(frame: bytes) -> tuple[bytes, list[str], FrameSize | None]:
+    """``strip_jpeg_segments``, and the size the frame declares (``frame_size``), from one walk."""
+    if frame[:2] == b"\xff\xd8":
+        stripped, removed, measure = _strip_10918(frame)
+        return stripped, removed, measure.size()
     if frame[:2] == _J2K_SOC:
-        return _strip_j2k(frame)
+        return *_strip_j2k(frame), _j2k_size(frame)
     if frame[:12] == _JP2_SIGNATURE:
         _corrupt("a JP2 file (with metadata boxes) instead of a bare JPEG 2000 codestream")
     if frame[:1] == b"\xff":
         _corrupt(f"starts with marker 0x{frame[:2].hex().upper()}, not SOI")
-    return frame, []
+    return frame, [], None
 
 
 @dataclass(frozen=True)
@@ -153,47 +164,110 @@ def frame_size(frame: bytes) -> FrameSize | None:
     Why: a decoder allocates what the stream declares (a 1 kB frame whose SOF said 65,000 x 65,000
     under a DICOM header of 16 x 16 took 24 GB), and decodes every scan over the whole image (a
     12 MP progressive JPEG with a 26-byte empty scan repeated 1,000 times took 10 s: a 1 MB file
-    could hold the face pipeline for minutes). The pixel and header stages check both before
-    anything is decoded. None for data with no such header (RLE); ``Refused("corrupt-jpeg")`` when
-    a JPEG stream ends or breaks before its frame header.
+    could hold the face pipeline for minutes). The pixel stage checks both before anything is
+    decoded; the header stage has them from its own walk (``strip_and_measure``). Damage after the
+    frame header ends the count quietly, as decoders read on past it. None for data with no such
+    header (RLE); ``Refused("corrupt-jpeg")`` when a JPEG stream ends or breaks before its frame
+    header.
     """
     if frame[:2] == _J2K_SOC:
-        _, seg_end = _j2k_segment(frame, 2)
-        if frame[3] != _J2K_SIZ or seg_end < 42:
-            _corrupt("JPEG 2000: SIZ does not follow SOC")
-        x, y, x0, y0 = (int.from_bytes(frame[i : i + 4], "big") for i in (8, 12, 16, 20))
-        return FrameSize(max(y - y0, 0), max(x - x0, 0), int.from_bytes(frame[40:42], "big"), 1)
+        return _j2k_size(frame)
     if frame[:2] != b"\xff\xd8":
         return None
-    declared: tuple[int, int, int] | None = None
-    scans = 0
+    measure = _Measure()
+    for marker, at, seg_end in _segments_10918(frame, strict=False):
+        if measure.declared is None and marker in (_SOS, _SOI, *_STANDALONE):
+            _corrupt(f"marker 0xFF{marker:02X} before the frame header (SOF)")
+        measure.segment(frame, marker, at, seg_end)
+    return measure.size()
+
+
+def _j2k_size(frame: bytes) -> FrameSize:
+    """What a JPEG 2000 codestream's SIZ segment declares (it must follow SOC)."""
+    _, seg_end = _j2k_segment(frame, 2)
+    if frame[3] != _J2K_SIZ or seg_end < 42:
+        _corrupt("JPEG 2000: SIZ does not follow SOC")
+    x, y, x0, y0 = (int.from_bytes(frame[i : i + 4], "big") for i in (8, 12, 16, 20))
+    return FrameSize(max(y - y0, 0), max(x - x0, 0), int.from_bytes(frame[40:42], "big"), 1)
+
+
+class _Measure:
+    """The first frame header's size and the number of scans, segment by segment."""
+
+    def __init__(self) -> None:
+        self.declared: tuple[int, int, int] | None = None
+        self.scans = 0
+
+    def segment(self, data: bytes, marker: int, at: int, seg_end: int) -> None:
+        if marker in _SOF_CODES and self.declared is None:
+            length = int.from_bytes(data[at + 1 : at + 3], "big")
+            if length < 8 or at + 1 + length > len(data):
+                _corrupt(f"frame header 0xFF{marker:02X} truncated")
+            y, x = (int.from_bytes(data[i : i + 2], "big") for i in (at + 4, at + 6))
+            self.declared = (y, x, data[at + 8])
+        elif marker == _SOS:
+            self.scans += 1
+
+    def size(self) -> FrameSize:
+        if self.declared is None:
+            _corrupt("no frame header (SOF) before the stream ends or breaks")
+        return FrameSize(*self.declared, self.scans)
+
+
+def _segments_10918(data: bytes, *, strict: bool) -> Iterator[tuple[int, int, int]]:
+    """(marker, where its code byte is, where its segment ends) of each marker segment of an
+    ISO 10918 / 14495 stream after SOI, in order, EOI last (ending just after it). What lies
+    between one segment's end and the next one's 0xFF is fill bytes and, after an SOS, the
+    entropy-coded data, skipped up to the next marker.
+
+    Damage (a missing marker, a segment running past the end, no EOI) is refused with
+    ``Refused("corrupt-jpeg")`` when ``strict``; otherwise it ends the walk.
+    """
     next_marker = _NEXT_MARKER_10918
     pos = 2
+    end = len(data)
     while True:
         start = pos
-        while frame[pos : pos + 1] == b"\xff":
+        while pos < end and data[pos] == 0xFF:
             pos += 1
-        if pos == start or pos + 3 > len(frame) or frame[pos] == _EOI:
-            break  # the end, or damage the decoder and the header stage's walk will refuse
-        marker, length = frame[pos], int.from_bytes(frame[pos + 1 : pos + 3], "big")
-        if marker in _SOF_CODES and declared is None:
-            if length < 8 or pos + 1 + length > len(frame):
-                _corrupt(f"frame header 0xFF{marker:02X} truncated")
-            y, x = (int.from_bytes(frame[i : i + 2], "big") for i in (pos + 4, pos + 6))
-            declared = (y, x, frame[pos + 8])
-            next_marker = _NEXT_MARKER_LS if marker == _SOF55 else next_marker
-        elif declared is None and (marker in (_SOS, _SOI) or marker in _STANDALONE or length < 2):
-            _corrupt(f"marker 0xFF{marker:02X} before the frame header (SOF)")
-        pos += 1 + max(length, 2)
+        if pos == start or pos >= end:
+            if strict:
+                _corrupt(f"expected a marker at byte {start}" if pos < end else "ends before EOI")
+            return
+        marker = data[pos]
+        if marker == _EOI:
+            yield marker, pos, pos + 1
+            return
+        if marker in _STANDALONE or marker == _SOI:
+            if strict:
+                _corrupt(f"marker 0xFF{marker:02X} outside entropy-coded data")
+            yield marker, pos, pos + 1
+            if marker == _SOI:
+                return
+            pos += 1  # libjpeg passes over a stray RST or TEM and reads on: so does this count
+            continue
+        if pos + 3 > end:
+            if strict:
+                _corrupt(f"segment 0xFF{marker:02X} truncated")
+            return
+        length = int.from_bytes(data[pos + 1 : pos + 3], "big")
+        seg_end = pos + 1 + length
+        if length < 2 or seg_end > end:
+            if strict:
+                _corrupt(f"segment 0xFF{marker:02X} at byte {pos - 1} runs past the end")
+            yield marker, pos, min(seg_end, end)  # what there is of it: a frame header cut short
+            return
+        if marker == _SOF55:
+            next_marker = _NEXT_MARKER_LS
+        yield marker, pos, seg_end
+        pos = seg_end
         if marker == _SOS:
-            scans += 1
-            found = next_marker.search(frame, pos)
-            if found is None:
-                break
-            pos = found.start()
-    if declared is None:
-        _corrupt("no frame header (SOF) before the stream ends or breaks")
-    return FrameSize(*declared, scans)
+            match = next_marker.search(data, pos)
+            if match is None:
+                if strict:
+                    _corrupt("entropy-coded data runs to the end without EOI")
+                return
+            pos = match.start()
 
 
 def _corrupt(what: str) -> NoReturn:
@@ -207,40 +281,23 @@ def _app_name(marker: int, payload: bytes) -> str:
     return f"APP{marker - _APP0}"
 
 
-def _strip_10918(data: bytes) -> tuple[bytes, list[str]]:
+def _strip_10918(data: bytes) -> tuple[bytes, list[str], _Measure]:
     """Walk an ISO 10918 / 14495 stream segment by segment from SOI to EOI."""
     out = bytearray(data[:2])
     removed: list[str] = []
-    next_marker = _NEXT_MARKER_10918
-    pos = 2
-    end = len(data)
-    while True:
-        # Fill bytes (0xFF) may precede any marker; they carry nothing and are kept.
-        start = pos
-        while pos < end and data[pos] == 0xFF:
-            pos += 1
-        if pos == start or pos >= end:
-            _corrupt(f"expected a marker at byte {start}" if pos < end else "ends before EOI")
-        marker = data[pos]
-        out += data[start : pos - 1]
-        pos += 1
+    measure = _Measure()
+    copied = 2  # fill bytes and entropy-coded data, up to each segment's 0xFF, are kept as they are
+    for marker, at, seg_end in _segments_10918(data, strict=True):
+        out += data[copied : at - 1]
+        copied = seg_end
         if marker == _EOI:
             out += b"\xff\xd9"
             break
-        if marker in _STANDALONE or marker == _SOI:
-            _corrupt(f"marker 0xFF{marker:02X} outside entropy-coded data")
-        if pos + 2 > end:
-            _corrupt(f"segment 0xFF{marker:02X} truncated")
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        seg_end = pos + length
-        if length < 2 or seg_end > end:
-            _corrupt(f"segment 0xFF{marker:02X} at byte {pos - 2} runs past the end")
-        payload = data[pos + 2 : seg_end]
-        size = seg_end - (pos - 2)
+        payload = data[at + 3 : seg_end]
+        size = seg_end - (at - 1)
+        measure.segment(data, marker, at, seg_end)
         if marker in _KEEP_10918:
-            out += data[pos - 2 : seg_end]
-            if marker == _SOF55:
-                next_marker = _NEXT_MARKER_LS
+            out += data[at - 1 : seg_end]
         elif marker == _COM:
             removed.append(f"COM ({size} bytes)")
         elif marker == _APP0 and payload.startswith(b"JFIF\x00") and len(payload) >= _JFIF_FIXED:
@@ -259,26 +316,19 @@ def _strip_10918(data: bytes) -> tuple[bytes, list[str]]:
             if len(payload) > len(kept):
                 removed.append(f"APP8 mrfx extra data ({len(payload) - len(kept)} bytes)")
         elif marker == _APP2 and payload.startswith(b"ICC_PROFILE\x00"):
-            out += data[pos - 2 : seg_end]
+            out += data[at - 1 : seg_end]
         elif _APP0 <= marker <= 0xEF:
             removed.append(f"{_app_name(marker, payload)} ({size} bytes)")
         else:
             # Reserved codes (JPG, JPGn, RES): no decoder uses them, so they can only
             # carry data we cannot judge.
-            _corrupt(f"reserved marker 0xFF{marker:02X} at byte {pos - 2}")
-        pos = seg_end
-        if marker == _SOS:
-            match = next_marker.search(data, pos)
-            if match is None:
-                _corrupt("entropy-coded data runs to the end without EOI")
-            out += data[pos : match.start()]
-            pos = match.start()
-    trailer = data[pos:]
+            _corrupt(f"reserved marker 0xFF{marker:02X} at byte {at - 1}")
+    trailer = data[copied:]
     if trailer.strip(_PADDING):
         removed.append(f"data after EOI ({len(trailer)} bytes)")
     else:
         out += trailer
-    return bytes(out), removed
+    return bytes(out), removed, measure
 
 
 def _j2k_segment(data: bytes, pos: int) -> tuple[int, int]:

@@ -29,15 +29,14 @@ from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from .errors import Refused
+from .strict import LONG_HEADER_VRS
 
 # Photos hold a few hundred elements; a long SR report or a multi-frame object with per-frame
 # groups tens of thousands, a Japanese name four escape sequences. Reading 100,000 elements takes
 # about 3 s and 35 MB, decoding 100,000 escape sequences 0.2 s.
 MAX_ELEMENTS = 100_000
 
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+_LONG_VRS = frozenset(vr.encode() for vr in LONG_HEADER_VRS)
 # The VRs pydicom decodes with the Specific Character Set, escape sequence by escape sequence.
 _TEXT_VRS = frozenset({b"SH", b"LO", b"ST", b"LT", b"UC", b"UT", b"PN"})
 _ESC = 0x1B

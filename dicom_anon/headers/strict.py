@@ -99,7 +99,8 @@ _TEXT_VRS = frozenset(
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1a\x1c-\x1f\x7f\ufffd]")
 _BINARY_VRS = frozenset(_VALUE_SIZE) | {"OB", "UN"}
 _ALL_VRS = frozenset(VR_.__members__)
-_LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+# The VRs whose explicit VR header has two reserved bytes and a 4-byte length.
+LONG_HEADER_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _DICTIONARY_GROUPS = np.array(sorted({tag >> 16 for tag in DicomDictionary}), dtype=np.uint16)
 _VM = re.compile(r"^(\d+)(?:-(\d*)(n)?)?$")
 
@@ -438,7 +439,7 @@ def _header_at(value: bytes, offset: int, explicit: bool, *, follow: bool) -> bo
         if vr not in _ALL_VRS:
             return False
         strong = (known and vr in dictionary_VR(tag).split(" or ")) or (creator and vr == "LO")
-        if vr in _LONG_HEADER_VRS:
+        if vr in LONG_HEADER_VRS:
             length, start = int.from_bytes(value[offset + 8 : offset + 12], "little"), offset + 12
         else:
             length, start = int.from_bytes(value[offset + 6 : offset + 8], "little"), offset + 8

@@ -36,6 +36,7 @@ from pydicom.uid import (
 
 from ..headers.encapsulated import check_frame_headers, frames_of
 from ..headers.errors import Refused
+from ..headers.jpeg_markers import frame_size
 
 # Decoding allocates rows x columns x frames x 3 bytes before a pixel is read, and the face
 # pipeline then holds a few full-size copies. The largest sensors in clinical cameras give
@@ -199,7 +200,7 @@ def _check_size(ds: Dataset, syntax: UID) -> None:
         )
     if syntax.is_encapsulated:
         try:
-            check_frame_headers(ds, frames_of(ds))
+            check_frame_headers(ds, [frame_size(frame) for frame in frames_of(ds)])
         except Refused as exc:  # the header module's codes; here they all mean "cannot decode"
             raise UndecodablePixels(exc.reason) from None
 

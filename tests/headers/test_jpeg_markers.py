@@ -428,3 +428,15 @@ def test_a_stream_broken_before_its_frame_header_is_refused(broken: bytes) -> No
     with pytest.raises(Refused) as exc:
         frame_size(broken)
     assert exc.value.code == "corrupt-jpeg"
+
+
+def test_frame_size_counts_the_scans_after_a_stray_restart_marker() -> None:
+    """libjpeg passes over an RST or TEM outside a scan and decodes on, so the count must go on too:
+    otherwise one such marker would hide any number of scans behind it."""
+    progressive = _jpeg(progressive=True)
+    last = progressive[progressive.rindex(b"\xff\xda") : -2]
+    first_scan = progressive.index(b"\xff\xda")
+    hidden = progressive[:first_scan] + b"\xff\xd0" + progressive[first_scan:-2] + last * 500 + b"\xff\xd9"
+    assert frame_size(hidden).scans == 510
+    with pytest.raises(Refused, match="outside entropy-coded data"):
+        strip_jpeg_segments(hidden)
