@@ -401,24 +401,26 @@ _WINDOW_WORDS = 1 << 20
 
 
 def _candidates(value: bytes, first: int, stop: int, count: int, explicit: bool) -> np.ndarray:
-    """Word offsets in ``[first, stop)`` where an element header could start (``_holds_elements``)."""
-    words = np.frombuffer(value, "<u2", count=min(count, stop + 3))
-    groups = words[first:stop]
+    """Word offsets in ``[first, stop)`` where an element header could start (``_holds_elements``).
+
+    Every array covers the window and the three words after it only: over everything before the
+    window too, the work grew with the square of the value's size."""
+    words = np.frombuffer(value, "<u2", count=min(count, stop + 3) - first, offset=2 * first)
+    groups = words[: stop - first]
     odd = groups & 1 == 1
     possible = (groups >= 0x0008) & (np.isin(groups, _DICTIONARY_GROUPS) | odd)
     if explicit:
-        raw = np.frombuffer(value, np.uint8, count=2 * len(words))
+        raw = np.frombuffer(value, np.uint8, count=2 * len(words), offset=2 * first)
         upper = (raw >= 0x41) & (raw <= 0x5A)
-        letters = upper[4 + 2 * first :: 2] & upper[5 + 2 * first :: 2]
+        letters = upper[4::2] & upper[5::2]
         size = min(len(possible), len(letters))
         possible = possible[:size] & letters[:size]
     else:
         # No VR letters to go by: the 32-bit length that follows must fit in what is left.
         usable = max(0, min(stop, count - 3) - first)
         lengths = np.zeros(len(possible), dtype=np.int64)
-        lengths[:usable] = words[first + 2 : first + 2 + usable].astype(np.int64) | (
-            words[first + 3 : first + 3 + usable].astype(np.int64) << 16
-        )
+        low, high = words[2 : 2 + usable].astype(np.int64), words[3 : 3 + usable].astype(np.int64)
+        lengths[:usable] = low | (high << 16)
         offsets = 2 * np.arange(first, first + len(possible), dtype=np.int64)
         possible &= (np.arange(len(possible)) < usable) & (offsets + 8 + lengths <= len(value))
     return first + np.flatnonzero(possible)
