@@ -30,11 +30,13 @@ class Stripped:
     removed: tuple[str, ...]
 
 
+def _has_extended_offsets(ds: Dataset) -> bool:
+    return "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds
+
+
 def frames_of(ds: Dataset) -> list[bytes]:
     """Every frame of ``ds``'s encapsulated Pixel Data, or ``Refused("corrupt-pixel-data")``."""
-    extended = None
-    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
-        extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    extended = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths) if _has_extended_offsets(ds) else None
     try:
         count = int(ds.get("NumberOfFrames", 1) or 1)
         return list(generate_frames(ds.PixelData, number_of_frames=count, extended_offsets=extended))
@@ -101,7 +103,7 @@ def strip_pixel_data(ds: Dataset) -> Stripped:
     if not removed:
         return Stripped(())
 
-    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+    if _has_extended_offsets(ds):
         ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(cleaned)
     else:
         ds.PixelData = encapsulate(cleaned, has_bot=_bot_item_length(buffer) > 0)
