@@ -1,13 +1,15 @@
 """The deid fuzzing run at a size CI cannot afford: thousands of hostile instances through deid_file.
 
 Usage: .venv/bin/python benchmarks/fuzz_deid.py [--count 5000] [--seed 0] [--profile OPTION ...]
+    [--keep DIR]
 
 The corpus is tests/fuzz_corpus.py's (planted markers everywhere PHI hides, then lying lengths,
 truncation, bit flips, wrong VRs, deep nesting, broken encapsulation, wrong transfer syntaxes,
 multi-valued UIDs, command elements), seeded by the shared test data when it is there. Prints
 the outcome counts per refusal code, the cases per second, the slowest case, and every case
 that broke an invariant (an internal error, or a planted string in a written file); exits 1 if
-there was one.
+there was one. The same seed and count give the same cases; ``--keep`` writes each case that
+broke an invariant there, named by its number, to be read with ``dicom-anon deid`` or pydicom.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", nargs="*", default=[], help="Annex E options (default: basic profile)")
+    parser.add_argument("--keep", type=Path, help="a folder for the inputs of cases that broke an invariant")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # damaged input makes pydicom warn about charsets; counted below instead
     testdata = TESTDATA if TESTDATA.is_dir() else None
@@ -55,17 +58,23 @@ def main() -> None:
             began = time.perf_counter()
             outcome = deid_file(source, key, profile, work / "out")
             slowest = max(slowest, (time.perf_counter() - began, hostile.name))
+            problem = None
             if outcome.refused is not None:
                 outcomes[outcome.refused.code] += 1
                 if outcome.refused.code == "internal-error":
-                    broken.append(f"{hostile.name}: {outcome.refused.reason}")
-                continue
-            outcomes["written"] += 1
-            assert outcome.output is not None
-            found = leaks(outcome.output.read_bytes(), testdata)
-            outcome.output.unlink()
-            if found:
-                broken.append(f"{hostile.name}: planted {found} in the output")
+                    problem = outcome.refused.reason
+            else:
+                outcomes["written"] += 1
+                assert outcome.output is not None
+                found = leaks(outcome.output.read_bytes(), testdata)
+                outcome.output.unlink()
+                if found:
+                    problem = f"planted {found} in the output"
+            if problem is not None:
+                broken.append(f"{hostile.name}: {problem}")
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    (args.keep / f"{hostile.name.split('-')[0]}.dcm").write_bytes(hostile.data)
     seconds = time.perf_counter() - start
     for code, n in outcomes.most_common():
         print(f"{code:28s} {n:6d}")

@@ -116,7 +116,10 @@ def jpeg_with_metadata(comment: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _planted(**attrs: object) -> Dataset:
+_ROOT = "1.2.826.0.1.3680043.8.498.61207"
+
+
+def _planted() -> Dataset:
     """A camera photo with a marker in every place PHI hides that the profile must clear."""
     code = item(CodeValue="T-D0050", CodingSchemeDesignator="SRT", CodeMeaning="Skin")
     code.PatientName = f"{_M}^NESTED"
@@ -138,7 +141,11 @@ def _planted(**attrs: object) -> Dataset:
         ReferencedFileID=["PATIENTS", f"{_M}"],
         AnatomicRegionSequence=Sequence([code]),
         WaveformSequence=Sequence([waveform]),
-        **attrs,
+        # Fixed UIDs: fresh ones differ in length from run to run, and every mutation's offsets with
+        # them, so a seed would not give the same cases twice.
+        sop_uid=f"{_ROOT}.1",
+        StudyInstanceUID=f"{_ROOT}.2",
+        SeriesInstanceUID=f"{_ROOT}.3",
     )
     block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
     block.add_new(0x10, "OB", f"CSA {_M} private".encode())
@@ -341,6 +348,17 @@ def frame_size_lies(data: bytes, rng: random.Random) -> bytes:
     return data[: sof + 5] + struct.pack(">HH", *size) + data[sof + 9 :]
 
 
+def frame_start_damaged(data: bytes, rng: random.Random) -> bytes:
+    """One bit flipped in the first JPEG frame's SOI: a frame the segment walk does not recognise
+    as JPEG was forwarded unread, its comment and Exif in it (found by fuzz_deid.py's bit flips)."""
+    e = _pixel(data)
+    soi = data.find(b"\xff\xd8", e.value_at) if e is not None else -1
+    if soi == -1:
+        return data
+    at = soi + rng.randrange(2)
+    return data[:at] + bytes([data[at] ^ (1 << rng.randrange(8))]) + data[at + 1 :]
+
+
 def with_transfer_syntax(data: bytes, uid: str) -> bytes:
     """The file meta's Transfer Syntax UID replaced, its group length corrected."""
     elems = elements(data)
@@ -391,6 +409,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "jpeg-in-offset-table": jpeg_in_offset_table,
     "fragment-length-lies": fragment_length_lies,
     "frame-size-lies": frame_size_lies,
+    "frame-start-damaged": frame_start_damaged,
     "wrong-transfer-syntax": wrong_transfer_syntax,
     "multi-valued-uid": multi_valued_uid,
     "command-element": command_element,

@@ -9,14 +9,34 @@ the input had one, otherwise none. Untouched Pixel Data stays byte-identical.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
+from itertools import pairwise
 
 from pydicom import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
-from pydicom.uid import UID
+from pydicom.uid import (
+    UID,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLETransferSyntaxes,
+)
 
 from .errors import Refused
 from .jpeg_markers import FrameSize, strip_and_measure
+
+# How every frame of a transfer syntax's codestream starts (ISO 10918 / 14495 SOI, JPEG 2000
+# SOC and SIZ). ``jpeg_markers`` walks a stream by what it starts with and returns anything else
+# unread, so a frame under a JPEG transfer syntax that starts otherwise (one flipped bit in its
+# SOI) would be forwarded with its Exif and comments still in it.
+_STARTS = {
+    **dict.fromkeys(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes, (b"\xff\xd8", "SOI (FF D8)")),
+    **dict.fromkeys(JPEG2000TransferSyntaxes, (b"\xff\x4f\xff\x51", "SOC and SIZ (FF 4F FF 51)")),
+}
+# An RLE frame's 64-byte header: the number of segments (1 to 15) and their offsets.
+_RLE_HEADER = 64
+_RLE_MAX_SEGMENTS = 15
 
 # libjpeg writes 10 scans for a progressive colour photo, optimisers a few dozen at most; each
 # scan of a 12 MP photo costs a decoder about 10 ms however few bytes it holds.
@@ -93,6 +113,7 @@ def strip_pixel_data(ds: Dataset) -> Stripped:
     sizes: list[FrameSize | None] = []
     for index, frame in enumerate(frames):
         new, descriptions, size = strip_and_measure(frame)
+        _check_start(frame, index + 1, tsyntax)
         sizes.append(size)
         if descriptions:
             new = _unpad(new)
@@ -109,6 +130,37 @@ def strip_pixel_data(ds: Dataset) -> Stripped:
         ds.PixelData = encapsulate(cleaned, has_bot=_bot_item_length(buffer) > 0)
     ds["PixelData"].is_undefined_length = True
     return Stripped(tuple(removed))
+
+
+def _check_start(frame: bytes, number: int, tsyntax: str) -> None:
+    """Refuse a frame that is not the codestream its transfer syntax names: whatever is not walked
+    as one would leave with every segment in it."""
+    start = _STARTS.get(tsyntax)
+    if start is not None and not frame.startswith(start[0]):
+        raise Refused(
+            "corrupt-jpeg",
+            f"frame {number} starts with {frame[:4].hex(' ').upper() or 'nothing'}, "
+            f"not the {start[1]} that {UID(tsyntax).name} frames start with",
+        )
+    if tsyntax in RLETransferSyntaxes and not _is_rle_frame(frame):
+        raise Refused("corrupt-pixel-data", f"frame {number} does not start with an RLE header")
+
+
+def _is_rle_frame(frame: bytes) -> bool:
+    """PS3.5 G.3.1: a count of 1 to 15 segments, the first at byte 64, each after the one before
+    and inside the frame, the unused offsets zero."""
+    if len(frame) <= _RLE_HEADER:
+        return False
+    count, *offsets = struct.unpack_from("<16I", frame)
+    if not 1 <= count <= _RLE_MAX_SEGMENTS:
+        return False
+    used = offsets[:count]
+    return (
+        used[0] == _RLE_HEADER
+        and all(a < b for a, b in pairwise(used))
+        and used[-1] < len(frame)
+        and not any(offsets[count:])
+    )
 
 
 def _unpad(frame: bytes) -> bytes:

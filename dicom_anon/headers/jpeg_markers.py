@@ -35,8 +35,10 @@ its Psot and, when the main header has TLM segments, its TLM entry are decreased
 the removed length; nothing else refers to byte positions in the headers.
 
 Anything that is neither (RLE frames start with a segment count) is returned
-unchanged. A stream that starts like JPEG but cannot be walked to its end is
-refused: passing it on unread could forward a segment we never looked at.
+unchanged: the caller (``encapsulated``) first refuses a frame that does not start
+as its transfer syntax's codestream must. A stream that starts like JPEG but cannot
+be walked to its end is refused: passing it on unread could forward a segment we
+never looked at.
 
 Hand-written because no maintained Python library edits JPEG marker segments in
 place: Pillow and piexif re-encode or only handle EXIF, and pydicom leaves the

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from factories import jpeg_bomb
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames, parse_basic_offsets
-from pydicom.uid import JPEGBaseline8Bit
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from dicom_anon.headers.engine import Profile, deidentify
 from dicom_anon.headers.errors import Refused
@@ -116,3 +117,34 @@ def test_a_frame_declaring_another_size_than_the_header_is_refused(site_key) -> 
     with pytest.raises(Refused, match="frame 2 declares 32 x 16 pixels"):
         deidentify(photo([jpeg(10, None), larger.getvalue()], offsets="basic"), site_key, Profile())
     assert deidentify(photo([jpeg(10, None), jpeg(20, None)], offsets="basic"), site_key, Profile())
+
+
+def test_a_frame_that_is_not_its_transfer_syntax_codestream_is_refused(site_key) -> None:
+    """The segment walk starts at SOI (or SOC): a JPEG frame with one flipped bit in its SOI was
+    forwarded unread, its comment and Exif still in it (fuzz_deid.py, seed 61207)."""
+    frame = jpeg(10, b"Jane Doe MRN1")
+    flipped = b"\x7f" + frame[1:]
+    with pytest.raises(Refused) as exc:
+        deidentify(photo([jpeg(20, None), flipped], offsets="basic"), site_key, Profile())
+    assert (exc.value.code, exc.value.reason) == (
+        "corrupt-jpeg",
+        "frame 2 starts with 7F D8 FF E0, not the SOI (FF D8) that JPEG Baseline (Process 1) frames "
+        "start with",
+    )
+    j2k = photo([frame], offsets="basic")
+    j2k.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    with pytest.raises(Refused, match="frame 1 starts with FF D8 FF E0, not the SOC and SIZ"):
+        deidentify(j2k, site_key, Profile())
+
+
+def test_an_rle_frame_must_start_with_an_rle_header(site_key) -> None:
+    ds = photo([jpeg(10, None)], offsets="none")
+    ds.PhotometricInterpretation = "RGB"
+    ds.compress(RLELossless, np.full((16, 16, 3), 90, np.uint8), encoding_plugin="pydicom")
+    ds.NumberOfFrames = 1
+    assert deidentify(ds, site_key, Profile()).dataset.PixelData == ds.PixelData
+    ds.PixelData = encapsulate([jpeg(10, b"Jane Doe MRN1")])
+    with pytest.raises(Refused) as exc:
+        deidentify(ds, site_key, Profile())
+    assert exc.value.code == "corrupt-pixel-data"
+    assert exc.value.reason == "frame 1 does not start with an RLE header"
