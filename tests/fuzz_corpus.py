@@ -371,7 +371,8 @@ def with_transfer_syntax(data: bytes, uid: str) -> bytes:
     delta = len(value) - ts.length
     old = int.from_bytes(data[group_length.value_at : group_length.value_at + 4], "little")
     at = group_length.value_at
-    return new[:at] + struct.pack("<I", old + delta) + new[at + 4 :]
+    # Modulo 2^32: an earlier mutation may have left the group length lying, near 0 or 2^32.
+    return new[:at] + struct.pack("<I", (old + delta) % 2**32) + new[at + 4 :]
 
 
 def wrong_transfer_syntax(data: bytes, rng: random.Random) -> bytes:
