@@ -35,7 +35,7 @@ its Psot and, when the main header has TLM segments, its TLM entry are decreased
 the removed length; nothing else refers to byte positions in the headers.
 
 Anything that is neither (RLE frames start with a segment count) is returned
-unchanged: the caller (``encapsulated``) first refuses a frame that does not start
+unchanged: the caller (``encapsulated``) then refuses a frame that does not start
 as its transfer syntax's codestream must. A stream that starts like JPEG but cannot
 be walked to its end is refused: passing it on unread could forward a segment we
 never looked at.
