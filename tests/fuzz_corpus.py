@@ -119,8 +119,9 @@ def jpeg_with_metadata(comment: bytes) -> bytes:
 _ROOT = "1.2.826.0.1.3680043.8.498.61207"
 
 
-def _planted() -> Dataset:
-    """A camera photo with a marker in every place PHI hides that the profile must clear."""
+def _planted(number: int) -> Dataset:
+    """A camera photo with a marker in every place PHI hides that the profile must clear; its UIDs
+    end in ``number``, so that two seed photos are two instances."""
     code = item(CodeValue="T-D0050", CodingSchemeDesignator="SRT", CodeMeaning="Skin")
     code.PatientName = f"{_M}^NESTED"
     code.ImageComments = f"{_M} nested comment"
@@ -143,9 +144,9 @@ def _planted() -> Dataset:
         WaveformSequence=Sequence([waveform]),
         # Fixed UIDs: fresh ones differ in length from run to run, and every mutation's offsets with
         # them, so a seed would not give the same cases twice.
-        sop_uid=f"{_ROOT}.1",
-        StudyInstanceUID=f"{_ROOT}.2",
-        SeriesInstanceUID=f"{_ROOT}.3",
+        sop_uid=f"{_ROOT}.1.{number}",
+        StudyInstanceUID=f"{_ROOT}.2.{number}",
+        SeriesInstanceUID=f"{_ROOT}.3.{number}",
     )
     block = ds.private_block(0x0029, "SIEMENS CSA HEADER", create=True)
     block.add_new(0x10, "OB", f"CSA {_M} private".encode())
@@ -158,7 +159,7 @@ def _planted() -> Dataset:
 
 
 def _jpeg_photo() -> bytes:
-    ds = _planted()
+    ds = _planted(2)
     ds.Rows = ds.Columns = 16
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.LossyImageCompression = "01"
@@ -170,7 +171,7 @@ def _jpeg_photo() -> bytes:
 
 def seeds(testdata: Path | None = None) -> list[tuple[str, bytes]]:
     """The planted instances every case starts from."""
-    found = [("photo-native", to_bytes(_planted())), ("photo-jpeg", _jpeg_photo())]
+    found = [("photo-native", to_bytes(_planted(1))), ("photo-jpeg", _jpeg_photo())]
     if testdata is not None:
         for path in sorted((testdata / "dicom" / "generated").glob("*_noburn_*.dcm")):
             found.append((path.stem, path.read_bytes()))
