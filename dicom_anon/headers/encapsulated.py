@@ -148,7 +148,8 @@ def _check_start(frame: bytes, number: int, tsyntax: str) -> None:
 
 def _is_rle_frame(frame: bytes) -> bool:
     """PS3.5 G.3.1: a count of 1 to 15 segments, the first at byte 64, each after the one before
-    and inside the frame, the unused offsets zero."""
+    and inside the frame, the unused offsets zero. Written here because pydicom's header parser
+    (``pixels.decoders.rle._rle_parse_header``) is private and checks the count alone."""
     if len(frame) <= _RLE_HEADER:
         return False
     count, *offsets = struct.unpack_from("<16I", frame)
