@@ -12,8 +12,9 @@ worst case: P003 is also in the surrogate pool, so every candidate near them is 
 and the QA gate needs many tries.
 
 With ``--identity generated`` each face is timed three ways: a
-new patient's first photo (a draw from the generator: screening, rendering and measuring
-candidates, preparing the chosen one), the same patient's next photo in the same process (the
+new patient's first photo (a draw from the generator: screening, previewing and measuring
+candidates at 256 px, rendering the one to be taken in full and measuring it again, preparing
+it), the same patient's next photo in the same process (the
 person remembered, its face and preparation cached), and that photo after a restart (the
 person regenerated from its remembered index and prepared again).
 
@@ -249,7 +250,9 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
         (codec, "encode", "encode"),
         (detect.FaceDetector, "detect", "MTCNN detect (incl. QA re-detect, candidates)"),
         (identities.GeneratedIdentities, "people", "draw or recall the new person"),
-        (generator.FaceGenerator, "faces", "  of which synthesis (OpenVINO)"),
+        (generator.FaceGenerator, "faces", "  of which full renders (OpenVINO, 1024 px)"),
+        (generator.FaceGenerator, "features", "  of which previews: synthesis to the 128 px block"),
+        (identities, "preview_faces", "  of which previews: the head (torch, 256 px)"),
         (identities, "estimate", "  of which sex and age of candidates"),
         (prepare, "_areas", "  of which GrabCut areas (once per face: fringe check, preparing)"),
         (prepare, "_take_down_shine", "prepare the new person's face: shine (once per person)"),

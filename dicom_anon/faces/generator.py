@@ -98,6 +98,10 @@ class Engine(Protocol):
         """(n, 512) styles -> (n, 3, 1024, 1024) RGB in about [-1, 1]."""
         ...
 
+    def features(self, styles: np.ndarray, node: str) -> np.ndarray:
+        """(n, 512) styles -> the synthesis network's output at ``node`` (the preview reads it)."""
+        ...
+
 
 class OpenVinoEngine:
     """Both networks compiled for OpenVINO's CPU plugin, in float32.
@@ -123,6 +127,8 @@ class OpenVinoEngine:
             self._synthesis = core.compile_model(synthesis, "CPU", config)
         except RuntimeError as exc:
             raise GeneratorUnavailable(f"OpenVINO cannot load the generator: {exc}") from None
+        self._ov, self._core, self._config, self._graph = ov, core, config, synthesis
+        self._cut: dict[str, object] = {}
         # A compiled model's infer requests are not to be shared by threads at once.
         self._lock = threading.Lock()
 
@@ -136,6 +142,20 @@ class OpenVinoEngine:
             for style in np.ascontiguousarray(styles, np.float32):
                 out.append(np.asarray(self._synthesis(style[None])[0])[0])
         return np.stack(out)
+
+    def features(self, styles: np.ndarray, node: str) -> np.ndarray:
+        with self._lock:
+            if node not in self._cut:
+                # The synthesis graph cut after ``node``: OpenVINO leaves out what it does not need.
+                found = [op for op in self._graph.get_ordered_ops() if op.get_friendly_name() == node]
+                if len(found) != 1:
+                    raise GeneratorUnavailable(f"the generator has no node {node!r}; reinstall {PACKAGE}")
+                cut = self._ov.Model(
+                    [self._ov.opset13.result(found[0].output(0))], self._graph.get_parameters(), node
+                )
+                self._cut[node] = self._core.compile_model(cut, "CPU", self._config)
+            run = self._cut[node]
+            return np.stack([np.asarray(run(style[None])[0])[0] for style in styles])
 
 
 class FaceGenerator:
@@ -163,6 +183,10 @@ class FaceGenerator:
         """(n, 1024, 1024, 3) uint8 RGB faces of (n, 512) truncated styles."""
         x = self.engine.images(styles)
         return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+    def features(self, styles: np.ndarray, node: str) -> np.ndarray:
+        """The synthesis network's output at ``node`` for (n, 512) truncated styles."""
+        return self.engine.features(np.ascontiguousarray(styles, np.float32), node)
 
 
 def load(psi: float, folder: Path | None = None) -> FaceGenerator:

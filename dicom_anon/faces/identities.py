@@ -14,12 +14,13 @@ or another skin tone is not passed over but steered: its style is moved, the lea
 until the read-outs say the patient's sex and skin while the others (age, pose, glasses, ...)
 stay where they were. FFHQ holds few dark-skinned and few old people, and without steering
 every dark-skinned patient of a test set was held (no-surrogate). Only the latents that pass
-are rendered (~0.35 s) and measured the way pool photos are (``pool.crop_face``,
-``prepare.pool_photo_problem``, ``attributes.estimate``, SFace). The first that fits the
-patient and resembles neither the patient nor another patient of this site becomes the
-patient's new person: its index in the stream, the steering it was given and its SFace
-embedding (never the face) are remembered (``IdentityMemory``), so every later photo, on every
-machine sharing the key and the store, regenerates the same person.
+are previewed (``preview``: the face at 256 px, ~0.1 s) and measured the way pool photos are
+(``pool.crop_face``, ``attributes.estimate``, SFace). The first that fits the patient and
+resembles neither the patient nor another patient of this site is rendered in full and
+measured again; if it still fits, it becomes the patient's new person: its index in the
+stream, the steering it was given and its SFace embedding (never the face) are remembered
+(``IdentityMemory``), so every later photo, on every machine sharing the key and the store,
+regenerates the same person.
 
 ``PoolIdentities``: ``choice.candidates`` over a built pool (openpeople's ten, or a site's
 own), for sites where the generator's non-commercial weights do not fit.
@@ -59,6 +60,9 @@ from .judge import JudgeUnavailable
 from .mouth import MOUTH_CLOSED, MOUTH_OPEN, MouthReader, get_mouth_reader
 from .pool import ADULT_AGE_YEARS, MAX_SKIN_GAIN, PhotoSkipped, Pool, Surrogate, crop_face, skin_gain
 from .prepare import surrogate_problem
+from .preview import FEATURES_NODE, PreviewHead
+from .preview import faces as preview_faces
+from .preview import load as load_preview_head
 
 DIRECTIONS = Path(__file__).resolve().parents[2] / "models" / "generated" / "directions.json"
 # Truncation of the new people's faces. Over random pairs of generated faces SFace called 15.5%
@@ -67,10 +71,11 @@ DIRECTIONS = Path(__file__).resolve().parents[2] / "models" / "generated" / "dir
 PSI = 0.85
 # Latents drawn per block of the keyed stream (one mapping-network call).
 BLOCK = 64
-# At most this many latents are screened in style space, and this many faces rendered, for one
-# new patient before the photo is held (no-surrogate).
+# At most this many latents are screened in style space, and this many faces previewed, for one
+# new patient before the photo is held (no-surrogate). It was 12 full renders; a preview with its
+# checks costs about half of one, and with 12 previews five more photos of 110 were held.
 MAX_SCREENED = 4096
-MAX_RENDERS = 12
+MAX_RENDERS = 20
 # Draws kept for the evaluation's figures (an evaluation draws for at most a few hundred patients).
 DRAWS_KEPT = 10_000
 # Kept latents ranked by likeness at a time (``_Screening``).
@@ -466,7 +471,8 @@ def _extended(read_out: list[float], expected: list[float]) -> tuple[np.ndarray,
 
 class GeneratedFace(Surrogate):
     """A generated person as a surrogate: the aligned crop held in memory, not in a file, and the
-    generator's style that drew it (the GAN backend starts its inversion from it)."""
+    generator's style that drew it (the GAN backend starts its inversion from it). A ``preview``
+    is measured on the 256 px preview: a draw's checks read it, no photo is given it."""
 
     def __init__(
         self,
@@ -476,9 +482,11 @@ class GeneratedFace(Surrogate):
         *,
         mouth_open: float,
         style: np.ndarray | None = None,
+        preview: bool = False,
         **fields,
     ) -> None:
         super().__init__(path=None, **fields)
+        object.__setattr__(self, "preview", preview)
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "steer", steer)
@@ -643,15 +651,17 @@ class GeneratedIdentities:
         mouth: MouthReader,
         cache: int = 32,
         directions_path: Path = DIRECTIONS,
+        head: PreviewHead | None = None,
     ) -> None:
         self.generator = generator
+        self.head = load_preview_head() if head is None else head
         self.mouth = mouth
         self.directions = directions
         self.directions_path = directions_path
         self._older: dict[int, Directions] = {}
         self.detector = detector
         self.recognizer = recognizer
-        self._faces: OrderedDict[tuple[bytes, int, str], GeneratedFace | str] = OrderedDict()
+        self._faces: OrderedDict[tuple[bytes, int, str, bool], GeneratedFace | str] = OrderedDict()
         self._cache = cache
         self._lock = threading.Lock()
         self.last_draw: dict = {}
@@ -661,21 +671,29 @@ class GeneratedIdentities:
 
     # --- one latent ---------------------------------------------------------------------
 
-    def is_cached(self, seed: bytes, index: int, steer: str = "") -> bool:
-        """Whether ``face`` would answer from this process's cache: a draw's render budget counts
-        only faces rendered afresh, so that the pipeline's next draw for the same photo (after
-        QA turned a person down) passes over the faces the last one turned down and reaches new
-        ones, instead of spending its budget on the same faces again."""
+    def is_cached(self, seed: bytes, index: int, steer: str = "", preview: bool = False) -> bool:
+        """Whether ``face`` (``preview``) would answer from this process's cache: a draw's budget
+        counts only faces previewed afresh, so that the pipeline's next draw for the same photo
+        (after QA turned a person down) passes over the faces the last one turned down and
+        reaches new ones, instead of spending its budget on the same faces again."""
         with self._lock:
-            return (seed, index, steer) in self._faces
+            return (seed, index, steer, preview) in self._faces
 
     def face(self, seed: bytes, index: int, steer: str = "") -> GeneratedFace | str:
         """The stream's ``index``-th person, steered (``steer_code``), rendered and measured
         (cached), or why it is unusable."""
+        return self._made(seed, index, steer, False)
+
+    def preview(self, seed: bytes, index: int, steer: str = "") -> GeneratedFace | str:
+        """``face`` measured on its 256 px preview (cached): what a draw's checks read."""
+        return self._made(seed, index, steer, True)
+
+    def _made(self, seed: bytes, index: int, steer: str, preview: bool) -> GeneratedFace | str:
+        key = (seed, index, steer, preview)
         with self._lock:
-            hit = self._faces.get((seed, index, steer))
+            hit = self._faces.get(key)
             if hit is not None:
-                self._faces.move_to_end((seed, index, steer))
+                self._faces.move_to_end(key)
                 return hit
         raw = self._raw_style(seed, index)
         if steer:
@@ -683,9 +701,14 @@ class GeneratedIdentities:
             raw = self._steered(raw, steer_targets(steer), d)
             if variant := steer_variant(steer):
                 raw = self._jittered(raw, seed, index, variant, d)
-        made = self._render(seed, index, steer, self.generator.truncate(raw))
+        style = self.generator.truncate(raw)
+        if preview:
+            rgb = preview_faces(self.head, self.generator.features(style, FEATURES_NODE), style)[0]
+        else:
+            rgb = self.generator.faces(style)[0]
+        made = self._render(seed, index, steer, style, rgb, preview)
         with self._lock:
-            self._faces[(seed, index, steer)] = made
+            self._faces[key] = made
             while len(self._faces) > self._cache:
                 self._faces.popitem(last=False)
         return made
@@ -726,8 +749,10 @@ class GeneratedIdentities:
         # Made at the read-outs' truncation, like a steering move; back to the untruncated style.
         return raw + (move * d.scale / d.psi).astype(np.float32)
 
-    def _render(self, seed: bytes, index: int, steer: str, style: np.ndarray) -> GeneratedFace | str:
-        rgb = self.generator.faces(style)[0]
+    def _render(
+        self, seed: bytes, index: int, steer: str, style: np.ndarray, rgb: np.ndarray, preview: bool
+    ) -> GeneratedFace | str:
+        """The face ``rgb`` (a render or its preview) measured, or why it is unusable."""
         try:
             c = crop_face(rgb, self.detector, detect_side=DETECT_SIDE, max_yaw=None)
         except PhotoSkipped as exc:
@@ -747,6 +772,7 @@ class GeneratedIdentities:
             steer,
             mouth_open=self.mouth.opening(c.image, c.face),
             style=style[0].astype(np.float32),
+            preview=preview,
             id=pid,
             person=pid,
             sha256=digest,
@@ -754,7 +780,9 @@ class GeneratedIdentities:
             yaw=c.yaw,
             skin_lab=c.skin_lab,
             embedding=self.recognizer.embed(c.image, c.face),
-            sex=a.trusted_sex(SEX_CONFIDENCE),
+            # A preview's sex is its likelier one: the estimator is less often sure on a 256 px
+            # face, and the full render of a face to be taken must be sure.
+            sex=a.trusted_sex(0.5 if preview else SEX_CONFIDENCE),
             age_band=(age, age),
             source=f"random-face MobileStyleGAN, psi {self.generator.psi}, latent {index}"
             + (f", steered {steer}" if steer else ""),
@@ -894,7 +922,9 @@ class GeneratedIdentities:
         # children among them, took 4 of 5 glasses-free faces steered into children's bands for
         # glasses (-1.9 to -0.1 against its limit of -2.7); the style screen, which catches 98% of
         # glasses, still passes over them, and FFHQ's children seldom wear any.
-        seen = None if want.child else self.directions.seen_on(f.embedding)
+        # Nor on a preview: the read-out was learnt on full renders' embeddings, and on previews
+        # it turned down a quarter more faces; the full render of a face to be taken is read.
+        seen = None if want.child or f.preview else self.directions.seen_on(f.embedding)
         if seen is not None:
             return f"{seen} on the rendered face"
         if ctx.embedding is not None and cosine(ctx.embedding, f.embedding) >= EXCLUDE_SIMILARITY:
@@ -969,6 +999,9 @@ class GeneratedIdentities:
         One person, not a ranked list: rendering a candidate costs ~0.5 s, and the pipeline
         asks again (with the people tried excluded) when QA turns this one down.
 
+        The checks read each latent's preview; only a face about to be taken is rendered in full
+        and checked again (``_confirmed``), and one the full render turns down is passed over.
+
         Apart from the other patients' people: a fitting face closer than ``OTHERS_SIMILARITY``
         to none of them is taken at once. A site's people cannot all stay apart for long (two
         random generated faces are one person to SFace 3.7% of the time, so a new face is apart
@@ -995,6 +1028,7 @@ class GeneratedIdentities:
         want = _want(ctx)
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
         rendered = 0
+        self._full_renders = 0
         rejected: Counter = Counter()
         found: GeneratedFace | None = None
         waiting: list[tuple[tuple, GeneratedFace]] = []
@@ -1002,8 +1036,8 @@ class GeneratedIdentities:
         for index, as_screened in screening:
             if person_id(seed, index, as_screened) in ctx.exclude_people:
                 continue
-            rendered += not self.is_cached(seed, index, as_screened)
-            made = self.face(seed, index, as_screened)
+            rendered += not self.is_cached(seed, index, as_screened, preview=True)
+            made = self.preview(seed, index, as_screened)
             problem = made if isinstance(made, str) else self._fits(made, ctx, want)
             missed: list[tuple[GeneratedFace, str]] = []
             while problem in ("skin", "age") and isinstance(made, GeneratedFace):
@@ -1012,53 +1046,77 @@ class GeneratedIdentities:
                 if code is None or person_id(seed, index, code) in ctx.exclude_people:
                     break
                 rejected[f"{problem}, steered again"] += 1
-                rendered += not self.is_cached(seed, index, code)
-                made = self.face(seed, index, code)
+                rendered += not self.is_cached(seed, index, code, preview=True)
+                made = self.preview(seed, index, code)
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
             if problem is None and isinstance(made, GeneratedFace):
-                sims = others @ made.embedding if len(others) else np.zeros(1)
-                near = cosine(ctx.embedding, made.embedding) if ctx.embedding is not None else 0.0
-                if near < PATIENT_SIMILARITY and float(sims.max()) < OTHERS_SIMILARITY:
-                    # Hair over the face (a fringe) last: its GrabCut costs half a render
-                    # (0.16 s), and prepare() reuses it for the face that is taken.
-                    hair = surrogate_problem(made)
-                    if not hair:
-                        found = made
-                        break
-                    problem = f"fringe or hair over the face: {hair}"
-                else:
+                rank = _nearness(made, ctx, others)
+                if not rank[0] and not rank[2]:
+                    # Apart by its preview: rendered in full and checked again, and taken at once
+                    # if the render is apart too; a render that is near after all waits.
+                    full, problem = self._confirmed(made, seed, ctx, want)
+                    if full is not None:
+                        rank, made = _nearness(full, ctx, others), full
+                        if not rank[0] and not rank[2]:
+                            found = full
+                            break
+                if problem is None:
                     # Fits, but near the patient or another patient's person: once
-                    # OTHERS_PATIENCE such faces wait, the least near without a fringe is
-                    # taken (their fringes looked at only then, least near first).
-                    rank = (
-                        near >= PATIENT_SIMILARITY,
-                        int((sims >= SFACE_SAME_PERSON).sum()),
-                        float(sims.max()) >= OTHERS_SIMILARITY,
-                        near,
-                    )
+                    # OTHERS_PATIENCE such faces wait, the least near whose full render passes
+                    # is taken (their renders looked at only then, least near first).
                     waiting.append((rank, made))
-                    problem = (
-                        "near the patient"
-                        if near >= PATIENT_SIMILARITY
-                        else "resembles another patient's new person"
-                    )
-                    if len(waiting) >= OTHERS_PATIENCE and (found := _least_near(waiting)) is not None:
-                        break
+                    problem = "near the patient" if rank[0] else "resembles another patient's new person"
+                    if len(waiting) >= OTHERS_PATIENCE:
+                        found = self._least_near(waiting, seed, ctx, want)
+                        if found is not None:
+                            break
             rejected[problem.split(":")[0]] += 1
             if rendered >= MAX_RENDERS:
                 break
         if found is None:
-            found = _least_near(waiting)
+            found = self._least_near(waiting, seed, ctx, want)
         rejected.update({f"screen: {k}": v for k, v in screening.why.items() if v})
         self.last_draw = {
             "screened": screening.screened,
             "rendered": rendered,
+            "full renders": self._full_renders,
             "rejected": dict(rejected),
             "seconds": round(time.perf_counter() - started, 3),
             "found": found is not None,
         }
         self.draws.append(self.last_draw)
         return [found] if found is not None else []
+
+    def _confirmed(
+        self, seen: GeneratedFace, seed: bytes, ctx: PatientContext, want: Want
+    ) -> tuple[GeneratedFace | None, str | None]:
+        """The full render of a previewed face that fits, checked again (the preview's age, sex
+        and skin are the render's give or take a little) and for hair over the face last (its
+        GrabCut costs half a render, and prepare() reuses it for the face that is taken); or
+        None and why not."""
+        self._full_renders += not self.is_cached(seed, seen.index, seen.steer)
+        made = self.face(seed, seen.index, seen.steer)
+        problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+        if problem is not None:
+            return None, f"{problem.split(':')[0]} (full render)"
+        assert isinstance(made, GeneratedFace)
+        if hair := surrogate_problem(made):
+            return None, f"fringe or hair over the face: {hair}"
+        return made, None
+
+    def _least_near(
+        self, waiting: list[tuple[tuple, GeneratedFace]], seed: bytes, ctx: PatientContext, want: Want
+    ) -> GeneratedFace | None:
+        """The least near of the (previewed) faces that fit but wait (near the patient or another
+        patient's person) whose full render passes ``_confirmed``; those it turns down leave
+        ``waiting`` (a render and a GrabCut each, so only as many as it takes are looked at)."""
+        waiting.sort(key=lambda w: w[0])
+        while waiting:
+            found, _ = self._confirmed(waiting[0][1], seed, ctx, want)
+            if found is not None:
+                return found
+            waiting.pop(0)
+        return None
 
     def _variant(self, seed: bytes, ctx: PatientContext, kept: GeneratedFace) -> GeneratedFace | None:
         """The first variant (``VARIANTS``) of ``kept`` (``ctx.passed_over``) not tried yet that is
@@ -1123,6 +1181,20 @@ class GeneratedIdentities:
         )
 
 
+def _nearness(face: GeneratedFace, ctx: PatientContext, others: np.ndarray) -> tuple[bool, int, bool, float]:
+    """How near a face is to the patient and to the other patients' people, as the order in which
+    faces that wait are taken: near the patient (SFace ``PATIENT_SIMILARITY``) last, then by how
+    many other people it is one person with, whether it is near any, and its likeness."""
+    sims = others @ face.embedding if len(others) else np.zeros(1)
+    near = cosine(ctx.embedding, face.embedding) if ctx.embedding is not None else 0.0
+    return (
+        near >= PATIENT_SIMILARITY,
+        int((sims >= SFACE_SAME_PERSON).sum()),
+        float(sims.max()) >= OTHERS_SIMILARITY,
+        near,
+    )
+
+
 def split_reasons(rejected: dict[str, int]) -> tuple[Counter, Counter]:
     """A draw's ``rejected`` counts as (what the style screen passed over, why rendered faces were
     turned down): the screen's keys carry the ``screen: `` prefix, which is left off here."""
@@ -1162,19 +1234,6 @@ class _Screening:
                 for _, index, code in sorted(window):
                     yield index, code
                 window = []
-
-
-def _least_near(waiting: list[tuple[tuple, GeneratedFace]]) -> GeneratedFace | None:
-    """The least near of the faces that fit but wait (near the patient or another patient's
-    person) without hair over the face; those with it leave ``waiting`` (one GrabCut each, so
-    only as many as it takes are looked at)."""
-    waiting.sort(key=lambda w: w[0])
-    while waiting:
-        face = waiting[0][1]
-        if not surrogate_problem(face):
-            return face
-        waiting.pop(0)
-    return None
 
 
 @lru_cache(maxsize=2)

@@ -344,7 +344,8 @@ class IRNetwork(nn.Module):
                 last[src] = pos
         return last
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, until: str | None = None) -> Tensor:
+        """The graph's result, or with ``until`` the output of the layer of that name."""
         values: dict[int, Value | list[Value]] = {}
         out: Tensor | None = None
         for pos, ly in enumerate(self.layers):
@@ -360,9 +361,13 @@ class IRNetwork(nn.Module):
                 out = args[0]
             else:
                 values[ly.id] = _OPS[ly.type](ly, *args)
+                if ly.name == until:
+                    return values[ly.id]
             for src, _ in ly.inputs:
                 if self._consumers[src] == pos:
                     del values[src]
+        if until is not None:
+            raise IRError(f"the graph has no layer named {until!r}")
         assert isinstance(out, Tensor)
         return out.contiguous()
 
@@ -433,3 +438,9 @@ class TorchEngine:
         memory does not grow with n (a face's forward pass peaks at a few hundred MB)."""
         w = torch.as_tensor(np.asarray(styles, np.float32), device=self.device)
         return np.stack([self.net(w[i : i + 1])[0].cpu().numpy() for i in range(len(w))])
+
+    @torch.no_grad()
+    def features(self, styles: np.ndarray, node: str) -> np.ndarray:
+        """(n, 512) styles -> the synthesis network's output at the layer named ``node``."""
+        w = torch.as_tensor(np.asarray(styles, np.float32), device=self.device)
+        return np.stack([self.net.synthesis(w[i : i + 1], node)[0].cpu().numpy() for i in range(len(w))])

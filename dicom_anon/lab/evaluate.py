@@ -465,6 +465,7 @@ def draw_line(draws: Sequence[dict]) -> str:
     for d in draws:
         rejected.update(d["rejected"])
     rendered = sum(d["rendered"] for d in draws)
+    full = sum(d.get("full renders", 0) for d in draws)
     screened = sum(d["screened"] for d in draws)
     seconds = [d["seconds"] for d in draws]
     passed_over, turned_down = split_reasons(rejected)
@@ -474,7 +475,8 @@ def draw_line(draws: Sequence[dict]) -> str:
     return (
         f"Generated identities: {len(draws)} draws for new patients ({empty} found nobody); the style "
         f"screen passed over {screens or 'none'} of {screened} latents; {rendered} faces "
-        f"rendered ({rendered / len(draws):.1f} a draw), turned down: {renders or 'none'}; a draw took "
+        f"previewed ({rendered / len(draws):.1f} a draw) and {full} rendered in full, turned down: "
+        f"{renders or 'none'}; a draw took "
         f"{statistics.median(seconds):.2f} s median, {float(np.percentile(seconds, 95)):.2f} s p95, "
         f"{max(seconds):.2f} s max."
     )

@@ -40,7 +40,6 @@ from dicom_anon.faces.identities import (
     GeneratedFace,
     GeneratedIdentities,
     InMemoryIdentities,
-    _least_near,
     _Screening,
     _want,
     base_person,
@@ -88,6 +87,7 @@ def fresh(
         source.recognizer,
         source.mouth,
         directions_path=path,
+        head=source.head,
     )
 
 
@@ -228,35 +228,40 @@ def test_the_next_draw_for_a_photo_spends_its_budget_on_faces_not_rendered_yet(
     the faces the first draw turned down come from the cache and do not count against the render
     budget (they used to, and a patient whose first person failed QA was held after one person)."""
     draw = fresh(source)
-    first = draw.people(ctx(site_key, "ANONQ5"))[0]
+    first = draw.people(ctx(site_key, "ANONQ8"))[0]
     before = draw.last_draw["rendered"]
     assert before >= 2, "this patient's first person should not be the stream's first face"
     monkeypatch.setattr("dicom_anon.faces.identities.MAX_RENDERS", before)
-    renders = []
+    previews = []
     real = draw._render
-    monkeypatch.setattr(draw, "_render", lambda *a: renders.append(a[:3]) or real(*a))
-    second = draw.people(ctx(site_key, "ANONQ5", exclude_people=frozenset({first.person})))
-    assert draw.last_draw["rendered"] == len(renders) > 0
+    # _render(seed, index, steer, style, rgb, preview): the budget counts the previews.
+    monkeypatch.setattr(draw, "_render", lambda *a: (a[5] and previews.append(a[:3])) or real(*a))
+    second = draw.people(ctx(site_key, "ANONQ8", exclude_people=frozenset({first.person})))
+    assert draw.last_draw["rendered"] == len(previews) > 0
     assert second and second[0].person != first.person, draw.last_draw
 
 
-def test_of_the_faces_that_wait_the_least_near_without_a_fringe_is_taken_looking_at_no_more(
-    monkeypatch,
+def test_of_the_faces_that_wait_the_least_near_whose_full_render_passes_is_taken_looking_at_no_more(
+    source, monkeypatch
 ) -> None:
-    """Faces that fit but are near the patient wait; their fringes (a GrabCut each, as long as a
-    render) are looked at least near first, and only until one passes."""
+    """Faces whose previews fit but are near the patient wait; their full renders (a render and
+    a GrabCut each) are looked at least near first, and only until one passes."""
     looked: list[str] = []
-    fringe = {"nearest-but-one": "a fringe"}
+    refused = {"nearest-but-one": "fringe or hair over the face: a fringe"}
+    draw = fresh(source)
     monkeypatch.setattr(
-        "dicom_anon.faces.identities.surrogate_problem", lambda f: looked.append(f) or fringe.get(f)
+        draw,
+        "_confirmed",
+        lambda f, *a: looked.append(f) or ((None, refused[f]) if f in refused else (f, None)),
     )
     waiting = [((True, 0, False, 0.2), "far-but-near"), ((True, 0, False, 0.12), "nearest-but-one")]
     waiting += [((True, 0, False, 0.15), "next"), ((True, 1, False, 0.11), "like another patient's")]
-    assert _least_near(waiting) == "next"
+    patient = ctx(SiteKey(b"k" * 32), "ANONW")
+    assert draw._least_near(waiting, b"", patient, _want(patient)) == "next"
     assert looked == ["nearest-but-one", "next"]
     assert [f for _, f in waiting] == ["next", "far-but-near", "like another patient's"]
-    fringe.update({f: "a fringe" for _, f in waiting})
-    assert _least_near(waiting) is None and waiting == []
+    refused.update({f: "age (full render)" for _, f in waiting})
+    assert draw._least_near(waiting, b"", patient, _want(patient)) is None and waiting == []
 
 
 def test_a_held_photo_says_why_the_rendered_faces_did_not_do_before_what_the_screen_passed_over(

@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from dicom_anon.faces.generator import PINNED_SHA256, GeneratorUnavailable, model_dir
+from dicom_anon.faces.generator import (
+    PINNED_SHA256,
+    GeneratorUnavailable,
+    OpenVinoEngine,
+    model_dir,
+    verified_files,
+)
 from dicom_anon.faces.ir_torch import IRError, IRNetwork, MobileStyleGAN, TorchEngine
+from dicom_anon.faces.preview import FEATURES_NODE
 
 # What OpenVINO and torch may differ by on a [-1, 1] image (float32, different summation orders).
 IMAGE_TOLERANCE = 1e-3
@@ -66,6 +73,24 @@ def test_torch_computes_what_openvino_computes(engine: TorchEngine, openvino_net
         expected = np.asarray(ov_synthesis(style[None])[0])[0]
         assert expected.std() > 0.2  # a picture, not a constant
         assert np.abs(image - expected).max() < IMAGE_TOLERANCE
+
+
+def test_the_features_a_preview_reads_are_openvinos_and_an_unknown_layer_is_refused(
+    engine: TorchEngine, data_dir: Path
+) -> None:
+    """The preview's head reads the synthesis network's output at ``FEATURES_NODE``: the torch
+    port, cut there, gives what the generator's OpenVINO engine gives, cut there."""
+    ov_engine = OpenVinoEngine(verified_files(data_dir))
+    styles = engine.styles(latents(2, seed=11))
+    features = engine.features(styles, FEATURES_NODE)
+    expected = ov_engine.features(styles, FEATURES_NODE)
+    assert features.shape == expected.shape == (2, 256, 128, 128)
+    assert expected.std() > 0.1
+    assert np.abs(features - expected).max() < 1e-3 * np.abs(expected).max()
+    with pytest.raises(IRError, match="no layer named 'NoSuchLayer'"):
+        engine.features(styles[:1], "NoSuchLayer")
+    with pytest.raises(GeneratorUnavailable, match="no node 'NoSuchLayer'"):
+        ov_engine.features(styles[:1], "NoSuchLayer")
 
 
 def test_gradients_reach_each_style_of_a_batch_and_no_tensor_is_made_off_device(net: MobileStyleGAN) -> None:

@@ -1,0 +1,65 @@
+"""The 256 px preview a draw's checks read: pinned, close to the full render, never given to a photo."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicom_anon.faces.choice import PatientContext
+from dicom_anon.faces.embed import cosine
+from dicom_anon.faces.generator import GeneratorUnavailable
+from dicom_anon.faces.identities import GeneratedFace, GeneratedIdentities, _want, get_generated, stream_seed
+from dicom_anon.faces.preview import HEAD, load
+from dicom_anon.headers.pseudonyms import SiteKey
+
+KEY = SiteKey(b"preview test key preview test key")
+
+
+@pytest.fixture(scope="module")
+def source() -> GeneratedIdentities:
+    try:
+        return get_generated("cpu")
+    except GeneratorUnavailable as exc:
+        pytest.skip(f"the generator is not installed: {exc}")
+
+
+def test_a_changed_or_missing_head_is_refused(tmp_path) -> None:
+    """Another head would make other choices, and so give new patients other people."""
+    changed = bytearray(HEAD.read_bytes())
+    changed[len(changed) // 2] ^= 1
+    (tmp_path / "head.npz").write_bytes(bytes(changed))
+    with pytest.raises(GeneratorUnavailable, match="is not the pinned preview head's"):
+        load(tmp_path / "head.npz")
+    with pytest.raises(GeneratorUnavailable, match="the preview head is unreadable"):
+        load(tmp_path / "missing.npz")
+
+
+def test_a_preview_measures_a_face_much_as_its_full_render_does(source) -> None:
+    """Eight of a stream's faces, each previewed and rendered in full: the checks' readings agree
+    within what the draw can live with (the full render of the face taken is checked again). A
+    head that lost the colour or the features fails here (an untrained one: embeddings at 0.3)."""
+    seed = stream_seed(KEY, "ANONPREVIEW")
+    pairs = [(source.preview(seed, i), source.face(seed, i)) for i in range(8)]
+    pairs = [(p, f) for p, f in pairs if isinstance(p, GeneratedFace) and isinstance(f, GeneratedFace)]
+    assert len(pairs) >= 6
+    assert all(p.preview and not f.preview for p, f in pairs)
+    assert all(p.image.shape[0] < f.image.shape[0] / 2 for p, f in pairs)  # really a small render
+    likeness = [cosine(p.embedding, f.embedding) for p, f in pairs]
+    skin = [float(np.linalg.norm(p.skin_lab - f.skin_lab)) for p, f in pairs]
+    age = [abs(p.age_band[0] - f.age_band[0]) for p, f in pairs]
+    assert np.median(likeness) > 0.85 and min(likeness) > 0.7, likeness
+    assert np.median(skin) < 4.0, skin
+    assert np.median(age) <= 4, age
+
+
+def test_a_new_patient_is_given_a_full_render_that_fits(source) -> None:
+    """The draw reads previews, but the person it returns is rendered in full and was checked
+    again: it fits the patient by its own measures."""
+    patient = PatientContext(pseudonym="ANONFULL", key=KEY, sex="M", age_years=40.0)
+    made = source.people(patient)
+    assert len(made) == 1, source.last_draw
+    person = made[0]
+    assert isinstance(person, GeneratedFace) and not person.preview
+    assert person.image.shape[0] > 512
+    assert source.last_draw["full renders"] >= 1
+    assert source._fits(person, patient, _want(patient)) is None
