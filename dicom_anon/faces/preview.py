@@ -1,4 +1,4 @@
-"""A generated face at 256 px for a fifth of a render's time: what a draw's checks read.
+"""A generated face at 256 px for about half a render's time: what a draw's checks read.
 
 A new patient's draw renders about nine faces before one suits (sex, age, skin, pose, glasses,
 likeness), and at 0.21 s a 1024 px render on two cores that is most of a first photo's time.
@@ -18,6 +18,7 @@ another head would make other choices, and so give new patients other people.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,6 @@ def load(path: Path = HEAD, sha256: str | None = None) -> PreviewHead:
     digest = hashlib.sha256(data).hexdigest()
     if digest != want:
         raise GeneratorUnavailable(f"{path}: checksum {digest[:16]}... is not the pinned preview head's")
-    import io
-
     with np.load(io.BytesIO(data)) as arrays:
         state = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
     head = PreviewHead(state["a.weight"].shape[0])
