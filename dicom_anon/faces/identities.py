@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -1031,7 +1031,7 @@ class GeneratedIdentities:
         self._full_renders = 0
         rejected: Counter = Counter()
         found: GeneratedFace | None = None
-        waiting: list[tuple[tuple, GeneratedFace]] = []
+        waiting: list[tuple[Nearness, GeneratedFace]] = []
         screening = _Screening(self, seed, want, ctx)
         for index, as_screened in screening:
             if person_id(seed, index, as_screened) in ctx.exclude_people:
@@ -1051,13 +1051,13 @@ class GeneratedIdentities:
                 problem = made if isinstance(made, str) else self._fits(made, ctx, want)
             if problem is None and isinstance(made, GeneratedFace):
                 rank = _nearness(made, ctx, others)
-                if not rank[0] and not rank[2]:
+                if rank.apart:
                     # Apart by its preview: rendered in full and checked again, and taken at once
                     # if the render is apart too; a render that is near after all waits.
                     full, problem = self._confirmed(made, seed, ctx, want)
                     if full is not None:
                         rank, made = _nearness(full, ctx, others), full
-                        if not rank[0] and not rank[2]:
+                        if rank.apart:
                             found = full
                             break
                 if problem is None:
@@ -1065,7 +1065,9 @@ class GeneratedIdentities:
                     # OTHERS_PATIENCE such faces wait, the least near whose full render passes
                     # is taken (their renders looked at only then, least near first).
                     waiting.append((rank, made))
-                    problem = "near the patient" if rank[0] else "resembles another patient's new person"
+                    problem = (
+                        "near the patient" if rank.to_patient else "resembles another patient's new person"
+                    )
                     if len(waiting) >= OTHERS_PATIENCE:
                         found = self._least_near(waiting, seed, ctx, want)
                         if found is not None:
@@ -1105,7 +1107,7 @@ class GeneratedIdentities:
         return made, None
 
     def _least_near(
-        self, waiting: list[tuple[tuple, GeneratedFace]], seed: bytes, ctx: PatientContext, want: Want
+        self, waiting: list[tuple[Nearness, GeneratedFace]], seed: bytes, ctx: PatientContext, want: Want
     ) -> GeneratedFace | None:
         """The least near of the (previewed) faces that fit but wait (near the patient or another
         patient's person) whose full render passes ``_confirmed``; those it turns down leave
@@ -1181,13 +1183,26 @@ class GeneratedIdentities:
         )
 
 
-def _nearness(face: GeneratedFace, ctx: PatientContext, others: np.ndarray) -> tuple[bool, int, bool, float]:
-    """How near a face is to the patient and to the other patients' people, as the order in which
-    faces that wait are taken: near the patient (SFace ``PATIENT_SIMILARITY``) last, then by how
-    many other people it is one person with, whether it is near any, and its likeness."""
+class Nearness(NamedTuple):
+    """How near a face is to the patient and to the other patients' people; ordered as faces that
+    wait are taken: near the patient (SFace ``PATIENT_SIMILARITY``) last, then by how many other
+    people it is one person with, whether it is near any, and its likeness to the patient."""
+
+    to_patient: bool
+    same_as_others: int
+    to_others: bool
+    likeness: float
+
+    @property
+    def apart(self) -> bool:
+        """Apart from the patient and from every other patient's person: taken at once."""
+        return not self.to_patient and not self.to_others
+
+
+def _nearness(face: GeneratedFace, ctx: PatientContext, others: np.ndarray) -> Nearness:
     sims = others @ face.embedding if len(others) else np.zeros(1)
     near = cosine(ctx.embedding, face.embedding) if ctx.embedding is not None else 0.0
-    return (
+    return Nearness(
         near >= PATIENT_SIMILARITY,
         int((sims >= SFACE_SAME_PERSON).sum()),
         float(sims.max()) >= OTHERS_SIMILARITY,

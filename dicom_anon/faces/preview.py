@@ -96,6 +96,9 @@ def load(path: Path = HEAD, sha256: str | None = None) -> PreviewHead:
 @torch.no_grad()
 def faces(head: PreviewHead, features: np.ndarray, styles: np.ndarray) -> np.ndarray:
     """(n, 256, 256, 3) uint8 RGB previews, rounded as ``FaceGenerator.faces`` rounds renders."""
-    x = head(torch.from_numpy(np.ascontiguousarray(features, np.float32)), torch.from_numpy(styles))
+    x = head(
+        torch.from_numpy(np.ascontiguousarray(features, np.float32)),
+        torch.from_numpy(np.ascontiguousarray(styles, np.float32)),
+    )
     rgb = x.numpy().transpose(0, 2, 3, 1)
     return np.clip((rgb + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
