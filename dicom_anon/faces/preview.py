@@ -29,13 +29,13 @@ from torch import nn
 from .generator import STYLE_DIM, GeneratorUnavailable
 
 HEAD = Path(__file__).resolve().parents[2] / "models" / "generated" / "preview-head.npz"
-HEAD_SHA256 = "21ace9f6ca28ddb38fbdac71fba524b32390f1eff0e7bb9b0f3a43eba0ef603b"
+HEAD_SHA256 = "c8d13ba7809fa25bbe7dc874f11552eec0b333f6073f392c7743c3f57cbb463d"
 # The synthesis network's node whose output the head reads: the 128 x 128 block's activations
 # (256 channels), named as in the pinned IR.
 FEATURES_NODE = "LeakyRelu_542"
 FEATURES = 256
 SIDE = 256
-WIDTH = 96
+WIDTH = 64
 
 
 class PreviewHead(nn.Module):
