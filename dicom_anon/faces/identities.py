@@ -472,7 +472,8 @@ def _extended(read_out: list[float], expected: list[float]) -> tuple[np.ndarray,
 class GeneratedFace(Surrogate):
     """A generated person as a surrogate: the aligned crop held in memory, not in a file, and the
     generator's style that drew it (the GAN backend starts its inversion from it). A ``preview``
-    is measured on the 256 px preview: a draw's checks read it, no photo is given it."""
+    is measured on the 256 px preview: a draw's checks read it, no photo is given it; its ``sex``
+    is the estimator's likelier reading, ``sex_sure`` whether it reached ``SEX_CONFIDENCE``."""
 
     def __init__(
         self,
@@ -483,10 +484,12 @@ class GeneratedFace(Surrogate):
         mouth_open: float,
         style: np.ndarray | None = None,
         preview: bool = False,
+        sex_sure: bool = True,
         **fields,
     ) -> None:
         super().__init__(path=None, **fields)
         object.__setattr__(self, "preview", preview)
+        object.__setattr__(self, "sex_sure", sex_sure)
         object.__setattr__(self, "pixels", pixels)
         object.__setattr__(self, "index", index)
         object.__setattr__(self, "steer", steer)
@@ -783,6 +786,7 @@ class GeneratedIdentities:
             # A preview's sex is its likelier one: the estimator is less often sure on a 256 px
             # face, and the full render of a face to be taken must be sure.
             sex=a.trusted_sex(0.5 if preview else SEX_CONFIDENCE),
+            sex_sure=a.sex_confidence >= SEX_CONFIDENCE,
             age_band=(age, age),
             source=f"random-face MobileStyleGAN, psi {self.generator.psi}, latent {index}"
             + (f", steered {steer}" if steer else ""),
@@ -893,13 +897,12 @@ class GeneratedIdentities:
 
     def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:
         """Why this rendered person does not suit the patient, or None."""
-        if f.sex is None:
-            # The estimator is seldom sure of a child's sex; an adult's must be known. A child's
-            # person the estimator is unsure of passes: the screen put its sex read-out (97.7%
-            # right) on the patient's side, and requiring more spent half a child's renders.
-            if not want.child:
-                return "sex"
-        elif want.sex is not None and f.sex != want.sex:
+        # The estimator is seldom sure of a child's sex; an adult's must be known. A child's
+        # person the estimator is unsure of passes, on a preview too (its likelier reading had
+        # turned down 2 to 5 of each held child's 20 previews): the screen put its sex read-out
+        # (97.7% right) on the patient's side, and requiring more spent half a child's renders.
+        unsure_child = want.child and (f.sex is None or not f.sex_sure)
+        if not unsure_child and (f.sex is None or (want.sex is not None and f.sex != want.sex)):
             return "sex"
         age = f.age_band[0] if f.age_band else None
         if age is None or not want.age[0] <= age <= want.age[1]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,25 @@ def test_a_new_patient_is_given_a_full_render_that_fits(source) -> None:
     assert person.image.shape[0] > 512
     assert source.last_draw["full renders"] >= 1
     assert source._fits(person, patient, _want(patient)) is None
+
+
+def test_a_preview_turns_down_a_childs_person_for_the_sex_only_where_its_render_would(source) -> None:
+    """A preview's sex is its likelier reading, a render's only a sure one, and a child's person
+    the estimator is unsure of passes. Read by its likelier sex, a preview had turned down 2 to 5
+    of each held child's 20 previews. An adult's person must be of the patient's sex on the
+    preview too."""
+    seed = stream_seed(KEY, "ANONCHILDSEX")
+    preview = next(p for i in range(8) if isinstance(p := source.preview(seed, i), GeneratedFace))
+    girl = PatientContext(pseudonym="ANONCHILDSEX", key=KEY, sex="F", age_years=8.0)
+    woman = PatientContext(pseudonym="ANONCHILDSEX", key=KEY, sex="F", age_years=35.0)
+
+    def read(sex: str, sure: bool) -> GeneratedFace:
+        face = copy.copy(preview)
+        object.__setattr__(face, "sex", sex)
+        object.__setattr__(face, "sex_sure", sure)
+        return face
+
+    assert source._fits(read("M", sure=False), girl, _want(girl)) != "sex"
+    assert source._fits(read("M", sure=True), girl, _want(girl)) == "sex"
+    assert source._fits(read("M", sure=False), woman, _want(woman)) == "sex"
+    assert source._fits(read("F", sure=False), woman, _want(woman)) != "sex"
