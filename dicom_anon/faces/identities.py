@@ -1031,7 +1031,7 @@ class GeneratedIdentities:
         want = _want(ctx)
         others = ctx.taken if ctx.taken is not None else np.zeros((0, 128))
         rendered = 0
-        self._full_renders = 0
+        tally: Counter = Counter()  # this draw's full renders (the source serves threads at once)
         rejected: Counter = Counter()
         found: GeneratedFace | None = None
         waiting: list[tuple[Nearness, GeneratedFace]] = []
@@ -1057,7 +1057,7 @@ class GeneratedIdentities:
                 if rank.apart:
                     # Apart by its preview: rendered in full and checked again, and taken at once
                     # if the render is apart too; a render that is near after all waits.
-                    full, problem = self._confirmed(made, seed, ctx, want)
+                    full, problem = self._confirmed(made, seed, ctx, want, tally)
                     if full is not None:
                         rank, made = _nearness(full, ctx, others), full
                         if rank.apart:
@@ -1072,19 +1072,19 @@ class GeneratedIdentities:
                         "near the patient" if rank.to_patient else "resembles another patient's new person"
                     )
                     if len(waiting) >= OTHERS_PATIENCE:
-                        found = self._least_near(waiting, seed, ctx, want)
+                        found = self._least_near(waiting, seed, ctx, want, tally)
                         if found is not None:
                             break
             rejected[problem.split(":")[0]] += 1
             if rendered >= MAX_RENDERS:
                 break
         if found is None:
-            found = self._least_near(waiting, seed, ctx, want)
+            found = self._least_near(waiting, seed, ctx, want, tally)
         rejected.update({f"screen: {k}": v for k, v in screening.why.items() if v})
         self.last_draw = {
             "screened": screening.screened,
             "rendered": rendered,
-            "full renders": self._full_renders,
+            "full renders": tally["full renders"],
             "rejected": dict(rejected),
             "seconds": round(time.perf_counter() - started, 3),
             "found": found is not None,
@@ -1093,13 +1093,13 @@ class GeneratedIdentities:
         return [found] if found is not None else []
 
     def _confirmed(
-        self, seen: GeneratedFace, seed: bytes, ctx: PatientContext, want: Want
+        self, seen: GeneratedFace, seed: bytes, ctx: PatientContext, want: Want, tally: Counter
     ) -> tuple[GeneratedFace | None, str | None]:
         """The full render of a previewed face that fits, checked again (the preview's age, sex
         and skin are the render's give or take a little) and for hair over the face last (its
         GrabCut costs half a render, and prepare() reuses it for the face that is taken); or
-        None and why not."""
-        self._full_renders += not self.is_cached(seed, seen.index, seen.steer)
+        None and why not. ``tally`` counts the full renders made afresh."""
+        tally["full renders"] += not self.is_cached(seed, seen.index, seen.steer)
         made = self.face(seed, seen.index, seen.steer)
         problem = made if isinstance(made, str) else self._fits(made, ctx, want)
         if problem is not None:
@@ -1110,14 +1110,19 @@ class GeneratedIdentities:
         return made, None
 
     def _least_near(
-        self, waiting: list[tuple[Nearness, GeneratedFace]], seed: bytes, ctx: PatientContext, want: Want
+        self,
+        waiting: list[tuple[Nearness, GeneratedFace]],
+        seed: bytes,
+        ctx: PatientContext,
+        want: Want,
+        tally: Counter,
     ) -> GeneratedFace | None:
         """The least near of the (previewed) faces that fit but wait (near the patient or another
         patient's person) whose full render passes ``_confirmed``; those it turns down leave
         ``waiting`` (a render and a GrabCut each, so only as many as it takes are looked at)."""
         waiting.sort(key=lambda w: w[0])
         while waiting:
-            found, _ = self._confirmed(waiting[0][1], seed, ctx, want)
+            found, _ = self._confirmed(waiting[0][1], seed, ctx, want, tally)
             if found is not None:
                 return found
             waiting.pop(0)
