@@ -153,7 +153,9 @@ AGE_MIN_SLOPE = 0.25
 # ``A<read-out>`` in the code) when the latent reads outside it: FFHQ at psi 0.85 holds few faces
 # the estimator puts over 60 or under 10, and of 4,096 latents a patient of 75 or 80 found none.
 # A move of 16 read-out units aged four faces by 14-20 years (the estimator's reading). Adults
-# under AGE_STEER_FROM find enough faces as drawn.
+# whose screen asks for younger faces (``_age_steered``) find enough as drawn. It was the band's
+# floor that counted, not the screen's (3 years inside it): a woman read at 62 (band 49.6-74.4)
+# was not steered, 6 of 4,096 latents passed the screen, and she was held.
 AGE_STEER_FROM = 50.0
 # A remembered person that QA turns down on a later photo of the patient (its render there still
 # too like the patient: SFace 0.30-0.35 on 13 of 60 openpeople photos) is offered again as up to
@@ -634,12 +636,24 @@ def _yaw_limit(ctx: PatientContext) -> float:
     return max(MAX_YAW, abs(ctx.yaw))
 
 
+def _age_margin(want: Want) -> float:
+    """How far inside the age band the screen wants a latent's expected age: half the read-out's
+    error (5.9 years) where the band is wide enough for it."""
+    lo, hi = want.age
+    return min(3.0, (hi - lo) / 4)
+
+
+def _age_steered(want: Want) -> bool:
+    """Whether latents expected outside the band are steered into it: a child's, and an older
+    patient's whose screen starts at ``AGE_STEER_FROM`` or more (FFHQ holds few such faces)."""
+    return want.child or want.age[0] + _age_margin(want) >= AGE_STEER_FROM
+
+
 def _age_aim(want: Want, age: float) -> float:
     """The age a new person of a patient of ``age`` is steered towards: a child's own; an older
     patient's between the band's floor and their age (the estimator's readings of steered faces
     scatter by ~7 years, and aimed at 80 nine of ten came out too old); anyone else's, their age."""
-    lo = want.age[0]
-    return age if want.child or lo < AGE_STEER_FROM else (lo + age) / 2
+    return age if want.child or not _age_steered(want) else (want.age[0] + age) / 2
 
 
 class GeneratedIdentities:
@@ -836,9 +850,9 @@ class GeneratedIdentities:
         lo, hi = want.age
         # Inside the band by half the read-out's error where the band is wide enough for it, as
         # the estimator would read it (the read-out alone passed over nearly every old face).
-        margin = min(3.0, (hi - lo) / 4)
+        margin = _age_margin(want)
         age_code = np.full(len(raw), "", object)
-        if ctx.age_years is not None and (want.child or lo >= AGE_STEER_FROM):
+        if ctx.age_years is not None and _age_steered(want):
             aim = min(max(_age_aim(want, ctx.age_years), lo + margin), hi - margin)
             target = round(d.read_out_for("age", aim))
             expected = d.expected("age", s["age"])

@@ -704,7 +704,7 @@ def test_a_patient_turned_as_far_as_the_gate_allows_is_given_someone_turned_thei
     assert source._fits(made[0], other, _want(other)) == "pose"
 
 
-@pytest.mark.parametrize("age", [3.0, 72.0])
+@pytest.mark.parametrize("age", [3.0, 62.0, 72.0])
 def test_a_child_or_an_old_patient_has_latents_outside_the_band_steered_into_it(
     source, site_key, age
 ) -> None:
