@@ -257,7 +257,6 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
         (prepare, "_areas", "  of which GrabCut areas (once per face: fringe check, preparing)"),
         (prepare, "_take_down_shine", "prepare the new person's face: shine (once per person)"),
         (prepare, "_paint_temples", "prepare the new person's face: temples (once per person)"),
-        (prepare, "_reach_forehead", "prepare the new person's face: forehead (once per person)"),
         *render,
         (embed.Recognizer, "embed", "SFace embed"),
         (qa, "check", "full-resolution QA (re-detect, embed)"),

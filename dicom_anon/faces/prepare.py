@@ -1,5 +1,5 @@
-"""A pool photo made ready to paste: where it shows its face, its shine taken down, hair at its
-temples painted over, and its forehead carried up past its hairline.
+"""A pool photo made ready to paste: where it shows its face, its shine taken down, and hair at its
+temples painted over.
 
 Worked out once per photo and process (GrabCut and inpainting take about half a second a photo), and
 once more when a pool is built, to turn away crops that would paste hair or a mirrored chin.
@@ -17,16 +17,7 @@ import torch
 
 from . import blend
 from .detect import NOSE, landmark_eye_distance
-from .masks import (
-    OVAL_LADDER,
-    TEMPLATE,
-    TEMPLATE_EYE_DISTANCE,
-    ellipse,
-    face_outline,
-    invert,
-    paint,
-    similarity,
-)
+from .masks import OVAL_LADDER, TEMPLATE, ellipse, face_outline, paint, similarity
 from .pool import Surrogate, skin_mask
 
 # Brows, eyes and nose, and the lips (template units): a surrogate's features that are not
@@ -104,14 +95,11 @@ def _face_skin(img: np.ndarray, landmarks: np.ndarray, tone: np.ndarray) -> np.n
 
 
 class Prepared(NamedTuple):
-    """A pool photo made ready to paste: the photo itself, its shine taken down, its temples' hair
-    painted over and its forehead carried up past its hairline; where it shows its face (``valid``)
-    and that area with the forehead carried up (``reach``, pasted only over the patient's skin),
-    float32 0-1."""
+    """A pool photo made ready to paste: the photo itself, its shine taken down and its temples'
+    hair painted over, and where it shows its face (float32 0-1)."""
 
     photo: np.ndarray
     valid: np.ndarray
-    reach: np.ndarray
 
 
 # Bounded: generated identities bring a new surrogate with every new patient.
@@ -126,9 +114,9 @@ def prepare(surrogate: Surrogate) -> Prepared:
     if cached is None:
         a = _surrogate_areas(surrogate)
         shine_down = _take_down_shine(surrogate.image, surrogate.landmarks, a.valid, a.bare)
-        temples = _paint_temples(shine_down, surrogate.landmarks, a.skin, a.always)
-        photo, reach = _reach_forehead(temples, surrogate.landmarks, a.skin, a.valid)
-        cached = _PREPARED[surrogate.sha256] = Prepared(photo, a.valid, reach)
+        cached = _PREPARED[surrogate.sha256] = Prepared(
+            _paint_temples(shine_down, surrogate.landmarks, a.skin, a.always), a.valid
+        )
         while len(_PREPARED) > _PREPARED_MAX:
             _PREPARED.popitem(last=False)
     else:
@@ -432,89 +420,3 @@ def _paint_temples(
     take = cv2.dilate(hair.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     out[take] = painted[take]
     return out
-
-
-# Where the new forehead may be carried up past the new person's hairline (template units: the
-# largest oval's top at -3; the brows' tops at 37-42 on the 20 openpeople crops).
-_REACH = np.array([[24.0, -4.0], [88.0, -4.0], [88.0, 34.0], [24.0, 34.0]])
-# The forehead is mirrored up from this far below the hairline (eye distances): the first
-# rows under a hairline hold wisps and the hair's shadow.
-_REACH_MARGIN = 0.04
-# A column whose forehead under the hairline is shorter than this (eye distances) is left as it
-# is: the hair comes down to the brows there (a fringe or a temple), with no skin to mirror.
-_REACH_MIN_FOREHEAD = 0.12
-# Darker than the skin at the foot of its column by this (L*): a strand of hair, not shade.
-_REACH_DARKER = 10.0
-_REACH_CLEAN = 0.97
-
-
-def _reach_forehead(
-    img: np.ndarray, landmarks: np.ndarray, skin: np.ndarray, valid: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``img`` with its forehead carried up past its hairline, and the face area grown by it
-    (``valid`` feathered again; float32 0-1).
-
-    A new person whose hairline is lower than the patient's ended in an arc across the output's
-    forehead: the pasted area stops at the new person's hair, the patient's own forehead shows
-    above it, and nothing pins the light across that edge (docs/research, tenth session). Each
-    column of the forehead is mirrored upwards about a line just under its lowest hair (a curl
-    hanging onto the forehead is painted over with it), back and forth, so the skin's grain and
-    colour run on without a seam; the render relights it with the rest of the face and pastes it
-    only where the patient shows skin. Worked in an upright, template-aligned copy so that the
-    columns run up the face whatever its tilt.
-    """
-    ed = landmark_eye_distance(landmarks)
-    k = ed / TEMPLATE_EYE_DISTANCE
-    # Template units -> upright pixels (k px a unit), with the reach's corner at the origin.
-    x0, y0 = _REACH[0]
-    to_up = np.array([[k, 0.0, -k * x0], [0.0, k, -k * y0]])
-    up_to_img = similarity(TEMPLATE, landmarks) @ np.vstack([invert(to_up), [0.0, 0.0, 1.0]])
-    size = (round(k * (_REACH[1, 0] - x0)), round(k * (_REACH[2, 1] - y0)))
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    bare = cv2.warpAffine(skin, up_to_img, size, flags=flags, borderValue=0.0) > 0.5
-    upright = cv2.warpAffine(img, up_to_img, size, flags=flags, borderMode=cv2.BORDER_REFLECT)
-    h, w = bare.shape
-    # Hair is what GrabCut left out, and the strands it took in with the skin: darker than the
-    # skin at the foot of the same column (a forehead is shaded from side to side, not from the
-    # brows up).
-    light = cv2.cvtColor(upright.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[..., 0]
-    foot = bare.copy()
-    foot[: int(h * 0.8)] = False
-    if not foot.any():
-        return img, valid
-    ref = np.ma.median(np.ma.masked_array(light, ~foot), axis=0)
-    ref = np.ma.filled(ref, float(np.median(light[foot]))).astype(np.float32)
-    ref = cv2.GaussianBlur(ref.reshape(1, -1), (0, 0), 0.1 * ed).ravel()
-    hair = ~bare | (light < ref[None, :] - _REACH_DARKER)
-    hair = cv2.morphologyEx(hair.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-    # The line under each column's lowest hair and its neighbours', smoothed, and moved down past
-    # the wisps.
-    lowest = np.where(hair.any(axis=0), h - hair[::-1].argmax(axis=0), 0).astype(np.float32)
-    near = max(3, round(0.04 * ed)) | 1
-    line = cv2.dilate(lowest.reshape(1, -1), np.ones((1, near), np.uint8)).ravel()
-    line = cv2.GaussianBlur(line.reshape(1, -1), (0, 0), 0.03 * ed).ravel() + _REACH_MARGIN * ed
-    forehead = h - line
-    rows = np.arange(h, dtype=np.float32)[:, None]
-    below = rows >= line[None, :]
-    # What is mirrored must be skin: a column whose forehead holds a brow or a strand is left alone.
-    clean = (~hair & below).sum(axis=0) >= _REACH_CLEAN * below.sum(axis=0)
-    above = ~below & ((forehead >= _REACH_MIN_FOREHEAD * ed) & clean)[None, :]
-    if not above.any():
-        return img, valid
-    # Back and forth between the line and the reach's bottom: continuous at every turn.
-    period = 2.0 * forehead[None, :] - 2.0
-    d = np.mod(line[None, :] - rows, period)
-    d = np.where(d > period / 2.0, period - d, d)
-    map_y = np.where(above, line[None, :] + d, rows).astype(np.float32)
-    map_x = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], (h, w)).copy()
-    mirrored = cv2.remap(upright, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    # Back into the photo: the mirrored pixels, and where they lie there.
-    back = img.shape[1], img.shape[0]
-    take = cv2.warpAffine(above.astype(np.float32), up_to_img, back, flags=cv2.INTER_LINEAR) > 0.5
-    painted = cv2.warpAffine(mirrored, up_to_img, back, flags=cv2.INTER_LINEAR)
-    out = img.copy()
-    out[take] = painted[take]
-    # The face area grown by the carried forehead, feathered as the face area is (taken apart,
-    # the two feathers met at a half each and left a thin line of the patient between them).
-    reach = cv2.GaussianBlur((take | (valid > 0.5)).astype(np.float32), (0, 0), 0.06 * ed)
-    return out, reach

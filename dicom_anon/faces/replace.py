@@ -111,14 +111,6 @@ class ReplacementBackend:
         raise NotImplementedError
 
 
-def _solid(skin: np.ndarray, eye_distance: float) -> np.ndarray:
-    """``skin`` without its specks and strands (skin seen between hairs), softened at its edge."""
-    r = max(1, round(0.04 * eye_distance))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    solid = cv2.erode(cv2.morphologyEx(skin, cv2.MORPH_OPEN, kernel), kernel)
-    return cv2.GaussianBlur(solid, (0, 0), r)
-
-
 def transplant(
     frame: np.ndarray,
     face: Face,
@@ -159,20 +151,14 @@ def transplant(
     )
     ready = prepare(surrogate)
     valid = cv2.remap(ready.valid, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    skin = skin_mask(patient_w, skin_lab(frame, face))
-    # Where the surrogate shows hair or background, the patient's own pixels stay; its forehead,
-    # carried up past its hairline, covers the patient's skin only (never the patient's hair).
-    if masks.head:
-        keep_surrogate = np.ones_like(valid)
-    else:
-        reach = cv2.remap(ready.reach, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        face_area = np.maximum(valid, reach * _solid(skin, eye_distance))
-        keep_surrogate = np.clip((face_area - 0.5) * 2.0, 0.0, 1.0)
+    # Where the surrogate shows hair or background, the patient's own pixels stay.
+    keep_surrogate = np.ones_like(valid) if masks.head else np.clip((valid - 0.5) * 2.0, 0.0, 1.0)
     scale = eye_distance / max(1e-6, src_eyes)
     # Cubic, not linear, near 1:1 too: linear interpolation at sub-pixel shifts averages
     # neighbours and visibly softened lashes and pores.
     interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_CUBIC
     warped = cv2.remap(ready.photo, mx, my, interp, borderMode=cv2.BORDER_REFLECT)
+    skin = skin_mask(patient_w, skin_lab(frame, face))
     surrogate_skin = skin_mask(warped, surrogate.skin_lab)
     zones = _zones(size, landmarks, eye_distance, (*_FADED, _CHEEKS, (EYES, ())))
     fade, cheeks, eyes = zones[: len(_FADED)], zones[len(_FADED)], zones[len(_FADED) + 1]

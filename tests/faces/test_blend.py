@@ -4,8 +4,6 @@ face worked out below the photo's resolution, SFace on a window."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import cv2
 import kornia.filters
 import numpy as np
@@ -19,19 +17,17 @@ from dicom_anon.faces.detect import get_detector, landmark_eye_distance
 from dicom_anon.faces.embed import cosine, get_recognizer
 from dicom_anon.faces.pool import DEFAULT_POOL, get_pool
 from dicom_anon.faces.prepare import (
-    _REACH,
     _TEMPLES,
     BROWS,
     FEATURES,
     _bare_skin,
     _face_skin,
-    _reach_forehead,
     _skin_hull,
     _take_down_shine,
     prepare,
 )
 from dicom_anon.faces.qa import preserved_diff
-from dicom_anon.faces.replace import SurrogateBackend, transplant
+from dicom_anon.faces.replace import SurrogateBackend
 from dicom_anon.faces.warp import warp_maps
 from dicom_anon.headers.pseudonyms import SiteKey
 
@@ -442,73 +438,12 @@ def test_hair_at_a_curly_surrogates_temples_is_painted_over_with_its_skin() -> N
     assert gap_after < gap_before / 2
     assert (ready.valid[curls] > 0.5).mean() > 0.9  # and it is the surrogate's face that shows there
     assert beyond.sum() > 0.1 * inside.sum() and (ready.valid[beyond] < 0.5).mean() > 0.9
-    # Nothing else changes (but for the shine, taken down first, and the forehead carried up).
-    M.paint(temples, to_img, [_REACH])
+    # Nothing else changes (but for the shine, taken down first).
     untouched = cv2.dilate(temples, np.ones((9, 9), np.uint8)) == 0
     shine_down = _take_down_shine(
         curly.image, curly.landmarks, ready.valid, _bare_skin(skin, curly.landmarks)
     )
     assert np.array_equal(ready.photo[untouched], shine_down[untouched])
-
-
-def _low_hairline() -> tuple[object, np.ndarray]:
-    """P004's studio portrait with brown hair painted down to 0.3 eye distances above her brows,
-    as on the young men whose hairlines ended in an arc across broad-browed patients' foreheads,
-    and the box (template units) between that hairline and the top of the smallest oval."""
-    pool = get_pool(str(DEFAULT_POOL))
-    s = next(s for s in pool.surrogates if s.id == "openpeople-P004-studio_portrait")
-    image = s.image.copy()
-    hair = np.zeros(image.shape[:2], np.uint8)
-    down_to = np.array([[10.0, -20.0], [102.0, -20.0], [102.0, 27.0], [10.0, 27.0]])
-    M.paint(hair, M.similarity(M.TEMPLATE, s.landmarks), [down_to])
-    image[hair > 0] = (70, 45, 30)
-    low = dataclasses.replace(s, id="low-hairline", sha256="low-hairline-" + s.sha256)
-    vars(low)["image"] = image
-    return low, np.array([[44.0, 21.0], [68.0, 21.0], [68.0, 26.0], [44.0, 26.0]])
-
-
-def test_a_new_persons_forehead_is_carried_up_past_a_low_hairline_with_its_skin() -> None:
-    low, box = _low_hairline()
-    ready = prepare(low)
-    to_img = M.similarity(M.TEMPLATE, low.landmarks)
-    band, forehead = np.zeros(low.image.shape[:2], np.uint8), np.zeros(low.image.shape[:2], np.uint8)
-    M.paint(band, to_img, [box])
-    M.paint(forehead, to_img, [np.array([[44.0, 30.0], [68.0, 30.0], [68.0, 34.0], [44.0, 34.0]])])
-    band, forehead = band > 0, forehead > 0
-
-    def lightness(rgb: np.ndarray) -> np.ndarray:
-        return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[..., 0]
-
-    skin = float(np.median(lightness(low.image)[forehead]))
-    assert skin - float(np.median(lightness(low.image)[band])) > 25  # the hair as painted
-    assert abs(skin - float(np.median(lightness(ready.photo)[band]))) < 6  # now her forehead's skin
-    assert (ready.valid[band] < 0.5).all()  # not her face as found...
-    assert (ready.reach[band] > 0.9).all()  # ...but where her forehead may reach
-    # Below the line it mirrors about, her forehead is left as it was.
-    skin_mask = _face_skin(low.image, low.landmarks, low.skin_lab)
-    carried, _ = _reach_forehead(low.image, low.landmarks, skin_mask, ready.valid)
-    assert np.array_equal(carried[forehead], low.image[forehead])
-
-
-def test_the_carried_forehead_covers_the_patients_skin_and_never_the_patients_hair(face_b) -> None:
-    low, box = _low_hairline()
-    face = get_detector("cpu").detect([face_b])[0][0]
-    fm = M.build(face, face_b.shape, [M.Preset.MOUTH], oval_scale=1.25)
-    x0, y0, x1, y1 = fm.roi
-    band = np.zeros(face_b.shape[:2], np.uint8)
-    M.paint(band, M.similarity(M.TEMPLATE, face.landmarks), [box])
-    band = band[y0:y1, x0:x1] > 0
-    assert (fm.alpha[band] > 0.9).all()  # inside the replaced oval
-
-    shown = transplant(face_b, face, fm, low, torch.device("cpu"))
-    patient = face_b[y0:y1, x0:x1]
-    # The new forehead, relit to hers (before, where the new person had hair her own pixels stayed).
-    assert (shown[band] != patient[band]).any(axis=-1).mean() > 0.9
-    # The patient with a fringe there: her own hair stays, pixel for pixel.
-    fringed = face_b.copy()
-    fringed[y0:y1, x0:x1][cv2.dilate(band.astype(np.uint8), np.ones((15, 15), np.uint8)) > 0] = (60, 40, 30)
-    shown = transplant(fringed, face, fm, low, torch.device("cpu"))
-    assert np.array_equal(shown[band], fringed[y0:y1, x0:x1][band])
 
 
 def test_shine_on_a_pool_face_is_taken_down_to_its_skin_and_eyes_keep_their_catchlights() -> None:
