@@ -169,7 +169,7 @@ class Service:
             # Before service_started is written: a first start relays from that record on.
             self.atna = Relay(s)
             self.atna.start()
-        swept = self._sweep()
+        swept = self._sweep() + self.purge_outbox()
         self.keep_reserve()
         self.runtime = runtime = Runtime(
             rules=Rules(s),
@@ -367,6 +367,17 @@ class Service:
             self.layout.remove(path)
             self.store.forget_spool(job_id)
         return len(expired)
+
+    def purge_outbox(self) -> int:
+        """Outbox files of finished outputs whose removal a kill cut short (the delivery was
+        recorded, the file not yet gone), in any node's folder. At start only: such a file comes
+        from a kill, and the killed node starts again (the query reads every output's row)."""
+        assert self.store is not None
+        finished = self.store.finished_outputs()
+        for path in finished:
+            self.layout.remove(path)
+            self.store.forget_output(path)
+        return len(finished)
 
     def dead_threads(self) -> list[str]:
         return [t.name for t in [*self.workers, *self.senders.values()] if not t.is_alive()]

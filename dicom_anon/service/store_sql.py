@@ -511,6 +511,27 @@ class SqlStore(ABC):
         ).fetchone()
         return int(row["id"])
 
+    def forget_output(self, path: str) -> None:
+        """The outbox file of a finished output was removed; a released copy (pending again) keeps
+        its path."""
+        with self.transaction(durable=False) as db:
+            db.execute(
+                "UPDATE outputs SET path = NULL WHERE path = ? AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.output_id = outputs.id AND d.state = ?)",
+                (path, PENDING),
+            )
+
+    def finished_outputs(self) -> list[str]:
+        """Outbox files no delivery needs any more whose removal a kill cut short: on a shared root
+        any node's sender closes any node's deliveries, while start-up clears only a node's own
+        folder, so these are found by their rows."""
+        rows = self._read(
+            "SELECT o.path FROM outputs o WHERE o.path IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.output_id = o.id AND d.state = ?)",
+            (PENDING,),
+        )
+        return [r["path"] for r in rows]
+
     def forget_spool(self, job_id: int) -> None:
         """The original was removed by retention; the row stays for dedup and the record."""
         with self.transaction(durable=False) as db:
@@ -651,10 +672,9 @@ class SqlStore(ABC):
             " WHERE o.job_id = ? AND d.state = ?",
             (row["job_id"], PENDING),
         ).fetchone()["n"]
-        output_path = None
-        if not output_open and row["path"] is not None:
-            output_path = row["path"]
-            db.execute("UPDATE outputs SET path = NULL WHERE id = ?", (row["output_id"],))
+        # The row keeps naming the file until the caller has removed it (``forget_output``): a kill
+        # in between leaves a row that ``finished_outputs`` finds, never a file that no row names.
+        output_path = row["path"] if not output_open else None
         spool_path = None
         if not job_open:
             job = db.execute("SELECT state, spool_path FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()

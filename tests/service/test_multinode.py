@@ -27,8 +27,11 @@ from peers import (
     write_photos,
 )
 from test_integration import archive_uids, assert_no_phi, run_cli
+from test_store import job
 
+from dicom_anon.config import load_settings
 from dicom_anon.headers.pseudonyms import SiteKey
+from dicom_anon.service.store import NewOutput, open_store
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -140,3 +143,24 @@ def test_two_ingress_two_workers_killed_mid_stream_forward_each_acknowledged_ins
     assert verified.returncode == 0, verified.stdout + verified.stderr
     for name in (*INGRESS, *WORKERS):
         assert f"{name}:" in verified.stdout
+
+
+def test_another_nodes_outbox_file_left_by_a_kill_after_its_delivery_is_removed(cluster):
+    # Any node's sender delivers any node's output. One killed after recording a delivery and
+    # before removing its file left that file in worker-2's folder, where no start-up sweeps but
+    # worker-2's own: it stayed for good (seen once in this file's test above).
+    store = open_store(load_settings(cluster.config("worker-2", "worker")))
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    path = "outbox/worker-2/1-photos.dcm"
+    photo = NewOutput("photos", path, "1.2.3", "2.25.1", "1.2.840.10008.1.2.1", "ANONX", ("archive",))
+    (delivery,), _, _ = store.finish_routing(job_id, [photo], [])
+    assert store.mark_delivered(delivery, 0x0000).output_path == path
+    store.close()
+    left = cluster.shared / path
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(b"a de-identified copy")
+    cluster.start("worker-1", "worker")
+    cluster.wait_started("worker-1")
+    cluster.stop()
+    assert not left.exists()

@@ -18,6 +18,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 from pynetdicom import AE, build_context, evt
+from test_store import job, output
 from typer.testing import CliRunner
 
 from dicom_anon.cli import app
@@ -365,6 +366,28 @@ def test_leftover_half_written_files_are_swept_at_start(tmp_path):
     service.stop()
     assert not stray.exists()
     assert events(settings.data_dir, "service_started")[0]["swept_files"] == 1
+
+
+def test_a_delivered_outputs_file_a_kill_left_behind_is_removed_at_start(tmp_path):
+    # The sender recorded the delivery and was killed before it removed the file: the row still
+    # names the file, and the next start removes it (on a shared root it may be another node's).
+    settings = settings_for(tmp_path, free_port())
+    first = Service(settings)
+    first.start()
+    first.stop()
+    store = SqliteStore(settings.state_path, node=settings.node.id, lease_s=60)
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (delivery,), _, _ = store.finish_routing(job_id, [output()], [])
+    left = settings.data_dir / store.mark_delivered(delivery, 0x0000).output_path
+    store.close()
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(to_bytes(tiny_photo()))
+    second = Service(settings)
+    second.start()
+    second.stop()
+    assert not left.exists()
+    assert events(settings.data_dir, "service_started")[-1]["swept_files"] == 1
 
 
 # --- photos held for review ------------------------------------------------------------

@@ -139,6 +139,32 @@ def test_delivery_completion_frees_outbox_then_spool(store):
     assert len(store.latencies()) == 2
 
 
+def test_a_finished_outputs_file_stays_named_until_it_is_removed(store):
+    # A sender killed after recording the delivery and before removing the file leaves a row that
+    # still names it, so a purge finds it (on a shared root no start-up sweeps another node's folder).
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (d,), _, _ = store.finish_routing(job_id, [output()], [])
+    assert store.finished_outputs() == []
+    completion = store.mark_delivered(d, 0x0000)
+    assert store.finished_outputs() == [completion.output_path] == ["outbox/photos.dcm"]
+    assert completion.output_path in store.output_paths()
+    store.forget_output(completion.output_path)
+    assert store.finished_outputs() == [] and store.output_paths() == set()
+
+
+def test_a_released_copy_keeps_its_path_when_the_old_one_is_forgotten(store):
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (d,), _, _ = store.finish_routing(job_id, [output()], [])
+    qid, completion = store.quarantine_delivery(
+        d, NewQuarantine("egress", "refused-0xA900", "no", "q/1", "photos", "teaching")
+    )
+    store.release(qid, "officer", completion.output_path)  # put back where it was, before the forget
+    store.forget_output(completion.output_path)
+    assert store.output_paths() == {completion.output_path} and store.finished_outputs() == []
+
+
 def test_retry_at_hides_a_delivery_until_then(store):
     job_id, _ = store.add_job(job(1))
     store.claim_job()
