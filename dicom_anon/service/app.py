@@ -37,7 +37,7 @@ from ..headers.errors import SiteKeyError
 from ..headers.pseudonyms import SiteKey
 from ..rules import Rules
 from .deid_pool import DeidPool
-from .egress import Sender
+from .egress import Sender, remove_output
 from .failures import describe_environment, record_or_log
 from .files import FileSystemFlush, Layout, write_durable
 from .ingress import Ingress
@@ -375,8 +375,7 @@ class Service:
         assert self.store is not None
         finished = self.store.finished_outputs()
         for path in finished:
-            self.layout.remove(path)
-            self.store.forget_output(path)
+            remove_output(self.layout, self.store, path)
         return len(finished)
 
     def dead_threads(self) -> list[str]:

@@ -68,6 +68,14 @@ def transient(status: int) -> bool:
     return 0xA700 <= status <= 0xA7FF or status in _TRANSIENT
 
 
+def remove_output(layout: Layout, store: StateStore, path: str | None) -> None:
+    """A finished output's outbox file, then the row that names it: a kill in between leaves a row
+    that ``StateStore.finished_outputs`` finds, never a file no row names."""
+    if path is not None:
+        layout.remove(path)
+        store.forget_output(path)
+
+
 def client_tls_context(dest: Destination) -> ssl.SSLContext | None:
     if dest.tls is None:
         return None
@@ -382,7 +390,7 @@ class Sender(threading.Thread):
             # One flush for the record and the row, before the files they free are removed.
             self.flush()
             self._backoff = _Backoff()
-            self._remove_output(completion.output_path)
+            remove_output(self.layout, self.store, completion.output_path)
             if completion.spool_path is not None:
                 self.on_job_done(completion.job_id, completion.spool_path)
             return
@@ -393,12 +401,6 @@ class Sender(threading.Thread):
             self._quarantine(
                 d, f"refused-0x{status:04X}", f"{self.dest_name} answered 0x{status:04X} ({meaning})"
             )
-
-    def _remove_output(self, path: str | None) -> None:
-        """The file first, then the row that names it (``StateStore.finished_outputs``)."""
-        if path is not None:
-            self.layout.remove(path)
-            self.store.forget_output(path)
 
     def _retry(self, d: Delivery, error: str, status: int | None) -> None:
         retry = self.settings.retry
@@ -426,7 +428,7 @@ class Sender(threading.Thread):
             folder.mkdir(parents=True, exist_ok=True)
         q = NewQuarantine("egress", code, reason, self.layout.rel(folder), d.route, self.dest_name)
         qid, completion = self.store.quarantine_delivery(d.id, q)
-        self._remove_output(completion.output_path)
+        remove_output(self.layout, self.store, completion.output_path)
         self.audit.record(
             "instance_quarantined",
             job=d.job_id,

@@ -54,6 +54,10 @@ from .store import (
 # 6: ... and the face oval it passed at (oval).
 SCHEMA_VERSION = 6
 
+# An output none of whose deliveries is still to be sent (its outbox file is no longer needed);
+# the one parameter is PENDING.
+_NONE_PENDING = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.output_id = outputs.id AND d.state = ?)"
+
 # The current tables; ``{id}``, ``{real}``, ``{blob}`` and ``{int8}`` are the dialect's types.
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -515,21 +519,13 @@ class SqlStore(ABC):
         """The outbox file of a finished output was removed; a released copy (pending again) keeps
         its path."""
         with self.transaction(durable=False) as db:
-            db.execute(
-                "UPDATE outputs SET path = NULL WHERE path = ? AND NOT EXISTS"
-                " (SELECT 1 FROM deliveries d WHERE d.output_id = outputs.id AND d.state = ?)",
-                (path, PENDING),
-            )
+            db.execute(f"UPDATE outputs SET path = NULL WHERE path = ? AND {_NONE_PENDING}", (path, PENDING))
 
     def finished_outputs(self) -> list[str]:
         """Outbox files no delivery needs any more whose removal a kill cut short: on a shared root
         any node's sender closes any node's deliveries, while start-up clears only a node's own
         folder, so these are found by their rows."""
-        rows = self._read(
-            "SELECT o.path FROM outputs o WHERE o.path IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.output_id = o.id AND d.state = ?)",
-            (PENDING,),
-        )
+        rows = self._read(f"SELECT path FROM outputs WHERE path IS NOT NULL AND {_NONE_PENDING}", (PENDING,))
         return [r["path"] for r in rows]
 
     def forget_spool(self, job_id: int) -> None:

@@ -27,11 +27,11 @@ from peers import (
     write_photos,
 )
 from test_integration import archive_uids, assert_no_phi, run_cli
-from test_store import job
+from test_store import job, output
 
 from dicom_anon.config import load_settings
 from dicom_anon.headers.pseudonyms import SiteKey
-from dicom_anon.service.store import NewOutput, open_store
+from dicom_anon.service.store import open_store
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -153,8 +153,7 @@ def test_another_nodes_outbox_file_left_by_a_kill_after_its_delivery_is_removed(
     job_id, _ = store.add_job(job(1))
     store.claim_job()
     path = "outbox/worker-2/1-photos.dcm"
-    photo = NewOutput("photos", path, "1.2.3", "2.25.1", "1.2.840.10008.1.2.1", "ANONX", ("archive",))
-    (delivery,), _, _ = store.finish_routing(job_id, [photo], [])
+    (delivery,), _, _ = store.finish_routing(job_id, [output(destinations=("archive",), path=path)], [])
     assert store.mark_delivered(delivery, 0x0000).output_path == path
     store.close()
     left = cluster.shared / path

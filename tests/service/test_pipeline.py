@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from dicom_anon.cli import app
 from dicom_anon.config import load_settings
 from dicom_anon.service.app import Service
+from dicom_anon.service.store import open_store
 from dicom_anon.service.store_sqlite import SqliteStore
 
 runner = CliRunner()
@@ -375,7 +376,7 @@ def test_a_delivered_outputs_file_a_kill_left_behind_is_removed_at_start(tmp_pat
     first = Service(settings)
     first.start()
     first.stop()
-    store = SqliteStore(settings.state_path, node=settings.node.id, lease_s=60)
+    store = open_store(settings)
     job_id, _ = store.add_job(job(1))
     store.claim_job()
     (delivery,), _, _ = store.finish_routing(job_id, [output()], [])

@@ -13,6 +13,7 @@ import pytest
 from dicom_anon.service.store import (
     DONE,
     BusyError,
+    Completion,
     NewJob,
     NewOutput,
     NewQuarantine,
@@ -67,9 +68,21 @@ def job(n: int, digest: str = "d") -> NewJob:
     )
 
 
-def output(route: str = "photos", destinations: tuple[str, ...] = ("teaching",)) -> NewOutput:
+def output(
+    route: str = "photos", destinations: tuple[str, ...] = ("teaching",), path: str | None = None
+) -> NewOutput:
     return NewOutput(
-        route, f"outbox/{route}.dcm", "1.2.3", "2.25.1", "1.2.840.10008.1.2.1", "ANONX", destinations
+        route, path or f"outbox/{route}.dcm", "1.2.3", "2.25.1", "1.2.840.10008.1.2.1", "ANONX", destinations
+    )
+
+
+def refused_delivery(store: StateStore) -> tuple[int, Completion]:
+    """A job's one delivery, refused for good by its destination: (quarantine id, completion)."""
+    job_id, _ = store.add_job(job(1))
+    store.claim_job()
+    (d,), _, _ = store.finish_routing(job_id, [output()], [])
+    return store.quarantine_delivery(
+        d, NewQuarantine("egress", "refused-0xA900", "no", "q/1", "photos", "teaching")
     )
 
 
@@ -154,12 +167,7 @@ def test_a_finished_outputs_file_stays_named_until_it_is_removed(store):
 
 
 def test_a_released_copy_keeps_its_path_when_the_old_one_is_forgotten(store):
-    job_id, _ = store.add_job(job(1))
-    store.claim_job()
-    (d,), _, _ = store.finish_routing(job_id, [output()], [])
-    qid, completion = store.quarantine_delivery(
-        d, NewQuarantine("egress", "refused-0xA900", "no", "q/1", "photos", "teaching")
-    )
+    qid, completion = refused_delivery(store)
     store.release(qid, "officer", completion.output_path)  # put back where it was, before the forget
     store.forget_output(completion.output_path)
     assert store.output_paths() == {completion.output_path} and store.finished_outputs() == []
@@ -177,12 +185,7 @@ def test_retry_at_hides_a_delivery_until_then(store):
 
 
 def test_quarantined_delivery_can_be_released_to_try_again(store):
-    job_id, _ = store.add_job(job(1))
-    store.claim_job()
-    (d,), _, _ = store.finish_routing(job_id, [output()], [])
-    qid, completion = store.quarantine_delivery(
-        d, NewQuarantine("egress", "refused-0xA900", "no", "q/1", "photos", "teaching")
-    )
+    qid, completion = refused_delivery(store)
     assert completion.job_done and completion.output_path == "outbox/photos.dcm"
     store.release(qid, "officer", "outbox/again.dcm")
     [again] = store.due_deliveries("teaching", time.time())
