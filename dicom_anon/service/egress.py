@@ -428,7 +428,6 @@ class Sender(threading.Thread):
             folder.mkdir(parents=True, exist_ok=True)
         q = NewQuarantine("egress", code, reason, self.layout.rel(folder), d.route, self.dest_name)
         qid, completion = self.store.quarantine_delivery(d.id, q)
-        remove_output(self.layout, self.store, completion.output_path)
         self.audit.record(
             "instance_quarantined",
             job=d.job_id,
@@ -442,5 +441,7 @@ class Sender(threading.Thread):
             patient=d.patient_pseudonym,
         )
         log.warning("delivery quarantined", destination=self.dest_name, code=code, quarantine=qid)
+        # After the record: the file's row is a store write too, and the record must not wait on it.
+        remove_output(self.layout, self.store, completion.output_path)
         if completion.spool_path is not None:
             self.on_job_done(completion.job_id, completion.spool_path)
