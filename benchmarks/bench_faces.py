@@ -279,13 +279,15 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
                     source._faces.clear()
                     prepare._PREPARED.clear()
                     prepare._AREAS.clear()
-                before = dict(STAGES)
+                before, draws = dict(STAGES), len(source.draws)
                 secs, outcome = run(ds, settings, pseudonym, memory)
                 cases[case].append(secs)
                 for label, total in STAGES.items():
                     stage_sums[case][label] += total - before.get(label, 0.0)
                 if case.startswith("new"):
-                    print(f"  {name:32s} new {secs:6.2f} s  {outcome}  draw {source.draws[-1]}")
+                    # A photo held before any draw (a face cut off, say) has no draw of its own.
+                    drawn = f"  draw {source.draws[-1]}" if len(source.draws) > draws else ""
+                    print(f"  {name:32s} new {secs:6.2f} s  {outcome}{drawn}")
                 else:  # which person costs what on every later photo (its ovals, its QA tries)
                     print(f"  {name:32s} {case.split(', ')[1]} {secs:6.2f} s  {outcome}")
     for case, times in cases.items():

@@ -353,6 +353,12 @@ class Directions:
     # The likeness read-out, screen-only too: the SFace embedding a style's face will have, as
     # (512, 128) weights on the z-scored style and the (128,) mean (lab/directions/likeness.py).
     likeness: tuple[np.ndarray, np.ndarray] | None = None
+    # The direction SFace's embeddings of generated faces share (their mean, unit length), and
+    # how far along it the face a style will give may lie, as the likeness read-out predicts it
+    # (cosine; lab/directions/typical.py). The faces furthest along it (young, light, frontal,
+    # smiling) are one person to SFace with many others: screen-only, like the likeness.
+    typical: np.ndarray | None = None
+    typical_above: float = 1.0
 
     def _z(self, styles: np.ndarray) -> np.ndarray:
         """(n, 512) styles truncated at ``psi``, z-scored as every read-out reads them."""
@@ -377,6 +383,13 @@ class Directions:
         predicted = self._z(styles) @ weights + mean
         target = embedding / max(float(np.linalg.norm(embedding)), 1e-9)
         return predicted @ target / np.maximum(np.linalg.norm(predicted, axis=1), 1e-9)
+
+    def typical_faces(self, styles: np.ndarray) -> np.ndarray:
+        """Which of (n, 512) styles truncated at ``psi`` will likely give a typical face (see
+        ``typical``); none without the direction or the likeness read-out."""
+        if self.typical is None or self.likeness is None:
+            return np.zeros(len(styles), bool)
+        return self.likeness_to(styles, self.typical) > self.typical_above
 
     def expected(self, name: str, read_out: np.ndarray) -> np.ndarray:
         """What the estimator would read, on average, on faces with this read-out (linear beyond
@@ -460,6 +473,14 @@ def _directions(d: dict) -> Directions:
             (np.asarray(d["likeness"]["weights"], np.float32), np.asarray(d["likeness"]["mean"], np.float32))
             if "likeness" in d
             else None
+        ),
+        **(
+            {
+                "typical": np.asarray(d["typical"]["direction"], np.float64),
+                "typical_above": float(d["typical"]["above"]),
+            }
+            if "typical" in d
+            else {}
         ),
     )
 
@@ -910,6 +931,11 @@ class GeneratedIdentities:
             bad = keep & (only["child"] > d.screen_reject_above["child"])
             why["child"] += int(bad.sum())
             keep &= ~bad
+        # Last, as the likeness needs the steered style too: a typical face's outputs and other
+        # patients' came out alike more often (research record, "Typical faces").
+        bad = keep & d.typical_faces(steered)
+        why["typical face"] += int(bad.sum())
+        keep &= ~bad
         return keep, codes, why, d.likeness_to(steered, ctx.embedding)
 
     def _fits(self, f: GeneratedFace, ctx: PatientContext, want: Want) -> str | None:

@@ -488,13 +488,14 @@ def test_someone_new_after_the_variants_keeps_the_persons_sex_where_the_photo_is
 
 def test_a_dark_skinned_patient_gets_a_new_person_of_their_skin_tone(source, site_key) -> None:
     """FFHQ holds few dark-skinned people: unsteered, the draw for this patient screened 896
-    latents and took a person at delta E 21.5 (the limit is 22); steered, the first block gives
-    one whose measured skin is near the patient's."""
+    latents and took a person at delta E 21.5 (the limit is 22); steered (to the patient's skin,
+    or where a render missed it, to a target moved by the miss), the stream's first few blocks
+    give one whose measured skin is near the patient's."""
     patient_skin = np.array([33.0, 14.0, 16.0])
     made = fresh(source).people(ctx(site_key, "ANONDARK", skin_lab=patient_skin))
     assert len(made) == 1, source.last_draw
     face = made[0]
-    assert isinstance(face, GeneratedFace) and "L33a14b16" in face.steer
+    assert isinstance(face, GeneratedFace) and "L" in face.steer and face.index < 2 * BLOCK
     assert np.linalg.norm(face.skin_lab - patient_skin) < 10.0
     # The steered person regenerates alike in another draw from what the store keeps.
     again = fresh(source).face(stream_seed(site_key, "ANONDARK"), face.index, face.steer)
@@ -961,3 +962,29 @@ def test_a_later_photo_that_turns_the_persons_render_down_gets_a_variant_of_them
         again["attempts"],
         later["attempts"],
     )
+
+
+def test_a_draw_passes_over_the_faces_sface_takes_for_many_others(source, site_key) -> None:
+    """SFace's embeddings of generated faces share a direction, and the faces furthest along it
+    (young, light, frontal, smiling) are one person with many others. The screen passes over
+    the latents whose predicted embedding lies that far (and no others), and the faces it
+    passed over are in fact further along it than those it kept."""
+    patient = PatientContext(pseudonym="ANONTYPICAL", key=site_key, sex="F", age_years=25.0)
+    want, d = _want(patient), source.directions
+    seed = stream_seed(site_key, "ANONTYPICAL")
+    # The stream's first 256 latents (indices in the stream, as the blocks follow one another).
+    raw = np.concatenate([source.generator.raw_styles(latents(seed, b)) for b in range(4)])
+    keep, codes, why, _ = source._screen(raw, want, patient)
+    plain = fresh(source, dataclasses.replace(d, typical=None))
+    before, _, plain_why, _ = plain._screen(raw, want, patient)
+    passed_over = np.flatnonzero(before & ~keep)
+    assert not (keep & ~before).any() and len(passed_over) == why["typical face"] >= 3
+    assert plain_why["typical face"] == 0
+    along = {
+        j: cosine(f.embedding, d.typical)
+        for j in [*passed_over[:4], *np.flatnonzero(keep)[:4]]
+        if isinstance(f := source.face(seed, int(j), codes[j]), GeneratedFace)
+    }
+    over = [along[j] for j in passed_over[:4] if j in along]
+    kept = [along[j] for j in np.flatnonzero(keep)[:4] if j in along]
+    assert len(over) >= 3 and len(kept) >= 3 and np.mean(over) > np.mean(kept) + 0.05, (over, kept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -92,3 +93,45 @@ def test_the_likeness_read_out_learns_the_embedding_a_style_gives(tmp_path, monk
     monkeypatch.setattr("sys.argv", ["likeness", str(tmp_path / "c"), "-o", str(path)])
     with pytest.raises(SystemExit, match=r"psi 0\.7"):
         likeness.main()
+
+
+def test_the_typical_face_is_the_direction_the_embeddings_share(tmp_path, monkeypatch, capsys) -> None:
+    """typical.py writes the direction generated faces' embeddings share and a limit along it on
+    the likeness read-out's prediction; the faces it keeps are taken for one another less often
+    than all of them. Version and steering are untouched: remembered people keep their faces."""
+    from dicom_anon.faces.identities import DIRECTIONS, load_directions
+    from dicom_anon.lab.directions import likeness, typical
+
+    before = load_directions(DIRECTIONS)
+    path = tmp_path / "directions.json"
+    path.write_text(DIRECTIONS.read_text())
+    rng = np.random.default_rng(5)
+    weights = rng.standard_normal((len(before.mean), 128)) / 10
+    # A part every face's embedding has, as generated faces do, the larger the further the style
+    # lies along its first axis.
+    shared = rng.standard_normal(128)
+    shared /= np.linalg.norm(shared)
+    for folder, seed, n in (("a", 6, 600), ("b", 7, 400)):
+        _samples(tmp_path / folder, before.psi, n, weights, seed=seed)
+        d = np.load(tmp_path / folder / "samples.npz")
+        along = 20 + 10 * (d["styles"][:, 0] - before.mean[0]) / before.scale[0]
+        e = d["embeddings"] + np.outer(along * (np.linalg.norm(d["embeddings"], axis=1) > 0), shared)
+        np.savez_compressed(tmp_path / folder / "samples.npz", psi=d["psi"], styles=d["styles"], embeddings=e)
+    monkeypatch.setattr("sys.argv", ["likeness", str(tmp_path / "a"), "-o", str(path)])
+    likeness.main()
+    capsys.readouterr()
+    monkeypatch.setattr("sys.argv", ["typical", str(tmp_path / "b"), "-o", str(path), "--sampled", "made up"])
+    typical.main()
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 399 and report["r_predicted_own"] > 0.5 and report["kept"] == 0.799
+    assert report["one_person_pairs_kept"] < report["one_person_pairs"]
+    d = load_directions(path)
+    assert d.typical is not None and abs(np.linalg.norm(d.typical) - 1) < 1e-5
+    assert np.dot(d.typical, shared) > 0.5
+    styles = np.load(tmp_path / "b" / "samples.npz")["styles"].astype(np.float32)
+    assert abs(d.typical_faces(styles).mean() - 0.2) < 0.01
+    assert d.version == before.version
+    assert all(np.array_equal(d.weights[k], before.weights[k]) for k in d.weights)
+    assert json.loads(path.read_text())["typical"]["source"]["sampled"] == "made up"
+    # Read-outs without the entry screen nothing.
+    assert not dataclasses.replace(d, typical=None).typical_faces(styles).any()
