@@ -1200,19 +1200,21 @@ class GeneratedIdentities:
         return None
 
     def remember(self, memory: IdentityMemory, pseudonym: str, surrogate: Surrogate, oval: float) -> None:
-        """The patient's person, the first time; on every photo where that person or a variant of
-        it (only ever offered for the remembered person, ``_variant``) passed, the variant and
-        the oval, to be tried first next time. Someone new who passed on a later photo, when the
-        remembered person could not, is not remembered."""
+        """The patient's person, the first time (the person a variant was made of, where on the
+        first photo only a variant passed: ``_variant``); on every photo where that person or a
+        variant of it passed, the variant and the oval, to be tried first next time. Someone new
+        who passed on a later photo, when the remembered person could not, is not remembered."""
         if not isinstance(surrogate, GeneratedFace):
             return
         variant = steer_variant(surrogate.steer)
-        if not variant:
-            kept = memory.generated_for(pseudonym)
-            if kept is None:
-                memory.remember_generated(pseudonym, surrogate.index, surrogate.steer, surrogate.embedding)
-            elif kept != (surrogate.index, surrogate.steer):
-                return
+        kept = memory.generated_for(pseudonym)
+        if kept is None:
+            # A variant is the same person to the recogniser: its embedding serves the others.
+            memory.remember_generated(
+                pseudonym, *parse_person(base_person(surrogate.person)), surrogate.embedding
+            )
+        elif not variant and kept != (surrogate.index, surrogate.steer):
+            return
         memory.remember_passed(pseudonym, oval, variant or None)
 
     def mouth_opening(self, rgb: np.ndarray, face: Face) -> float | None:

@@ -53,6 +53,9 @@ CUT_OFF_MARGIN = 0.25
 # half a minute (a new person drawn for each), and the pipeline thread does nothing else
 # meanwhile: a poster of sixteen faces held it 68 s, a hundred would hold the queue for minutes.
 MAX_FACES = 8
+# Variants of a new patient's first person tried when no one new suits (``plan``): each costs a
+# screen at every oval, and a render where the screen passes.
+NEW_PATIENT_VARIANTS = 4
 MAX_FRAMES = 8
 
 
@@ -245,20 +248,32 @@ class FacePipeline:
             # everyone tried left out, until max_candidates people have been tried (a remembered
             # person's variants count as that person: ``passed_over``). A route that gives each
             # patient one new person (``strict``) is offered that person's variants only.
+            # A new patient for whom no one new suits after the first person (a draw found
+            # nobody) is offered that person's variants (NEW_PATIENT_VARIANTS) before the photo
+            # is held: an older patient's second draw often finds no one of their age.
             tried = {c.info.get("person") for c in options}
+            varied = remembered
             while self.identities and self.identities.one_at_a_time:
                 if len({base_person(p) for p in tried if p is not None}) >= self.settings.max_candidates:
+                    return
+                variants = sum(
+                    varied is not None and base_person(p) == varied for p in tried if p is not None
+                )
+                if varied != remembered and variants > NEW_PATIENT_VARIANTS:
                     return
                 more = self.backend.candidates(
                     dataclasses.replace(
                         ctx,
                         remembered=None,
-                        passed_over=remembered,
-                        variants_only=strict,
+                        passed_over=varied,
+                        variants_only=strict or varied != remembered,
                         preferred_variant=preferred,
                         exclude_people=ctx.exclude_people | tried,
                     )
                 )
+                if not more and varied is None and first is not None:
+                    varied = first
+                    continue
                 if not more:
                     return
                 tried |= {c.info.get("person") for c in more}

@@ -988,3 +988,37 @@ def test_a_draw_passes_over_the_faces_sface_takes_for_many_others(source, site_k
     over = [along[j] for j in passed_over[:4] if j in along]
     kept = [along[j] for j in np.flatnonzero(keep)[:4] if j in along]
     assert len(over) >= 3 and len(kept) >= 3 and np.mean(over) > np.mean(kept) + 0.05, (over, kept)
+
+
+@pytest.mark.parametrize("variants", [4, 0])
+def test_a_new_patient_no_one_new_suits_gets_a_variant_of_the_first_person(
+    testdata, monkeypatch, variants
+) -> None:
+    """A girl (SFHQ_variability_age_063, under the evaluation's key, the only patient of the
+    site): every oval of her first person leaves the output too like her, and the next draw finds
+    no one else who suits. She was held; now her first person's variants are tried before that
+    (none: held, as before), one passes, and the person itself is remembered, so that her next
+    photo shows the same variant at once."""
+    from dicom_anon.faces import pipeline as P
+    from dicom_anon.headers.errors import Refused
+    from dicom_anon.lab import evaluate as ev
+
+    monkeypatch.setattr(P, "NEW_PATIENT_VARIANTS", variants)
+    pipeline = P.FacePipeline(
+        PixelSettings(preserve=["mouth"], device="cpu", identity="generated", second_recognizer=False)
+    )
+    rgb = np.asarray(Image.open(testdata / "faces" / "sfhq" / "SFHQ_variability_age_063.jpg").convert("RGB"))
+    memory = InMemoryIdentities()
+    patient = P.Patient("eval-SFHQ_variability_age_063", ev.EVAL_KEY, memory=memory)
+    if not variants:
+        with pytest.raises(Refused, match="qa-identity-too-similar"):
+            pipeline.process_frames(rgb[None], patient)
+        return
+    first = pipeline.process_frames(rgb[None], patient).faces[0]
+    person = base_person(first["person"])
+    assert first["person"] != person and steer_variant(parse_person(first["person"])[1]) >= 1
+    assert first["attempts"] > len(OVAL_LADDER)
+    seed = stream_seed(ev.EVAL_KEY, "eval-SFHQ_variability_age_063")
+    assert person_id(seed, *memory.generated_for("eval-SFHQ_variability_age_063")) == person
+    again = pipeline.process_frames(rgb[None], patient).faces[0]
+    assert again["person"] == first["person"] and again["attempts"] == len(OVAL_LADDER) + 1
