@@ -252,14 +252,12 @@ class FacePipeline:
             # nobody) is offered that person's variants (NEW_PATIENT_VARIANTS) before the photo
             # is held: an older patient's second draw often finds no one of their age.
             tried = {c.info.get("person") for c in options}
-            varied = remembered
+            varied = remembered  # whose variants are asked for (None: someone new)
+            first_varied = 0  # variants of a new patient's first person offered so far
             while self.identities and self.identities.one_at_a_time:
                 if len({base_person(p) for p in tried if p is not None}) >= self.settings.max_candidates:
                     return
-                variants = sum(
-                    varied is not None and base_person(p) == varied for p in tried if p is not None
-                )
-                if varied != remembered and variants > NEW_PATIENT_VARIANTS:
+                if varied != remembered and first_varied >= NEW_PATIENT_VARIANTS:
                     return
                 more = self.backend.candidates(
                     dataclasses.replace(
@@ -276,6 +274,8 @@ class FacePipeline:
                     continue
                 if not more:
                     return
+                if varied != remembered:
+                    first_varied += len(more)
                 tried |= {c.info.get("person") for c in more}
                 yield from [(c, o) for c in more for o in ladder]
 

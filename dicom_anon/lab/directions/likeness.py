@@ -30,6 +30,20 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
 
 
+def rendered_samples(folders: list[Path], psi: float) -> tuple[np.ndarray, np.ndarray]:
+    """The styles and SFace embeddings of the faces in ``folders``' samples.npz that gave a crop;
+    samples drawn at another truncation than the read-outs' ``psi`` are refused (SystemExit)."""
+    styles, embeddings = [], []
+    for folder in folders:
+        d = np.load(folder / "samples.npz")
+        if abs(float(d["psi"]) - psi) > 1e-6:
+            raise SystemExit(f"{folder}: sampled at psi {float(d['psi'])}, the read-outs are at {psi}")
+        rendered = np.linalg.norm(d["embeddings"], axis=1) > 0  # a face that gave a crop
+        styles.append(d["styles"][rendered])
+        embeddings.append(d["embeddings"][rendered])
+    return np.concatenate(styles), np.concatenate(embeddings)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("samples", type=Path, nargs="+", help="folders holding sample.py's samples.npz")
@@ -37,16 +51,9 @@ def main() -> None:
     ap.add_argument("--sampled", default="", help="how the samples were made, for the file's record")
     args = ap.parse_args()
     out = json.loads(args.o.read_text())
-    styles, embeddings = [], []
-    for folder in args.samples:
-        d = np.load(folder / "samples.npz")
-        if abs(float(d["psi"]) - float(out["psi"])) > 1e-6:
-            raise SystemExit(f"{folder}: sampled at psi {float(d['psi'])}, the read-outs are at {out['psi']}")
-        rendered = np.linalg.norm(d["embeddings"], axis=1) > 0  # a face that gave a crop
-        styles.append(d["styles"][rendered])
-        embeddings.append(d["embeddings"][rendered])
-    x = (np.concatenate(styles).astype(np.float64) - np.asarray(out["mean"])) / np.asarray(out["scale"])
-    y = unit(np.concatenate(embeddings).astype(np.float64))
+    styles, embeddings = rendered_samples(args.samples, float(out["psi"]))
+    x = (styles.astype(np.float64) - np.asarray(out["mean"])) / np.asarray(out["scale"])
+    y = unit(embeddings.astype(np.float64))
     report: dict = {"n": len(y), "cv_cosine": {}}
     for l2 in L2:
         cv = cross_validated(partial(ridge, l2=l2), x, y)

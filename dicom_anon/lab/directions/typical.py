@@ -25,7 +25,7 @@ import numpy as np
 
 from ...faces.embed import SFACE_SAME_PERSON
 from ...faces.identities import DIRECTIONS, load_directions
-from .likeness import unit
+from .likeness import rendered_samples, unit
 
 
 def one_person_share(embeddings: np.ndarray) -> float:
@@ -45,18 +45,10 @@ def main() -> None:
     directions = load_directions(args.o)
     if directions.likeness is None:
         raise SystemExit(f"{args.o}: no likeness read-out to predict embeddings with (likeness.py first)")
-    styles, embeddings = [], []
-    for folder in args.samples:
-        d = np.load(folder / "samples.npz")
-        if abs(float(d["psi"]) - directions.psi) > 1e-6:
-            psi = float(d["psi"])
-            raise SystemExit(f"{folder}: sampled at psi {psi}, the read-outs are at {directions.psi}")
-        rendered = np.linalg.norm(d["embeddings"], axis=1) > 0  # a face that gave a crop
-        styles.append(d["styles"][rendered])
-        embeddings.append(d["embeddings"][rendered])
-    y = unit(np.concatenate(embeddings).astype(np.float64))
+    styles, embeddings = rendered_samples(args.samples, directions.psi)
+    y = unit(embeddings.astype(np.float64))
     direction = unit(y.mean(axis=0))
-    predicted = directions.likeness_to(np.concatenate(styles), direction)
+    predicted = directions.likeness_to(styles, direction)
     above = float(np.percentile(predicted, args.above))
     kept = predicted <= above
     report = {
