@@ -42,7 +42,7 @@ from .identities import IdentityMemory, IdentitySource, PoolIdentities, base_per
 from .intraoral import check_no_face
 from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
-from .qa import FaceRefused, SecondOpinion, Verdict, check, preserved_diff
+from .qa import MAX_SKIN_CHANGE, FaceRefused, SecondOpinion, Verdict, check, preserved_diff, skin_change
 from .replace import BASELINES, Candidate, make_backend
 from .shrink import shrink
 
@@ -282,7 +282,15 @@ class FacePipeline:
         # The masks depend on the face and the oval only, not on the candidate.
         small_masks: dict[float, M.FaceMasks] = {}
         full_masks: dict[float, M.FaceMasks] = {}
+        # Surrogate pictures whose relit face changed the skin's colour: their larger ovals are not
+        # tried. The change is the picture's relighting, not the oval's; a larger oval brought the
+        # cheeks under the limit while the pale or grey face stayed, with more of the person's hair.
+        # (A candidate without a picture, the GAN's own face, is tried at every oval.)
+        discoloured: set[str] = set()
         for cand, oval_scale in plan(options):
+            picture = cand.info.get("surrogate")
+            if picture in discoloured:
+                continue
             attempt = {**cand.info, "oval": oval_scale}
             attempts.append(attempt)
             # The remembered person's first try (at the oval that passed last) goes to the full
@@ -297,6 +305,15 @@ class FacePipeline:
                         small.face, small.frame.shape, small.preserved, oval_scale
                     )
                 trial = self._apply(cand, small.frame, small.original, small.face, small_masks[oval_scale])
+                # The skin's colour as the full check judges it: a relighting that fails here
+                # fails at full size too, and a full render is spared.
+                skin = skin_change(small.original, trial, small.face)
+                if skin > MAX_SKIN_CHANGE:
+                    attempt["screen"] = {"skin_delta_e": round(skin, 1)}
+                    attempt["code"] = "qa-skin-colour-changed"
+                    if picture is not None:
+                        discoloured.add(picture)
+                    continue
                 # Embedded where the new face's eyes and nose are (the surrogate may move them).
                 moved = dataclasses.replace(
                     small.face, landmarks=cand.landmarks(small.face, small_masks[oval_scale])
@@ -328,6 +345,8 @@ class FacePipeline:
             attempt.update(v.figures())
             if v.code is not None:
                 attempt["code"] = v.code
+                if v.code == "qa-skin-colour-changed" and picture is not None:
+                    discoloured.add(picture)
                 continue
             if "person" in cand.info:
                 if self.identities and patient.memory and not used and cand.surrogate is not None:
@@ -355,10 +374,16 @@ class FacePipeline:
                 },
             )
         codes = [a["code"] for a in attempts]
-        # The most telling failure: a changed clinical area outranks a lost face outranks a look-alike.
+        # The most telling failure: a changed clinical area outranks a lost face outranks a
+        # look-alike outranks a changed skin colour.
         code = next(
             c
-            for c in ("qa-preserved-area-changed", "qa-face-not-found", "qa-identity-too-similar")
+            for c in (
+                "qa-preserved-area-changed",
+                "qa-face-not-found",
+                "qa-identity-too-similar",
+                "qa-skin-colour-changed",
+            )
             if c in codes
         )
         sims = [
@@ -371,6 +396,15 @@ class FacePipeline:
         apart = [a["second_recognizer_distance"] for a in attempts if "second_recognizer_distance" in a]
         if apart:
             detail += f"; largest dlib distance {max(apart):.2f} (needs {DLIB_SAME_PERSON})"
+        if code == "qa-skin-colour-changed":
+            skins = [
+                x["skin_delta_e"]
+                for a in attempts
+                if a["code"] == code
+                for x in (a, a.get("screen", {}))
+                if "skin_delta_e" in x
+            ]
+            detail += f"; the cheeks' colour changed by at least {min(skins):.1f} (limit {MAX_SKIN_CHANGE:g})"
         if strict:
             variants = sum(a.get("person") != remembered for a in attempts if a.get("oval") == ladder[0])
             also = f" and {variants} variant{'s' * (variants != 1)} of it were" if variants else " was"

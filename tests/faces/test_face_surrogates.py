@@ -18,8 +18,8 @@ from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.identities import InMemoryIdentities
-from dicom_anon.faces.pipeline import Patient, get_pipeline, process_photo
-from dicom_anon.faces.qa import check
+from dicom_anon.faces.pipeline import FacePipeline, Patient, get_pipeline, process_photo
+from dicom_anon.faces.qa import MAX_SKIN_CHANGE, check
 from dicom_anon.faces.warp import MAX_FEATURE_SHIFT, feature_landmarks
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
@@ -325,6 +325,62 @@ def test_qa_passes_the_untouched_photo_only_on_identity(face_a) -> None:
         0.3,
     )
     assert v.face_found and v.identity_similarity > 0.9 and v.code == "qa-identity-too-similar"
+    assert v.skin_change == 0.0 and v.figures()["skin_delta_e"] == 0.0
+
+
+def test_qa_turns_down_a_face_whose_skin_changed_colour(face_a) -> None:
+    """A relighting that leaves a grey or pale mask on the patient's face is held at the gate,
+    before the recognisers are asked; a change of light within the limit is not."""
+    face = _face_of(face_a)
+    emb = get_recognizer().embed(face_a, face)
+
+    def verdict(gain: tuple[float, float, float]):
+        after = np.clip(face_a * np.array(gain), 0, 255).astype(np.uint8)
+        return check(
+            face_a,
+            after,
+            np.zeros(face_a.shape[:2], bool),
+            face,
+            emb,
+            get_detector("cpu"),
+            get_recognizer(),
+            0.3,
+        )
+
+    greyed = verdict((0.45, 0.5, 0.55))
+    assert greyed.code == "qa-skin-colour-changed" and greyed.identity_similarity is None
+    assert greyed.skin_change > MAX_SKIN_CHANGE
+    # Still the patient under a slightly dimmer light: judged on identity, as before.
+    dimmer = verdict((0.95, 0.95, 0.95))
+    assert dimmer.code == "qa-identity-too-similar" and 0 < dimmer.skin_change < MAX_SKIN_CHANGE
+
+
+def test_a_photo_whose_every_new_face_changes_the_skin_is_held_with_the_reason(
+    face_a, lenient, monkeypatch
+) -> None:
+    from dicom_anon.faces import pipeline as pipeline_module
+    from dicom_anon.faces import qa
+
+    # With no change allowed, every candidate's relit cheeks differ from the patient's.
+    monkeypatch.setattr(qa, "MAX_SKIN_CHANGE", 0.0)
+    monkeypatch.setattr(pipeline_module, "MAX_SKIN_CHANGE", 0.0)
+
+    rendered: list[str] = []
+    apply = FacePipeline._apply
+
+    def counted(cand, *args):  # the real render, counted per surrogate picture
+        rendered.append(cand.info["surrogate"])
+        return apply(cand, *args)
+
+    monkeypatch.setattr(FacePipeline, "_apply", staticmethod(counted))
+    with pytest.raises(Refused) as exc:
+        patient = Patient("ANONSKIN", SiteKey(b"s" * 32))
+        get_pipeline(lenient, "surrogate").process_frames(face_a[None], patient)
+    assert exc.value.code == "qa-skin-colour-changed"
+    assert "the cheeks' colour changed by at least" in exc.value.reason and "(limit 0)" in exc.value.reason
+    # A picture that changed the skin is not tried again at a larger oval (a look-alike is).
+    assert len(rendered) >= 2 and len(set(rendered)) == len(rendered)
+    assert f"after {len(rendered)} tries" in exc.value.reason
 
 
 def _face_at(landmarks: np.ndarray) -> Face:
