@@ -53,7 +53,8 @@ def test_second_recognizer_refuses_a_face_dlib_still_takes_for_the_patient(portr
 
 
 def test_second_recognizer_passes_another_person(portraits) -> None:
-    verdict = _gate(portraits, "P003_studio_portrait", "P005_studio_portrait")
+    # Someone of about P003's skin (cheeks 4.8 delta E apart), or the gate's skin check holds it first.
+    verdict = _gate(portraits, "P003_studio_portrait", "P010_studio_portrait")
     assert verdict.code is None and verdict.second_distance > DLIB_SAME_PERSON
 
 
