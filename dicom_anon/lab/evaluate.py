@@ -9,8 +9,9 @@ with a second recogniser (dlib, ``judge``; also a QA gate unless ``second_recogn
 off, and the table then says so), with the rate at which it takes two different originals
 for one person as its chance level, how often the outputs of two different patients are
 told apart (against the same for their originals), preserved-area max abs difference,
-skin colour drift (CIELAB delta E of the cheeks, the new face against the patient's) and
-seconds per image. The attacker aligns on the
+skin colour drift (CIELAB delta E of the cheeks, the new face against the patient's, which
+the QA gate also limits; and of the median over all the patient's skin that was replaced, which
+it does not) and seconds per image. The attacker aligns on the
 face YuNet finds in the output, or on the original landmarks when it finds none.
 """
 
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -34,8 +36,10 @@ from ..faces.detect import Face, FaceDetector
 from ..faces.embed import SFACE_SAME_PERSON, cosine
 from ..faces.identities import InMemoryIdentities, base_person, split_reasons
 from ..faces.judge import DLIB_SAME_PERSON, distance, get_judge
+from ..faces.masks import TEMPLATE, paint, similarity
 from ..faces.pipeline import FacePipeline, Patient
-from ..faces.pool import skin_lab
+from ..faces.pool import skin_lab, skin_mask
+from ..faces.prepare import FEATURES, LIPS
 from ..faces.qa import iou
 from ..faces.replace import BASELINES
 from ..headers.errors import Refused
@@ -163,6 +167,7 @@ class Outcome:
     judge_rank1: bool = False
     preserved_diff: int = 0
     delta_e: float | None = None
+    face_delta_e: float | None = None
     attempts: int = 0
     surrogate: str | None = None
     # Who is in the image (``EvalImage.person``) and SFace's embedding of the output's face.
@@ -246,6 +251,7 @@ class MethodReport:
         done = [o for o in self.outcomes if o.output is not None]
         n = max(1, len(done))
         de = [o.delta_e for o in done if o.delta_e is not None]
+        face_de = [o.face_delta_e for o in done if o.face_delta_e is not None]
         judged = [o for o in done if o.judge_distance is not None]
         size = max(1, len(self.gallery.sface))
         return {
@@ -270,6 +276,11 @@ class MethodReport:
             "preserved max diff": str(max((o.preserved_diff for o in done), default=0)),
             "skin dE median/p95": (
                 f"{statistics.median(de):.1f} / {float(np.percentile(de, 95)):.1f}" if de else "-"
+            ),
+            "face skin dE median/p95": (
+                f"{statistics.median(face_de):.1f} / {float(np.percentile(face_de, 95)):.1f}"
+                if face_de
+                else "-"
             ),
             "s/image": f"{statistics.mean(o.seconds for o in self.outcomes):.2f}" if self.outcomes else "-",
         }
@@ -357,7 +368,27 @@ class Evaluator:
         outcome.judge_distance = distance(own, described)
         outcome.judge_rank1 = min(gallery.judge, key=lambda g: distance(g[1], described))[0] == img.stem
         outcome.delta_e = float(np.linalg.norm(skin_lab(out, face) - skin_lab(img.rgb, face)))
+        outcome.face_delta_e = face_skin_change(img.rgb, out, face, outcome.replaced)
         return outcome
+
+
+def face_skin_change(
+    original: np.ndarray, output: np.ndarray, face: Face, replaced: np.ndarray
+) -> float | None:
+    """CIELAB delta E between the medians of the patient's skin that was replaced (outside the
+    eyes, brows, nose and lips), output against original; None when under 50 pixels of it.
+
+    The QA gate limits the cheeks' delta E (``skin_delta_e``), so that figure cannot show what
+    the gate lets through; this one, over the whole replaced skin, is measured apart from it."""
+    features = np.zeros(original.shape[:2], np.uint8)
+    paint(features, similarity(TEMPLATE, face.landmarks), [FEATURES, LIPS])
+    area = replaced & (skin_mask(original, skin_lab(original, face)) > 0.5) & (features == 0)
+    if int(area.sum()) < 50:
+        return None
+    lab = [
+        cv2.cvtColor(img.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[area] for img in (original, output)
+    ]
+    return float(np.linalg.norm(np.median(lab[1], axis=0) - np.median(lab[0], axis=0)))
 
 
 @dataclass(frozen=True)
@@ -558,6 +589,7 @@ def contact_sheet(
 PER_PHOTO_COLUMNS = (
     "method", "photo", "person", "refused", "new_person", "attempts", "seconds",
     "sface_to_original", "sface_rank1", "dlib_to_original", "dlib_rank1", "skin_delta_e",
+    "face_skin_delta_e",
 )  # fmt: skip
 
 
@@ -579,7 +611,7 @@ def write_per_photo(reports: dict[str, MethodReport], path: Path) -> Path:
                     method, o.stem, o.person, o.refused or "", o.surrogate or "", o.attempts,
                     f"{o.seconds:.2f}", num(o.similarity), int(o.rank1) if done else "",
                     num(o.judge_distance), int(o.judge_rank1) if o.judge_distance is not None else "",
-                    num(o.delta_e),
+                    num(o.delta_e), num(o.face_delta_e),
                 ])  # fmt: skip
     return path
 

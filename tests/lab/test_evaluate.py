@@ -173,3 +173,21 @@ def test_skip_passes_over_a_folders_first_images_before_limit_counts(tmp_path, f
     assert [i.stem for i in ev.collect([str(tmp_path)], limit=2)] == ["a", "b"]
     assert [i.stem for i in ev.collect([str(tmp_path)], skip=2)] == ["c", "d"]
     assert [i.stem for i in ev.collect([str(tmp_path)], limit=1, skip=1)] == ["b"]
+
+
+def test_face_skin_change_is_measured_over_the_replaced_skin_only(portraits) -> None:
+    from dicom_anon.faces.detect import get_detector
+
+    img = portraits["P003_studio_portrait"].rgb
+    face = get_detector("cpu").detect([img])[0][0]
+    x0, y0, x1, y1 = (int(v) for v in face.box)
+    replaced = np.zeros(img.shape[:2], bool)
+    replaced[y0:y1, x0:x1] = True
+    assert ev.face_skin_change(img, img, face, replaced) == 0.0
+    greyed = img.copy()
+    greyed[y0:y1, x0:x1] = (greyed[y0:y1, x0:x1] * 0.5).astype(np.uint8)
+    assert ev.face_skin_change(img, greyed, face, replaced) > 20.0
+    # The same change where nothing was replaced is not the new face's.
+    elsewhere = np.zeros_like(replaced)
+    elsewhere[: max(1, y0 - 10)] = True
+    assert ev.face_skin_change(img, greyed, face, elsewhere) in (None, 0.0)
