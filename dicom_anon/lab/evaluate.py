@@ -40,7 +40,7 @@ from ..faces.masks import TEMPLATE, paint, similarity
 from ..faces.pipeline import FacePipeline, Patient
 from ..faces.pool import skin_lab, skin_mask
 from ..faces.prepare import FEATURES, LIPS
-from ..faces.qa import iou
+from ..faces.qa import iou, skin_change
 from ..faces.replace import BASELINES
 from ..headers.errors import Refused
 from ..headers.pseudonyms import SiteKey
@@ -367,7 +367,7 @@ class Evaluator:
         own = next(v for s, v in gallery.judge if s == img.stem)
         outcome.judge_distance = distance(own, described)
         outcome.judge_rank1 = min(gallery.judge, key=lambda g: distance(g[1], described))[0] == img.stem
-        outcome.delta_e = float(np.linalg.norm(skin_lab(out, face) - skin_lab(img.rgb, face)))
+        outcome.delta_e = skin_change(img.rgb, out, face)
         outcome.face_delta_e = face_skin_change(img.rgb, out, face, outcome.replaced)
         return outcome
 

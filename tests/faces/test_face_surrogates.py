@@ -288,14 +288,20 @@ def _face_of(img: np.ndarray) -> Face:
     return get_detector("cpu").detect([img])[0][0]
 
 
+def _gate(before: np.ndarray, after: np.ndarray, keep: np.ndarray | None = None):
+    """The QA gate on ``after`` for the face of ``before`` (nothing kept unless ``keep``), SFace at 0.3."""
+    face = _face_of(before)
+    kept = np.zeros(before.shape[:2], bool) if keep is None else keep
+    emb = get_recognizer().embed(before, face)
+    return check(before, after, kept, face, emb, get_detector("cpu"), get_recognizer(), 0.3)
+
+
 def test_qa_catches_a_changed_preserved_area(face_a) -> None:
-    face = _face_of(face_a)
     keep = np.zeros(face_a.shape[:2], bool)
     keep[100:110, 100:110] = True
     after = face_a.copy()
     after[105, 105, 0] ^= 1
-    emb = get_recognizer().embed(face_a, face)
-    v = check(face_a, after, keep, face, emb, get_detector("cpu"), get_recognizer(), 0.3)
+    v = _gate(face_a, after, keep)
     assert v.code == "qa-preserved-area-changed" and v.preserved_max_abs_diff == 1
 
 
@@ -304,26 +310,12 @@ def test_qa_catches_a_lost_face(face_a) -> None:
     after = face_a.copy()
     x0, y0, x1, y1 = (int(v) for v in face.box)
     after[max(0, y0 - 20) : y1 + 20, max(0, x0 - 20) : x1 + 20] = 128
-    emb = get_recognizer().embed(face_a, face)
-    v = check(
-        face_a, after, np.zeros(face_a.shape[:2], bool), face, emb, get_detector("cpu"), get_recognizer(), 0.3
-    )
+    v = _gate(face_a, after)
     assert v.code == "qa-face-not-found"
 
 
 def test_qa_passes_the_untouched_photo_only_on_identity(face_a) -> None:
-    face = _face_of(face_a)
-    emb = get_recognizer().embed(face_a, face)
-    v = check(
-        face_a,
-        face_a,
-        np.zeros(face_a.shape[:2], bool),
-        face,
-        emb,
-        get_detector("cpu"),
-        get_recognizer(),
-        0.3,
-    )
+    v = _gate(face_a, face_a)
     assert v.face_found and v.identity_similarity > 0.9 and v.code == "qa-identity-too-similar"
     assert v.skin_change == 0.0 and v.figures()["skin_delta_e"] == 0.0
 
@@ -331,21 +323,9 @@ def test_qa_passes_the_untouched_photo_only_on_identity(face_a) -> None:
 def test_qa_turns_down_a_face_whose_skin_changed_colour(face_a) -> None:
     """A relighting that leaves a grey or pale mask on the patient's face is held at the gate,
     before the recognisers are asked; a change of light within the limit is not."""
-    face = _face_of(face_a)
-    emb = get_recognizer().embed(face_a, face)
 
     def verdict(gain: tuple[float, float, float]):
-        after = np.clip(face_a * np.array(gain), 0, 255).astype(np.uint8)
-        return check(
-            face_a,
-            after,
-            np.zeros(face_a.shape[:2], bool),
-            face,
-            emb,
-            get_detector("cpu"),
-            get_recognizer(),
-            0.3,
-        )
+        return _gate(face_a, np.clip(face_a * np.array(gain), 0, 255).astype(np.uint8))
 
     greyed = verdict((0.45, 0.5, 0.55))
     assert greyed.code == "qa-skin-colour-changed" and greyed.identity_similarity is None
