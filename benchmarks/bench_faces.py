@@ -45,7 +45,18 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, generate_uid
 
 from dicom_anon.config import PixelSettings
-from dicom_anon.faces import blend, detect, embed, generator, identities, pipeline, prepare, qa, replace
+from dicom_anon.faces import (
+    blend,
+    detect,
+    embed,
+    generated,
+    generator,
+    identities,
+    pipeline,
+    prepare,
+    qa,
+    replace,
+)
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
 from dicom_anon.pixels import codec
@@ -165,7 +176,7 @@ def main() -> None:
         method=args.method,
     )
     if args.identity == "generated":
-        generated(settings, args)
+        new_and_seen_patients(settings, args)
         return
     photos = faces(args.faces)
     worst = photo(openpeople_face("P003"), "BENCH-P003", "F", "030Y")
@@ -229,7 +240,7 @@ def main() -> None:
     print(f"{args.in_flight} in flight: {n / wall:.2f} photos/s ({wall / n:.2f} s per photo, {n} photos)")
 
 
-def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
+def new_and_seen_patients(settings: PixelSettings, args: argparse.Namespace) -> None:
     """A new patient's first photo, the next photo in the same process, and after a restart."""
     photos = faces(args.faces)
     pipe = pipeline.get_pipeline(settings)
@@ -249,11 +260,11 @@ def generated(settings: PixelSettings, args: argparse.Namespace) -> None:
         (codec, "decode", "decode (incl. read-back)"),
         (codec, "encode", "encode"),
         (detect.FaceDetector, "detect", "MTCNN detect (incl. QA re-detect, candidates)"),
-        (identities.GeneratedIdentities, "people", "draw or recall the new person"),
+        (generated.GeneratedIdentities, "people", "draw or recall the new person"),
         (generator.FaceGenerator, "faces", "  of which full renders (OpenVINO, 1024 px)"),
         (generator.FaceGenerator, "features", "  of which previews: synthesis to the 128 px block"),
-        (identities, "preview_faces", "  of which previews: the head (torch, 256 px)"),
-        (identities, "estimate", "  of which sex and age of candidates"),
+        (generated, "preview_faces", "  of which previews: the head (torch, 256 px)"),
+        (generated, "estimate", "  of which sex and age of candidates"),
         (prepare, "_areas", "  of which GrabCut areas (once per face: fringe check, preparing)"),
         (prepare, "_take_down_shine", "prepare the new person's face: shine (once per person)"),
         (prepare, "_paint_temples", "prepare the new person's face: temples (once per person)"),

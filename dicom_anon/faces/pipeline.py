@@ -37,10 +37,12 @@ from .choice import (
 )
 from .detect import Face, get_detector, resolve_device
 from .embed import cosine, get_recognizer
+from .generated import get_generated
 from .generator import GeneratorUnavailable
-from .identities import IdentityMemory, IdentitySource, PoolIdentities, base_person, get_generated
+from .identities import IdentityMemory, IdentitySource, PoolIdentities
 from .intraoral import check_no_face
 from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
+from .person_codes import base_person
 from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import MAX_SKIN_CHANGE, FaceRefused, SecondOpinion, Verdict, check, preserved_diff, skin_change
 from .replace import BASELINES, Candidate, make_backend

@@ -34,9 +34,11 @@ from PIL import Image, ImageDraw
 from ..config import PixelSettings
 from ..faces.detect import Face, FaceDetector
 from ..faces.embed import SFACE_SAME_PERSON, cosine
-from ..faces.identities import InMemoryIdentities, base_person, split_reasons
+from ..faces.generated import split_reasons
+from ..faces.identities import InMemoryIdentities
 from ..faces.judge import DLIB_SAME_PERSON, distance, get_judge
 from ..faces.masks import TEMPLATE, paint, similarity
+from ..faces.person_codes import base_person
 from ..faces.pipeline import FacePipeline, Patient
 from ..faces.pool import skin_lab, skin_mask
 from ..faces.prepare import FEATURES, LIPS

@@ -25,28 +25,28 @@ from dicom_anon.faces import generator as G
 from dicom_anon.faces.choice import PatientContext
 from dicom_anon.faces.detect import get_detector
 from dicom_anon.faces.embed import SFACE_SAME_PERSON, cosine
-from dicom_anon.faces.generator import GeneratorUnavailable
-from dicom_anon.faces.identities import (
+from dicom_anon.faces.generated import (
     AGE_MIN_SLOPE,
-    BLOCK,
-    DIRECTIONS,
     GENERATED_MAX_SKIN_DELTA_E,
     JITTER,
     MAX_YAW_DIFFERENCE,
     VARIANT_AGE_YEARS,
     VARIANTS,
     WINDOW,
-    Directions,
-    DirectionsError,
     GeneratedFace,
     GeneratedIdentities,
-    InMemoryIdentities,
     _Screening,
     _want,
-    base_person,
     get_generated,
+)
+from dicom_anon.faces.generator import GeneratorUnavailable
+from dicom_anon.faces.identities import InMemoryIdentities
+from dicom_anon.faces.masks import OVAL_LADDER
+from dicom_anon.faces.mouth import MOUTH_CLOSED, MOUTH_OPEN, get_mouth_reader
+from dicom_anon.faces.person_codes import (
+    BLOCK,
+    base_person,
     latents,
-    load_directions,
     parse_person,
     person_id,
     steer_code,
@@ -56,11 +56,10 @@ from dicom_anon.faces.identities import (
     stream_seed,
     variant_of,
 )
-from dicom_anon.faces.masks import OVAL_LADDER
-from dicom_anon.faces.mouth import MOUTH_CLOSED, MOUTH_OPEN, get_mouth_reader
 from dicom_anon.faces.pipeline import process_photo
 from dicom_anon.faces.pool import crop_face
 from dicom_anon.faces.prepare import forehead_problem, pool_photo_problem
+from dicom_anon.faces.readouts import DIRECTIONS, Directions, DirectionsError, load_directions
 from dicom_anon.headers.engine import patient_pseudonym
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
@@ -185,7 +184,7 @@ def test_the_latent_stream_is_keyed_and_the_same_in_another_process(site_key) ->
     code = textwrap.dedent(
         f"""
         import sys
-        from dicom_anon.faces.identities import latents, stream_seed
+        from dicom_anon.faces.person_codes import latents, stream_seed
         from dicom_anon.headers.pseudonyms import SiteKey
         sys.stdout.buffer.write(latents(stream_seed(SiteKey({site_key.secret!r}), "ANONP1"), 0).tobytes())
         """
@@ -232,7 +231,7 @@ def test_the_next_draw_for_a_photo_spends_its_budget_on_faces_not_rendered_yet(
     first = draw.people(ctx(site_key, "ANONQ8"))[0]
     before = draw.last_draw["rendered"]
     assert before >= 2, "this patient's first person should not be the stream's first face"
-    monkeypatch.setattr("dicom_anon.faces.identities.MAX_RENDERS", before)
+    monkeypatch.setattr("dicom_anon.faces.generated.MAX_RENDERS", before)
     previews = []
     real = draw._render
     # _render(seed, index, steer, style, rgb, preview): the budget counts the previews.

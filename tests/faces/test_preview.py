@@ -9,8 +9,9 @@ import pytest
 
 from dicom_anon.faces.choice import PatientContext
 from dicom_anon.faces.embed import cosine
+from dicom_anon.faces.generated import GeneratedFace, GeneratedIdentities, _want, get_generated
 from dicom_anon.faces.generator import GeneratorUnavailable
-from dicom_anon.faces.identities import GeneratedFace, GeneratedIdentities, _want, get_generated, stream_seed
+from dicom_anon.faces.person_codes import stream_seed
 from dicom_anon.faces.preview import HEAD, load
 from dicom_anon.headers.pseudonyms import SiteKey
 

@@ -25,7 +25,7 @@ def test_calibration_undoes_a_read_out_shrunk_towards_the_middle() -> None:
 def test_a_screen_read_out_written_leaves_the_other_screens(tmp_path) -> None:
     """mouth.py and child.py (through fit_screen) each write their own screen into the same
     file; the read-outs loaded from it hold both, and the steering read-outs are untouched."""
-    from dicom_anon.faces.identities import DIRECTIONS, load_directions
+    from dicom_anon.faces.readouts import DIRECTIONS, load_directions
     from dicom_anon.lab.directions.learn import write_screen
 
     path = tmp_path / "directions.json"
@@ -47,7 +47,7 @@ def test_a_screen_read_out_written_leaves_the_other_screens(tmp_path) -> None:
 def _samples(folder, psi: float, n: int, weights: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """sample.py's file, made up: styles whose faces' embeddings are a linear map of the z-scored
     style plus noise (the fourth face gave no crop: no embedding)."""
-    from dicom_anon.faces.identities import DIRECTIONS
+    from dicom_anon.faces.readouts import DIRECTIONS
 
     out = json.loads(DIRECTIONS.read_text())
     rng = np.random.default_rng(seed)
@@ -66,7 +66,7 @@ def test_the_likeness_read_out_learns_the_embedding_a_style_gives(tmp_path, monk
     another truncation are refused, since the map is of styles truncated at the file's psi."""
     import pytest
 
-    from dicom_anon.faces.identities import DIRECTIONS, load_directions
+    from dicom_anon.faces.readouts import DIRECTIONS, load_directions
     from dicom_anon.lab.directions import likeness
 
     before = load_directions(DIRECTIONS)
@@ -99,7 +99,7 @@ def test_the_typical_face_is_the_direction_the_embeddings_share(tmp_path, monkey
     """typical.py writes the direction generated faces' embeddings share and a limit along it on
     the likeness read-out's prediction; the faces it keeps are taken for one another less often
     than all of them. Version and steering are untouched: remembered people keep their faces."""
-    from dicom_anon.faces.identities import DIRECTIONS, load_directions
+    from dicom_anon.faces.readouts import DIRECTIONS, load_directions
     from dicom_anon.lab.directions import likeness, typical
 
     before = load_directions(DIRECTIONS)

@@ -33,8 +33,9 @@ import torch
 
 from ..choice import PatientContext, candidates
 from ..detect import Face, landmark_eye_distance
+from ..generated import PSI, GeneratedFace
 from ..generator import GeneratorUnavailable, get_generator
-from ..identities import PSI, GeneratedFace, IdentitySource
+from ..identities import IdentitySource
 from ..masks import FaceMasks, apply
 from ..pool import EYE_DISTANCE as POOL_EYE_DISTANCE
 from ..pool import Pool, Surrogate, skin_lab

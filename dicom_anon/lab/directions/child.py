@@ -26,7 +26,9 @@ import numpy as np
 from rich.progress import Progress
 
 from ...faces.choice import PatientContext
-from ...faces.identities import DIRECTIONS, _want, get_generated, latents, stream_seed
+from ...faces.generated import _want, get_generated
+from ...faces.person_codes import latents, stream_seed
+from ...faces.readouts import DIRECTIONS
 from ...headers.pseudonyms import SiteKey
 from .learn import screen_command
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...faces.identities import DIRECTIONS
+from ...faces.readouts import DIRECTIONS
 from .learn import cross_validated, ridge
 
 L2 = (100.0, 300.0, 1000.0, 3000.0)

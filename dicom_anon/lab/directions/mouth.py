@@ -16,10 +16,11 @@ from __future__ import annotations
 import numpy as np
 from rich.progress import track
 
+from ...faces.generated import DETECT_SIDE, get_generated
 from ...faces.generator import GeneratorUnavailable
-from ...faces.identities import DETECT_SIDE, DIRECTIONS, get_generated
 from ...faces.mouth import MOUTH_OPEN, get_mouth_reader
 from ...faces.pool import PhotoSkipped, crop_face
+from ...faces.readouts import DIRECTIONS
 from .learn import screen_command
 
 # Renders are what a draw runs out of (12 a draw), latents are not (the screen reads thousands a

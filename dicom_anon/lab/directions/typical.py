@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ...faces.embed import SFACE_SAME_PERSON
-from ...faces.identities import DIRECTIONS, load_directions
+from ...faces.readouts import DIRECTIONS, load_directions
 from .likeness import rendered_samples, unit
 
 

@@ -30,10 +30,11 @@ from ...faces.attributes import estimate
 from ...faces.choice import smile
 from ...faces.detect import get_detector
 from ...faces.embed import cosine, get_recognizer
+from ...faces.generated import DETECT_SIDE, MAX_STEER, PSI
 from ...faces.generator import STYLE_DIM, get_generator
-from ...faces.identities import DETECT_SIDE, MAX_STEER, PSI, load_directions
 from ...faces.pool import PhotoSkipped, crop_face
 from ...faces.preview import FEATURES, FEATURES_NODE, SIDE, WIDTH, PreviewHead, faces, save
+from ...faces.readouts import load_directions
 
 CROP = 40  # features per side of a training crop
 MARGIN = 4  # features at a crop's edge left out of the loss (the convolutions see past it)
