@@ -81,9 +81,10 @@ def qa_notes(records: Iterable[dict[str, Any]]) -> dict[str, str]:
 
 
 def qa_lines(qa: Mapping[str, Any]) -> list[str]:
-    """The QA figures of one photo as a reviewer reads them: per face, who the new face is and how
-    far it is from the patient by both recognisers; then what was kept exactly. The console's
-    tiles and the rules test show these lines; the numbers are the audit trail's."""
+    """The QA figures of one photo as a reviewer reads them: per face, who the new face is, how
+    far it is from the patient by both recognisers, how far its cheeks' colour moved and what sex
+    and age it reads as; then what was kept exactly. The console's tiles and the rules test show
+    these lines; the numbers are the audit trail's."""
     lines = []
     for face in qa.get("faces") or []:
         tries = f", {face['attempts']} attempt(s)" if face.get("attempts") else ""
@@ -92,6 +93,13 @@ def qa_lines(qa: Mapping[str, Any]) -> list[str]:
         checks = [f"SFace similarity to the patient {_number(face.get('identity_similarity'))}"]
         if face.get("second_recognizer_distance") is not None:
             checks.append(f"dlib distance {_number(face['second_recognizer_distance'])}")
+        if face.get("skin_delta_e") is not None:
+            checks.append(f"cheek colour moved {face['skin_delta_e']} delta E")
+        if face.get("read_sex") is not None:
+            checks.append(
+                f"reads as {face['read_sex']} ({_number(face.get('read_sex_confidence'))}), "
+                f"{face.get('read_age_years', '?')} years"
+            )
         checks.append("found again" if face.get("face_found") else "NOT found again")
         checks.append(f"preserved area changed by {face.get('preserved_max_abs_diff', '?')}")
         lines.append("  " + ", ".join(checks))

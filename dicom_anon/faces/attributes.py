@@ -74,6 +74,9 @@ MIN_INSIDE = 0.75
 # What remains wrong above it is one darker-skinned woman taken for a man in most photos:
 # a bias of the model that no threshold removes.
 SEX_CONFIDENCE_THRESHOLD = 0.95
+# The estimator reads adults young: an adult's face reads at least this (a generated adult is
+# taken only at this reading or more; the QA gate takes a patient read this old for an adult).
+ADULT_FACE_YEARS = 20.0
 
 
 class AttributesRefused(Refused):

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..headers.pseudonyms import SiteKey
-from .attributes import AttributesRefused, ModelsError, estimate
+from .attributes import ADULT_FACE_YEARS, AttributesRefused, ModelsError, estimate
 from .choice import (
     BEARDED,
     CHILD_AGE_TOLERANCE_YEARS,
@@ -106,8 +106,6 @@ OTHERS_PATIENCE = 4
 PATIENT_SIMILARITY = 0.10
 # An estimated sex counts only at this confidence (the estimator's own threshold).
 SEX_CONFIDENCE = 0.95
-# Adults get a generated face the estimator puts at this age or more (it reads adults young).
-ADULT_FACE_YEARS = 20.0
 # With the patient's age unknown, an adult of these years is drawn.
 UNKNOWN_AGE_YEARS = (22.0, 60.0)
 # With the patient's age read from the photo, a new person's reading (same estimator, same bias)

@@ -26,7 +26,7 @@ from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..pixels import OutputEncoding, decode, encode
 from . import masks as M
-from .attributes import AttributesRefused, ModelsError, estimate
+from .attributes import Attributes, AttributesRefused, ModelsError, estimate
 from .choice import (
     AGE_TOLERANCE_YEARS,
     ESTIMATED_AGE_TOLERANCE_YEARS,
@@ -43,8 +43,17 @@ from .identities import IdentityMemory, IdentitySource, PoolIdentities
 from .intraoral import check_no_face
 from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .person_codes import base_person
-from .pool import DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
-from .qa import MAX_SKIN_CHANGE, FaceRefused, SecondOpinion, Verdict, check, preserved_diff, skin_change
+from .pool import ADULT_AGE_YEARS, DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
+from .qa import (
+    MAX_SKIN_CHANGE,
+    FaceRefused,
+    Looks,
+    SecondOpinion,
+    Verdict,
+    check,
+    preserved_diff,
+    skin_change,
+)
 from .replace import BASELINES, Candidate, make_backend
 from .shrink import shrink
 
@@ -59,6 +68,9 @@ MAX_FACES = 8
 # screen at every oval, and a render where the screen passes.
 NEW_PATIENT_VARIANTS = 4
 MAX_FRAMES = 8
+# What a surrogate picture's render can fail that a larger face oval of it does not mend: the
+# relit face's colour, and the sex or age it reads as (``_replace_face``).
+_SPOILT = ("qa-skin-colour-changed", "qa-sex-changed", "qa-age-changed")
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,19 @@ class FacePipeline:
             if self.identities and patient.memory and not used
             else None
         )
-        hints = _hints(original, face, patient)
+        reading = _read(original, face)
+        hints = _hints(reading, patient)
+        # What a new person's face must read as (qa.looks_changed), where the patient's own face
+        # can be read: the estimator's bias on this patient is then known to the gate.
+        looks = (
+            Looks(
+                sex=hints["sex"] or hints.get("likely_sex"),
+                adult=hints["age_years"] is not None and hints["age_years"] >= ADULT_AGE_YEARS,
+                patient=reading,
+            )
+            if isinstance(reading, Attributes)
+            else None
+        )
         tone = skin_lab(original, face)
         ctx = PatientContext(
             pseudonym=patient.pseudonym,
@@ -284,17 +308,23 @@ class FacePipeline:
         # The masks depend on the face and the oval only, not on the candidate.
         small_masks: dict[float, M.FaceMasks] = {}
         full_masks: dict[float, M.FaceMasks] = {}
-        # Surrogate pictures whose relit face changed the skin's colour: their larger ovals are not
-        # tried. The change is the picture's relighting, not the oval's; a larger oval brought the
-        # cheeks under the limit while the pale or grey face stayed, with more of the person's hair.
-        # (A candidate without a picture, the GAN's own face, is tried at every oval.)
-        discoloured: set[str] = set()
+        # Surrogate pictures whose relit face changed the skin's colour, or read as the other sex or
+        # a child: their larger ovals are not tried. The change is the picture's relighting, not the
+        # oval's; a larger oval brought the cheeks under the limit while the pale or grey face
+        # stayed, with more of the person's hair, and brought a pale face that read as a woman at
+        # 0.98 on a man's photo under the estimator's threshold (0.80-0.89) while it looked the
+        # same. (A candidate without a picture, the GAN's own face, is tried at every oval.)
+        spoilt: set[str] = set()
         for cand, oval_scale in plan(options):
             picture = cand.info.get("surrogate")
-            if picture in discoloured:
+            if picture in spoilt:
                 continue
             attempt = {**cand.info, "oval": oval_scale}
             attempts.append(attempt)
+            # Only a new person's face is asked to read as the patient's sex and age (a blurred
+            # face reads as anything), and only in full: on the screen's reduced render the
+            # estimator read one good new face at 12 years that it read at 29 in the full render.
+            person_looks = looks if "person" in cand.info else None
             # The remembered person's first try (at the oval that passed last) goes to the full
             # render at once: it usually passes, and the screen would cost a third to a half of
             # the full render again (both are worked near the new face's own resolution). The
@@ -314,7 +344,7 @@ class FacePipeline:
                     attempt["screen"] = {"skin_delta_e": round(skin, 1)}
                     attempt["code"] = "qa-skin-colour-changed"
                     if picture is not None:
-                        discoloured.add(picture)
+                        spoilt.add(picture)
                     continue
                 # Embedded where the new face's eyes and nose are (the surrogate may move them).
                 moved = dataclasses.replace(
@@ -341,14 +371,15 @@ class FacePipeline:
                     limit,
                     roi=fm.roi,
                     second=second,
+                    looks=person_looks,
                 )
             else:
                 v = Verdict(preserved_diff(original, result, fm.preserved, fm.roi), True, None, None)
             attempt.update(v.figures())
             if v.code is not None:
                 attempt["code"] = v.code
-                if v.code == "qa-skin-colour-changed" and picture is not None:
-                    discoloured.add(picture)
+                if v.code in _SPOILT and picture is not None:
+                    spoilt.add(picture)
                 continue
             if "person" in cand.info:
                 if self.identities and patient.memory and not used and cand.surrogate is not None:
@@ -377,7 +408,7 @@ class FacePipeline:
             )
         codes = [a["code"] for a in attempts]
         # The most telling failure: a changed clinical area outranks a lost face outranks a
-        # look-alike outranks a changed skin colour.
+        # look-alike outranks a changed skin colour outranks a face of the other sex or a child's.
         code = next(
             c
             for c in (
@@ -385,6 +416,8 @@ class FacePipeline:
                 "qa-face-not-found",
                 "qa-identity-too-similar",
                 "qa-skin-colour-changed",
+                "qa-sex-changed",
+                "qa-age-changed",
             )
             if c in codes
         )
@@ -407,6 +440,21 @@ class FacePipeline:
                 if "skin_delta_e" in x
             ]
             detail += f"; the cheeks' colour changed by at least {min(skins):.1f} (limit {MAX_SKIN_CHANGE:g})"
+        if code in ("qa-sex-changed", "qa-age-changed") and looks is not None:
+            read = [
+                x for a in attempts if a["code"] == code for x in (a, a.get("screen", {})) if "read_sex" in x
+            ]
+            if code == "qa-sex-changed":
+                detail += (
+                    f"; the new faces read as {read[0]['read_sex']} (asked for {looks.sex}; "
+                    f"the patient's photo reads {looks.patient.sex})"
+                )
+            else:
+                oldest = max(x["read_age_years"] for x in read)
+                detail += (
+                    f"; the new faces read as a child's (at most {oldest:g} years; "
+                    f"the patient's photo reads {looks.patient.age_years:.0f})"
+                )
         if strict:
             variants = sum(a.get("person") != remembered for a in attempts if a.get("oval") == ladder[0])
             also = f" and {variants} variant{'s' * (variants != 1)} of it were" if variants else " was"
@@ -533,8 +581,20 @@ class FacePipeline:
         return PhotoResult(out, figures, cleaned, result.preserved)
 
 
-def _hints(original: np.ndarray, face: Face, patient: Patient) -> dict:
-    """Sex and age to choose the surrogate by: the header's, else the face's own estimate.
+def _read(original: np.ndarray, face: Face) -> Attributes | str:
+    """The estimator's reading of the patient's face, or why there is none (its refusal code,
+    ``models-unavailable``)."""
+    try:
+        return estimate(original, face)
+    except AttributesRefused as exc:
+        return exc.code
+    except ModelsError:
+        return "models-unavailable"
+
+
+def _hints(estimated: Attributes | str, patient: Patient) -> dict:
+    """Sex and age to choose the surrogate by: the header's, else the face's own estimate
+    (``_read``; a string says why there is none).
 
     The estimate only decides how well the new face suits (a child should not get a bearded
     adult's face), never whether the photo is safe, so a face that gives no trustworthy
@@ -548,12 +608,8 @@ def _hints(original: np.ndarray, face: Face, patient: Patient) -> dict:
     }
     if patient.sex and patient.age_years is not None:
         return hints
-    try:
-        estimated = estimate(original, face)
-    except AttributesRefused as exc:
-        return {**hints, "estimate": exc.code}
-    except ModelsError:
-        return {**hints, "estimate": "models-unavailable"}
+    if isinstance(estimated, str):
+        return {**hints, "estimate": estimated}
     if not patient.sex and estimated.trusted_sex():
         hints.update(sex=estimated.trusted_sex(), sex_from="photo")
     elif not patient.sex:

@@ -1,6 +1,7 @@
 """The QA gate: a replaced face leaves only if the clinical area is exact, a face is still
-there, and a recogniser no longer takes it for the patient. Failing that, the photo is
-refused with a reason a records officer can act on.
+there, its skin keeps the patient's colour, it reads as the sex and age asked for, and a
+recogniser no longer takes it for the patient. Failing that, the photo is refused with a
+reason a records officer can act on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 
 from ..headers.errors import Refused
+from .attributes import ADULT_FACE_YEARS, Attributes, AttributesRefused, ModelsError, estimate
 from .detect import Face, FaceDetector, face_window
 from .embed import Recognizer, cosine
 from .judge import DLIB_SAME_PERSON, Judge, distance
@@ -28,6 +30,13 @@ REFIND_FACE_WIDTH = 224.0
 # and 12 were pale faces too: the limit holds back the clearest failures only
 # (docs/research/generated-identities.md, "The skin's colour at the gate").
 MAX_SKIN_CHANGE = 12.0
+# A new face on an adult that the age estimator reads under this is a child's face. With the sex
+# read the other way (``looks_changed``), the flaws a triage of a judged run's outputs found that
+# the draw cannot see: the new person was of the patient's sex and age as rendered, but the
+# transplant (a pale relit face, the patient's own jaw and hair round it) turned a man's photo
+# into a face the estimator took for a woman at 0.98, and a young man's into a face it read at
+# 7 years (docs/research/generated-identities.md, "The sex and age the output reads as").
+CHILD_FACE_YEARS = 13.0
 
 
 class FaceRefused(Refused):
@@ -36,7 +45,7 @@ class FaceRefused(Refused):
     Codes: ``no-face``, ``too-many-faces``, ``too-many-frames``, ``face-too-small``,
     ``face-too-turned``, ``face-cut-off``, ``qa-identity-too-similar``,
     ``qa-face-not-found``, ``qa-preserved-area-changed``, ``qa-skin-colour-changed``,
-    ``no-surrogate``.
+    ``qa-sex-changed``, ``qa-age-changed``, ``no-surrogate``.
     """
 
 
@@ -52,6 +61,8 @@ class Verdict:
     second_distance: float | None = None
     # CIELAB delta E of the cheeks, the new face against the patient's (``skin_change``).
     skin_change: float | None = None
+    # The sex and age estimator's reading of the new face (``looks_changed``).
+    reading: Attributes | None = None
 
     def figures(self) -> dict:
         figures = {
@@ -65,7 +76,50 @@ class Verdict:
             figures["second_recognizer_distance"] = round(self.second_distance, 4)
         if self.skin_change is not None:
             figures["skin_delta_e"] = round(self.skin_change, 1)
+        if self.reading is not None:
+            figures |= reading_figures(self.reading)
         return figures
+
+
+def reading_figures(reading: Attributes) -> dict:
+    """The estimator's reading of a new face, as the audit figures keep it."""
+    return {
+        "read_sex": reading.sex,
+        "read_sex_confidence": round(reading.sex_confidence, 3),
+        "read_age_years": round(reading.age_years, 1),
+    }
+
+
+@dataclass(frozen=True)
+class Looks:
+    """What a new face should read as: ``sex`` the one asked for (the header's, the estimate's, or
+    for an unsure estimate the likelier one; None: any), ``adult`` whether the patient is one
+    (by the header or the estimate), and ``patient`` the estimator's reading of the patient's own
+    photo, which keeps its bias on this patient from holding their photos (``looks_changed``)."""
+
+    sex: str | None
+    adult: bool
+    patient: Attributes
+
+
+def looks_changed(after: np.ndarray, face: Face, looks: Looks) -> tuple[str | None, Attributes | None]:
+    """Whether the new face at ``face`` in ``after`` reads as the other sex or, on an adult, as a
+    child: (``qa-sex-changed``, ``qa-age-changed`` or None; the reading, None where the estimator
+    cannot read the face, which passes: the estimate decides how well a face suits, not safety).
+
+    Only a reading the patient's own photo does not share counts: an estimator that takes this
+    woman for a man takes her new face for one too, and that is its bias, not the new face."""
+    try:
+        read = estimate(after, face)
+    except (AttributesRefused, ModelsError):
+        return None, None
+    sex = read.trusted_sex()
+    if looks.sex is not None and sex is not None and sex != looks.sex and sex != looks.patient.sex:
+        return "qa-sex-changed", read
+    young = looks.patient.age_years >= ADULT_FACE_YEARS and read.age_years < CHILD_FACE_YEARS
+    if looks.adult and young:
+        return "qa-age-changed", read
+    return None, read
 
 
 @dataclass(frozen=True)
@@ -158,11 +212,13 @@ def check(
     max_similarity: float,
     roi: tuple[int, int, int, int] | None = None,
     second: SecondOpinion | None = None,
+    looks: Looks | None = None,
 ) -> Verdict:
     """Judge one rendering of ``face`` (``before``/``after`` are whole frames; ``preserved`` covers
     ``roi`` when given, else the whole frame). With ``second``, dlib must also tell the new face
-    from the patient's. The skin's colour is judged before the recognisers: it costs a
-    millisecond, they a tenth of a second."""
+    from the patient's; with ``looks``, the new face must read as that sex and age. The skin's
+    colour and the looks are judged before the recognisers: they cost milliseconds, the
+    recognisers a tenth of a second."""
     diff = preserved_diff(before, after, preserved, roi)
     if diff:
         return Verdict(diff, False, None, "qa-preserved-area-changed")
@@ -172,11 +228,14 @@ def check(
     skin = skin_change(before, after, face)
     if skin > MAX_SKIN_CHANGE:
         return Verdict(0, True, None, "qa-skin-colour-changed", skin_change=skin)
+    changed, read = looks_changed(after, found, looks) if looks is not None else (None, None)
+    if changed:
+        return Verdict(0, True, None, changed, skin_change=skin, reading=read)
     sim = cosine(patient_embedding, recognizer.embed(after, found))
     if sim >= max_similarity:
-        return Verdict(0, True, sim, "qa-identity-too-similar", skin_change=skin)
+        return Verdict(0, True, sim, "qa-identity-too-similar", skin_change=skin, reading=read)
     if second is None:
-        return Verdict(0, True, sim, None, skin_change=skin)
+        return Verdict(0, True, sim, None, skin_change=skin, reading=read)
     apart = distance(second.patient, second.judge.describe(after, found))
     code = None if apart >= DLIB_SAME_PERSON else "qa-identity-too-similar"
-    return Verdict(0, True, sim, code, apart, skin_change=skin)
+    return Verdict(0, True, sim, code, apart, skin_change=skin, reading=read)

@@ -9,17 +9,18 @@ import sys
 
 import numpy as np
 import pytest
-from facekit import photo_dataset
+from facekit import load_face, photo_dataset
 
 from dicom_anon.config import PixelSettings
 from dicom_anon.faces import masks as M
 from dicom_anon.faces import pool as P
+from dicom_anon.faces.attributes import Attributes, estimate
 from dicom_anon.faces.choice import PatientContext, candidates, parse_age, smile
 from dicom_anon.faces.detect import Face, get_detector
 from dicom_anon.faces.embed import get_recognizer
 from dicom_anon.faces.identities import InMemoryIdentities
 from dicom_anon.faces.pipeline import FacePipeline, Patient, get_pipeline, process_photo
-from dicom_anon.faces.qa import MAX_SKIN_CHANGE, check
+from dicom_anon.faces.qa import MAX_SKIN_CHANGE, Looks, check, looks_changed
 from dicom_anon.faces.warp import MAX_FEATURE_SHIFT, feature_landmarks
 from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.pseudonyms import SiteKey
@@ -361,6 +362,82 @@ def test_a_photo_whose_every_new_face_changes_the_skin_is_held_with_the_reason(
     # A picture that changed the skin is not tried again at a larger oval (a look-alike is).
     assert len(rendered) >= 2 and len(set(rendered)) == len(rendered)
     assert f"after {len(rendered)} tries" in exc.value.reason
+
+
+def _read(rgb: np.ndarray) -> tuple[Face, Attributes]:
+    face = _face_of(rgb)
+    return face, estimate(rgb, face)
+
+
+def test_qa_turns_down_a_new_face_that_reads_as_the_other_sex(portraits, monkeypatch) -> None:
+    """A new face the estimator reads as the other sex is turned down before the recognisers
+    are asked, unless the patient's own photo reads that way too (the estimator's bias on this
+    patient, which must not hold their photos)."""
+    from dicom_anon.faces import qa
+
+    monkeypatch.setattr(qa, "MAX_SKIN_CHANGE", 1e9)  # another person's photo: any skin passes
+    woman, man = portraits["P001_studio_portrait"].rgb, portraits["P005_studio_portrait"].rgb
+    (w_face, w_read), (_, m_read) = _read(woman), _read(man)
+    assert w_read.trusted_sex() == "F" and m_read.trusted_sex() == "M"
+    emb = get_recognizer().embed(woman, w_face)
+    kept = np.zeros(woman.shape[:2], bool)
+
+    def verdict(looks: Looks):
+        # An identity limit loose enough that two people pass it: the looks alone are judged here.
+        return check(woman, man, kept, w_face, emb, get_detector("cpu"), get_recognizer(), 0.9, looks=looks)
+
+    changed = verdict(Looks(sex="F", adult=True, patient=w_read))
+    assert changed.code == "qa-sex-changed" and changed.identity_similarity is None
+    assert changed.figures()["read_sex"] == "M" and changed.figures()["read_sex_confidence"] >= 0.95
+    # A woman the estimator takes for a man (her header says F): her new faces may read as men.
+    biased = verdict(Looks(sex="F", adult=True, patient=m_read))
+    assert biased.code is None and biased.identity_similarity is not None
+    # Asked for a man, or for either sex: judged on identity alone.
+    assert verdict(Looks(sex="M", adult=True, patient=w_read)).code is None
+    assert verdict(Looks(sex=None, adult=True, patient=w_read)).code is None
+
+
+def test_qa_turns_down_a_childs_face_on_an_adult(testdata, portraits) -> None:
+    """A new face on an adult that reads as a small child's is turned down; on a patient whose
+    own photo reads as a child, or on a child, it is not."""
+    child = load_face(testdata, "SFHQ_variability_age_060.jpg", 512)
+    c_face, c_read = _read(child)
+    _, adult = _read(portraits["P001_studio_portrait"].rgb)
+    assert c_read.age_years < 13 <= 20 <= adult.age_years
+    code, read = looks_changed(child, c_face, Looks(sex=None, adult=True, patient=adult))
+    assert code == "qa-age-changed" and read is not None and read.age_years == c_read.age_years
+    assert looks_changed(child, c_face, Looks(sex=None, adult=True, patient=c_read))[0] is None
+    assert looks_changed(child, c_face, Looks(sex=None, adult=False, patient=adult))[0] is None
+
+
+def test_a_photo_whose_every_new_face_reads_as_the_other_sex_is_held_with_the_reason(
+    face_a, lenient, monkeypatch
+) -> None:
+    from dicom_anon.faces import pipeline as pipeline_module
+    from dicom_anon.faces import qa
+
+    # Any skin passes: this test is about the sex, which the gate judges after the skin.
+    monkeypatch.setattr(qa, "MAX_SKIN_CHANGE", 1e9)
+    monkeypatch.setattr(pipeline_module, "MAX_SKIN_CHANGE", 1e9)
+    patient_read = estimate(face_a, _face_of(face_a))
+    assert patient_read.trusted_sex() == "F"
+    # The estimator, asked about each new face (not the patient's photo), reads a man.
+    monkeypatch.setattr(qa, "estimate", lambda rgb, face: Attributes("M", 0.99, 40.0))
+    rendered: list[str] = []
+    apply = FacePipeline._apply
+
+    def counted(cand, *args):  # the real render, counted per surrogate picture
+        rendered.append(cand.info["surrogate"])
+        return apply(cand, *args)
+
+    monkeypatch.setattr(FacePipeline, "_apply", staticmethod(counted))
+    with pytest.raises(Refused) as exc:
+        patient = Patient("ANONSEX", SiteKey(b"x" * 32), sex="F", age_years=70.0)
+        get_pipeline(lenient, "surrogate").process_frames(face_a[None], patient)
+    assert exc.value.code == "qa-sex-changed"
+    assert "the new faces read as M (asked for F; the patient's photo reads F)" in exc.value.reason
+    # A picture whose face read as the other sex is not tried again at a larger oval.
+    assert len(rendered) >= 2 and len(set(rendered)) == len(rendered)
 
 
 def _face_at(landmarks: np.ndarray) -> Face:

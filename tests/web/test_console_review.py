@@ -58,5 +58,6 @@ def test_a_held_photo_shows_its_qa_figures(tmp_path: Path, testdata: Path) -> No
     qa = tile[tile.index('<span class="qa">') :]
     assert "frame 1 face 1: new face openpeople-" in qa and "(pool), oval " in qa
     assert "SFace similarity to the patient 0." in qa and "dlib distance 0." in qa
+    assert "cheek colour moved " in qa and "delta E, reads as F (" in qa
     assert "found again, preserved area changed by 0" in qa
     assert "surrogate: " in qa and "pixels kept exactly, stored copy differs there by 0" in qa
