@@ -200,10 +200,13 @@ class FacePipeline:
         reading = _read(original, face)
         hints = _hints(reading, patient)
         # What a new person's face must read as (qa.looks_changed), where the patient's own face
-        # can be read: the estimator's bias on this patient is then known to the gate.
+        # can be read: the estimator's bias on this patient is then known to the gate. The sex only
+        # where it is known (the header's, or an estimate the pipeline trusts): held to an unsure
+        # estimate's likelier sex, a woman read as a man at 0.62 (openpeople's P004) had every
+        # pool woman turned down and left with a bearded man's face.
         looks = (
             Looks(
-                sex=hints["sex"] or hints.get("likely_sex"),
+                sex=hints["sex"],
                 adult=hints["age_years"] is not None and hints["age_years"] >= ADULT_AGE_YEARS,
                 patient=reading,
             )

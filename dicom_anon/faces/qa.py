@@ -92,10 +92,11 @@ def reading_figures(reading: Attributes) -> dict:
 
 @dataclass(frozen=True)
 class Looks:
-    """What a new face should read as: ``sex`` the one asked for (the header's, the estimate's, or
-    for an unsure estimate the likelier one; None: any), ``adult`` whether the patient is one
-    (by the header or the estimate), and ``patient`` the estimator's reading of the patient's own
-    photo, which keeps its bias on this patient from holding their photos (``looks_changed``)."""
+    """What a new face should read as: ``sex`` the patient's where it is known (the header's, or
+    an estimate trusted at the estimator's threshold; None: any), ``adult`` whether the patient is
+    one (by the header or the estimate), and ``patient`` the estimator's reading of the patient's
+    own photo, which keeps its bias on this patient from holding their photos
+    (``looks_changed``)."""
 
     sex: str | None
     adult: bool
