@@ -444,9 +444,7 @@ class FacePipeline:
             ]
             detail += f"; the cheeks' colour changed by at least {min(skins):.1f} (limit {MAX_SKIN_CHANGE:g})"
         if code in ("qa-sex-changed", "qa-age-changed") and looks is not None:
-            read = [
-                x for a in attempts if a["code"] == code for x in (a, a.get("screen", {})) if "read_sex" in x
-            ]
+            read = [a for a in attempts if a["code"] == code and "read_sex" in a]
             if code == "qa-sex-changed":
                 detail += (
                     f"; the new faces read as {read[0]['read_sex']} (asked for {looks.sex}; "

@@ -77,17 +77,10 @@ class Verdict:
         if self.skin_change is not None:
             figures["skin_delta_e"] = round(self.skin_change, 1)
         if self.reading is not None:
-            figures |= reading_figures(self.reading)
+            figures["read_sex"] = self.reading.sex
+            figures["read_sex_confidence"] = round(self.reading.sex_confidence, 3)
+            figures["read_age_years"] = round(self.reading.age_years, 1)
         return figures
-
-
-def reading_figures(reading: Attributes) -> dict:
-    """The estimator's reading of a new face, as the audit figures keep it."""
-    return {
-        "read_sex": reading.sex,
-        "read_sex_confidence": round(reading.sex_confidence, 3),
-        "read_age_years": round(reading.age_years, 1),
-    }
 
 
 @dataclass(frozen=True)
