@@ -26,6 +26,7 @@ from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
 from ..pixels import OutputEncoding, decode, encode
 from . import masks as M
+from . import qa
 from .attributes import Attributes, AttributesRefused, ModelsError, estimate
 from .choice import (
     AGE_TOLERANCE_YEARS,
@@ -45,7 +46,6 @@ from .judge import DLIB_SAME_PERSON, JudgeUnavailable, get_judge
 from .person_codes import base_person
 from .pool import ADULT_AGE_YEARS, DEFAULT_POOL, PoolError, beard_cover, get_pool, skin_lab
 from .qa import (
-    MAX_SKIN_CHANGE,
     FaceRefused,
     Looks,
     SecondOpinion,
@@ -343,7 +343,8 @@ class FacePipeline:
                 # The skin's colour as the full check judges it: a relighting that fails here
                 # fails at full size too, and a full render is spared.
                 skin = skin_change(small.original, trial, small.face)
-                if skin > MAX_SKIN_CHANGE:
+                # The gate's own limit, read where the gate keeps it.
+                if skin > qa.MAX_SKIN_CHANGE:
                     attempt["screen"] = {"skin_delta_e": round(skin, 1)}
                     attempt["code"] = "qa-skin-colour-changed"
                     if picture is not None:
@@ -442,7 +443,9 @@ class FacePipeline:
                 for x in (a, a.get("screen", {}))
                 if "skin_delta_e" in x
             ]
-            detail += f"; the cheeks' colour changed by at least {min(skins):.1f} (limit {MAX_SKIN_CHANGE:g})"
+            detail += (
+                f"; the cheeks' colour changed by at least {min(skins):.1f} (limit {qa.MAX_SKIN_CHANGE:g})"
+            )
         if code in ("qa-sex-changed", "qa-age-changed") and looks is not None:
             read = [a for a in attempts if a["code"] == code and "read_sex" in a]
             if code == "qa-sex-changed":

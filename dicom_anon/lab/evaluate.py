@@ -276,14 +276,8 @@ class MethodReport:
             ),
             "different patients apart": self._apart(),
             "preserved max diff": str(max((o.preserved_diff for o in done), default=0)),
-            "skin dE median/p95": (
-                f"{statistics.median(de):.1f} / {float(np.percentile(de, 95)):.1f}" if de else "-"
-            ),
-            "face skin dE median/p95": (
-                f"{statistics.median(face_de):.1f} / {float(np.percentile(face_de, 95)):.1f}"
-                if face_de
-                else "-"
-            ),
+            "skin dE median/p95": _median_p95(de),
+            "face skin dE median/p95": _median_p95(face_de),
             "s/image": f"{statistics.mean(o.seconds for o in self.outcomes):.2f}" if self.outcomes else "-",
         }
 
@@ -372,6 +366,10 @@ class Evaluator:
         outcome.delta_e = skin_change(img.rgb, out, face)
         outcome.face_delta_e = face_skin_change(img.rgb, out, face, outcome.replaced)
         return outcome
+
+
+def _median_p95(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} / {float(np.percentile(values, 95)):.1f}" if values else "-"
 
 
 def face_skin_change(

@@ -336,24 +336,32 @@ def test_qa_turns_down_a_face_whose_skin_changed_colour(face_a) -> None:
     assert dimmer.code == "qa-identity-too-similar" and 0 < dimmer.skin_change < MAX_SKIN_CHANGE
 
 
-def test_a_photo_whose_every_new_face_changes_the_skin_is_held_with_the_reason(
-    face_a, lenient, monkeypatch
-) -> None:
-    from dicom_anon.faces import pipeline as pipeline_module
+def _skin_limit(monkeypatch, limit: float) -> None:
+    """The gate's skin limit (the full check and the pipeline's screen both read ``qa``'s)."""
     from dicom_anon.faces import qa
 
-    # With no change allowed, every candidate's relit cheeks differ from the patient's.
-    monkeypatch.setattr(qa, "MAX_SKIN_CHANGE", 0.0)
-    monkeypatch.setattr(pipeline_module, "MAX_SKIN_CHANGE", 0.0)
+    monkeypatch.setattr(qa, "MAX_SKIN_CHANGE", limit)
 
+
+def _count_renders(monkeypatch) -> list[str]:
+    """The surrogate picture of every render the pipeline makes (the real render, counted)."""
     rendered: list[str] = []
     apply = FacePipeline._apply
 
-    def counted(cand, *args):  # the real render, counted per surrogate picture
+    def counted(cand, *args):
         rendered.append(cand.info["surrogate"])
         return apply(cand, *args)
 
     monkeypatch.setattr(FacePipeline, "_apply", staticmethod(counted))
+    return rendered
+
+
+def test_a_photo_whose_every_new_face_changes_the_skin_is_held_with_the_reason(
+    face_a, lenient, monkeypatch
+) -> None:
+    # With no change allowed, every candidate's relit cheeks differ from the patient's.
+    _skin_limit(monkeypatch, 0.0)
+    rendered = _count_renders(monkeypatch)
     with pytest.raises(Refused) as exc:
         patient = Patient("ANONSKIN", SiteKey(b"s" * 32))
         get_pipeline(lenient, "surrogate").process_frames(face_a[None], patient)
@@ -413,24 +421,15 @@ def test_qa_turns_down_a_childs_face_on_an_adult(testdata, portraits) -> None:
 def test_a_photo_whose_every_new_face_reads_as_the_other_sex_is_held_with_the_reason(
     face_a, lenient, monkeypatch
 ) -> None:
-    from dicom_anon.faces import pipeline as pipeline_module
     from dicom_anon.faces import qa
 
     # Any skin passes: this test is about the sex, which the gate judges after the skin.
-    monkeypatch.setattr(qa, "MAX_SKIN_CHANGE", 1e9)
-    monkeypatch.setattr(pipeline_module, "MAX_SKIN_CHANGE", 1e9)
+    _skin_limit(monkeypatch, 1e9)
     patient_read = estimate(face_a, _face_of(face_a))
     assert patient_read.trusted_sex() == "F"
     # The estimator, asked about each new face (not the patient's photo), reads a man.
     monkeypatch.setattr(qa, "estimate", lambda rgb, face: Attributes("M", 0.99, 40.0))
-    rendered: list[str] = []
-    apply = FacePipeline._apply
-
-    def counted(cand, *args):  # the real render, counted per surrogate picture
-        rendered.append(cand.info["surrogate"])
-        return apply(cand, *args)
-
-    monkeypatch.setattr(FacePipeline, "_apply", staticmethod(counted))
+    rendered = _count_renders(monkeypatch)
     with pytest.raises(Refused) as exc:
         patient = Patient("ANONSEX", SiteKey(b"x" * 32), sex="F", age_years=70.0)
         get_pipeline(lenient, "surrogate").process_frames(face_a[None], patient)
