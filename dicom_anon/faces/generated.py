@@ -43,7 +43,7 @@ from .choice import (
 )
 from .detect import Face, FaceDetector, get_detector
 from .embed import SFACE_SAME_PERSON, Recognizer, cosine, get_recognizer
-from .generator import FaceGenerator, GeneratorUnavailable, get_generator
+from .generator import Begun, FaceGenerator, GeneratorUnavailable, get_generator
 from .identities import IdentityMemory
 from .judge import JudgeUnavailable
 from .mouth import MOUTH_CLOSED, MOUTH_OPEN, MouthReader, get_mouth_reader
@@ -306,16 +306,32 @@ class GeneratedIdentities:
         with self._lock:
             return (seed, index, steer, preview) in self._faces
 
-    def face(self, seed: bytes, index: int, steer: str = "") -> GeneratedFace | str:
+    def face(
+        self, seed: bytes, index: int, steer: str = "", begun: Begun | None = None
+    ) -> GeneratedFace | str:
         """The stream's ``index``-th person, steered (``steer_code``), rendered and measured
-        (cached), or why it is unusable."""
-        return self._made(seed, index, steer, False)
+        (cached), or why it is unusable. ``begun``: its preview's synthesis (``preview``'s
+        ``keep``), so that only the rest of the network runs; the face is the same."""
+        return self._made(seed, index, steer, False, begun=begun)
 
-    def preview(self, seed: bytes, index: int, steer: str = "") -> GeneratedFace | str:
-        """``face`` measured on its 256 px preview (cached): what a draw's checks read."""
-        return self._made(seed, index, steer, True)
+    def preview(
+        self, seed: bytes, index: int, steer: str = "", keep: dict[tuple[int, str], Begun] | None = None
+    ) -> GeneratedFace | str:
+        """``face`` measured on its 256 px preview (cached): what a draw's checks read. A preview
+        made afresh leaves the synthesis it began in ``keep`` under (index, steer), for the full
+        render that may follow (a quarter of a render, but 16 MB: a draw keeps only the faces
+        that fit)."""
+        return self._made(seed, index, steer, True, keep=keep)
 
-    def _made(self, seed: bytes, index: int, steer: str, preview: bool) -> GeneratedFace | str:
+    def _made(
+        self,
+        seed: bytes,
+        index: int,
+        steer: str,
+        preview: bool,
+        begun: Begun | None = None,
+        keep: dict[tuple[int, str], Begun] | None = None,
+    ) -> GeneratedFace | str:
         key = (seed, index, steer, preview)
         with self._lock:
             hit = self._faces.get(key)
@@ -330,9 +346,12 @@ class GeneratedIdentities:
                 raw = self._jittered(raw, seed, index, variant, d)
         style = self.generator.truncate(raw)
         if preview:
-            rgb = preview_faces(self.head, self.generator.features(style, FEATURES_NODE), style)[0]
+            features = self.generator.features(style, FEATURES_NODE)
+            if keep is not None:
+                keep[(index, steer)] = Begun(FEATURES_NODE, features)
+            rgb = preview_faces(self.head, features, style)[0]
         else:
-            rgb = self.generator.faces(style)[0]
+            rgb = self.generator.faces(style, begun)[0]
         made = self._render(seed, index, steer, style, rgb, preview)
         with self._lock:
             self._faces[key] = made
@@ -664,13 +683,22 @@ class GeneratedIdentities:
         rejected: Counter = Counter()
         found: GeneratedFace | None = None
         waiting: list[tuple[Nearness, GeneratedFace]] = []
+        # The synthesis begun by the previews of faces that fit, for their full renders.
+        begun: dict[tuple[int, str], Begun] = {}
+
+        def look(index: int, code: str) -> tuple[GeneratedFace | str, str | None]:
+            made = self.preview(seed, index, code, keep=begun)
+            problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+            if problem is not None:
+                begun.pop((index, code), None)
+            return made, problem
+
         screening = _Screening(self, seed, want, ctx)
         for index, as_screened in screening:
             if person_id(seed, index, as_screened) in ctx.exclude_people:
                 continue
             rendered += not self.is_cached(seed, index, as_screened, preview=True)
-            made = self.preview(seed, index, as_screened)
-            problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+            made, problem = look(index, as_screened)
             missed: list[tuple[GeneratedFace, str]] = []
             while problem in ("skin", "age") and isinstance(made, GeneratedFace):
                 missed.append((made, problem))
@@ -679,14 +707,13 @@ class GeneratedIdentities:
                     break
                 rejected[f"{problem}, steered again"] += 1
                 rendered += not self.is_cached(seed, index, code, preview=True)
-                made = self.preview(seed, index, code)
-                problem = made if isinstance(made, str) else self._fits(made, ctx, want)
+                made, problem = look(index, code)
             if problem is None and isinstance(made, GeneratedFace):
                 rank = _nearness(made, ctx, others)
                 if rank.apart:
                     # Apart by its preview: rendered in full and checked again, and taken at once
                     # if the render is apart too; a render that is near after all waits.
-                    full, problem = self._confirmed(made, seed, ctx, want, tally)
+                    full, problem = self._confirmed(made, seed, ctx, want, tally, begun)
                     if full is not None:
                         rank, made = _nearness(full, ctx, others), full
                         if rank.apart:
@@ -701,14 +728,14 @@ class GeneratedIdentities:
                         "near the patient" if rank.to_patient else "resembles another patient's new person"
                     )
                     if len(waiting) >= OTHERS_PATIENCE:
-                        found = self._least_near(waiting, seed, ctx, want, tally)
+                        found = self._least_near(waiting, seed, ctx, want, tally, begun)
                         if found is not None:
                             break
             rejected[problem.split(":")[0]] += 1
             if rendered >= MAX_RENDERS:
                 break
         if found is None:
-            found = self._least_near(waiting, seed, ctx, want, tally)
+            found = self._least_near(waiting, seed, ctx, want, tally, begun)
         rejected.update({f"screen: {k}": v for k, v in screening.why.items() if v})
         self.last_draw = {
             "screened": screening.screened,
@@ -722,14 +749,21 @@ class GeneratedIdentities:
         return [found] if found is not None else []
 
     def _confirmed(
-        self, seen: GeneratedFace, seed: bytes, ctx: PatientContext, want: Want, tally: Counter
+        self,
+        seen: GeneratedFace,
+        seed: bytes,
+        ctx: PatientContext,
+        want: Want,
+        tally: Counter,
+        begun: dict[tuple[int, str], Begun],
     ) -> tuple[GeneratedFace | None, str | None]:
         """The full render of a previewed face that fits, checked again (the preview's age, sex
         and skin are the render's give or take a little) and for hair over the face last (its
         GrabCut costs half a render, and prepare() reuses it for the face that is taken); or
-        None and why not. ``tally`` counts the full renders made afresh."""
+        None and why not. ``tally`` counts the full renders made afresh; ``begun`` holds the
+        synthesis the preview began (taken out: a face is confirmed once)."""
         tally["full renders"] += not self.is_cached(seed, seen.index, seen.steer)
-        made = self.face(seed, seen.index, seen.steer)
+        made = self.face(seed, seen.index, seen.steer, begun.pop((seen.index, seen.steer), None))
         problem = made if isinstance(made, str) else self._fits(made, ctx, want)
         if problem is not None:
             return None, f"{problem.split(':')[0]} (full render)"
@@ -745,13 +779,14 @@ class GeneratedIdentities:
         ctx: PatientContext,
         want: Want,
         tally: Counter,
+        begun: dict[tuple[int, str], Begun],
     ) -> GeneratedFace | None:
         """The least near of the (previewed) faces that fit but wait (near the patient or another
         patient's person) whose full render passes ``_confirmed``; those it turns down leave
         ``waiting`` (a render and a GrabCut each, so only as many as it takes are looked at)."""
         waiting.sort(key=lambda w: w[0])
         while waiting:
-            found, _ = self._confirmed(waiting[0][1], seed, ctx, want, tally)
+            found, _ = self._confirmed(waiting[0][1], seed, ctx, want, tally, begun)
             if found is not None:
                 return found
             waiting.pop(0)

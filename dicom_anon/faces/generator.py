@@ -25,7 +25,7 @@ import os
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -87,6 +87,13 @@ def verified_files(folder: Path | None = None) -> dict[str, Path]:
     return files
 
 
+class Begun(NamedTuple):
+    """A synthesis already run up to ``node`` (its output ``features``, one row per style)."""
+
+    node: str
+    features: np.ndarray
+
+
 class Engine(Protocol):
     """What runs the two networks: OpenVINO here, a torch port of the same IR later."""
 
@@ -94,8 +101,10 @@ class Engine(Protocol):
         """(n, 512) float32 latents -> (n, 512) styles."""
         ...
 
-    def images(self, styles: np.ndarray) -> np.ndarray:
-        """(n, 512) styles -> (n, 3, 1024, 1024) RGB in about [-1, 1]."""
+    def images(self, styles: np.ndarray, begun: Begun | None = None) -> np.ndarray:
+        """(n, 512) styles -> (n, 3, 1024, 1024) RGB in about [-1, 1]; ``begun``, the synthesis
+        network's output at a node for these styles (a preview's ``features``), may spare the
+        part of the network that made it. The image is the same either way."""
         ...
 
     def features(self, styles: np.ndarray, node: str) -> np.ndarray:
@@ -127,8 +136,10 @@ class OpenVinoEngine:
             self._synthesis = core.compile_model(synthesis, "CPU", config)
         except RuntimeError as exc:
             raise GeneratorUnavailable(f"OpenVINO cannot load the generator: {exc}") from None
-        self._ov, self._core, self._config, self._graph = ov, core, config, synthesis
+        self._ov, self._core, self._config, self._files = ov, core, config, files
+        self._graph = synthesis
         self._cut: dict[str, object] = {}
+        self._rest: dict[str, object] = {}
         # A compiled model's infer requests are not to be shared by threads at once.
         self._lock = threading.Lock()
 
@@ -136,26 +147,55 @@ class OpenVinoEngine:
         with self._lock:
             return np.asarray(self._mapping(np.ascontiguousarray(z, np.float32))[0])
 
-    def images(self, styles: np.ndarray) -> np.ndarray:
+    def images(self, styles: np.ndarray, begun: Begun | None = None) -> np.ndarray:
         out = []
+        styles = np.ascontiguousarray(styles, np.float32)
         with self._lock:
-            for style in np.ascontiguousarray(styles, np.float32):
-                out.append(np.asarray(self._synthesis(style[None])[0])[0])
+            if begun is None:
+                for style in styles:
+                    out.append(np.asarray(self._synthesis(style[None])[0])[0])
+            else:
+                rest = self._rest_after(begun.node)
+                for style, features in zip(styles, np.asarray(begun.features, np.float32), strict=True):
+                    out.append(np.asarray(rest([style[None], features[None]])[0])[0])
         return np.stack(out)
 
     def features(self, styles: np.ndarray, node: str) -> np.ndarray:
         with self._lock:
             if node not in self._cut:
                 # The synthesis graph cut after ``node``: OpenVINO leaves out what it does not need.
-                found = [op for op in self._graph.get_ordered_ops() if op.get_friendly_name() == node]
-                if len(found) != 1:
-                    raise GeneratorUnavailable(f"the generator has no node {node!r}; reinstall {PACKAGE}")
+                found = self._node(self._graph, node)
                 cut = self._ov.Model(
-                    [self._ov.opset13.result(found[0].output(0))], self._graph.get_parameters(), node
+                    [self._ov.opset13.result(found.output(0))], self._graph.get_parameters(), node
                 )
                 self._cut[node] = self._core.compile_model(cut, "CPU", self._config)
             run = self._cut[node]
             return np.stack([np.asarray(run(style[None])[0])[0] for style in styles])
+
+    def _rest_after(self, node: str) -> object:
+        """The synthesis network from ``node`` on, compiled (once): inputs the style and ``node``'s
+        output. On the pinned IR its images are bit for bit the whole network's
+        (tests/faces/test_generator.py), so a face previewed and then rendered is the face a
+        restart renders in one go."""
+        if node not in self._rest:
+            # A second copy of the graph, rewired: ``node``'s consumers read a new input instead.
+            graph = self._core.read_model(
+                self._files["SynthesisNetwork.xml"], self._files["SynthesisNetwork.bin"]
+            )
+            out = self._node(graph, node).output(0)
+            given = self._ov.opset13.parameter(out.get_partial_shape(), out.get_element_type(), name="begun")
+            for consumer in list(out.get_target_inputs()):
+                consumer.replace_source_output(given.output(0))
+            rest = self._ov.Model(graph.get_results(), [*graph.get_parameters(), given], f"after {node}")
+            self._rest[node] = self._core.compile_model(rest, "CPU", self._config)
+        return self._rest[node]
+
+    @staticmethod
+    def _node(graph: object, node: str) -> object:
+        found = [op for op in graph.get_ordered_ops() if op.get_friendly_name() == node]
+        if len(found) != 1:
+            raise GeneratorUnavailable(f"the generator has no node {node!r}; reinstall {PACKAGE}")
+        return found[0]
 
 
 class FaceGenerator:
@@ -179,9 +219,10 @@ class FaceGenerator:
         """Truncated styles of (n, 512) latents."""
         return self.truncate(self.raw_styles(z))
 
-    def faces(self, styles: np.ndarray) -> np.ndarray:
-        """(n, 1024, 1024, 3) uint8 RGB faces of (n, 512) truncated styles."""
-        x = self.engine.images(styles)
+    def faces(self, styles: np.ndarray, begun: Begun | None = None) -> np.ndarray:
+        """(n, 1024, 1024, 3) uint8 RGB faces of (n, 512) truncated styles; ``begun`` as
+        ``Engine.images`` takes it (the faces' previews' features: a quarter of a render spared)."""
+        x = self.engine.images(styles, begun)
         return np.clip((x.transpose(0, 2, 3, 1) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
     def features(self, styles: np.ndarray, node: str) -> np.ndarray:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .generator import PACKAGE, PINNED_SHA256, GeneratorUnavailable, model_dir
+from .generator import PACKAGE, PINNED_SHA256, Begun, GeneratorUnavailable, model_dir
 
 _ELEMENT_TYPES = {"f32": np.float32, "i64": np.int64, "i32": np.int32}
 
@@ -433,9 +433,10 @@ class TorchEngine:
         return w.cpu().numpy()
 
     @torch.no_grad()
-    def images(self, styles: np.ndarray) -> np.ndarray:
+    def images(self, styles: np.ndarray, begun: Begun | None = None) -> np.ndarray:
         """(n, 512) styles -> (n, 3, 1024, 1024) RGB in about [-1, 1], one face at a time so that
-        memory does not grow with n (a face's forward pass peaks at a few hundred MB)."""
+        memory does not grow with n (a face's forward pass peaks at a few hundred MB). ``begun``
+        is not read: the port has no entry in mid-graph, and the image is the same without it."""
         w = torch.as_tensor(np.asarray(styles, np.float32), device=self.device)
         return np.stack([self.net(w[i : i + 1])[0].cpu().numpy() for i in range(len(w))])
 
