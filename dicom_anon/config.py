@@ -555,7 +555,9 @@ class Route(_Strict):
     # De-identified copies wait in quarantine (code awaiting-review) until a person releases them:
     # every copy has passed the privacy checks, but about half of the new faces still show a
     # visible flaw (docs/faces.md), and teaching material should not carry one unseen.
-    hold_for_review: bool = False
+    # ``unsure-sex``: only photos whose new face's sex is a guess (no Patient's Sex in the header
+    # and the estimator unsure of the face's: review.unsure_sex), where a man may get a woman's face.
+    hold_for_review: bool | Literal["unsure-sex"] = False
     # A quarantine route's reason code in the quarantine list and the audit (default route-quarantine),
     # e.g. profile-view: a records officer sees why the photo waits without opening the settings.
     reason: Name | None = None
@@ -564,6 +566,16 @@ class Route(_Strict):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return _listify(value)
+
+    @field_validator("hold_for_review", mode="before")
+    @classmethod
+    def _hold_how(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value == "unsure-sex":
+            return value
+        raise ValueError(
+            f"{value!r} is not a choice; use true (every copy waits for a person), "
+            "unsure-sex (only photos whose new face's sex is a guess) or false"
+        )
 
     @model_validator(mode="after")
     def _action_needs(self) -> Route:

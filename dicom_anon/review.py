@@ -89,7 +89,8 @@ def qa_lines(qa: Mapping[str, Any]) -> list[str]:
     for face in qa.get("faces") or []:
         tries = f", {face['attempts']} attempt(s)" if face.get("attempts") else ""
         new = f"new face {face.get('surrogate', '?')} ({face.get('identity', '?')})"
-        lines.append(f"{face.get('where', 'face')}: {new}, oval {face.get('oval', '?')}{tries}")
+        guess = f", {_sex_guess(face)}" if face.get("person") and face.get("sex") is None else ""
+        lines.append(f"{face.get('where', 'face')}: {new}, oval {face.get('oval', '?')}{tries}{guess}")
         checks = [f"SFace similarity to the patient {_number(face.get('identity_similarity'))}"]
         if face.get("second_recognizer_distance") is not None:
             checks.append(f"dlib distance {_number(face['second_recognizer_distance'])}")
@@ -111,6 +112,28 @@ def qa_lines(qa: Mapping[str, Any]) -> list[str]:
         f"{qa.get('output', '?')}, {qa.get('seconds', '?')} s"
     )
     return lines
+
+
+def unsure_sex(qa: Mapping[str, Any]) -> str | None:
+    """Why a new face on this photo may be of the other sex than the patient, or None.
+
+    A new person is chosen by the patient's sex: the header's, else the face's where the
+    estimator is sure. Where it is not, the new person is of the likelier sex (or of either), and
+    the triage of issue 20 found a woman's face on a man and a man's on a woman among such photos
+    only. A route with ``hold_for_review: unsure-sex`` holds these for a person to look at.
+    """
+    for face in qa.get("faces") or []:
+        if face.get("person") and face.get("sex") is None:
+            return f"{face.get('where', 'a face')}: no Patient's Sex in the header, and {_sex_guess(face)}"
+    return None
+
+
+def _sex_guess(face: Mapping[str, Any]) -> str:
+    if face.get("likely_sex"):
+        read = f"the face reads {face['likely_sex']} at only {_number(face.get('likely_sex_confidence'))}"
+    else:
+        read = f"the face's sex could not be read ({face.get('estimate') or 'no estimate'})"
+    return f"{read}: the new face's sex is a guess"
 
 
 def _number(value: Any) -> str:

@@ -172,7 +172,8 @@ def route_action(settings: Settings, route: Route) -> str:
         kept = ", ".join(profile.pixels.preserve) or "nothing"
         pixels = f"; pixels: replace the face ({profile.pixels.method}), keep {kept} exactly"
     options = ", ".join(sorted(o.value for o in profile.options)) or "no options"
-    held = ", held for review" if route.hold_for_review else ""
+    holds = {True: ", held for review", "unsure-sex": ", held for review where a new face's sex is a guess"}
+    held = holds.get(route.hold_for_review, "")
     return f"de-identify ({route.profile}: {options}{pixels}) -> {', '.join(route.destinations)}{held}"
 
 

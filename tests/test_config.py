@@ -191,6 +191,14 @@ def test_only_a_forward_route_may_hold_for_review(tmp_path):
     assert "sends nothing" in msg and "'hold_for_review:'" in msg
 
 
+def test_a_route_may_hold_only_the_photos_whose_new_face_sex_is_a_guess(tmp_path):
+    text = GOOD.replace("    match:", "    hold_for_review: unsure-sex\n    match:")
+    assert load_settings(write(tmp_path, text)).routes[0].hold_for_review == "unsure-sex"
+    msg = problems(tmp_path, text.replace("unsure-sex", "maybe"))
+    assert msg.count("\n") == 0 and "settings.yaml:10:" in msg, msg
+    assert "'maybe' is not a choice; use true" in msg and "unsure-sex (only photos" in msg
+
+
 def test_unknown_setting_and_bad_values_each_get_a_line(tmp_path):
     text = GOOD.replace("  listen: 127.0.0.1:11112", "  listen: localhost\n  max_asociations: 3").replace(
         "10.1.0.0/16", "10.1.0.0/33"

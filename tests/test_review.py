@@ -15,7 +15,16 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dicom_anon.cli import app
-from dicom_anon.review import Tile, in_review_order, page_paths, qa_notes, read_tile, sheets
+from dicom_anon.review import (
+    Tile,
+    in_review_order,
+    page_paths,
+    qa_lines,
+    qa_notes,
+    read_tile,
+    sheets,
+    unsure_sex,
+)
 
 runner = CliRunner()
 GREEN = (0, 200, 0)
@@ -197,3 +206,31 @@ def test_piped_stderr_gets_no_progress_bar_leftovers(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and "1 photos of 1 patients" in result.stdout
+
+
+def test_a_new_face_chosen_by_a_guessed_sex_is_named_as_such() -> None:
+    """What ``hold_for_review: unsure-sex`` holds: a face given a new person while the header had
+    no Patient's Sex and the estimator was unsure (or could not read the face). A header's sex, a
+    sure estimate, or a face given no person (blurred) is not a guess."""
+    guessed = {
+        "where": "frame 1 face 1",
+        "person": "p",
+        "sex": None,
+        "likely_sex": "M",
+        "likely_sex_confidence": 0.62,
+    }
+    unread = {"where": "frame 1 face 2", "person": "p", "sex": None, "estimate": "face too small"}
+    known = {"where": "frame 1 face 1", "person": "p", "sex": "F", "sex_from": "header"}
+    blurred = {"where": "frame 1 face 1", "sex": None}
+    assert unsure_sex({"faces": [guessed]}) == (
+        "frame 1 face 1: no Patient's Sex in the header, and the face reads M at only 0.62: "
+        "the new face's sex is a guess"
+    )
+    assert "could not be read (face too small)" in (unsure_sex({"faces": [known, unread]}) or "")
+    assert unsure_sex({"faces": [known]}) is None
+    assert unsure_sex({"faces": [blurred]}) is None
+    assert unsure_sex({}) is None
+    assert qa_lines({"faces": [guessed]})[0].endswith(
+        "the face reads M at only 0.62: the new face's sex is a guess"
+    )
+    assert "guess" not in qa_lines({"faces": [known]})[0]

@@ -178,6 +178,9 @@ def test_rules_check_says_which_routes_hold_for_review(tmp_path):
     assert "teaching, held for review" in result.output
     plain = runner.invoke(app, ["rules", "check", str(write_settings(tmp_path, GOOD))], terminal_width=200)
     assert "held for review" not in plain.output
+    unsure = text.replace("hold_for_review: true", "hold_for_review: unsure-sex")
+    result = runner.invoke(app, ["rules", "check", str(write_settings(tmp_path, unsure))], terminal_width=250)
+    assert "teaching, held for review where a new face's sex is a guess" in result.output, result.output
 
 
 def test_rules_check_does_not_import_pydicom(tmp_path):

@@ -404,7 +404,9 @@ class FacePipeline:
                     "sex_from": hints["sex_from"],
                     "age_years": None if hints["age_years"] is None else round(hints["age_years"], 1),
                     "age_from": hints["age_from"],
-                    **({"estimate": hints["estimate"]} if "estimate" in hints else {}),
+                    **{
+                        k: hints[k] for k in ("estimate", "likely_sex", "likely_sex_confidence") if k in hints
+                    },
                     **v.figures(),
                     "attempts": len(attempts),
                     "seconds": round(time.perf_counter() - started, 3),
@@ -619,7 +621,8 @@ def _hints(estimated: Attributes | str, patient: Patient) -> dict:
     elif not patient.sex:
         # Unsure, but an adult's new person still needs a sex: a generated identity takes the
         # likelier one (a blonde woman's face on a man the estimator was unsure of looked absurd).
-        hints["likely_sex"] = estimated.sex
+        # The audit keeps the reading: such a new face's sex is a guess (review.unsure_sex).
+        hints.update(likely_sex=estimated.sex, likely_sex_confidence=round(estimated.sex_confidence, 2))
     if patient.age_years is None:
         hints.update(age_years=estimated.age_years, age_from="photo")
     return hints

@@ -37,6 +37,7 @@ from ..headers.errors import Refused
 from ..headers.gate import GateFailed, release
 from ..headers.options import Option
 from ..headers.pseudonyms import SiteKey
+from ..review import unsure_sex
 from ..rules import Decision, Rules
 from .deid_pool import DeidPool, Unreadable, read_strictly, released
 from .failures import Backoff, describe_environment, describe_exception, is_environment
@@ -47,6 +48,18 @@ from .store import AWAITING_REVIEW, STOPPED_MID_JOB, Job, LeaseLost, NewOutput, 
 log = structlog.get_logger("dicom_anon.worker")
 
 _REVIEW_REASON = "held until a person has looked at it (dicom-anon quarantine review)"
+
+
+def _held_for_review(hold: bool | str, pixels: dict[str, Any]) -> str | None:
+    """Why a route's de-identified copy waits for a person (the quarantine item's reason), or None
+    to send it: every copy (``hold_for_review: true``), or a photo whose new face's sex is a guess
+    (``unsure-sex``, from the face pipeline's figures)."""
+    if hold is True:
+        return _REVIEW_REASON
+    if hold == "unsure-sex" and (guess := unsure_sex(pixels.get("qa") or {})):
+        return f"{_REVIEW_REASON}: {guess}"
+    return None
+
 
 VERSIONS = {"dicom_anon": __version__, "pydicom": pydicom.__version__, "pynetdicom": pynetdicom.__version__}
 
@@ -408,9 +421,10 @@ class Worker(threading.Thread):
             return
         path: str | None = None
         held: tuple[NewQuarantine, ...] = ()
-        if route.hold_for_review:
+        why = _held_for_review(route.hold_for_review, pixels)
+        if why is not None:
             held = tuple(
-                self._hold(job.id, deid.data, "review", AWAITING_REVIEW, _REVIEW_REASON, route.name, dest)
+                self._hold(job.id, deid.data, "review", AWAITING_REVIEW, why, route.name, dest)
                 for dest in route.destinations
             )
         else:
