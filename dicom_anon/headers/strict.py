@@ -32,8 +32,9 @@ that fails refuses the instance with :class:`NotStrict` (a ``Refused``):
   Basic Offset Table of one entry per frame when present and fragments that make up
   exactly Number of Frames frames; an ICC Profile is as long as its own header says.
 
-Private elements are checked only for framing (complete values, nesting depth): the
-profile removes them, and the dictionary says nothing about them.
+Private elements are checked only for framing (complete values, nesting depth, and no sequence
+item opened inside a value and left open: ``_opens_an_item``): the profile removes them, and the
+dictionary says nothing about them.
 """
 
 from __future__ import annotations
@@ -167,10 +168,18 @@ def _check_dataset(
             for index, item in enumerate(elem.value):
                 _check_dataset(item, f"{where}[{index}] > ", depth + 1, explicit=explicit, little=little)
             continue
+        undecoded = raw.value if isinstance(raw, RawDataElement) else None
         if not group & 1:
             # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
-            undecoded = raw.value if isinstance(raw, RawDataElement) else None
             _check_public(elem, undecoded, prefix, explicit)
+        elif isinstance(undecoded, bytes) and _opens_an_item(undecoded, little):
+            raise _refuse_at(
+                "bad-length",
+                prefix,
+                tag,
+                "its value ends inside a sequence item it swallowed: what follows would be read out "
+                "of its sequence",
+            )
 
 
 def _whole_items(raw: RawDataElement, little: bool) -> bool:
@@ -195,6 +204,33 @@ def _whole_items(raw: RawDataElement, little: bool) -> bool:
             return value.find(_ITEM_END[little], pos + header.size) >= 0
         pos += header.size + length
     return pos == len(value)
+
+
+def _opens_an_item(value: bytes, little: bool) -> bool:
+    """Whether a (private) value holds the header of a sequence item that does not end inside it.
+
+    A length too large on a private element, which is not checked against the dictionary, can
+    swallow a sequence's header and its item's header: the item's elements are then read as the
+    enclosing data set's, out of the sequence the profile judges them in (benchmarks/fuzz_deid.py,
+    seed 777: a Channel Source Sequence read out of the Waveform Sequence, Code Meaning and all).
+    A whole item inside a value (a vendor's embedded data set) is left alone; random bytes hold
+    an item header whose length reaches past the value about once in 10^10 offsets.
+    """
+    header = _ITEM_HEADERS[little]
+    tag = header.pack(0xFFFE, 0xE000, 0)[:4]
+    pos = value.find(tag)
+    while pos >= 0:
+        if pos % 2 == 0:
+            if pos + header.size > len(value):
+                return True  # the value ends inside the item's header
+            length = header.unpack_from(value, pos)[2]
+            if length == UNDEFINED_LENGTH:
+                if value.find(_ITEM_END[little], pos + header.size) < 0:
+                    return True
+            elif pos + header.size + length > len(value):
+                return True
+        pos = value.find(tag, pos + 1)
+    return False
 
 
 def _check_raw(raw: RawDataElement, prefix: str) -> None:

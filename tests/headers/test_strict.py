@@ -162,6 +162,37 @@ def test_a_sequence_whose_last_item_runs_past_it_is_refused(tmp_path: Path, site
     assert _refused(tmp_path, lying, site_key) == "bad-structure"
 
 
+def _private_before_waveform(value: bytes, vr: str = "LO") -> bytes:
+    """``_waveform_photo`` with a private element just before its Waveform Sequence."""
+    source = item(CodeValue="1", CodingSchemeDesignator="DCM", CodeMeaning=f"{NAME} channel source")
+    ds = _photo(WaveformSequence=Sequence([item(ChannelSourceSequence=Sequence([source]))]))
+    ds.private_block(0x0029, "ACME 1.0", create=True).add_new(0x10, vr, value)
+    return to_bytes(ds)
+
+
+def test_a_private_value_that_swallowed_a_sequence_cut_short_is_refused(
+    tmp_path: Path, site_key: SiteKey
+) -> None:
+    # Found by benchmarks/fuzz_deid.py (seed 777, 30,000 cases): the Waveform Sequence cut to its
+    # item's header, then swallowed whole by a private text element too long; its item's Channel
+    # Source Sequence was read at the top level, where the profile keeps it, Code Meaning and all.
+    data = _private_before_waveform("ACME text")
+    waveform = _element(data, 0x54000100)
+    data = set_length(data, waveform, 8)
+    private = _element(data, 0x00291010)
+    lying = set_length(data, private, waveform.value_at + 8 - private.value_at)
+    assert _refused(tmp_path, lying, site_key) == "bad-length"
+
+
+def test_a_whole_item_inside_a_private_value_is_not_taken_for_a_swallowed_one(
+    tmp_path: Path, site_key: SiteKey
+) -> None:
+    """A vendor's embedded data set holds whole items: the private value goes, the photo leaves."""
+    embedded = struct.pack("<HHL", 0xFFFE, 0xE000, 10) + struct.pack("<HH", 0x0008, 0x0100) + b"SH\x02\x001 "
+    outcome, written = _outcome(tmp_path, _private_before_waveform(embedded, "OB"), site_key)
+    assert outcome.refused is None and len(written) == 1
+
+
 def test_elements_out_of_order_are_refused(tmp_path: Path, site_key: SiteKey) -> None:
     data = to_bytes(_photo(ReferringPhysicianName=NAME))
     physician = _element(data, 0x00080090)
