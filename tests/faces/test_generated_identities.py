@@ -257,11 +257,11 @@ def test_of_the_faces_that_wait_the_least_near_whose_full_render_passes_is_taken
     waiting = [((True, 0, False, 0.2), "far-but-near"), ((True, 0, False, 0.12), "nearest-but-one")]
     waiting += [((True, 0, False, 0.15), "next"), ((True, 1, False, 0.11), "like another patient's")]
     patient = ctx(SiteKey(b"k" * 32), "ANONW")
-    assert draw._least_near(waiting, b"", patient, _want(patient), Counter()) == "next"
+    assert draw._least_near(waiting, b"", patient, _want(patient), Counter(), {}) == "next"
     assert looked == ["nearest-but-one", "next"]
     assert [f for _, f in waiting] == ["next", "far-but-near", "like another patient's"]
     refused.update({f: "age (full render)" for _, f in waiting})
-    assert draw._least_near(waiting, b"", patient, _want(patient), Counter()) is None and waiting == []
+    assert draw._least_near(waiting, b"", patient, _want(patient), Counter(), {}) is None and waiting == []
 
 
 def test_a_held_photo_says_why_the_rendered_faces_did_not_do_before_what_the_screen_passed_over(
