@@ -254,6 +254,26 @@ def sequence_cut_short(data: bytes, rng: random.Random) -> bytes:
     return set_length(data, e, rng.choice(heads) + 8)
 
 
+def swallows_an_item_header(data: bytes, rng: random.Random) -> bytes:
+    """An element's length reaches just past a later sequence's first item header: the item's
+    elements are then read in the enclosing data set (how a lookup table's data could bring a
+    Waveform Sequence's Channel Source Code Meaning to the top level)."""
+    elems = _dataset_elements(data)
+    sequences = [
+        i
+        for i, e in enumerate(elems)
+        if i > 0 and e.vr == b"SQ" and data[e.value_at : e.value_at + 4] == b"\xfe\xff\x00\xe0"
+    ]
+    if not sequences:
+        return data
+    j = rng.choice(sequences)
+    before = [e for e in elems[:j] if e.vr != b"SQ" and e.length != 0xFFFFFFFF]
+    if not before:
+        return data
+    e = rng.choice(before)
+    return set_length(data, e, elems[j].value_at + 8 - e.value_at)
+
+
 def truncate(data: bytes, rng: random.Random) -> bytes:
     return data[: rng.randrange(132, len(data))]
 
@@ -404,6 +424,7 @@ MUTATIONS: dict[str, Callable[[bytes, random.Random], bytes]] = {
     "lying-short": lying_short,
     "lying-random": lying_random,
     "sequence-cut-short": sequence_cut_short,
+    "swallows-an-item-header": swallows_an_item_header,
     "truncate": truncate,
     "bit-flips": bit_flips,
     "wrong-vr": wrong_vr,

@@ -14,7 +14,8 @@ that fails refuses the instance with :class:`NotStrict` (a ``Refused``):
   encapsulated Pixel Data) and the value is complete (not cut short by the end of the file);
 * the value multiplicity is one the dictionary allows for the keyword (so a single-valued
   UID holds one UID), and a binary value holds no element headers (``_holds_elements``:
-  what a swallowing length leaves where VR and multiplicity cannot tell);
+  what a swallowing length leaves where VR and multiplicity cannot tell) and no sequence's
+  item left open (``_opens_an_item``: its elements would be read out of their sequence);
 * each value passes pydicom's own validation for its VR (maximum lengths, the character
   rules of AE, AS, CS, DA, DS, DT, IS, TM and UI, PN components), and text holds no
   control characters (pydicom does not check these for LO, SH, PN, ST, LT, UT; a value
@@ -106,6 +107,11 @@ _DICTIONARY_GROUPS = np.array(sorted({tag >> 16 for tag in DicomDictionary}), dt
 _VM = re.compile(r"^(\d+)(?:-(\d*)(n)?)?$")
 
 
+_OPENS_AN_ITEM = (
+    "its value ends inside a sequence item it swallowed: what follows would be read out of its sequence"
+)
+
+
 class NotStrict(Refused):
     """The instance does not parse strictly; ``code`` says which rule it broke."""
 
@@ -171,15 +177,9 @@ def _check_dataset(
         undecoded = raw.value if isinstance(raw, RawDataElement) else None
         if not group & 1:
             # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
-            _check_public(elem, undecoded, prefix, explicit)
-        elif isinstance(undecoded, bytes) and _opens_an_item(undecoded, little):
-            raise _refuse_at(
-                "bad-length",
-                prefix,
-                tag,
-                "its value ends inside a sequence item it swallowed: what follows would be read out "
-                "of its sequence",
-            )
+            _check_public(elem, undecoded, prefix, explicit, little)
+        elif isinstance(undecoded, bytes) and _opens_an_item(undecoded, little, explicit):
+            raise _refuse_at("bad-length", prefix, tag, _OPENS_AN_ITEM)
 
 
 def _whole_items(raw: RawDataElement, little: bool) -> bool:
@@ -206,31 +206,51 @@ def _whole_items(raw: RawDataElement, little: bool) -> bool:
     return pos == len(value)
 
 
-def _opens_an_item(value: bytes, little: bool) -> bool:
-    """Whether a (private) value holds the header of a sequence item that does not end inside it.
+def _opens_an_item(value: bytes, little: bool, explicit: bool) -> bool:
+    """Whether a value holds a sequence's header and the header of its item, and the item does
+    not end inside the value.
 
-    A length too large on a private element, which is not checked against the dictionary, can
-    swallow a sequence's header and its item's header: the item's elements are then read as the
-    enclosing data set's, out of the sequence the profile judges them in (benchmarks/fuzz_deid.py,
-    seed 777: a Channel Source Sequence read out of the Waveform Sequence, Code Meaning and all).
-    A whole item inside a value (a vendor's embedded data set) is left alone; random bytes hold
-    an item header whose length reaches past the value about once in 10^10 offsets.
+    A length too large on an element that no dictionary rule catches (a private one, a lookup
+    table's data) can swallow a sequence's header and its item's header: the item's elements are
+    then read as the enclosing data set's, out of the sequence the profile judges them in
+    (benchmarks/fuzz_deid.py, seed 777: a Channel Source Sequence read out of the Waveform
+    Sequence, Code Meaning and all). An item counts only right after a sequence's header or
+    after a whole item before it, so a vendor's embedded data set (whole items) is left alone
+    and random bytes match about once in 10^14 offsets.
     """
     header = _ITEM_HEADERS[little]
-    tag = header.pack(0xFFFE, 0xE000, 0)[:4]
-    pos = value.find(tag)
+    item = header.pack(0xFFFE, 0xE000, 0)[:4]
+    whole_ends: set[int] = set()  # where the whole items found so far end
+    pos = value.find(item)
     while pos >= 0:
-        if pos % 2 == 0:
+        if pos % 2 == 0 and (pos in whole_ends or _sequence_header_ends_at(value, pos, little, explicit)):
             if pos + header.size > len(value):
                 return True  # the value ends inside the item's header
             length = header.unpack_from(value, pos)[2]
             if length == UNDEFINED_LENGTH:
-                if value.find(_ITEM_END[little], pos + header.size) < 0:
+                end = value.find(_ITEM_END[little], pos + header.size)
+                if end < 0:
                     return True
+                whole_ends.add(end + header.size)
             elif pos + header.size + length > len(value):
                 return True
-        pos = value.find(tag, pos + 1)
+            else:
+                whole_ends.add(pos + header.size + length)
+        pos = value.find(item, pos + 1)
     return False
+
+
+def _sequence_header_ends_at(value: bytes, pos: int, little: bool, explicit: bool) -> bool:
+    """Whether the header of a sequence element ends at ``pos`` (a dictionary sequence, or in
+    explicit VR any element that says SQ)."""
+    size = 12 if explicit else 8
+    if pos < size:
+        return False
+    group, element = struct.unpack_from("<HH" if little else ">HH", value, pos - size)
+    tag = group << 16 | element
+    if explicit:
+        return value[pos - 8 : pos - 4] == b"SQ\x00\x00" and (bool(group & 1) or tag in DicomDictionary)
+    return tag in DicomDictionary and dictionary_VR(tag) == "SQ"
 
 
 def _check_raw(raw: RawDataElement, prefix: str) -> None:
@@ -261,7 +281,9 @@ def _dictionary(tag: int) -> tuple[str, tuple[str, ...], str] | None:
     return allowed_vrs, tuple(allowed_vrs.split(" or ")), vm
 
 
-def _check_public(elem: DataElement, undecoded: bytes | None, prefix: str, explicit: bool) -> None:
+def _check_public(
+    elem: DataElement, undecoded: bytes | None, prefix: str, explicit: bool, little: bool
+) -> None:
     tag = int(elem.tag)
     known = _dictionary(tag)
     if known is None:
@@ -287,6 +309,8 @@ def _check_public(elem: DataElement, undecoded: bytes | None, prefix: str, expli
             raise _refuse_at(
                 "bad-length", prefix, tag, "its value holds what look like the elements after it"
             )
+        if tag != PIXEL_DATA and _opens_an_item(bytes(binary), little, explicit):
+            raise _refuse_at("bad-length", prefix, tag, _OPENS_AN_ITEM)
     if vr in _TEXT_VRS:
         for text in _texts(value):
             _check_text(vr, text, prefix, tag)

@@ -184,11 +184,28 @@ def test_a_private_value_that_swallowed_a_sequence_cut_short_is_refused(
     assert _refused(tmp_path, lying, site_key) == "bad-length"
 
 
-def test_a_whole_item_inside_a_private_value_is_not_taken_for_a_swallowed_one(
+def test_a_lookup_table_that_swallowed_a_sequence_and_its_item_header_is_refused(
     tmp_path: Path, site_key: SiteKey
 ) -> None:
-    """A vendor's embedded data set holds whole items: the private value goes, the photo leaves."""
-    embedded = struct.pack("<HHL", 0xFFFE, 0xE000, 10) + struct.pack("<HH", 0x0008, 0x0100) + b"SH\x02\x001 "
+    """The same with a public binary value the profile keeps and no VR or multiplicity rule can
+    catch (a palette's lookup table data, OW 1-n): the whole sequence's header and its item's."""
+    source = item(CodeValue="1", CodingSchemeDesignator="DCM", CodeMeaning=f"{NAME} channel source")
+    ds = _photo(WaveformSequence=Sequence([item(ChannelSourceSequence=Sequence([source]))]))
+    ds.add_new(0x00281201, "OW", bytes(range(16)))
+    data = to_bytes(ds)
+    lut, waveform = _element(data, 0x00281201), _element(data, 0x54000100)
+    lying = set_length(data, lut, waveform.value_at + 8 - lut.value_at)
+    assert _refused(tmp_path, lying, site_key) == "bad-length"
+
+
+def test_whole_items_inside_a_private_value_are_not_taken_for_swallowed_ones(
+    tmp_path: Path, site_key: SiteKey
+) -> None:
+    """A vendor's embedded data set holds a sequence of whole items: the private value goes, the
+    photo leaves."""
+    code = struct.pack("<HH", 0x0008, 0x0100) + b"SH\x02\x001 "
+    items = b"".join(struct.pack("<HHL", 0xFFFE, 0xE000, len(code)) + code for _ in range(2))
+    embedded = struct.pack("<HH", 0x0008, 0x2218) + b"SQ\x00\x00" + struct.pack("<L", len(items)) + items
     outcome, written = _outcome(tmp_path, _private_before_waveform(embedded, "OB"), site_key)
     assert outcome.refused is None and len(written) == 1
 
