@@ -241,8 +241,9 @@ def _opens_an_item(value: bytes, little: bool, explicit: bool) -> bool:
 
 
 def _sequence_header_ends_at(value: bytes, pos: int, little: bool, explicit: bool) -> bool:
-    """Whether the header of a sequence element ends at ``pos`` (a dictionary sequence, or in
-    explicit VR any element that says SQ)."""
+    """Whether the header of a sequence element ends at ``pos``: in explicit VR any element that
+    says SQ, in implicit VR a dictionary sequence or any private data element (whose VR only its
+    creator knows)."""
     size = 12 if explicit else 8
     if pos < size:
         return False
@@ -250,6 +251,8 @@ def _sequence_header_ends_at(value: bytes, pos: int, little: bool, explicit: boo
     tag = group << 16 | element
     if explicit:
         return value[pos - 8 : pos - 4] == b"SQ\x00\x00" and (bool(group & 1) or tag in DicomDictionary)
+    if group & 1:
+        return element >= 0x1000
     return tag in DicomDictionary and dictionary_VR(tag) == "SQ"
 
 

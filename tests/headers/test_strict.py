@@ -198,6 +198,25 @@ def test_a_lookup_table_that_swallowed_a_sequence_and_its_item_header_is_refused
     assert _refused(tmp_path, lying, site_key) == "bad-length"
 
 
+def test_in_implicit_vr_a_private_sequence_and_its_item_header_swallowed_are_refused(
+    tmp_path: Path, site_key: SiteKey
+) -> None:
+    """Implicit VR names no SQ, and a private sequence is in no dictionary: any private data
+    element's header counts before an item. Here the item's Requested Procedure Code Sequence came
+    to the top level in tag order, Code Meaning and all."""
+    ds = _photo()
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    block = ds.private_block(0x0029, "ACME 1.0", create=True)
+    block.add_new(0x10, "OB", b"ACME data")
+    code = item(CodeValue="1", CodingSchemeDesignator="DCM", CodeMeaning=f"{NAME} code")
+    block.add_new(0x20, "SQ", Sequence([item(RequestedProcedureCodeSequence=Sequence([code]))]))
+    data = to_bytes(ds)
+    value = data.index(struct.pack("<HH", 0x0029, 0x1010)) + 8
+    sequence = data.index(struct.pack("<HH", 0x0029, 0x1020))
+    lying = data[: value - 4] + struct.pack("<L", sequence + 16 - value) + data[value:]
+    assert _refused(tmp_path, lying, site_key) == "bad-length"
+
+
 def test_whole_items_inside_a_private_value_are_not_taken_for_swallowed_ones(
     tmp_path: Path, site_key: SiteKey
 ) -> None:
