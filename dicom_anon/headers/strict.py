@@ -178,7 +178,7 @@ def _check_dataset(
         if not group & 1:
             # Binary values are checked as read: pydicom turns US, FL, FD... into numbers.
             _check_public(elem, undecoded, prefix, explicit, little)
-        elif isinstance(undecoded, bytes) and _opens_an_item(undecoded, little, explicit):
+        elif isinstance(undecoded, bytes) and _opens_an_item(undecoded, little):
             raise _refuse_at("bad-length", prefix, tag, _OPENS_AN_ITEM)
 
 
@@ -206,7 +206,7 @@ def _whole_items(raw: RawDataElement, little: bool) -> bool:
     return pos == len(value)
 
 
-def _opens_an_item(value: bytes, little: bool, explicit: bool) -> bool:
+def _opens_an_item(value: bytes, little: bool) -> bool:
     """Whether a value holds a sequence's header and the header of its item, and the item does
     not end inside the value.
 
@@ -216,15 +216,15 @@ def _opens_an_item(value: bytes, little: bool, explicit: bool) -> bool:
     (benchmarks/fuzz_deid.py, seed 777: a Channel Source Sequence read out of the Waveform
     Sequence, Code Meaning and all). An item counts only right after a sequence's header or
     after a whole item before it, so a vendor's embedded data set (whole items) is left alone;
-    random bytes match about once in 10^10 offsets in implicit VR (an item's tag after any private
-    element's header), far more rarely in explicit VR (after the letters SQ).
+    random bytes match about once in 10^10 offsets (an item's tag right after what could be any
+    private element's implicit-VR header).
     """
     header = _ITEM_HEADERS[little]
     item = header.pack(0xFFFE, 0xE000, 0)[:4]
     whole_ends: set[int] = set()  # where the whole items found so far end
     pos = value.find(item)
     while pos >= 0:
-        if pos % 2 == 0 and (pos in whole_ends or _sequence_header_ends_at(value, pos, little, explicit)):
+        if pos % 2 == 0 and (pos in whole_ends or _sequence_header_ends_at(value, pos, little)):
             if pos + header.size > len(value):
                 return True  # the value ends inside the item's header
             length = header.unpack_from(value, pos)[2]
@@ -241,19 +241,22 @@ def _opens_an_item(value: bytes, little: bool, explicit: bool) -> bool:
     return False
 
 
-def _sequence_header_ends_at(value: bytes, pos: int, little: bool, explicit: bool) -> bool:
-    """Whether the header of a sequence element ends at ``pos``: in explicit VR any element that
-    says SQ, in implicit VR a dictionary sequence or any private data element (whose VR only its
-    creator knows)."""
-    size = 12 if explicit else 8
-    if pos < size:
+def _sequence_header_ends_at(value: bytes, pos: int, little: bool) -> bool:
+    """Whether the header of a sequence element ends at ``pos``, in either VR encoding whatever the
+    transfer syntax says (pydicom reads explicit VR where it finds it): in explicit VR any element
+    that says SQ, in implicit VR a dictionary sequence or any private data element (whose VR only
+    its creator knows)."""
+    layout = "<HH" if little else ">HH"
+    if pos >= 12 and value[pos - 8 : pos - 4] == b"SQ\x00\x00":
+        group, element = struct.unpack_from(layout, value, pos - 12)
+        if group & 1 or (group << 16 | element) in DicomDictionary:
+            return True
+    if pos < 8:
         return False
-    group, element = struct.unpack_from("<HH" if little else ">HH", value, pos - size)
-    tag = group << 16 | element
-    if explicit:
-        return value[pos - 8 : pos - 4] == b"SQ\x00\x00" and (bool(group & 1) or tag in DicomDictionary)
+    group, element = struct.unpack_from(layout, value, pos - 8)
     if group & 1:
         return element >= 0x1000
+    tag = group << 16 | element
     return tag in DicomDictionary and dictionary_VR(tag) == "SQ"
 
 
@@ -313,7 +316,7 @@ def _check_public(
             raise _refuse_at(
                 "bad-length", prefix, tag, "its value holds what look like the elements after it"
             )
-        if tag != PIXEL_DATA and _opens_an_item(bytes(binary), little, explicit):
+        if tag != PIXEL_DATA and _opens_an_item(bytes(binary), little):
             raise _refuse_at("bad-length", prefix, tag, _OPENS_AN_ITEM)
     if vr in _TEXT_VRS:
         for text in _texts(value):

@@ -182,6 +182,9 @@ def test_a_private_value_that_swallowed_a_sequence_cut_short_is_refused(
     private = _element(data, 0x00291010)
     lying = set_length(data, private, waveform.value_at + 8 - private.value_at)
     assert _refused(tmp_path, lying, site_key) == "bad-length"
+    # Seed 8080: the same bytes under an implicit VR transfer syntax, which pydicom reads as the
+    # explicit VR it finds; the swallowed header is looked for in both encodings.
+    assert _refused(tmp_path, with_transfer_syntax(lying, ImplicitVRLittleEndian), site_key) == "bad-length"
 
 
 def test_a_lookup_table_that_swallowed_a_sequence_and_its_item_header_is_refused(
