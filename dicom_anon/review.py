@@ -89,7 +89,7 @@ def qa_lines(qa: Mapping[str, Any]) -> list[str]:
     for face in qa.get("faces") or []:
         tries = f", {face['attempts']} attempt(s)" if face.get("attempts") else ""
         new = f"new face {face.get('surrogate', '?')} ({face.get('identity', '?')})"
-        guess = f", {_sex_guess(face)}" if face.get("person") and face.get("sex") is None else ""
+        guess = f", {_sex_guess(face)}" if _sex_guessed(face) else ""
         lines.append(f"{face.get('where', 'face')}: {new}, oval {face.get('oval', '?')}{tries}{guess}")
         checks = [f"SFace similarity to the patient {_number(face.get('identity_similarity'))}"]
         if face.get("second_recognizer_distance") is not None:
@@ -123,9 +123,14 @@ def unsure_sex(qa: Mapping[str, Any]) -> str | None:
     only. A route with ``hold_for_review: unsure-sex`` holds these for a person to look at.
     """
     for face in qa.get("faces") or []:
-        if face.get("person") and face.get("sex") is None:
+        if _sex_guessed(face):
             return f"{face.get('where', 'a face')}: no Patient's Sex in the header, and {_sex_guess(face)}"
     return None
+
+
+def _sex_guessed(face: Mapping[str, Any]) -> bool:
+    """Whether the face was given a new person (not blurred) with no sex from header or sure estimate."""
+    return bool(face.get("person")) and face.get("sex") is None
 
 
 def _sex_guess(face: Mapping[str, Any]) -> str:

@@ -136,8 +136,7 @@ class OpenVinoEngine:
             self._synthesis = core.compile_model(synthesis, "CPU", config)
         except RuntimeError as exc:
             raise GeneratorUnavailable(f"OpenVINO cannot load the generator: {exc}") from None
-        self._ov, self._core, self._config, self._files = ov, core, config, files
-        self._graph = synthesis
+        self._ov, self._core, self._config, self._graph = ov, core, config, synthesis
         self._cut: dict[str, object] = {}
         self._rest: dict[str, object] = {}
         # A compiled model's infer requests are not to be shared by threads at once.
@@ -175,13 +174,11 @@ class OpenVinoEngine:
     def _rest_after(self, node: str) -> object:
         """The synthesis network from ``node`` on, compiled (once): inputs the style and ``node``'s
         output. On the pinned IR its images are bit for bit the whole network's
-        (tests/faces/test_generator.py), so a face previewed and then rendered is the face a
+        (tests/faces/test_preview.py), so a face previewed and then rendered is the face a
         restart renders in one go."""
         if node not in self._rest:
-            # A second copy of the graph, rewired: ``node``'s consumers read a new input instead.
-            graph = self._core.read_model(
-                self._files["SynthesisNetwork.xml"], self._files["SynthesisNetwork.bin"]
-            )
+            # A copy of the graph, rewired: ``node``'s consumers read a new input instead.
+            graph = self._graph.clone()
             out = self._node(graph, node).output(0)
             given = self._ov.opset13.parameter(out.get_partial_shape(), out.get_element_type(), name="begun")
             for consumer in list(out.get_target_inputs()):
