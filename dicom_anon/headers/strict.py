@@ -222,6 +222,9 @@ def _opens_an_item(value: bytes, little: bool) -> bool:
     header = _ITEM_HEADERS[little]
     item = header.pack(0xFFFE, 0xE000, 0)[:4]
     whole_ends: set[int] = set()  # where the whole items found so far end
+    # The next item delimitation after the last item of undefined length, found once for all the
+    # items before it: a value of many such headers would otherwise be scanned once for each.
+    delimiter = -1
     pos = value.find(item)
     while pos >= 0:
         if pos % 2 == 0 and (pos in whole_ends or _sequence_header_ends_at(value, pos, little)):
@@ -229,10 +232,11 @@ def _opens_an_item(value: bytes, little: bool) -> bool:
                 return True  # the value ends inside the item's header
             length = header.unpack_from(value, pos)[2]
             if length == UNDEFINED_LENGTH:
-                end = value.find(_ITEM_END[little], pos + header.size)
-                if end < 0:
+                if delimiter < pos + header.size:
+                    delimiter = value.find(_ITEM_END[little], pos + header.size)
+                if delimiter < 0:
                     return True
-                whole_ends.add(end + header.size)
+                whole_ends.add(delimiter + header.size)
             elif pos + header.size + length > len(value):
                 return True
             else:
