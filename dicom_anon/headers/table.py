@@ -3,6 +3,9 @@
 The table is the package copy of ``shared/standard/confidentiality_profile_attributes.json``
 (Innolitics' machine-readable Table E.1-1, MIT, see ``data/LICENSE-innolitics.txt``); no
 tag is typed by hand here, so updating to a newer edition of the standard is a file copy.
+That copy is of the 2024 table, and later editions added rows the engine would otherwise keep
+as unlisted standard attributes (Ethnic Group Code Sequence, Secondary Capture Device ID, ...):
+``data/profile_additions.json`` holds those rows, in the same format, until a newer copy does.
 
 How an action is resolved, in order:
 
@@ -37,12 +40,14 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from pydicom.tag import BaseTag
 
 from .options import OPTION_INFO, Option
 
 TABLE_FILE = "confidentiality_profile_attributes.json"
+ADDITIONS_FILE = "profile_additions.json"
 
 # Codes a resolved action can have. "C" is refined by the engine from the option that set it.
 SINGLE_CODES = frozenset({"X", "Z", "D", "K", "C", "U"})
@@ -129,12 +134,15 @@ def repeating_group_base(group: int) -> int | None:
     return None
 
 
+def _data(name: str) -> Any:
+    return json.loads(resources.files(__package__).joinpath("data", name).read_text(encoding="utf-8"))
+
+
 @cache
 def load_table() -> Table:
-    """The packaged Table E.1-1, parsed once per process."""
-    text = resources.files(__package__).joinpath("data", TABLE_FILE).read_text(encoding="utf-8")
+    """The packaged Table E.1-1 with the rows later editions added, parsed once per process."""
     rows = []
-    for entry in json.loads(text):
+    for entry in [*_data(TABLE_FILE), *_data(ADDITIONS_FILE)["rows"]]:
         codes = {opt: entry[col] for opt, col in _OPTION_COLUMNS if entry.get(col)}
         rows.append(
             Row(

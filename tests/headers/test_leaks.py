@@ -390,3 +390,39 @@ def test_phi_three_sequences_deep(site_key: SiteKey) -> None:
         original, output, ["Deepnest^Cordelia", "Cordelia", "DEEP-ID-5531", "19610907", "Barnaby", "Deepnest"]
     )
     assert output.AnatomicRegionSequence[0].CodeMeaning == "Face"  # coded anatomy is kept, not dropped
+
+
+@pytest.mark.parametrize("profile", ["default", "retain-device-identity"])
+def test_attributes_later_editions_added_to_the_table(site_key: SiteKey, profile: str) -> None:
+    """Attributes PS3.15 Table E.1-1 gained after the 2024 edition of our copy, which pydicom's
+    dictionary already knows: kept before as unlisted standard attributes (the patient's
+    ethnicity as a code; a device serial number in Secondary Capture Device ID, where a fuzzed
+    bit flip had moved Device Serial Number, fuzz_deid seed 12345). Also inside a sequence."""
+    ethnic = Dataset()
+    ethnic.CodeValue, ethnic.CodingSchemeDesignator = "ETHN-CODE-77", "99LOCAL"
+    ethnic.CodeMeaning = "Ethnicity-Meaning-Planted"
+    ds = _photo()
+    ds.add_new(0x00102161, "SQ", Sequence([ethnic]))  # Ethnic Group Code Sequence
+    ds.add_new(0x00181010, "LO", "SCDEV-SERIAL-4471")  # Secondary Capture Device ID
+    ds.add_new(0x00181011, "LO", "HARDCOPY-ID-9913")  # Hardcopy Creation Device ID
+    ds.add_new(0x003A0203, "SH", "CHAN-LABEL-55")  # Channel Label
+    nested = Dataset()
+    nested.CodeValue, nested.CodingSchemeDesignator, nested.CodeMeaning = "89545001", "SCT", "Face"
+    nested.add_new(0x00181010, "LO", "NESTED-SCDEV-0082")
+    ds.AnatomicRegionSequence = Sequence([nested])
+    original = roundtrip(ds)
+    output = _deid(roundtrip(ds), site_key, PROFILES[profile])
+    _assert_no_leak(
+        original,
+        output,
+        [
+            "ETHN-CODE-77",
+            "Ethnicity-Meaning-Planted",
+            "SCDEV-SERIAL-4471",
+            "HARDCOPY-ID-9913",
+            "CHAN-LABEL-55",
+            "NESTED-SCDEV-0082",
+        ],
+    )
+    assert 0x00102161 not in output
+    assert output.AnatomicRegionSequence[0].CodeMeaning == "Face"
