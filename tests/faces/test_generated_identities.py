@@ -241,6 +241,23 @@ def test_the_next_draw_for_a_photo_spends_its_budget_on_faces_not_rendered_yet(
     assert second and second[0].person != first.person, draw.last_draw
 
 
+def test_sface_reads_only_the_previews_that_pass_the_cheaper_checks(source, site_key) -> None:
+    """A preview turned down for its age, skin, pose or mouth is never embedded (most are, and
+    SFace is a seventh of a preview's cost); a face whose likeness is asked is embedded once, and
+    the person taken is the one an eager draw took (the stream's pins above)."""
+    patient = np.random.default_rng(0).standard_normal(128)
+    patient_ctx = ctx(site_key, "ANONL2", embedding=patient / np.linalg.norm(patient), mouth_open=0.0)
+    draw = fresh(source)
+    taken = draw.people(patient_ctx)[0]
+    previews = [f for f in draw._faces.values() if isinstance(f, GeneratedFace) and f.preview]
+    embedded = [f for f in previews if "embedding" in vars(f)]
+    assert 0 < len(embedded) < len(previews), draw.last_draw
+    late = next(f for f in previews if "embedding" not in vars(f))
+    assert late.embedding.shape == (128,) and "embedding" in vars(late)
+    assert taken.embedding is taken.embedding
+    assert taken.person == fresh(source).people(patient_ctx)[0].person
+
+
 def test_of_the_faces_that_wait_the_least_near_whose_full_render_passes_is_taken_looking_at_no_more(
     source, monkeypatch
 ) -> None:
