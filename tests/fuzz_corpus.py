@@ -189,9 +189,17 @@ def _manifest_strings(testdata: Path | None) -> list[bytes]:
     return sorted(strings)
 
 
-def leaks(data: bytes, testdata: Path | None = None) -> list[bytes]:
-    """The planted strings found in ``data`` (the marker, and the shared files' manifest strings)."""
-    return [s for s in [MARKER, *_manifest_strings(testdata)] if s in data]
+# Device *identity* values that the manifests file under "phi": Retain Device Identity
+# keeps Device Serial Number, Lens Serial Number and Station Name (K in Table E.1-1),
+# and "DERMCAM03" is the start of that station name.
+DEVICE_IDENTITY = frozenset({"SN-0429-7781-XZ", "LENS-8842-0071", "DERMCAM03-RM214", "DERMCAM03"})
+
+
+def leaks(data: bytes, testdata: Path | None = None, kept: frozenset[str] = frozenset()) -> list[bytes]:
+    """The planted strings found in ``data`` (the marker, and the shared files' manifest strings),
+    but for ``kept``: what the profile's options keep on purpose (``DEVICE_IDENTITY``)."""
+    allowed = {k.encode("utf-8") for k in kept}
+    return [s for s in [MARKER, *_manifest_strings(testdata)] if s in data and s not in allowed]
 
 
 # --- mutations ----------------------------------------------------------------------

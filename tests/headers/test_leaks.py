@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from factories import pixel_module, roundtrip, to_bytes, vl_photo
+from fuzz_corpus import DEVICE_IDENTITY
 from PIL import Image
 from pydicom.charset import convert_encodings, encode_string
 from pydicom.dataset import Dataset
@@ -35,10 +36,6 @@ from dicom_anon.headers.errors import Refused
 from dicom_anon.headers.options import Option
 from dicom_anon.headers.pseudonyms import SiteKey
 
-# Device *identity* values that the manifests file under "phi": Retain Device Identity
-# keeps Device Serial Number, Lens Serial Number and Station Name (K in Table E.1-1),
-# and "DERMCAM03" is the start of that station name.
-DEVICE_IDENTITY = frozenset({"SN-0429-7781-XZ", "LENS-8842-0071", "DERMCAM03-RM214", "DERMCAM03"})
 # Manufacturer, Manufacturer's Model Name and Software Versions are not in Table E.1-1,
 # so the Basic Profile keeps them as standard public attributes: the manifest's
 # "device" strings may be there, and nowhere else.
