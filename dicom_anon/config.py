@@ -269,9 +269,11 @@ class PixelSettings(_Strict):
     # Where the new person comes from: "generated" draws one per patient from the face generator
     # (random-face's MobileStyleGAN; its weights are non-commercial, docs/generator-card.md),
     # "pool" takes the people of a built pool (``pool``; openpeople's ten by default). The pool stays
-    # the default until generated people pass the evaluation of issue 20: on the subsets measured so
-    # far they were refused more often (37-56% against ~21%) and looked worse on the contact sheet
-    # (docs/research/generated-identities.md), and their weights' licence is non-commercial.
+    # the default until generated people pass the evaluation of issue 20. On its judged command
+    # (2026-12-07) generated people were held less (11.8% of 110 photos against 26.4%) and kept
+    # different patients apart (94.1% of pairs against 78.1%), but their outputs were more often
+    # nearer their own patient than any other test photo (SFace 4.1%, dlib 11.3%, against 0% and
+    # 6.2%; the gate asked SFace only), and their weights' licence is non-commercial.
     identity: Literal["generated", "pool"] = "pool"
     pool: Path | None = None
 
