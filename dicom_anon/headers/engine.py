@@ -44,6 +44,7 @@ from .. import __version__
 from .acceptance import check_acceptable, sop_class_kind
 from .dates import shift_da, shift_dt
 from .dummies import base_vr, dummy_value, empty_value
+from .echo import Identifiers, identifiers
 from .encapsulated import strip_pixel_data
 from .markers import write_markers
 from .options import PIXEL_OPTIONS, Option
@@ -120,6 +121,8 @@ class DeidResult:
     patient_hash: str
     date_shift_days: int | None
     options: frozenset[Option]
+    # The input's name and IDs, for the last gate to look for in what is kept (``echo``).
+    identifiers: Identifiers = field(default_factory=Identifiers, repr=False)
 
 
 def deidentify(
@@ -143,6 +146,7 @@ def deidentify(
     applied = (profile.options - PIXEL_OPTIONS) | (pixels_cleaned & PIXEL_OPTIONS)
 
     original_meta = getattr(ds, "file_meta", None)
+    before = identifiers(ds)
     out = ds if in_place else copy.deepcopy(ds)
     patient_key = patient_key_of(out)
     shift = key.date_shift_days(patient_key) if Option.RETAIN_MODIFIED_DATES in applied else None
@@ -166,6 +170,7 @@ def deidentify(
         patient_hash=key.keyed_hash(patient_key),
         date_shift_days=shift,
         options=applied,
+        identifiers=before,
     )
 
 

@@ -11,7 +11,8 @@ re-read dataset against the profile, independently of the walk that produced it:
   dictionary does not know, no attribute whose Table E.1-1 action is X;
 * Z attributes are empty, prose (free text the engine cleans) says ``CLEANED`` or nothing,
   kept code strings hold only their terms (``text.clean_code_string``), and Patient Identity
-  Removed is YES.
+  Removed is YES;
+* no text it keeps, in any attribute, holds the input's patient name or IDs (``echo``).
 
 A failure is a ``Refused`` with a ``gate-`` code: the caller quarantines (service) or
 refuses (deid), so an engine bug or a value pydicom writes differently from how it holds
@@ -29,6 +30,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from ..dicomio import read_instance
+from .echo import find
 from .engine import PSEUDONYM_TAGS, DeidResult, Profile, private_creator, removed_everywhere, value_vr
 from .errors import Refused
 from .options import Option
@@ -56,6 +58,10 @@ def release(result: DeidResult, profile: Profile) -> bytes:
     if ds.get("PatientIdentityRemoved") != "YES":
         raise GateFailed("gate-unmarked", "the de-identified copy does not say Patient Identity Removed YES")
     _Check(load_table(), result.options, profile).dataset(ds, "", dummy=False)
+    if (echoed := find(ds, result.identifiers)) is not None:
+        what, where = echoed
+        reason = f"the de-identified copy still holds the patient's {what} in {where}"
+        raise GateFailed("gate-identifier-echo", reason)
     return data
 
 

@@ -1,0 +1,107 @@
+"""The patient's own identifiers, looked for in a de-identified copy wherever text is kept.
+
+The profile decides by attribute: it removes Patient's Name and keeps a Code Meaning. A value
+that a sender put where the profile does not look (a local code whose meaning is "photo of John
+Smith", an ID typed into Manufacturer's Model Name, an element a damaged file renamed) passes
+every rule. So the last gate (``gate.release``) also asks the one question that does not depend
+on where a value sits: does any text the copy keeps still hold this patient's name or IDs?
+
+Only what cannot turn up by chance is looked for: the name as family and given name together, in
+either order (a family name alone is also a lesion's colour or a manufacturer), and IDs of at
+least ``MIN_ID_LENGTH`` characters as whole tokens. Dates, times, ages, numbers and UIDs are not
+searched: the profile shifts or replaces them, and a date equal to an accession number is no leak.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+# Shorter IDs ("1234") are also software versions, series numbers and lot numbers.
+MIN_ID_LENGTH = 6
+# The text VRs a name or an ID could be kept in.
+SEARCHED_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+_ID_KEYWORDS = ("PatientID", "AccessionNumber", "MedicalRecordLocator", "OtherPatientIDs")
+# Whole tokens: neither side touches a letter or a digit. Names: spaces, carets or commas between.
+_START, _END, _SEPARATOR = r"(?<![^\W_])", r"(?![^\W_])", r"[\s^,]+"
+
+
+@dataclass(frozen=True)
+class Identifiers:
+    """What names the patient, as patterns; never written, logged or shown (``repr`` says how many)."""
+
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Identifiers({len(self.patterns)} patterns)"
+
+
+def identifiers(ds: Dataset) -> Identifiers:
+    """The patient's name and IDs in ``ds`` (the top level, and Other Patient IDs Sequence)."""
+    found: list[tuple[str, re.Pattern[str]]] = []
+    for name in _names(ds):
+        family, given = (re.escape(part) for part in name)
+        either = rf"{family}{_SEPARATOR}{given}|{given}{_SEPARATOR}{family}"
+        found.append(("name", re.compile(rf"{_START}(?:{either}){_END}", re.IGNORECASE)))
+    for value in _ids(ds):
+        found.append(("ID", re.compile(rf"{_START}{re.escape(value)}{_END}", re.IGNORECASE)))
+    return Identifiers(tuple(found))
+
+
+def find(ds: Dataset, ids: Identifiers) -> tuple[str, str] | None:
+    """(what, where) for the first kept text of ``ds`` that holds one of ``ids``, or None."""
+    if not ids.patterns:
+        return None
+    for where, text in _texts(ds, ""):
+        for what, pattern in ids.patterns:
+            if pattern.search(text):
+                return what, where
+    return None
+
+
+def _names(ds: Dataset) -> Iterator[tuple[str, str]]:
+    names = [ds.get("PatientName"), ds.get("PatientBirthName")]
+    for value in names:
+        if not value:
+            continue
+        # The alphabetic group: ideographic and phonetic ones are other spellings of the same name.
+        parts = str(value).split("=")[0].split("^")
+        family, given = [*parts, "", ""][:2]
+        family, given = " ".join(family.split()), " ".join(given.split())
+        if len(family) >= 2 and len(given) >= 2:
+            yield family, given
+
+
+def _ids(ds: Dataset) -> Iterator[str]:
+    values: list[str] = []
+    for keyword in _ID_KEYWORDS:
+        value = ds.get(keyword)
+        values += [str(v) for v in value] if isinstance(value, MultiValue) else [str(value or "")]
+    for item in ds.get("OtherPatientIDsSequence") or ():
+        values.append(str(item.get("PatientID") or ""))
+    for value in values:
+        value = value.strip()
+        if len(value) >= MIN_ID_LENGTH:
+            yield value
+
+
+def _texts(ds: Dataset, prefix: str) -> Iterator[tuple[str, str]]:
+    for elem in ds:
+        where = f"{prefix}({elem.tag.group:04X},{elem.tag.element:04X}) {elem.name}"
+        if elem.VR == "SQ":
+            for index, item in enumerate(elem.value or ()):
+                yield from _texts(item, f"{where}[{index}] > ")
+        elif elem.VR in SEARCHED_VRS and not elem.is_empty:
+            yield where, _text(elem)
+
+
+def _text(elem: DataElement) -> str:
+    value = elem.value
+    values = value if isinstance(value, MultiValue | list) else [value]
+    return " ".join(str(v) if not isinstance(v, PersonName) else str(v).replace("^", " ") for v in values)
