@@ -28,41 +28,60 @@ MIN_ID_LENGTH = 6
 # The text VRs a name or an ID could be kept in.
 SEARCHED_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _ID_KEYWORDS = ("PatientID", "AccessionNumber", "MedicalRecordLocator", "OtherPatientIDs")
-# Whole tokens: neither side touches a letter or a digit. Names: spaces, carets or commas between.
-_START, _END, _SEPARATOR = r"(?<![^\W_])", r"(?![^\W_])", r"[\s^,]+"
+# Names: spaces, carets or commas between family and given name.
+_SEPARATOR = r"[\s^,]+"
 
 
 @dataclass(frozen=True)
 class Identifiers:
-    """What names the patient, as patterns; never written, logged or shown (``repr`` says how many)."""
+    """The patient's names (family, given) and IDs, lower-cased; never written, logged or shown
+    (``repr`` says how many)."""
 
-    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    names: tuple[tuple[str, str], ...] = ()
+    ids: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        return f"Identifiers({len(self.patterns)} patterns)"
+        return f"Identifiers({len(self.names)} names, {len(self.ids)} IDs)"
 
 
 def identifiers(ds: Dataset) -> Identifiers:
     """The patient's name and IDs in ``ds`` (the top level, and Other Patient IDs Sequence)."""
-    found: list[tuple[str, re.Pattern[str]]] = []
-    for name in _names(ds):
-        family, given = (re.escape(part) for part in name)
-        either = rf"{family}{_SEPARATOR}{given}|{given}{_SEPARATOR}{family}"
-        found.append(("name", re.compile(rf"{_START}(?:{either}){_END}", re.IGNORECASE)))
-    for value in _ids(ds):
-        found.append(("ID", re.compile(rf"{_START}{re.escape(value)}{_END}", re.IGNORECASE)))
-    return Identifiers(tuple(found))
+    names = tuple((family.lower(), given.lower()) for family, given in _names(ds))
+    return Identifiers(names, tuple(dict.fromkeys(v.lower() for v in _ids(ds))))
 
 
 def find(ds: Dataset, ids: Identifiers) -> tuple[str, str] | None:
-    """(what, where) for the first kept text of ``ds`` that holds one of ``ids``, or None."""
-    if not ids.patterns:
+    """(what, where) for the first kept text of ``ds`` that holds one of ``ids``, or None.
+
+    Plain substring tests first, a pattern only where they hit: the gate sees every instance,
+    and compiling patterns for each one added a quarter to its time on a small instance."""
+    if not (ids.names or ids.ids):
         return None
     for where, text in _texts(ds, ""):
-        for what, pattern in ids.patterns:
-            if pattern.search(text):
-                return what, where
+        text = text.lower()
+        if any(_token_in(value, text) for value in ids.ids):
+            return "ID", where
+        for family, given in ids.names:
+            if family in text and given in text and _name_in(family, given, text):
+                return "name", where
     return None
+
+
+def _token_in(value: str, text: str) -> bool:
+    """Whether ``value`` is in ``text`` with no letter or digit touching it on either side."""
+    at = text.find(value)
+    while at >= 0:
+        end = at + len(value)
+        if (at == 0 or not text[at - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
+            return True
+        at = text.find(value, at + 1)
+    return False
+
+
+def _name_in(family: str, given: str, text: str) -> bool:
+    f, g = re.escape(family), re.escape(given)
+    pattern = rf"(?<![^\W_])(?:{f}{_SEPARATOR}{g}|{g}{_SEPARATOR}{f})(?![^\W_])"
+    return re.search(pattern, text) is not None
 
 
 def _names(ds: Dataset) -> Iterator[tuple[str, str]]:
