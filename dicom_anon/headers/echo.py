@@ -92,7 +92,9 @@ def _names(ds: Dataset) -> Iterator[tuple[str, str]]:
         # The alphabetic group: ideographic and phonetic ones are other spellings of the same name.
         parts = str(value).split("=")[0].split("^")
         family, given = [*parts, "", ""][:2]
-        family, given = " ".join(family.split()), " ".join(given.split())
+        # The first given name: many systems put the middle names there too, and "Marianne
+        # Echolot" is as telling as "Marianne Louise Echolot".
+        family, given = " ".join(family.split()), (given.split() or [""])[0]
         if len(family) >= 2 and len(given) >= 2:
             yield family, given
 

@@ -13,7 +13,7 @@ from dicom_anon.headers.options import Option
 
 
 def _photo(**attrs) -> Dataset:
-    return vl_photo(PatientName="Echolot^Marianne", PatientID="PID-778812", **attrs)
+    return vl_photo(**{"PatientName": "Echolot^Marianne", "PatientID": "PID-778812", **attrs})
 
 
 def _coded(meaning: str) -> Sequence:
@@ -28,6 +28,11 @@ def _coded(meaning: str) -> Sequence:
     [
         ({"AnatomicRegionSequence": _coded("Photo of Marianne Echolot")}, "name", "Code Meaning"),
         ({"AnatomicRegionSequence": _coded("ECHOLOT, MARIANNE (left cheek)")}, "name", "Code Meaning"),
+        (
+            {"PatientName": "Echolot^Marianne Louise", "AnatomicRegionSequence": _coded("Marianne Echolot")},
+            "name",
+            "Code Meaning",
+        ),
         ({"ManufacturerModelName": "CAM-2 pid-778812"}, "ID", "Manufacturer's Model Name"),
     ],
 )
