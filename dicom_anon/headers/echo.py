@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
+
+from .text import is_text
 
 # Shorter IDs ("1234") are also software versions, series numbers and lot numbers.
 MIN_ID_LENGTH = 6
-# The text VRs a name or an ID could be kept in.
-SEARCHED_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _ID_KEYWORDS = ("PatientID", "AccessionNumber", "MedicalRecordLocator", "OtherPatientIDs")
 # Names: spaces, carets or commas between family and given name.
 _SEPARATOR = r"[\s^,]+"
@@ -57,13 +56,13 @@ def find(ds: Dataset, ids: Identifiers) -> tuple[str, str] | None:
     and compiling patterns for each one added a quarter to its time on a small instance."""
     if not (ids.names or ids.ids):
         return None
-    for where, text in _texts(ds, ""):
-        text = text.lower()
+    for prefix, elem in _texts(ds, ""):
+        text = _text(elem)
         if any(_token_in(value, text) for value in ids.ids):
-            return "ID", where
+            return "ID", _where(prefix, elem)
         for family, given in ids.names:
             if family in text and given in text and _name_in(family, given, text):
-                return "name", where
+                return "name", _where(prefix, elem)
     return None
 
 
@@ -112,17 +111,21 @@ def _ids(ds: Dataset) -> Iterator[str]:
             yield value
 
 
-def _texts(ds: Dataset, prefix: str) -> Iterator[tuple[str, str]]:
+def _texts(ds: Dataset, prefix: str) -> Iterator[tuple[str, DataElement]]:
+    """Every non-empty text element at any depth (the character-string VRs, and URIs), with the
+    path of the sequence items it sits in."""
     for elem in ds:
-        where = f"{prefix}({elem.tag.group:04X},{elem.tag.element:04X}) {elem.name}"
         if elem.VR == "SQ":
             for index, item in enumerate(elem.value or ()):
-                yield from _texts(item, f"{where}[{index}] > ")
-        elif elem.VR in SEARCHED_VRS and not elem.is_empty:
-            yield where, _text(elem)
+                yield from _texts(item, f"{_where(prefix, elem)}[{index}] > ")
+        elif (is_text(elem.VR) or elem.VR == "UR") and not elem.is_empty:
+            yield prefix, elem
 
 
 def _text(elem: DataElement) -> str:
     value = elem.value
-    values = value if isinstance(value, MultiValue | list) else [value]
-    return " ".join(str(v) if not isinstance(v, PersonName) else str(v).replace("^", " ") for v in values)
+    return " ".join(map(str, value if isinstance(value, MultiValue | list) else [value])).lower()
+
+
+def _where(prefix: str, elem: DataElement) -> str:
+    return f"{prefix}({elem.tag.group:04X},{elem.tag.element:04X}) {elem.name}"
