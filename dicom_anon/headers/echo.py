@@ -27,8 +27,8 @@ from .text import is_text
 # Shorter IDs ("1234") are also software versions, series numbers and lot numbers.
 MIN_ID_LENGTH = 6
 _ID_KEYWORDS = ("PatientID", "AccessionNumber", "MedicalRecordLocator", "OtherPatientIDs")
-# Names: spaces, carets or commas between family and given name.
-_SEPARATOR = r"[\s^,]+"
+# Whole words: no letter or digit touching either end. Names: spaces, carets or commas between.
+_START, _END, _SEPARATOR = r"(?<![^\W_])", r"(?![^\W_])", r"[\s^,]+"
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,12 @@ def find(ds: Dataset, ids: Identifiers) -> tuple[str, str] | None:
 
 def _token_in(value: str, text: str) -> bool:
     """Whether ``value`` is in ``text`` with no letter or digit touching it on either side."""
-    at = text.find(value)
-    while at >= 0:
-        end = at + len(value)
-        if (at == 0 or not text[at - 1].isalnum()) and (end == len(text) or not text[end].isalnum()):
-            return True
-        at = text.find(value, at + 1)
-    return False
+    return value in text and re.search(rf"{_START}{re.escape(value)}{_END}", text) is not None
 
 
 def _name_in(family: str, given: str, text: str) -> bool:
     f, g = re.escape(family), re.escape(given)
-    pattern = rf"(?<![^\W_])(?:{f}{_SEPARATOR}{g}|{g}{_SEPARATOR}{f})(?![^\W_])"
-    return re.search(pattern, text) is not None
+    return re.search(rf"{_START}(?:{f}{_SEPARATOR}{g}|{g}{_SEPARATOR}{f}){_END}", text) is not None
 
 
 def _names(ds: Dataset) -> Iterator[tuple[str, str]]:
