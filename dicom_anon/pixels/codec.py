@@ -123,6 +123,16 @@ def _lossy_source(ds: Dataset, syntax: UID) -> bool:
     return syntax in _LOSSY_SYNTAX_METHOD
 
 
+def _why(exc: Exception) -> str:
+    """The decoder's own reason on one line. pydicom heads the errors of all its plugins with
+    "Unable to decode as exceptions were raised by all available plugins:", a line that says
+    nothing: the first plugin's reason follows it ("pylibjpeg: ... SOI marker missing")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0]
+
+
 def decode(ds: Dataset) -> DecodedPixels:
     """Every frame of ``ds`` as RGB uint8; grey images are replicated into three equal channels.
 
@@ -160,8 +170,7 @@ def decode(ds: Dataset) -> DecodedPixels:
         except Exception as exc:  # every backend raises its own types; all mean "cannot read it"
             if plugin:
                 continue
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UndecodablePixels(f"{syntax.name} pixel data could not be decoded: {first}") from None
+            raise UndecodablePixels(f"{syntax.name} pixel data could not be decoded: {_why(exc)}") from None
 
     n_frames = int(info.get("number_of_frames") or 1)
     samples = int(info.get("samples_per_pixel") or 1)

@@ -10,7 +10,7 @@ import pytest
 from factories import frames_dataset, jpeg_bomb
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -166,6 +166,25 @@ def test_corrupt_jpeg_is_refused_as_undecodable() -> None:
     with pytest.raises(Refused) as exc:
         decode(ds)
     assert exc.value.code == "undecodable-pixels"
+
+
+def test_a_jpeg_the_decoder_cannot_read_is_refused_with_the_decoders_reason() -> None:
+    """A stream whose segments are in order but whose scan names a component the frame does not
+    have passes the structural checks and fails in the decoder: the reason is the decoder's own,
+    on one line, not the heading pydicom puts over its plugins' errors ("Unable to decode as
+    exceptions were raised by all available plugins:")."""
+    ds = jpeg_ds(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    stream = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    scan = stream.find(b"\xff\xda")
+    stream[scan + 5] = 9  # the scan's first component selector: the frame's are 1, 2 and 3
+    ds.PixelData = encapsulate([bytes(stream)])
+    with pytest.raises(Refused) as exc:
+        decode(ds)
+    assert exc.value.code == "undecodable-pixels"
+    reason = exc.value.reason
+    assert reason.startswith("JPEG Baseline (Process 1) pixel data could not be decoded: "), reason
+    assert "component ID that does not exist" in reason, reason
+    assert "\n" not in reason and "all available plugins" not in reason
 
 
 def many_scans(extra: int) -> Dataset:
