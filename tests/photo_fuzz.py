@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from facekit import FACE_A, load_face, photo_dataset
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
 
@@ -38,23 +40,38 @@ _EMPTY_OFFSET_TABLE = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
 
 
 def seeds(testdata: Path) -> dict[str, bytes]:
-    """The photos every case starts from: one face (SFHQ, 384 px) as JPEG Baseline and as native RGB."""
-    frames = load_face(testdata, FACE_A)[None]
+    """The photos every case starts from, one face (SFHQ, 384 px): JPEG Baseline, progressive
+    JPEG, native RGB, native grey, and two frames in JPEG."""
+    face = load_face(testdata, FACE_A)
+    built = {
+        "jpeg": photo_dataset(face[None], jpeg=True),
+        "progressive": photo_dataset(face[None], jpeg=True),
+        "native": photo_dataset(face[None]),
+        "grey": photo_dataset(np.asarray(Image.fromarray(face).convert("L"))[None]),
+        "two frames": photo_dataset(np.stack([face, face[:, ::-1]]), jpeg=True),
+    }
+    buf = io.BytesIO()
+    Image.fromarray(face).save(buf, format="JPEG", quality=90, progressive=True)
+    built["progressive"].PixelData = encapsulate([buf.getvalue() + b"\x00" * (len(buf.getvalue()) % 2)])
     out = {}
-    for name, jpeg in (("jpeg", True), ("native", False)):
+    for name, ds in built.items():
         buf = io.BytesIO()
-        photo_dataset(frames, jpeg=jpeg).save_as(buf, enforce_file_format=True)
+        ds.save_as(buf, enforce_file_format=True)
         out[name] = buf.getvalue()
     return out
 
 
 def _stream(ds: Dataset) -> bytearray:
-    """The (one) frame's JPEG stream, its fragments joined."""
-    return bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    """The first frame's JPEG stream, its fragments joined (the mutations break that one)."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return bytearray(next(generate_frames(ds.PixelData, number_of_frames=frames)))
 
 
 def _encapsulated(ds: Dataset, stream: bytes) -> None:
-    ds.PixelData = encapsulate([bytes(stream) + b"\x00" * (len(stream) % 2)])
+    """``stream`` as the first frame, the others as they were."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rest = list(generate_frames(ds.PixelData, number_of_frames=frames))[1:]
+    ds.PixelData = encapsulate([bytes(f) + b"\x00" * (len(f) % 2) for f in [stream, *rest]])
 
 
 def _bit_flips(ds: Dataset, rng: random.Random) -> None:
@@ -85,7 +102,8 @@ def _stray_marker(ds: Dataset, rng: random.Random) -> None:
 
 
 def _split_fragments(ds: Dataset, rng: random.Random) -> None:
-    """One frame's stream in several fragments, or the fragments of two frames for one."""
+    """The first frame's stream in two fragments and no offset table, the other frames dropped:
+    a one-frame photo as valid as before (PS3.5 A.4), a multi-frame one's frames unfindable."""
     stream = bytes(_stream(ds))
     cut = rng.randrange(2, len(stream) - 2) & ~1
     ds.PixelData = encapsulate([stream[:cut], stream[cut:] + b"\x00" * (len(stream) % 2)], has_bot=False)
@@ -100,11 +118,14 @@ def _native_long(ds: Dataset, rng: random.Random) -> None:
 
 
 def _rows(ds: Dataset, rng: random.Random) -> None:
-    ds.Rows = rng.choice([0, 1, 7, ds.Rows - 1, ds.Rows + 1, ds.Rows * 2, 65535])
+    ds.Rows = rng.choice(
+        [0, 1, 7, max(0, ds.Rows - 1), min(65535, ds.Rows + 1), min(65535, ds.Rows * 2), 65535]
+    )
 
 
 def _columns(ds: Dataset, rng: random.Random) -> None:
-    ds.Columns = rng.choice([0, 1, 7, ds.Columns - 1, ds.Columns + 1, ds.Columns * 2, 65535])
+    c = ds.Columns
+    ds.Columns = rng.choice([0, 1, 7, max(0, c - 1), min(65535, c + 1), min(65535, c * 2), 65535])
 
 
 def _samples(ds: Dataset, rng: random.Random) -> None:
@@ -144,7 +165,7 @@ ENCAPSULATED: dict[str, Callable[[Dataset, random.Random], None]] = {
     "JPEG stream cut short": _truncated,
     "garbage inside the JPEG stream": _garbage,
     "a stray JPEG marker": _stray_marker,
-    "one frame in two fragments": _split_fragments,
+    "a frame in two fragments": _split_fragments,
 }
 NATIVE: dict[str, Callable[[Dataset, random.Random], None]] = {
     "pixel data cut short": _native_short,

@@ -41,7 +41,7 @@ def test_hostile_photos_are_written_or_refused_with_a_code_never_an_error(testda
 def test_a_frame_in_several_fragments_is_a_photo_like_any_other(testdata) -> None:
     """PS3.5 A.4 lets one frame's stream span fragments: the photo is decoded and written."""
     ds = pydicom.dcmread(io.BytesIO(seeds(testdata)["jpeg"]))
-    ENCAPSULATED["one frame in two fragments"](ds, random.Random(3))
+    ENCAPSULATED["a frame in two fragments"](ds, random.Random(3))
     assert len(ds.PixelData) > 0 and "NumberOfFrames" not in ds
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
