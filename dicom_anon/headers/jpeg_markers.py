@@ -131,7 +131,16 @@ def strip_jpeg_segments(frame: bytes) -> tuple[bytes, list[str]]:
 
 
 def strip_and_measure(frame: bytes) -> tuple[bytes, list[str], FrameSize | None]:
-    """``strip_jpeg_segments``, and the size the frame declares (``frame_size``), from one walk."""
+    """``strip_jpeg_segments``, and from the same walk the size a JPEG, JPEG-LS or JPEG 2000 frame
+    declares (its SOF or SIZ segment) and how many scans a JPEG frame holds; None for data with
+    no such header (RLE).
+
+    Why the size: a decoder allocates what the stream declares (a 1 kB frame whose SOF said
+    65,000 x 65,000 under a DICOM header of 16 x 16 took 24 GB), and decodes every scan over the
+    whole image (a 12 MP progressive JPEG with a 26-byte empty scan repeated 1,000 times took
+    10 s). The header stage measures every frame it strips; the pixel stage walks each frame the
+    same way before anything is decoded, so that a stream one route refuses as damaged is refused
+    on every route."""
     if frame[:2] == b"\xff\xd8":
         stripped, removed, measure = _strip_10918(frame)
         return stripped, removed, measure.size()
@@ -157,31 +166,6 @@ class FrameSize:
 
 # Start-of-frame codes whose segment begins P (1 byte), Y, X (2 bytes each), Nf (1 byte).
 _SOF_CODES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, _SOF55})
-
-
-def frame_size(frame: bytes) -> FrameSize | None:
-    """The size a JPEG, JPEG-LS or JPEG 2000 frame declares (its SOF or SIZ segment), and how many
-    scans a JPEG frame holds.
-
-    Why: a decoder allocates what the stream declares (a 1 kB frame whose SOF said 65,000 x 65,000
-    under a DICOM header of 16 x 16 took 24 GB), and decodes every scan over the whole image (a
-    12 MP progressive JPEG with a 26-byte empty scan repeated 1,000 times took 10 s: a 1 MB file
-    could hold the face pipeline for minutes). The pixel stage checks both before anything is
-    decoded; the header stage has them from its own walk (``strip_and_measure``). Damage after the
-    frame header ends the count quietly, as decoders read on past it. None for data with no such
-    header (RLE); ``Refused("corrupt-jpeg")`` when a JPEG stream ends or breaks before its frame
-    header.
-    """
-    if frame[:2] == _J2K_SOC:
-        return _j2k_size(frame)
-    if frame[:2] != b"\xff\xd8":
-        return None
-    measure = _Measure()
-    for marker, at, seg_end in _segments_10918(frame, strict=False):
-        if measure.declared is None and marker in (_SOS, _SOI, *_STANDALONE):
-            _corrupt(f"marker 0xFF{marker:02X} before the frame header (SOF)")
-        measure.segment(frame, marker, at, seg_end)
-    return measure.size()
 
 
 def _j2k_size(frame: bytes) -> FrameSize:
@@ -216,14 +200,15 @@ class _Measure:
         return FrameSize(*self.declared, self.scans)
 
 
-def _segments_10918(data: bytes, *, strict: bool) -> Iterator[tuple[int, int, int]]:
+def _segments_10918(data: bytes) -> Iterator[tuple[int, int, int]]:
     """(marker, where its code byte is, where its segment ends) of each marker segment of an
     ISO 10918 / 14495 stream after SOI, in order, EOI last (ending just after it). What lies
     between one segment's end and the next one's 0xFF is fill bytes and, after an SOS, the
     entropy-coded data, skipped up to the next marker.
 
     Damage (a missing marker, a segment running past the end, no EOI) is refused with
-    ``Refused("corrupt-jpeg")`` when ``strict``; otherwise it ends the walk.
+    ``Refused("corrupt-jpeg")``: decoders read on past it and fill what is missing with grey,
+    which a pixel route would then forward as the clinical area.
     """
     next_marker = _NEXT_MARKER_10918
     pos = 2
@@ -233,32 +218,19 @@ def _segments_10918(data: bytes, *, strict: bool) -> Iterator[tuple[int, int, in
         while pos < end and data[pos] == 0xFF:
             pos += 1
         if pos == start or pos >= end:
-            if strict:
-                _corrupt(f"expected a marker at byte {start}" if pos < end else "ends before EOI")
-            return
+            _corrupt(f"expected a marker at byte {start}" if pos < end else "ends before EOI")
         marker = data[pos]
         if marker == _EOI:
             yield marker, pos, pos + 1
             return
         if marker in _STANDALONE or marker == _SOI:
-            if strict:
-                _corrupt(f"marker 0xFF{marker:02X} outside entropy-coded data")
-            yield marker, pos, pos + 1
-            if marker == _SOI:
-                return
-            pos += 1  # libjpeg passes over a stray RST or TEM and reads on: so does this count
-            continue
+            _corrupt(f"marker 0xFF{marker:02X} outside entropy-coded data")
         if pos + 3 > end:
-            if strict:
-                _corrupt(f"segment 0xFF{marker:02X} truncated")
-            return
+            _corrupt(f"segment 0xFF{marker:02X} truncated")
         length = int.from_bytes(data[pos + 1 : pos + 3], "big")
         seg_end = pos + 1 + length
         if length < 2 or seg_end > end:
-            if strict:
-                _corrupt(f"segment 0xFF{marker:02X} at byte {pos - 1} runs past the end")
-            yield marker, pos, min(seg_end, end)  # what there is of it: a frame header cut short
-            return
+            _corrupt(f"segment 0xFF{marker:02X} at byte {pos - 1} runs past the end")
         if marker == _SOF55:
             next_marker = _NEXT_MARKER_LS
         yield marker, pos, seg_end
@@ -266,9 +238,7 @@ def _segments_10918(data: bytes, *, strict: bool) -> Iterator[tuple[int, int, in
         if marker == _SOS:
             match = next_marker.search(data, pos)
             if match is None:
-                if strict:
-                    _corrupt("entropy-coded data runs to the end without EOI")
-                return
+                _corrupt("entropy-coded data runs to the end without EOI")
             pos = match.start()
 
 
@@ -289,7 +259,7 @@ def _strip_10918(data: bytes) -> tuple[bytes, list[str], _Measure]:
     removed: list[str] = []
     measure = _Measure()
     copied = 2  # fill bytes and entropy-coded data, up to each segment's 0xFF, are kept as they are
-    for marker, at, seg_end in _segments_10918(data, strict=True):
+    for marker, at, seg_end in _segments_10918(data):
         out += data[copied : at - 1]
         copied = seg_end
         if marker == _EOI:

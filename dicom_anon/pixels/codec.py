@@ -36,7 +36,7 @@ from pydicom.uid import (
 
 from ..headers.encapsulated import check_frame_headers, frames_of
 from ..headers.errors import Refused
-from ..headers.jpeg_markers import frame_size
+from ..headers.jpeg_markers import strip_and_measure
 
 # Decoding allocates rows x columns x frames x 3 bytes before a pixel is read, and the face
 # pipeline then holds a few full-size copies. The largest sensors in clinical cameras give
@@ -191,8 +191,9 @@ def decode(ds: Dataset) -> DecodedPixels:
 
 
 def _check_size(ds: Dataset, syntax: UID) -> None:
-    """Refuse, before anything is allocated, an image too large or one whose frames declare another
-    size (a 1 kB JPEG declaring 65,000 x 65,000 under a header of 16 x 16 took 24 GB to decode)."""
+    """Refuse, before anything is allocated, an image too large, one whose frames declare another
+    size (a 1 kB JPEG declaring 65,000 x 65,000 under a header of 16 x 16 took 24 GB to decode),
+    or a JPEG stream broken between its segments or cut short."""
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames") or 1)
@@ -209,7 +210,10 @@ def _check_size(ds: Dataset, syntax: UID) -> None:
         )
     if syntax.is_encapsulated:
         try:
-            check_frame_headers(ds, [frame_size(frame) for frame in frames_of(ds)])
+            # The header stage's own walk: a stream cut short or broken between its segments is
+            # refused, not decoded with its missing part filled in grey (a photo cut off below
+            # the nose was forwarded with a grey block where its kept mouth had been).
+            check_frame_headers(ds, [strip_and_measure(frame)[2] for frame in frames_of(ds)])
         except Refused as exc:  # the header module's codes; here they all mean "cannot decode"
             raise UndecodablePixels(exc.reason) from None
 

@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 
 from dicom_anon.headers.errors import Refused
-from dicom_anon.headers.jpeg_markers import FrameSize, frame_size, strip_jpeg_segments
+from dicom_anon.headers.jpeg_markers import FrameSize, strip_and_measure, strip_jpeg_segments
 
 EXIF_ARTIST = "Mildred Ratched (photographer)"
 EXIF_DESCRIPTION = "Jane Doe-Mueller MRN00482913 left cheek"
@@ -387,32 +387,36 @@ def test_shared_jpeg_frames_lose_planted_com_and_exif(testdata: Path) -> None:
 # --- the size a frame declares ---------------------------------------------------
 
 
+def measured(frame: bytes) -> FrameSize | None:
+    return strip_and_measure(frame)[2]
+
+
 @pytest.mark.parametrize("save", [{}, {"progressive": True}, {"subsampling": 0}])
-def test_frame_size_reads_the_jpeg_frame_header(save: dict) -> None:
+def test_the_walk_reads_the_jpeg_frame_header(save: dict) -> None:
     scans = 10 if save.get("progressive") else 1  # libjpeg's progressive script for colour
-    assert frame_size(_after_soi(_jpeg(**save), _segment(0xFE, COMMENT.encode()))) == FrameSize(
+    assert measured(_after_soi(_jpeg(**save), _segment(0xFE, COMMENT.encode()))) == FrameSize(
         48, 64, 3, scans
     )
     grey = io.BytesIO()
     _picture((40, 30)).convert("L").save(grey, format="JPEG")
-    assert frame_size(grey.getvalue()) == FrameSize(30, 40, 1, 1)
+    assert measured(grey.getvalue()) == FrameSize(30, 40, 1, 1)
 
 
-def test_frame_size_counts_every_scan() -> None:
+def test_the_walk_counts_every_scan() -> None:
     """A decoder passes over the whole image for each scan, however few bytes it holds."""
     progressive = _jpeg(progressive=True)
     last = progressive[progressive.rindex(b"\xff\xda") : -2]
-    assert frame_size(progressive[:-2] + last * 500 + b"\xff\xd9").scans == 510
+    assert measured(progressive[:-2] + last * 500 + b"\xff\xd9").scans == 510
 
 
-def test_frame_size_reads_jpeg_ls_and_jpeg_2000() -> None:
+def test_the_walk_reads_jpeg_ls_and_jpeg_2000() -> None:
     ds, frame = _first_frame("SC_rgb_jls_lossy_line.dcm")
-    assert frame_size(frame) == FrameSize(ds.Rows, ds.Columns, 3, 1)
-    assert frame_size(_j2k()) == FrameSize(48, 64, 1, 1)
+    assert measured(frame) == FrameSize(ds.Rows, ds.Columns, 3, 1)
+    assert measured(_j2k()) == FrameSize(48, 64, 1, 1)
 
 
-def test_frame_size_is_none_for_data_without_a_frame_header() -> None:
-    assert frame_size(b"\x01\x00\x00\x00" + bytes(60)) is None  # an RLE frame: a segment count
+def test_the_walk_measures_nothing_in_data_without_a_frame_header() -> None:
+    assert measured(b"\x01\x00\x00\x00" + bytes(60)) is None  # an RLE frame: a segment count
 
 
 @pytest.mark.parametrize(
@@ -426,17 +430,16 @@ def test_frame_size_is_none_for_data_without_a_frame_header() -> None:
 )
 def test_a_stream_broken_before_its_frame_header_is_refused(broken: bytes) -> None:
     with pytest.raises(Refused) as exc:
-        frame_size(broken)
+        measured(broken)
     assert exc.value.code == "corrupt-jpeg"
 
 
-def test_frame_size_counts_the_scans_after_a_stray_restart_marker() -> None:
-    """libjpeg passes over an RST or TEM outside a scan and decodes on, so the count must go on too:
-    otherwise one such marker would hide any number of scans behind it."""
+def test_a_stray_restart_marker_outside_a_scan_is_refused() -> None:
+    """libjpeg passes over an RST or TEM outside a scan and decodes on: one such marker could hide
+    any number of scans behind it from a count that stopped there. The walk refuses it."""
     progressive = _jpeg(progressive=True)
     last = progressive[progressive.rindex(b"\xff\xda") : -2]
     first_scan = progressive.index(b"\xff\xda")
     hidden = progressive[:first_scan] + b"\xff\xd0" + progressive[first_scan:-2] + last * 500 + b"\xff\xd9"
-    assert frame_size(hidden).scans == 510
     with pytest.raises(Refused, match="outside entropy-coded data"):
-        strip_jpeg_segments(hidden)
+        measured(hidden)

@@ -168,6 +168,21 @@ def test_corrupt_jpeg_is_refused_as_undecodable() -> None:
     assert exc.value.code == "undecodable-pixels"
 
 
+def test_a_jpeg_cut_short_is_refused_not_decoded_with_grey_where_it_ends() -> None:
+    """Decoders read a stream cut short and fill what is missing with grey; a face route then
+    forwarded a photo cut off below the nose with a grey block where its kept mouth had been. The
+    pixel stage walks each frame as the header stage does: no EOI, refused."""
+    ds = jpeg_ds(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    stream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    decode(ds)  # whole, it decodes
+    cut = stream[: len(stream) * 3 // 4]
+    ds.PixelData = encapsulate([cut + b"\x00" * (len(cut) % 2)])
+    with pytest.raises(Refused) as exc:
+        decode(ds)
+    assert exc.value.code == "undecodable-pixels"
+    assert "without EOI" in exc.value.reason, exc.value.reason
+
+
 def test_a_jpeg_the_decoder_cannot_read_is_refused_with_the_decoders_reason() -> None:
     """A stream whose segments are in order but whose scan names a component the frame does not
     have passes the structural checks and fails in the decoder: the reason is the decoder's own,
