@@ -296,11 +296,24 @@ def _strip_10918(data: bytes) -> tuple[bytes, list[str], _Measure]:
             # carry data we cannot judge.
             _corrupt(f"reserved marker 0xFF{marker:02X} at byte {at - 1}")
     trailer = data[copied:]
+    if _stream_goes_on(trailer):
+        _corrupt(
+            f"an end-of-image marker {len(trailer)} bytes before the end, and the stream goes on after it"
+        )
     if trailer.strip(_PADDING):
         removed.append(f"data after EOI ({len(trailer)} bytes)")
     else:
         out += trailer
     return bytes(out), removed, measure
+
+
+def _stream_goes_on(trailer: bytes) -> bool:
+    """Whether what follows a stream's EOI is the rest of the stream, not a trailer: it ends with
+    EOI itself but is no second picture (those start with SOI: MPF previews, phones' extra shots).
+    An FF D9 inside the entropy-coded data (a bit flip, a hostile sender) ends the walk early;
+    decoders stop there too and fill the rest of the image with grey."""
+    rest = trailer.strip(b"\x00")
+    return bool(rest) and rest.endswith(b"\xff\xd9") and not rest.startswith(b"\xff\xd8")
 
 
 def _j2k_segment(data: bytes, pos: int) -> tuple[int, int]:

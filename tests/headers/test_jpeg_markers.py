@@ -203,6 +203,17 @@ def test_picture_appended_after_eoi_removed() -> None:
     assert removed[0].startswith("data after EOI (")
 
 
+def test_an_end_of_image_marker_inside_the_stream_is_refused() -> None:
+    """An FF D9 inside the entropy-coded data ends the stream there for every decoder, which fills
+    the rest of the image with grey; what follows it is the stream's own, not a trailer."""
+    plain = _jpeg()
+    scan = plain.index(b"\xff\xda")
+    at = scan + (len(plain) - scan) // 2
+    with pytest.raises(Refused, match="the stream goes on after it") as exc:
+        strip_jpeg_segments(plain[:at] + b"\xff\xd9" + plain[at:])
+    assert exc.value.code == "corrupt-jpeg"
+
+
 def test_clean_stream_returned_as_is() -> None:
     plain = _jpeg()
     assert strip_jpeg_segments(plain) == (plain, [])
