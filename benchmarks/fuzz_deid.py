@@ -14,7 +14,6 @@ broke an invariant there, named by its number, to be read with ``dicom-anon deid
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from fuzz_corpus import DEVICE_IDENTITY, corpus, leaks  # noqa: E402
+from fuzzing import arguments, finish, keep  # noqa: E402
 
 from dicom_anon.batch import deid_file  # noqa: E402
 from dicom_anon.headers.engine import Profile  # noqa: E402
@@ -36,11 +36,8 @@ TESTDATA = ROOT.parent / "shared" / "testdata"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = arguments(__doc__, 5000)
     parser.add_argument("--profile", nargs="*", default=[], help="Annex E options (default: basic profile)")
-    parser.add_argument("--keep", type=Path, help="a folder for the inputs of cases that broke an invariant")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # damaged input makes pydicom warn about charsets; counted below instead
     testdata = TESTDATA if TESTDATA.is_dir() else None
@@ -74,17 +71,11 @@ def main() -> None:
                     problem = f"planted {found} in the output"
             if problem is not None:
                 broken.append(f"{hostile.name}: {problem}")
-                if args.keep is not None:
-                    args.keep.mkdir(parents=True, exist_ok=True)
-                    (args.keep / f"{hostile.name.split('-')[0]}.dcm").write_bytes(hostile.data)
+                keep(args.keep, hostile.name.split("-")[0], hostile.data)
     seconds = time.perf_counter() - start
     for code, n in outcomes.most_common():
         print(f"{code:28s} {n:6d}")
-    print(f"{args.count} cases in {seconds:.1f} s ({args.count / seconds:.0f}/s); slowest {slowest[0]:.2f} s")
-    print(f"  ({slowest[1]}); invariant broken: {len(broken)}")
-    for line in broken:
-        print(f"BROKEN {line}")
-    sys.exit(1 if broken else 0)
+    finish(args.count, seconds, slowest, broken)
 
 
 if __name__ == "__main__":

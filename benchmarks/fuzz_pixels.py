@@ -13,7 +13,6 @@ count give the same cases; ``--keep`` writes each broken case there, named by it
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import time
@@ -27,6 +26,7 @@ from rich.progress import track
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from fuzzing import arguments, finish, keep  # noqa: E402
 from photo_fuzz import hostile, run, seeds  # noqa: E402
 
 from dicom_anon.config import PixelSettings  # noqa: E402
@@ -35,11 +35,7 @@ TESTDATA = ROOT.parent / "shared" / "testdata"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep", type=Path, help="a folder for the inputs of cases that broke an invariant")
-    args = parser.parse_args()
+    args = arguments(__doc__, 500).parse_args()
     if not (TESTDATA / "faces" / "sfhq").is_dir():
         sys.exit(f"the seed photo's face is read from {TESTDATA}/faces/sfhq, which is not there")
     warnings.simplefilter("ignore")  # damaged pixel data makes pydicom and the decoders warn
@@ -54,28 +50,22 @@ def main() -> None:
     for i in track(range(args.count), description="hostile photos"):
         base = rng.choice(sorted(bases))
         data, done = hostile(bases[base], rng)
-        what = f"{i} ({base}: {', '.join(done) or 'nothing applied'})"
+        what = f"{i} ({base}: {', '.join(done)})"
         try:
             outcome, seconds = run(data, settings, f"ANON-FUZZ-{i}")
         except Exception:  # the invariant: nothing but a refusal with a code may come out
             broken.append(f"{what}: {traceback.format_exc(limit=4)}")
-            if args.keep is not None:
-                args.keep.mkdir(parents=True, exist_ok=True)
-                (args.keep / f"{i}.dcm").write_bytes(data)
+            keep(args.keep, str(i), data)
             continue
         slowest = max(slowest, (seconds, what))
         totals[outcome] += 1
-        for name in done or ["nothing applied"]:
+        for name in done:
             outcomes[f"{name}: {outcome}"] += 1
     seconds = time.perf_counter() - start
     for line, n in sorted(outcomes.items()):
         print(f"{line:70s} {n:5d}")
     print("all cases: " + ", ".join(f"{outcome} {n}" for outcome, n in totals.most_common()))
-    print(f"{args.count} cases in {seconds:.1f} s ({args.count / seconds:.1f}/s); slowest {slowest[0]:.2f} s")
-    print(f"  ({slowest[1]}); invariant broken: {len(broken)}")
-    for line in broken:
-        print(f"BROKEN {line}")
-    sys.exit(1 if broken else 0)
+    finish(args.count, seconds, slowest, broken)
 
 
 if __name__ == "__main__":

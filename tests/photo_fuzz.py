@@ -187,12 +187,12 @@ def hostile(base: bytes, rng: random.Random) -> tuple[bytes, list[str]]:
     """``base`` broken by one mutation, now and then a second that lies about the pixels; the
     bytes and what was done."""
     ds = pydicom.dcmread(io.BytesIO(base))
-    own = ENCAPSULATED if ds.file_meta.TransferSyntaxUID.is_compressed else NATIVE
-    done = [rng.choice(sorted(own | EITHER))]
+    mutations = (ENCAPSULATED if ds.file_meta.TransferSyntaxUID.is_compressed else NATIVE) | EITHER
+    done = [rng.choice(sorted(mutations))]
     if rng.random() < 0.3 and done[0] != "no pixel data":
         done.append(rng.choice(sorted(EITHER)))
     for name in done:
-        (own | EITHER)[name](ds, rng)
+        mutations[name](ds, rng)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue(), done
